@@ -1,0 +1,170 @@
+"""``Backoff``: runs a reconnect strategy for one mail source, with state that survives restarts."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from mailtether._clock import SYSTEM_CLOCK, Clock
+from mailtether._strategies import ReconnectStrategy
+
+__all__ = ["Backoff", "BackoffState"]
+
+
+def _non_negative_int(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"BackoffState.{attribute.name} must be an int >= 0, got {value!r}")
+
+
+def _optional_time(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"BackoffState.{attribute.name} must be a number or None, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"BackoffState.{attribute.name} must be finite and >= 0, got {value!r}")
+
+
+@attrs.frozen
+class BackoffState:
+    """Where one source stands in its reconnect schedule: a plain value to save and restore.
+
+    Times are wall-clock seconds since the epoch, so a process restarted a day later still
+    knows the source has been offline for a day.
+
+    Attributes:
+        attempt: Reconnect attempts scheduled since the connection was lost (0 = online).
+        offline_since: When the connection was lost, or ``None`` while online.
+        last_delay: The last wait the strategy asked for, or ``None``.
+        next_attempt_at: When the next attempt is due, or ``None``.
+        gave_up: ``True`` once the strategy answered ``None``: only a reset (a person
+            resuming the source) starts the schedule again.
+    """
+
+    attempt: int = attrs.field(default=0, validator=_non_negative_int)
+    offline_since: float | None = attrs.field(default=None, validator=_optional_time)
+    last_delay: float | None = attrs.field(default=None, validator=_optional_time)
+    next_attempt_at: float | None = attrs.field(default=None, validator=_optional_time)
+    gave_up: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the state as a JSON-compatible dict."""
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BackoffState:
+        """Rebuild a state saved with :meth:`to_dict`.
+
+        Raises:
+            ValueError: *data* has unknown keys or values a state cannot hold.
+        """
+        names = {field.name for field in attrs.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"BackoffState has no field(s) {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+class Backoff:
+    """Runs a :class:`~mailtether.ReconnectStrategy` for one source.
+
+    Call :meth:`failed` each time the connection is lost or an attempt fails: it returns the
+    seconds to wait before the next attempt, or ``None`` when the strategy gives up. Call
+    :meth:`succeeded` once connected. :attr:`state` is a plain value; pass it back in after
+    a restart so the schedule continues where it stood.
+
+    A ``Backoff`` is meant for one source driven by one thread.
+
+    Example:
+        >>> from mailtether import Backoff, Exponential
+        >>> from mailtether.testing import FakeClock
+        >>> clock = FakeClock()
+        >>> backoff = Backoff(Exponential(1, growth=1, max_attempts=3), clock=clock)
+        >>> [backoff.failed() for _ in range(4)]
+        [1.0, 2.0, 4.0, None]
+        >>> backoff.state.gave_up
+        True
+        >>> backoff.succeeded()
+        >>> backoff.state.attempt
+        0
+    """
+
+    __slots__ = ("_state", "clock", "strategy")
+
+    def __init__(
+        self,
+        strategy: ReconnectStrategy,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        state: BackoffState | None = None,
+    ) -> None:
+        if not callable(getattr(strategy, "delay", None)):
+            raise TypeError(f"Backoff needs a ReconnectStrategy, not {type(strategy).__name__}")
+        if state is not None and not isinstance(state, BackoffState):
+            raise TypeError(f"state must be a BackoffState, not {type(state).__name__}")
+        self.strategy = strategy
+        """The schedule being followed."""
+        self.clock = clock
+        """Where the time comes from."""
+        self._state = state if state is not None else BackoffState()
+
+    @property
+    def state(self) -> BackoffState:
+        """The current state, to save (``state.to_dict()``) and restore later."""
+        return self._state
+
+    @property
+    def offline_for(self) -> float:
+        """Seconds since the connection was lost; 0 while online."""
+        since = self._state.offline_since
+        if since is None:
+            return 0.0
+        # A wall clock stepped backwards must not produce a negative outage.
+        return max(0.0, self.clock.time() - since)
+
+    def failed(self) -> float | None:
+        """Record a lost connection or failed attempt; return the wait before the next one.
+
+        Returns:
+            Seconds to wait, or ``None`` if the strategy gives up (it keeps answering
+            ``None`` until :meth:`reset`).
+        """
+        state = self._state
+        if state.gave_up:
+            return None
+        now = self.clock.time()
+        since = state.offline_since if state.offline_since is not None else now
+        attempt = state.attempt + 1
+        delay = self.strategy.delay(attempt, max(0.0, now - since))
+        if delay is None:
+            self._state = attrs.evolve(
+                state, offline_since=since, next_attempt_at=None, gave_up=True
+            )
+            return None
+        delay = float(delay)
+        if not math.isfinite(delay) or delay < 0:
+            raise ValueError(
+                f"{self.strategy!r} answered {delay!r} for attempt {attempt}: a wait must be "
+                "finite and >= 0 (run mailtether.testing.check_strategy on it)"
+            )
+        self._state = BackoffState(
+            attempt=attempt,
+            offline_since=since,
+            last_delay=delay,
+            next_attempt_at=now + delay,
+        )
+        return delay
+
+    def succeeded(self) -> None:
+        """Record a successful connection: the next failure starts the schedule over."""
+        self._state = BackoffState()
+
+    def reset(self) -> None:
+        """Start the schedule over, e.g. when a person resumes a source that gave up."""
+        self._state = BackoffState()
+
+    def __repr__(self) -> str:
+        return f"Backoff({self.strategy!r}, state={self._state!r})"
