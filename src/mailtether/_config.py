@@ -21,8 +21,8 @@ from mailtether._strategies import (
     Exponential,
     Fixed,
     ImmediateFirst,
-    JitterKind,
     Jittered,
+    JitterKind,
     ReconnectStrategy,
     Tiered,
 )
@@ -149,6 +149,17 @@ _BUILTINS: Final[dict[str, Callable[[dict[str, Any]], ReconnectStrategy]]] = {
 }
 _POSITIONAL: Final = {"fixed": "delay", "exponential": "initial", "tiered": "tiers"}
 _MISSING: Final = object()
+_BOOLEANS: Final = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "off": False,
+    "0": False,
+}
+_ARGS: Final = " args"  # positional words of the string form; a key no mapping can clash with
 
 
 def _take(options: dict[str, Any], key: str, *, required: bool = False) -> Any:
@@ -205,6 +216,14 @@ def strategy_from_config(config: Mapping[str, Any] | str) -> ReconnectStrategy:
             f"a strategy description needs a 'type': one of {', '.join(sorted(_known_types()))}"
         )
     kind = kind.strip().lower().replace("_", "-")
+    args = options.pop(_ARGS, None)
+    if args is not None:
+        target = _POSITIONAL.get(kind)
+        if target is None and kind not in _known_types():
+            raise _unknown_type(kind)
+        if target is None or target in options:
+            raise ConfigError(f"{kind} strategy: cannot place {args!r}; write key=value")
+        options[target] = args
     wrappers = {key: options.pop(key) for key in _WRAPPER_KEYS if key in options}
     builder = _BUILTINS.get(kind)
     if builder is not None:
@@ -248,12 +267,7 @@ def _parse_string(text: str) -> dict[str, Any]:
         else:
             positional.append(word)
     if positional:
-        target = _POSITIONAL.get(kind.lower())
-        if target is None or target in options:
-            raise ConfigError(
-                f"{kind} strategy: cannot place {' '.join(positional)!r}; write key=value"
-            )
-        options[target] = " ".join(positional)
+        options[_ARGS] = " ".join(positional)
     return options
 
 
@@ -272,12 +286,14 @@ def _wrap(strategy: ReconnectStrategy, wrappers: dict[str, Any]) -> ReconnectStr
                 raise ConfigError(
                     f"jitter must be one of {', '.join(_JITTER_KINDS)}, got {jitter!r}"
                 )
-            strategy = Jittered(strategy, cast(JitterKind, jitter), seed=_int("seed", wrappers.get("seed")))
+            strategy = Jittered(
+                strategy, cast(JitterKind, jitter), seed=_int("seed", wrappers.get("seed"))
+            )
         elif "seed" in wrappers:
             raise ConfigError("seed is only meaningful with jitter")
         immediate = wrappers.get("immediate_first", False)
         if isinstance(immediate, str):
-            immediate = immediate.strip().lower() in ("1", "true", "yes", "on")
+            immediate = _BOOLEANS.get(immediate.strip().lower(), immediate)
         if immediate is True:
             strategy = ImmediateFirst(strategy)
         elif immediate is not False:
@@ -293,14 +309,18 @@ def _known_types() -> set[str]:
     return set(_BUILTINS) | {entry.name for entry in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def _unknown_type(kind: str) -> ConfigError:
+    return ConfigError(
+        f"unknown strategy type {kind!r}: known types are "
+        f"{', '.join(sorted(_known_types()))} (plug-ins register in the "
+        f"{ENTRY_POINT_GROUP!r} entry-point group)"
+    )
+
+
 def _from_entry_point(kind: str, options: dict[str, Any]) -> ReconnectStrategy:
     found = [entry for entry in entry_points(group=ENTRY_POINT_GROUP) if entry.name == kind]
     if not found:
-        raise ConfigError(
-            f"unknown strategy type {kind!r}: known types are "
-            f"{', '.join(sorted(_known_types()))} (plug-ins register in the "
-            f"{ENTRY_POINT_GROUP!r} entry-point group)"
-        )
+        raise _unknown_type(kind)
     entry = found[0]
     try:
         factory = entry.load()

@@ -632,8 +632,8 @@ class Chain(_Composable):
         >>> chain = Chain((Fixed(5), 3), (Exponential(30, max_delay=600), None))
         >>> [chain.delay(k, 0.0) for k in (1, 3, 4, 5, 9)]
         [5.0, 5.0, 30.0, 60.0, 600.0]
-        >>> chain == Fixed(5, max_attempts=3).then(Exponential(30, max_delay=600))
-        True
+        >>> Fixed(5, max_attempts=3).then(Exponential(30, max_delay=600)).delay(4, 0.0)
+        30.0
     """
 
     steps: tuple[tuple[ReconnectStrategy, int | None], ...] = attrs.field(
@@ -641,9 +641,7 @@ class Chain(_Composable):
     )
 
     def __init__(self, *steps: tuple[ReconnectStrategy, int | None]) -> None:
-        # Fixed(5, max_attempts=3).then(x) builds Chain((Fixed(5, max_attempts=3), 3), ...):
-        # equal to the plain form, because a step's own cap at its count changes nothing.
-        self.__attrs_init__(tuple(_normalise_step(step) for step in steps))
+        self.__attrs_init__(steps)
 
     def delay(self, attempt: int, offline_for: float) -> float | None:
         """Return the wait of the step *attempt* falls in, or ``None`` after the last."""
@@ -652,17 +650,13 @@ class Chain(_Composable):
         for strategy, attempts in self.steps:
             if attempts is None or remaining <= attempts:
                 return strategy.delay(remaining, offline_for)
+            # A step that gave up before using all its attempts ends the chain: giving up
+            # is final, so asking its last attempt is enough.
+            if strategy.delay(attempts, offline_for) is None:
+                return None
             remaining -= attempts
         return None
 
     def __repr__(self) -> str:
         return f"Chain({', '.join(repr(step) for step in self.steps)})"
 
-
-def _normalise_step(step: object) -> object:
-    if not isinstance(step, tuple | list) or len(step) != 2:
-        return step
-    strategy, attempts = step
-    if isinstance(strategy, Fixed | Exponential) and strategy.max_attempts == attempts:
-        strategy = attrs.evolve(strategy, max_attempts=None)
-    return (strategy, attempts)

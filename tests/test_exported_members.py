@@ -1,0 +1,61 @@
+"""The public surface is exactly what __all__ lists, and everything in it is documented."""
+
+import importlib
+import inspect
+import subprocess
+import sys
+
+import pytest
+
+import mailtether
+import mailtether.testing
+
+
+@pytest.mark.parametrize("module", [mailtether, mailtether.testing])
+def test_all_is_exactly_the_public_names(module):
+    public = {name for name in vars(module) if not name.startswith("_")}
+    submodules = {name for name in public if inspect.ismodule(getattr(module, name))}
+    assert set(module.__all__) == public - submodules - {"annotations"}
+    assert sorted(module.__all__) == sorted(set(module.__all__)), "no duplicates"
+
+
+@pytest.mark.parametrize("module", [mailtether, mailtether.testing])
+def test_every_public_name_has_a_docstring(module):
+    undocumented = []
+    for name in module.__all__:
+        value = getattr(module, name)
+        if inspect.isclass(value) or inspect.isfunction(value):
+            if not (value.__doc__ or "").strip():
+                undocumented.append(name)
+            for attr, member in vars(value).items() if inspect.isclass(value) else ():
+                if attr.startswith("_") or not callable(member):
+                    continue
+                if not (getattr(member, "__doc__", "") or "").strip():
+                    undocumented.append(f"{name}.{attr}")
+    assert undocumented == []
+
+
+def test_private_modules_declare_all():
+    for name in [
+        "_backoff",
+        "_clock",
+        "_config",
+        "_durations",
+        "_errors",
+        "_strategies",
+        "testing._clock",
+        "testing._proxy",
+        "testing._strategies",
+    ]:
+        module = importlib.import_module(f"mailtether.{name}")
+        assert hasattr(module, "__all__"), name
+
+
+def test_import_pulls_in_no_optional_dependency():
+    code = (
+        "import sys, mailtether, mailtether.testing;"
+        "bad = [m for m in ('redis', 'psycopg', 'pymap', 'hypothesis', 'tenacity', 'pytest')"
+        " if m in sys.modules]; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,59 @@
+"""Never run, only type-checked (mypy --strict): the public API as users write it."""
+
+from __future__ import annotations
+
+import random
+import threading
+from datetime import timedelta
+from typing import assert_type
+
+import mailtether
+from mailtether import (
+    DAY,
+    MINUTE,
+    Backoff,
+    BackoffState,
+    Chain,
+    Exponential,
+    Fixed,
+    ReconnectStrategy,
+    Tiered,
+    strategy_from_config,
+)
+from mailtether.testing import FakeClock, Schedule, check_strategy, simulate
+
+
+class OfficeHours:
+    """A third-party strategy: any object with a matching delay method is a strategy."""
+
+    def delay(self, attempt: int, offline_for: float) -> float | None:
+        return 60.0
+
+
+def strategies() -> None:
+    fixed = Fixed(60)
+    assert_type(fixed.delay(1, 0.0), float | None)
+    rpa = Exponential(initial=1, growth=1, max_attempts=12).immediate_first()
+    assert_type(rpa, mailtether.ImmediateFirst)
+    helpdesk = Tiered((7 * DAY, 30 * MINUTE), (None, DAY))
+    Tiered((timedelta(days=7), timedelta(minutes=30)), (None, timedelta(days=1)))
+    spread = Exponential(1, max_delay=600).jittered("decorrelated", rng=random.Random(1))
+    capped = Fixed(timedelta(seconds=30)).capped(max_offline_for=timedelta(days=1))
+    chain: Chain = Fixed(5, max_attempts=3).then(spread)
+    Chain((fixed, 3), (OfficeHours(), None))
+    mine: ReconnectStrategy = OfficeHours()
+    for strategy in (fixed, rpa, helpdesk, spread, capped, chain, mine):
+        check_strategy(strategy)
+    loaded: ReconnectStrategy = strategy_from_config("tiered 30m until 7d, then 1d")
+    assert_type(simulate(loaded), Schedule)
+
+
+def backoff() -> None:
+    clock = FakeClock()
+    runner = Backoff(Fixed(60), clock=clock)
+    wait = runner.failed()
+    if wait is not None:
+        clock.sleep(wait, threading.Event())
+    saved = runner.state.to_dict()
+    Backoff(Fixed(60), state=BackoffState.from_dict(saved)).succeeded()
+    assert_type(mailtether.SYSTEM_CLOCK.sleep(1.0), bool)
