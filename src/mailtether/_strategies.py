@@ -265,6 +265,7 @@ class Exponential(_Composable):
     max_attempts: int | None = attrs.field(default=None, validator=_count)
     _ceiling: float = attrs.field(init=False, repr=False, eq=False)
     _log_factor: float = attrs.field(init=False, repr=False, eq=False)
+    _max_exponent: float = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         if self.max_delay is not None and self.max_delay < self.initial:
@@ -281,16 +282,16 @@ class Exponential(_Composable):
         ceiling = self.max_delay if self.max_delay is not None else max(_CEILING, self.initial)
         object.__setattr__(self, "_ceiling", ceiling)
         object.__setattr__(self, "_log_factor", math.log1p(self.growth))
+        object.__setattr__(self, "_max_exponent", math.log(ceiling / self.initial))
 
     def delay(self, attempt: int, offline_for: float) -> float | None:
         """Return ``initial * (1 + growth) ** (attempt - 1)``, capped; ``None`` past the cap."""
         _check_attempt(attempt)
         if self.max_attempts is not None and attempt > self.max_attempts:
             return None
-        exponent = (attempt - 1) * self._log_factor
         # Compare in log space first: (1 + growth) ** n overflows a float long before any
         # attempt count a listener reaches stops being an int.
-        if exponent >= math.log(self._ceiling / self.initial):
+        if (attempt - 1) * self._log_factor >= self._max_exponent:
             return self._ceiling
         return min(self._ceiling, self.initial * (1.0 + self.growth) ** (attempt - 1))
 
@@ -475,15 +476,20 @@ class Capped(_Composable):
 
 
 _MASK64: Final = (1 << 64) - 1
+_TO_UNIT: Final = 1.0 / (1 << 53)
 
 
 def _uniform(seed: int, attempt: int) -> float:
-    """A number in [0, 1) that depends only on (seed, attempt): SplitMix64 of their sum."""
-    z = (seed + attempt * 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    z ^= z >> 31
-    return (z >> 11) * (1.0 / (1 << 53))
+    """A number in [0, 1) that depends only on (seed, attempt).
+
+    One round of a 64-bit multiply-xorshift mixer (the finaliser of MurmurHash3) over the
+    seed and the attempt: cheap, stable across Python versions and platforms, and spread
+    well enough for jitter (this is not cryptography).
+    """
+    z = (seed ^ (attempt * 0x9E3779B97F4A7C15)) & _MASK64
+    z = ((z ^ (z >> 33)) * 0xFF51AFD7ED558CCD) & _MASK64
+    z = ((z ^ (z >> 33)) * 0xC4CEB9FE1A85EC53) & _MASK64
+    return ((z ^ (z >> 33)) >> 11) * _TO_UNIT
 
 
 def _check_kind(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
