@@ -96,3 +96,42 @@ def test_fake_clock_is_thread_safe():
         thread.join()
     assert clock.monotonic() == 4000.0
     assert len(clock.sleeps) == 4000
+
+
+def test_manual_fake_clock_blocks_a_sleeper_until_advanced():
+    clock = FakeClock(auto_advance=False)
+    woke = threading.Event()
+
+    def sleeper() -> None:
+        clock.sleep(10)
+        woke.set()
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    clock.wait_for_sleepers(1)
+    clock.advance(9.5)
+    assert not woke.wait(0.05)
+    assert clock.sleepers == 1
+    clock.advance(0.5)
+    assert woke.wait(5)
+    thread.join(5)
+    assert clock.sleepers == 0
+    assert clock.sleeps == [10.0]
+
+
+def test_manual_fake_clock_sleeper_is_stopped_by_its_event():
+    clock = FakeClock(auto_advance=False)
+    stop = threading.Event()
+    result: list[bool] = []
+    thread = threading.Thread(target=lambda: result.append(clock.sleep(100, stop)))
+    thread.start()
+    clock.wait_for_sleepers(1)
+    stop.set()
+    thread.join(5)
+    assert result == [True]
+    assert clock.monotonic() == 0.0
+
+
+def test_wait_for_sleepers_times_out():
+    with pytest.raises(TimeoutError, match="expected 1 sleeping"):
+        FakeClock(auto_advance=False).wait_for_sleepers(1, timeout=0.01)
