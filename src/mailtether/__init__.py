@@ -7,7 +7,20 @@ from mailtether._backoff import Backoff, BackoffState
 from mailtether._clock import SYSTEM_CLOCK, Clock, SystemClock
 from mailtether._config import ENTRY_POINT_GROUP, strategy_from_config
 from mailtether._durations import DAY, HOUR, MINUTE, SECOND, WEEK, Duration, parse_duration
-from mailtether._errors import ConfigError, MailtetherError
+from mailtether._errors import (
+    ConfigError,
+    LeaseError,
+    LeaseLost,
+    LeaseUnavailable,
+    MailtetherError,
+    SchemaError,
+    StoreError,
+)
+from mailtether._leases import ProcessLock, acquire_lease
+from mailtether._memory_store import MemoryStore
+from mailtether._sqlite_store import SQLiteStore
+from mailtether._store import SCHEMA_VERSION, Lease, Record, Store, default_owner
+from mailtether._store_url import store_from_url
 from mailtether._strategies import (
     Capped,
     Chain,
@@ -25,6 +38,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "HOUR",
     "MINUTE",
+    "SCHEMA_VERSION",
     "SECOND",
     "SYSTEM_CLOCK",
     "WEEK",
@@ -40,10 +54,24 @@ __all__ = [
     "ImmediateFirst",
     "JitterKind",
     "Jittered",
+    "Lease",
+    "LeaseError",
+    "LeaseLost",
+    "LeaseUnavailable",
     "MailtetherError",
+    "MemoryStore",
+    "ProcessLock",
     "ReconnectStrategy",
+    "Record",
+    "SQLiteStore",
+    "SchemaError",
+    "Store",
+    "StoreError",
     "SystemClock",
     "Tiered",
+    "acquire_lease",
+    "default_owner",
     "parse_duration",
+    "store_from_url",
     "strategy_from_config",
 ]

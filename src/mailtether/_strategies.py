@@ -16,14 +16,11 @@ import math
 import random
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Final, Literal, Protocol, TypeAlias, runtime_checkable
 
 import attrs
 
 from mailtether._durations import DAY, Duration, to_seconds, to_seconds_or_none
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "Capped",
@@ -665,4 +662,3 @@ class Chain(_Composable):
 
     def __repr__(self) -> str:
         return f"Chain({', '.join(repr(step) for step in self.steps)})"
-

@@ -85,8 +85,7 @@ class FakeClock:
         with self._changed:
             if not self._changed.wait_for(lambda: self._sleepers >= count, timeout):
                 raise TimeoutError(
-                    f"expected {count} sleeping thread(s), found {self._sleepers} after "
-                    f"{timeout} s"
+                    f"expected {count} sleeping thread(s), found {self._sleepers} after {timeout} s"
                 )
 
     def sleep(self, seconds: float, stop: threading.Event | None = None) -> bool:

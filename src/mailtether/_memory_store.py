@@ -1,0 +1,268 @@
+"""``MemoryStore``: the store for one process, and for tests."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from mailtether._clock import SYSTEM_CLOCK, Clock
+from mailtether._errors import LeaseLost, StoreError
+from mailtether._store import (
+    Lease,
+    Record,
+    check_expect,
+    check_key,
+    check_lease,
+    check_limit,
+    check_namespace,
+    check_state,
+    check_time,
+    check_ttl,
+    decode_data,
+    encode_data,
+)
+
+__all__ = ["MemoryStore"]
+
+
+@attrs.define
+class _Slot:
+    owner: str | None
+    token: int
+    expires_at: float
+    ttl: float
+
+
+class MemoryStore:
+    """A :class:`~mailtether.Store` in this process's memory: fast, and gone at exit.
+
+    For one listener in one process, and for tests (pass a
+    :class:`~mailtether.testing.FakeClock` to drive lease expiry). The store clock is
+    ``clock.time()``.
+
+    Example:
+        >>> from mailtether import MemoryStore
+        >>> store = MemoryStore()
+        >>> lease = store.acquire("mailbox:support", "worker-1", ttl=60)
+        >>> lease.token, store.acquire("mailbox:support", "worker-2", ttl=60)
+        (1, None)
+    """
+
+    def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._records: dict[str, dict[str, Record]] = {}
+        self._leases: dict[str, _Slot] = {}
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("MemoryStore is closed")
+
+    def now(self) -> float:
+        """Return ``clock.time()``."""
+        return self._clock.time()
+
+    # -- records -------------------------------------------------------------------------------
+
+    def get(self, namespace: str, key: str) -> Record | None:
+        """Return the record, or ``None``."""
+        check_namespace(namespace)
+        check_key(key)
+        with self._lock:
+            self._check_open()
+            return self._records.get(namespace, {}).get(key)
+
+    def get_many(self, namespace: str, keys: Iterable[str]) -> dict[str, Record]:
+        """Return the existing records among *keys*."""
+        check_namespace(namespace)
+        wanted = [check_key(key) for key in keys]
+        with self._lock:
+            self._check_open()
+            space = self._records.get(namespace, {})
+            return {key: space[key] for key in wanted if key in space}
+
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        state: str,
+        data: Mapping[str, Any],
+        *,
+        expect: int | None = None,
+    ) -> Record | None:
+        """Write a record, compare-and-set on its version if *expect* is given."""
+        check_namespace(namespace)
+        check_key(key)
+        check_state(state)
+        check_expect(expect)
+        # A private copy, exactly as a backend that serialises would keep it.
+        document = decode_data(encode_data(data))
+        now = self._clock.time()
+        with self._lock:
+            self._check_open()
+            space = self._records.setdefault(namespace, {})
+            current = space.get(key)
+            version = current.version if current is not None else 0
+            if expect is not None and expect != version:
+                return None
+            record = Record(namespace, key, state, document, version + 1, now)
+            space[key] = record
+            return record
+
+    def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
+        """Delete a record (at version *expect*, if given)."""
+        check_namespace(namespace)
+        check_key(key)
+        check_expect(expect)
+        with self._lock:
+            self._check_open()
+            space = self._records.get(namespace, {})
+            current = space.get(key)
+            if current is None or (expect is not None and current.version != expect):
+                return False
+            del space[key]
+            return True
+
+    def scan(
+        self,
+        namespace: str,
+        *,
+        state: str | None = None,
+        updated_before: float | None = None,
+        limit: int | None = None,
+    ) -> list[Record]:
+        """Return matching records, oldest update first."""
+        check_namespace(namespace)
+        if state is not None:
+            check_state(state)
+        if updated_before is not None:
+            check_time(updated_before, "updated_before")
+        check_limit(limit)
+        with self._lock:
+            self._check_open()
+            found = [
+                record
+                for record in self._records.get(namespace, {}).values()
+                if (state is None or record.state == state)
+                and (updated_before is None or record.updated_at < updated_before)
+            ]
+        found.sort(key=lambda record: (record.updated_at, record.key))
+        return found if limit is None else found[:limit]
+
+    def count(self, namespace: str) -> dict[str, int]:
+        """Return the number of records in each state."""
+        check_namespace(namespace)
+        counts: dict[str, int] = {}
+        with self._lock:
+            self._check_open()
+            for record in self._records.get(namespace, {}).values():
+                counts[record.state] = counts.get(record.state, 0) + 1
+        return counts
+
+    def prune(self, namespace: str, *, state: str, updated_before: float) -> int:
+        """Delete records in *state* older than *updated_before*."""
+        check_namespace(namespace)
+        check_state(state)
+        check_time(updated_before, "updated_before")
+        with self._lock:
+            self._check_open()
+            space = self._records.get(namespace, {})
+            doomed = [
+                key
+                for key, record in space.items()
+                if record.state == state and record.updated_at < updated_before
+            ]
+            for key in doomed:
+                del space[key]
+            return len(doomed)
+
+    # -- leases --------------------------------------------------------------------------------
+
+    def acquire(self, name: str, owner: str, ttl: float) -> Lease | None:
+        """Take the lease if free or expired."""
+        check_key(name, "name")
+        check_key(owner, "owner")
+        ttl = check_ttl(ttl)
+        now = self._clock.time()
+        with self._lock:
+            self._check_open()
+            slot = self._leases.get(name)
+            if slot is None:
+                slot = self._leases[name] = _Slot(None, 0, 0.0, ttl)
+            elif slot.owner is not None and slot.expires_at > now:
+                return None
+            slot.owner, slot.token, slot.expires_at, slot.ttl = (
+                owner,
+                slot.token + 1,
+                now + ttl,
+                ttl,
+            )
+            return Lease(name, owner, slot.token, slot.expires_at, ttl)
+
+    def renew(self, lease: Lease, ttl: float | None = None) -> Lease:
+        """Extend a held lease from now; raise LeaseLost if it is not held any more."""
+        check_lease(lease)
+        ttl = lease.ttl if ttl is None else check_ttl(ttl)
+        now = self._clock.time()
+        with self._lock:
+            self._check_open()
+            slot = self._leases.get(lease.name)
+            if not _holds(slot, lease, now):
+                raise LeaseLost(_lost_message(lease))
+            assert slot is not None
+            slot.expires_at, slot.ttl = now + ttl, ttl
+            return Lease(lease.name, lease.owner, lease.token, slot.expires_at, ttl)
+
+    def release(self, lease: Lease) -> bool:
+        """Let go of a held lease."""
+        check_lease(lease)
+        now = self._clock.time()
+        with self._lock:
+            self._check_open()
+            slot = self._leases.get(lease.name)
+            if not _holds(slot, lease, now):
+                return False
+            assert slot is not None
+            slot.owner, slot.expires_at = None, 0.0
+            return True
+
+    def holder(self, name: str) -> Lease | None:
+        """Return the current unexpired holder."""
+        check_key(name, "name")
+        now = self._clock.time()
+        with self._lock:
+            self._check_open()
+            slot = self._leases.get(name)
+            if slot is None or slot.owner is None or slot.expires_at <= now:
+                return None
+            return Lease(name, slot.owner, slot.token, slot.expires_at, slot.ttl)
+
+    def close(self) -> None:
+        """Forget everything; later calls raise StoreError."""
+        with self._lock:
+            self._closed = True
+            self._records.clear()
+            self._leases.clear()
+
+    def __repr__(self) -> str:
+        return "MemoryStore()"
+
+
+def _holds(slot: _Slot | None, lease: Lease, now: float) -> bool:
+    return (
+        slot is not None
+        and slot.owner == lease.owner
+        and slot.token == lease.token
+        and slot.expires_at > now
+    )
+
+
+def _lost_message(lease: Lease) -> str:
+    return (
+        f"lease {lease.name!r} (token {lease.token}) is no longer held by {lease.owner!r}: "
+        "it expired or was taken over; stop the work it protected"
+    )

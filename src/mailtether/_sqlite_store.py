@@ -1,0 +1,412 @@
+"""``SQLiteStore``: the embedded default store, one file shared by the processes of one host."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from mailtether._clock import SYSTEM_CLOCK, Clock
+from mailtether._errors import ConfigError, LeaseLost, SchemaError, StoreError
+from mailtether._store import (
+    SCHEMA_VERSION,
+    Lease,
+    Record,
+    check_expect,
+    check_key,
+    check_lease,
+    check_limit,
+    check_namespace,
+    check_state,
+    check_time,
+    check_ttl,
+    decode_data,
+    encode_data,
+)
+
+__all__ = ["SQLiteStore"]
+
+_T = TypeVar("_T")
+_BATCH: Final = 500  # well under SQLite's 32 766 host parameters, and fast to plan
+_SELECT_MANY: Final = (
+    "SELECT key, state, data, version, updated_at FROM mailtether_records "
+    "WHERE namespace = ? AND key IN ({marks})"
+)
+_POOL: Final = 8  # idle connections kept for reuse
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS mailtether_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mailtether_records (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    data TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (namespace, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS mailtether_records_by_state
+    ON mailtether_records (namespace, state, updated_at);
+CREATE TABLE IF NOT EXISTS mailtether_leases (
+    name TEXT PRIMARY KEY,
+    owner TEXT,
+    token INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    ttl REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+class SQLiteStore:
+    """A :class:`~mailtether.Store` in one SQLite file: the embedded default.
+
+    Many processes on one host may share the file: it runs in WAL mode, and every
+    compare-and-set is a single SQL statement, so concurrent writers cannot interleave.
+    (Do not put the file on a network file system: SQLite's locking is not reliable there;
+    use :class:`~mailtether.RedisStore` or :class:`~mailtether.PostgresStore` across hosts.)
+    The store clock is ``clock.time()``, the host's wall clock, which all processes share.
+
+    Args:
+        path: The database file; created with its directory if missing.
+        clock: The clock for lease expiry and ``updated_at``.
+        timeout: Seconds to wait for another process's write lock before failing.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from mailtether import SQLiteStore
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     store = SQLiteStore(pathlib.Path(tmp) / "state.db")
+        ...     record = store.put("status", "support@example.com", "online", {"attempts": 0})
+        ...     print(record.version, store.get("status", "support@example.com").state)
+        ...     store.close()
+        1 online
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, clock: Clock = SYSTEM_CLOCK, timeout: float = 30.0
+    ) -> None:
+        text = os.fspath(path)
+        if not text or text == ":memory:" or text.startswith("file::memory:"):
+            raise ConfigError(
+                "SQLiteStore needs a file (each thread has its own connection); use MemoryStore "
+                "for an in-memory store"
+            )
+        if timeout < 0:
+            raise ValueError(f"timeout must be >= 0, got {timeout!r}")
+        self.path = Path(text)
+        """The database file."""
+        self._clock = clock
+        self._timeout = float(timeout)
+        self._idle: list[sqlite3.Connection] = []
+        self._registry = threading.Lock()
+        self._closed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._run("open", self._initialise)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+        )
+        connection.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
+        connection.execute("PRAGMA synchronous = NORMAL")
+        return connection
+
+    def _run(self, what: str, operation: Callable[[sqlite3.Connection], _T]) -> _T:
+        # A small pool rather than one connection per thread: callers (a lock's heartbeat)
+        # may use a new thread for every call.
+        with self._registry:
+            if self._closed:
+                raise StoreError(f"SQLiteStore({str(self.path)!r}) is closed")
+            connection = self._idle.pop() if self._idle else None
+        try:
+            if connection is None:
+                connection = self._connect()
+            result = operation(connection)
+        except sqlite3.Error as error:
+            if connection is not None:
+                connection.close()
+            raise StoreError(f"SQLiteStore({str(self.path)!r}): {what} failed: {error}") from error
+        with self._registry:
+            if not self._closed and len(self._idle) < _POOL:
+                self._idle.append(connection)
+                connection = None
+        if connection is not None:
+            connection.close()
+        return result
+
+    @contextmanager
+    def _transaction(self, connection: sqlite3.Connection) -> Iterator[None]:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    def _initialise(self, connection: sqlite3.Connection) -> None:
+        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"SQLiteStore({str(self.path)!r}): cannot switch to WAL ({mode})")
+        with self._transaction(connection):
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute(
+                "INSERT OR IGNORE INTO mailtether_meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            found = connection.execute(
+                "SELECT value FROM mailtether_meta WHERE key = 'schema_version'"
+            ).fetchone()[0]
+        if int(found) > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{self.path} was written by a newer mailtether (schema {found}, this one knows "
+                f"{SCHEMA_VERSION}): upgrade mailtether on every worker sharing it"
+            )
+
+    def now(self) -> float:
+        """Return ``clock.time()``."""
+        return self._clock.time()
+
+    # -- records -------------------------------------------------------------------------------
+
+    def get(self, namespace: str, key: str) -> Record | None:
+        """Return the record, or ``None``."""
+        check_namespace(namespace)
+        check_key(key)
+        row = self._run(
+            "get",
+            lambda c: c.execute(
+                "SELECT key, state, data, version, updated_at FROM mailtether_records "
+                "WHERE namespace = ? AND key = ?",
+                (namespace, key),
+            ).fetchone(),
+        )
+        return None if row is None else _record(namespace, row)
+
+    def get_many(self, namespace: str, keys: Iterable[str]) -> dict[str, Record]:
+        """Return the existing records among *keys*, in batches of 500 per query."""
+        check_namespace(namespace)
+        wanted = list(dict.fromkeys(check_key(key) for key in keys))
+
+        def query(connection: sqlite3.Connection) -> dict[str, Record]:
+            found: dict[str, Record] = {}
+            for start in range(0, len(wanted), _BATCH):
+                chunk = wanted[start : start + _BATCH]
+                # Only "?" placeholders are formatted in; the keys travel as parameters.
+                sql = _SELECT_MANY.format(marks=",".join("?" * len(chunk)))
+                for row in connection.execute(sql, (namespace, *chunk)):
+                    found[row[0]] = _record(namespace, row)
+            return found
+
+        return self._run("get_many", query)
+
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        state: str,
+        data: Mapping[str, Any],
+        *,
+        expect: int | None = None,
+    ) -> Record | None:
+        """Write a record, compare-and-set on its version if *expect* is given."""
+        check_namespace(namespace)
+        check_key(key)
+        check_state(state)
+        check_expect(expect)
+        text = encode_data(data)
+        now = self._clock.time()
+        if expect is None:
+            sql = (
+                "INSERT INTO mailtether_records (namespace, key, state, data, version, updated_at) "
+                "VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (namespace, key) DO UPDATE SET "
+                "state = excluded.state, data = excluded.data, version = version + 1, "
+                "updated_at = excluded.updated_at RETURNING version"
+            )
+            params: tuple[Any, ...] = (namespace, key, state, text, now)
+        elif expect == 0:
+            sql = (
+                "INSERT INTO mailtether_records (namespace, key, state, data, version, updated_at) "
+                "VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (namespace, key) DO NOTHING "
+                "RETURNING version"
+            )
+            params = (namespace, key, state, text, now)
+        else:
+            sql = (
+                "UPDATE mailtether_records SET state = ?, data = ?, version = version + 1, "
+                "updated_at = ? WHERE namespace = ? AND key = ? AND version = ? RETURNING version"
+            )
+            params = (state, text, now, namespace, key, expect)
+        row = self._run("put", lambda c: c.execute(sql, params).fetchone())
+        if row is None:
+            return None
+        return Record(namespace, key, state, decode_data(text), int(row[0]), now)
+
+    def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
+        """Delete a record (at version *expect*, if given)."""
+        check_namespace(namespace)
+        check_key(key)
+        check_expect(expect)
+        sql = "DELETE FROM mailtether_records WHERE namespace = ? AND key = ?"
+        params: tuple[Any, ...] = (namespace, key)
+        if expect is not None:
+            sql += " AND version = ?"
+            params += (expect,)
+        return self._run("delete", lambda c: c.execute(sql, params).rowcount) > 0
+
+    def scan(
+        self,
+        namespace: str,
+        *,
+        state: str | None = None,
+        updated_before: float | None = None,
+        limit: int | None = None,
+    ) -> list[Record]:
+        """Return matching records, oldest update first."""
+        check_namespace(namespace)
+        sql = (
+            "SELECT key, state, data, version, updated_at FROM mailtether_records "
+            "WHERE namespace = ?"
+        )
+        params: list[Any] = [namespace]
+        if state is not None:
+            sql += " AND state = ?"
+            params.append(check_state(state))
+        if updated_before is not None:
+            sql += " AND updated_at < ?"
+            params.append(check_time(updated_before, "updated_before"))
+        sql += " ORDER BY updated_at, key"
+        if check_limit(limit) is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        rows = self._run("scan", lambda c: c.execute(sql, params).fetchall())
+        return [_record(namespace, row) for row in rows]
+
+    def count(self, namespace: str) -> dict[str, int]:
+        """Return the number of records in each state."""
+        check_namespace(namespace)
+        rows = self._run(
+            "count",
+            lambda c: c.execute(
+                "SELECT state, COUNT(*) FROM mailtether_records WHERE namespace = ? GROUP BY state",
+                (namespace,),
+            ).fetchall(),
+        )
+        return {state: int(n) for state, n in rows}
+
+    def prune(self, namespace: str, *, state: str, updated_before: float) -> int:
+        """Delete records in *state* older than *updated_before*."""
+        check_namespace(namespace)
+        check_state(state)
+        check_time(updated_before, "updated_before")
+        return self._run(
+            "prune",
+            lambda c: (
+                c.execute(
+                    "DELETE FROM mailtether_records WHERE namespace = ? AND state = ? "
+                    "AND updated_at < ?",
+                    (namespace, state, updated_before),
+                ).rowcount
+            ),
+        )
+
+    # -- leases --------------------------------------------------------------------------------
+
+    def acquire(self, name: str, owner: str, ttl: float) -> Lease | None:
+        """Take the lease if free or expired, in one statement."""
+        check_key(name, "name")
+        check_key(owner, "owner")
+        ttl = check_ttl(ttl)
+        now = self._clock.time()
+        row = self._run(
+            "acquire",
+            lambda c: c.execute(
+                "INSERT INTO mailtether_leases (name, owner, token, expires_at, ttl) "
+                "VALUES (?, ?, 1, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "owner = excluded.owner, token = token + 1, expires_at = excluded.expires_at, "
+                "ttl = excluded.ttl WHERE owner IS NULL OR expires_at <= ? RETURNING token",
+                (name, owner, now + ttl, ttl, now),
+            ).fetchone(),
+        )
+        return None if row is None else Lease(name, owner, int(row[0]), now + ttl, ttl)
+
+    def renew(self, lease: Lease, ttl: float | None = None) -> Lease:
+        """Extend a held lease from now; raise LeaseLost if it is not held any more."""
+        check_lease(lease)
+        ttl = lease.ttl if ttl is None else check_ttl(ttl)
+        now = self._clock.time()
+        changed = self._run(
+            "renew",
+            lambda c: (
+                c.execute(
+                    "UPDATE mailtether_leases SET expires_at = ?, ttl = ? WHERE name = ? "
+                    "AND owner = ? AND token = ? AND expires_at > ?",
+                    (now + ttl, ttl, lease.name, lease.owner, lease.token, now),
+                ).rowcount
+            ),
+        )
+        if not changed:
+            raise LeaseLost(
+                f"lease {lease.name!r} (token {lease.token}) is no longer held by "
+                f"{lease.owner!r}: it expired or was taken over; stop the work it protected"
+            )
+        return Lease(lease.name, lease.owner, lease.token, now + ttl, ttl)
+
+    def release(self, lease: Lease) -> bool:
+        """Let go of a held lease."""
+        check_lease(lease)
+        now = self._clock.time()
+        changed = self._run(
+            "release",
+            lambda c: (
+                c.execute(
+                    "UPDATE mailtether_leases SET owner = NULL, expires_at = 0 WHERE name = ? "
+                    "AND owner = ? AND token = ? AND expires_at > ?",
+                    (lease.name, lease.owner, lease.token, now),
+                ).rowcount
+            ),
+        )
+        return changed > 0
+
+    def holder(self, name: str) -> Lease | None:
+        """Return the current unexpired holder."""
+        check_key(name, "name")
+        now = self._clock.time()
+        row = self._run(
+            "holder",
+            lambda c: c.execute(
+                "SELECT owner, token, expires_at, ttl FROM mailtether_leases WHERE name = ? "
+                "AND owner IS NOT NULL AND expires_at > ?",
+                (name, now),
+            ).fetchone(),
+        )
+        return (
+            None if row is None else Lease(name, row[0], int(row[1]), float(row[2]), float(row[3]))
+        )
+
+    def close(self) -> None:
+        """Close every connection; later calls raise StoreError."""
+        with self._registry:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+
+def _record(namespace: str, row: tuple[Any, ...]) -> Record:
+    key, state, data, version, updated_at = row
+    return Record(namespace, key, state, decode_data(data), int(version), float(updated_at))

@@ -1,0 +1,318 @@
+"""The ``Store`` protocol: where leases, duplicate-guard records and source status live.
+
+A store offers two things with the same semantics on every backend:
+
+**Records**: small JSON documents addressed by ``(namespace, key)``, each with a short
+``state`` tag (indexed: counted, scanned and pruned by state) and a ``version`` that grows with
+every write. Writes are compare-and-set on the version, so logic built on records (the
+duplicate guard, the status board) is written once, above the stores, and is exactly as
+atomic on SQLite as on PostgreSQL.
+
+**Leases**: named, time-bounded claims with an owner and a fencing token that strictly
+increases per name, expiring by the store's own clock.
+
+Layout, for every backend (schema version :data:`SCHEMA_VERSION`):
+
+- namespaces are short ASCII names, by convention ``<part>`` or ``<part>:<detail>``
+  (``guard``, ``guard-content``, ``status``, ``backoff``); keys are any non-empty text;
+- lease names are any non-empty text; a name's fencing counter is never deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import secrets
+import socket
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, Protocol, runtime_checkable
+
+import attrs
+
+from mailtether._errors import ConfigError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Lease",
+    "Record",
+    "Store",
+    "default_owner",
+]
+
+SCHEMA_VERSION: Final = 1
+"""The layout version every store writes; a store refuses data from a newer one."""
+
+MAX_KEY_LENGTH: Final = 1024
+_NAMESPACE: Final = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
+_STATE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+MIN_TTL: Final = 0.001
+
+
+@attrs.frozen
+class Record:
+    """A stored document: what :meth:`Store.get` returns.
+
+    Attributes:
+        namespace: The record's namespace (``guard``, ``status``, ...).
+        key: Its key within the namespace.
+        state: A short tag the store indexes (``processing``, ``done``, ``held``, ...).
+        data: The JSON document.
+        version: Grows by one with every write; pass it as ``expect`` to write only if
+            nobody else wrote meanwhile.
+        updated_at: When it was last written, in store-clock seconds (:meth:`Store.now`).
+    """
+
+    namespace: str
+    key: str
+    state: str
+    data: Mapping[str, Any]
+    version: int
+    updated_at: float
+
+
+@attrs.frozen
+class Lease:
+    """A held lease: what :meth:`Store.acquire` and :meth:`Store.renew` return.
+
+    Attributes:
+        name: What is leased (``"mailbox:support@example.com"``).
+        owner: Who holds it; unique per holder (see :func:`default_owner`).
+        token: The fencing token: strictly greater than every token given out before for
+            this name, on this store. Pass it along with work the lease protects, so a
+            downstream system that can compare tokens refuses a stale holder.
+        expires_at: When it expires, in store-clock seconds.
+        ttl: The time-to-live it was last granted for, in seconds.
+    """
+
+    name: str
+    owner: str
+    token: int
+    expires_at: float
+    ttl: float
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where mailtether keeps state that must outlive a process or be shared between several.
+
+    Backends: :class:`~mailtether.MemoryStore` (one process), :class:`~mailtether.SQLiteStore`
+    (one host, the embedded default), :class:`~mailtether.RedisStore` and
+    :class:`~mailtether.PostgresStore` (many hosts). All pass one conformance suite.
+    Every method is safe to call from several threads.
+    """
+
+    def now(self) -> float:
+        """The store's clock in seconds: lease expiry and ``updated_at`` are on this clock.
+
+        For Redis and PostgreSQL it is the server's time, so client clocks that disagree
+        cannot make two holders of one lease.
+        """
+        ...
+
+    def get(self, namespace: str, key: str) -> Record | None:
+        """Return the record, or ``None`` if there is none."""
+        ...
+
+    def get_many(self, namespace: str, keys: Iterable[str]) -> dict[str, Record]:
+        """Return the records that exist among *keys*, by key (one round trip per batch)."""
+        ...
+
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        state: str,
+        data: Mapping[str, Any],
+        *,
+        expect: int | None = None,
+    ) -> Record | None:
+        """Write a record; with *expect*, only if its version is still *expect*.
+
+        Args:
+            namespace: The record's namespace.
+            key: Its key.
+            state: Its new state tag.
+            data: Its new JSON document (replaces the old one).
+            expect: ``None`` writes unconditionally; ``0`` writes only if the record does
+                not exist; ``n`` writes only if the current version is ``n``.
+
+        Returns:
+            The new record, or ``None`` if *expect* did not match (nothing was written).
+        """
+        ...
+
+    def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
+        """Delete a record (only at version *expect*, if given); ``True`` if one was deleted."""
+        ...
+
+    def scan(
+        self,
+        namespace: str,
+        *,
+        state: str | None = None,
+        updated_before: float | None = None,
+        limit: int | None = None,
+    ) -> list[Record]:
+        """Return records of *namespace*, oldest update first, filtered by state and age."""
+        ...
+
+    def count(self, namespace: str) -> dict[str, int]:
+        """Return how many records of *namespace* are in each state."""
+        ...
+
+    def prune(self, namespace: str, *, state: str, updated_before: float) -> int:
+        """Delete records in *state* last written before *updated_before*; return how many."""
+        ...
+
+    def acquire(self, name: str, owner: str, ttl: float) -> Lease | None:
+        """Take the lease *name* for *ttl* seconds if it is free or expired; else ``None``.
+
+        A released or expired lease is taken over with a new, greater fencing token.
+        """
+        ...
+
+    def renew(self, lease: Lease, ttl: float | None = None) -> Lease:
+        """Extend a held lease by *ttl* (default: its own) from now.
+
+        Raises:
+            LeaseLost: it expired, or another owner holds it now. Nothing is changed.
+        """
+        ...
+
+    def release(self, lease: Lease) -> bool:
+        """Let go of a held lease; ``False`` (and no change) if it is not held by *lease*."""
+        ...
+
+    def holder(self, name: str) -> Lease | None:
+        """Return the current unexpired holder of *name*, or ``None``."""
+        ...
+
+    def close(self) -> None:
+        """Release the store's connections. Using it afterwards raises StoreError."""
+        ...
+
+
+# -- argument checks shared by every backend ----------------------------------------------------
+
+
+def check_namespace(namespace: object) -> str:
+    """Return *namespace* if it is a valid namespace, else raise ValueError/TypeError."""
+    if not isinstance(namespace, str):
+        raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+    if not _NAMESPACE.match(namespace):
+        raise ValueError(
+            f"namespace {namespace!r} is not valid: use 1-64 characters of a-z, 0-9, _ . : - "
+            "starting with a letter or digit"
+        )
+    return namespace
+
+
+def check_key(key: object, what: str = "key") -> str:
+    """Return *key* if it is non-empty text without NUL, at most 1024 characters."""
+    if not isinstance(key, str):
+        raise TypeError(f"{what} must be a str, not {type(key).__name__}")
+    if not key or len(key) > MAX_KEY_LENGTH or "\x00" in key:
+        raise ValueError(
+            f"{what} must be 1-{MAX_KEY_LENGTH} characters without NUL, got {key[:80]!r}"
+        )
+    return key
+
+
+def check_state(state: object) -> str:
+    """Return *state* if it is a valid state tag (a-z, 0-9, _ -; up to 32 characters)."""
+    if not isinstance(state, str):
+        raise TypeError(f"state must be a str, not {type(state).__name__}")
+    if not _STATE.match(state):
+        raise ValueError(
+            f"state {state!r} is not valid: use 1-32 characters of a-z, 0-9, _ - "
+            "starting with a letter"
+        )
+    return state
+
+
+def check_expect(expect: object) -> int | None:
+    """Return *expect* if it is ``None`` or an int >= 0."""
+    if expect is None:
+        return None
+    if isinstance(expect, bool) or not isinstance(expect, int) or expect < 0:
+        raise ValueError(f"expect must be None or an int >= 0, got {expect!r}")
+    return expect
+
+
+def check_ttl(ttl: object) -> float:
+    """Return *ttl* as float seconds if it is finite and at least 1 ms."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
+    ttl = float(ttl)
+    if not math.isfinite(ttl) or ttl < MIN_TTL:
+        raise ValueError(f"ttl must be finite and at least {MIN_TTL} s, got {ttl!r}")
+    return ttl
+
+
+def check_limit(limit: object) -> int | None:
+    """Return *limit* if it is ``None`` or an int >= 0."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
+    return limit
+
+
+def check_time(value: object, what: str) -> float:
+    """Return *value* as float if it is a finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number of seconds, got {value!r}")
+    return float(value)
+
+
+def check_lease(lease: object) -> Lease:
+    """Return *lease* if it is a :class:`Lease`."""
+    if not isinstance(lease, Lease):
+        raise TypeError(f"expected a Lease, not {type(lease).__name__}")
+    return lease
+
+
+def encode_data(data: object) -> str:
+    """Serialise a record's document to compact JSON; refuse what JSON cannot hold."""
+    if not isinstance(data, Mapping):
+        raise TypeError(f"data must be a mapping, not {type(data).__name__}")
+    try:
+        return json.dumps(data, separators=(",", ":"), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"data must be JSON-serialisable: {error}") from None
+
+
+def decode_data(text: str | bytes) -> dict[str, Any]:
+    """Parse a record's JSON document."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("stored record data is not a JSON object")
+    return value
+
+
+def default_owner() -> str:
+    """Return a lease owner name unique to this process and call: ``host:pid:random``.
+
+    The host and process id help a person reading ``mailtether status``; the random part
+    keeps two owners apart even when a pid is reused.
+    """
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def redact_url(url: str) -> str:
+    """Return *url* with any password replaced by ``***``, for repr and messages."""
+    return re.sub(r"(?<=://)([^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def require(module: str, extra: str) -> Any:
+    """Import an optional dependency, or explain which extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ConfigError(
+            f"this store needs {module!r}: install it with pip install 'mailtether[{extra}]'"
+        ) from error

@@ -1,0 +1,60 @@
+"""``store_from_url``: a store from one setting."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from mailtether._clock import SYSTEM_CLOCK, Clock
+from mailtether._errors import ConfigError
+from mailtether._memory_store import MemoryStore
+from mailtether._sqlite_store import SQLiteStore
+from mailtether._store import Store, redact_url
+
+__all__ = ["store_from_url"]
+
+
+def store_from_url(url: str, *, clock: Clock = SYSTEM_CLOCK) -> Store:
+    """Open the store a URL names.
+
+    - ``memory:`` — a :class:`~mailtether.MemoryStore`;
+    - ``sqlite:///absolute/path.db`` or ``sqlite:relative/path.db`` — a
+      :class:`~mailtether.SQLiteStore`;
+    - ``redis://[:password@]host[:port][/db][?prefix=name]`` (``rediss://`` for TLS) — a
+      :class:`~mailtether.RedisStore` (needs ``mailtether[redis]``);
+    - ``postgresql://user:password@host[:port]/database[?table_prefix=name]`` — a
+      :class:`~mailtether.PostgresStore` (needs ``mailtether[postgres]``).
+
+    Raises:
+        ConfigError: the URL's scheme is unknown or its path is missing; the message never
+            shows the password.
+
+    Example:
+        >>> from mailtether import store_from_url
+        >>> store_from_url("memory:")
+        MemoryStore()
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError("a store URL is a non-empty string such as 'sqlite:///var/lib/x.db'")
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "memory":
+        return MemoryStore(clock=clock)
+    if scheme == "sqlite":
+        path = urlsplit(url).path
+        if not path or path == "/":
+            raise ConfigError(
+                f"{redact_url(url)!r} names no file: write sqlite:///absolute/path.db or "
+                "sqlite:relative/path.db"
+            )
+        return SQLiteStore(path, clock=clock)
+    if scheme in ("redis", "rediss", "unix"):
+        from mailtether._redis_store import RedisStore
+
+        return RedisStore(url)
+    if scheme in ("postgres", "postgresql"):
+        from mailtether._postgres_store import PostgresStore
+
+        return PostgresStore(url)
+    raise ConfigError(
+        f"unknown store URL {redact_url(url)!r}: use memory:, sqlite:///path.db, "
+        "redis://host/0 or postgresql://user@host/db"
+    )

@@ -1,0 +1,307 @@
+"""One conformance suite, run against every store backend."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from backends import BACKENDS, Backend, make_backend
+
+from mailtether import Lease, LeaseLost, Record, Store, StoreError
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path) -> Backend:
+    made = make_backend(request.param, request, tmp_path)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def store(backend: Backend) -> Store:
+    return backend.store
+
+
+# -- records -----------------------------------------------------------------------------------
+
+
+def test_is_a_store(store):
+    assert isinstance(store, Store)
+
+
+def test_missing_record_is_none(store):
+    assert store.get("guard", "nothing") is None
+    assert store.get_many("guard", ["a", "b"]) == {}
+
+
+def test_put_creates_then_versions_grow(store):
+    first = store.put("guard", "k", "processing", {"n": 1})
+    assert isinstance(first, Record)
+    assert (first.namespace, first.key, first.state, first.data, first.version) == (
+        "guard",
+        "k",
+        "processing",
+        {"n": 1},
+        1,
+    )
+    second = store.put("guard", "k", "done", {"n": 2})
+    assert second.version == 2
+    assert store.get("guard", "k") == second
+
+
+def test_expect_zero_creates_only_once(store):
+    assert store.put("guard", "k", "processing", {}, expect=0) is not None
+    assert store.put("guard", "k", "processing", {"other": True}, expect=0) is None
+    assert store.get("guard", "k").data == {}
+
+
+def test_compare_and_set_on_version(store):
+    record = store.put("guard", "k", "processing", {"worker": "a"})
+    assert store.put("guard", "k", "done", {"worker": "b"}, expect=record.version + 1) is None
+    assert store.get("guard", "k") == record, "a failed compare-and-set changes nothing"
+    updated = store.put("guard", "k", "done", {"worker": "a"}, expect=record.version)
+    assert updated.version == record.version + 1
+    assert store.put("guard", "k", "failed", {}, expect=record.version) is None
+
+
+def test_expect_on_a_missing_record_fails(store):
+    assert store.put("guard", "ghost", "done", {}, expect=3) is None
+    assert store.get("guard", "ghost") is None
+
+
+def test_only_one_of_many_concurrent_writers_wins(backend):
+    winners = []
+    barrier = threading.Barrier(8)
+
+    def contend(index: int) -> None:
+        client = backend.other() if index % 2 else backend.store
+        barrier.wait()
+        if client.put("guard", "contended", "processing", {"by": index}, expect=0) is not None:
+            winners.append(index)
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(winners) == 1
+    assert backend.store.get("guard", "contended").data == {"by": winners[0]}
+
+
+def test_data_round_trips_json(store):
+    data = {"subject": "Grüße ✉", "ids": [1, 2, 3], "nested": {"ok": True, "none": None}, "f": 1.5}
+    store.put("guard", "uni ✉ key / with:colons", "done", data)
+    assert store.get("guard", "uni ✉ key / with:colons").data == data
+
+
+def test_data_is_copied_not_shared(store):
+    data = {"list": [1]}
+    store.put("guard", "k", "done", data)
+    data["list"].append(2)
+    assert store.get("guard", "k").data == {"list": [1]}
+
+
+def test_namespaces_are_separate(store):
+    store.put("guard", "k", "done", {"a": 1})
+    store.put("status", "k", "online", {"b": 2})
+    assert store.get("guard", "k").data == {"a": 1}
+    assert store.count("guard") == {"done": 1}
+    assert store.count("status") == {"online": 1}
+
+
+def test_delete(store):
+    record = store.put("guard", "k", "done", {})
+    assert store.delete("guard", "k", expect=record.version + 1) is False
+    assert store.get("guard", "k") is not None
+    assert store.delete("guard", "k", expect=record.version) is True
+    assert store.get("guard", "k") is None
+    assert store.delete("guard", "k") is False
+
+
+def test_get_many_returns_only_existing(store):
+    for index in range(1200):
+        store.put("guard", f"k{index}", "done", {"i": index})
+    wanted = [f"k{index}" for index in range(0, 2400, 2)]
+    found = store.get_many("guard", wanted)
+    assert set(found) == {f"k{index}" for index in range(0, 1200, 2)}
+    assert found["k10"].data == {"i": 10}
+
+
+def test_scan_count_and_prune(backend):
+    store = backend.store
+    store.put("guard", "old-done", "done", {})
+    store.put("guard", "old-held", "held", {})
+    backend.pass_time(10)
+    cutoff = store.now()
+    backend.pass_time(1)
+    store.put("guard", "new-done", "done", {})
+    store.put("guard", "new-processing", "processing", {})
+    assert store.count("guard") == {"done": 2, "held": 1, "processing": 1}
+    assert [r.key for r in store.scan("guard", state="done")] == ["old-done", "new-done"]
+    assert [r.key for r in store.scan("guard", updated_before=cutoff)] == ["old-done", "old-held"]
+    assert len(store.scan("guard", limit=3)) == 3
+    assert store.prune("guard", state="done", updated_before=cutoff) == 1
+    assert store.get("guard", "old-done") is None
+    assert store.get("guard", "old-held") is not None, "prune touches only the named state"
+    assert store.count("guard") == {"done": 1, "held": 1, "processing": 1}
+
+
+def test_updated_at_is_on_the_store_clock(backend):
+    before = backend.store.now()
+    record = backend.store.put("guard", "k", "done", {})
+    after = backend.store.now()
+    assert before - 1 <= record.updated_at <= after + 1
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda s: s.get("Guard", "k"), ValueError),
+        (lambda s: s.get("", "k"), ValueError),
+        (lambda s: s.get("guard", ""), ValueError),
+        (lambda s: s.get("guard", "x" * 1025), ValueError),
+        (lambda s: s.get("guard", "nul\x00"), ValueError),
+        (lambda s: s.get("guard", 5), TypeError),
+        (lambda s: s.put("guard", "k", "Done!", {}), ValueError),
+        (lambda s: s.put("guard", "k", "done", {"x": object()}), ValueError),
+        (lambda s: s.put("guard", "k", "done", {"x": float("nan")}), ValueError),
+        (lambda s: s.put("guard", "k", "done", ["not", "a", "mapping"]), TypeError),
+        (lambda s: s.put("guard", "k", "done", {}, expect=-1), ValueError),
+        (lambda s: s.scan("guard", limit=-1), ValueError),
+        (lambda s: s.prune("guard", state="done", updated_before=float("inf")), ValueError),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(store, call, error):
+    with pytest.raises(error):
+        call(store)
+    assert store.count("guard") == {}
+
+
+# -- leases ------------------------------------------------------------------------------------
+
+
+def test_acquire_a_free_lease(store):
+    lease = store.acquire("mailbox:support", "worker-a", 30)
+    assert isinstance(lease, Lease)
+    assert (lease.name, lease.owner, lease.ttl) == ("mailbox:support", "worker-a", 30.0)
+    assert lease.token >= 1
+    assert lease.expires_at == pytest.approx(store.now() + 30, abs=2)
+    assert store.holder("mailbox:support") == lease
+
+
+def test_a_held_lease_is_not_given_to_another_owner(backend):
+    lease = backend.store.acquire("m", "worker-a", 30)
+    assert backend.other().acquire("m", "worker-b", 30) is None
+    assert backend.store.acquire("m", "worker-a", 30) is None, "no re-entry, even for the owner"
+    assert backend.store.holder("m") == lease
+
+
+def test_tokens_strictly_increase_across_holders(backend):
+    tokens = []
+    for round_ in range(5):
+        lease = backend.store.acquire("m", f"worker-{round_}", 30)
+        tokens.append(lease.token)
+        if round_ % 2:
+            assert backend.store.release(lease)
+        else:
+            backend.expire(lease)
+    assert tokens == sorted(set(tokens))
+    assert len(tokens) == 5
+
+
+def test_tokens_survive_a_new_client(backend):
+    first = backend.store.acquire("m", "a", 30)
+    backend.store.release(first)
+    second = backend.other().acquire("m", "b", 30)
+    assert second.token > first.token
+
+
+def test_expired_lease_is_taken_over(backend):
+    crashed = backend.store.acquire("m", "crashed", 0.5)
+    backend.expire(crashed)
+    assert backend.store.holder("m") is None
+    taker = backend.other().acquire("m", "taker", 30)
+    assert taker is not None
+    assert taker.token > crashed.token
+
+
+def test_renew_extends_the_lease(backend):
+    lease = backend.store.acquire("m", "a", 2)
+    backend.pass_time(1)
+    renewed = backend.store.renew(lease)
+    assert renewed.token == lease.token
+    assert renewed.expires_at > lease.expires_at
+    backend.pass_time(1.5)
+    assert backend.store.holder("m") == renewed
+    longer = backend.store.renew(renewed, ttl=60)
+    assert longer.ttl == 60.0
+
+
+def test_renew_after_expiry_is_refused(backend):
+    lease = backend.store.acquire("m", "a", 0.5)
+    backend.expire(lease)
+    with pytest.raises(LeaseLost, match="no longer held"):
+        backend.store.renew(lease)
+    assert backend.store.holder("m") is None
+
+
+def test_non_holder_cannot_renew_or_release(backend):
+    lease = backend.store.acquire("m", "a", 30)
+    impostor = Lease("m", "b", lease.token, lease.expires_at, lease.ttl)
+    stale = Lease("m", "a", lease.token - 1, lease.expires_at, lease.ttl)
+    for fake in (impostor, stale):
+        with pytest.raises(LeaseLost):
+            backend.other().renew(fake)
+        assert backend.other().release(fake) is False
+    assert backend.store.holder("m") == lease
+
+
+def test_old_holder_cannot_touch_the_new_holders_lease(backend):
+    old = backend.store.acquire("m", "a", 0.5)
+    backend.expire(old)
+    new = backend.other().acquire("m", "b", 30)
+    with pytest.raises(LeaseLost):
+        backend.store.renew(old)
+    assert backend.store.release(old) is False
+    assert backend.store.holder("m") == new
+
+
+def test_release_frees_the_lease_once(store):
+    lease = store.acquire("m", "a", 30)
+    assert store.release(lease) is True
+    assert store.release(lease) is False
+    assert store.holder("m") is None
+    assert store.acquire("m", "b", 30).token == lease.token + 1
+
+
+def test_leases_are_independent(store):
+    a = store.acquire("mailbox:a", "w", 30)
+    b = store.acquire("mailbox:b", "w", 30)
+    assert a is not None
+    assert b is not None
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda s: s.acquire("", "w", 5), ValueError),
+        (lambda s: s.acquire("m", "", 5), ValueError),
+        (lambda s: s.acquire("m", "w", 0), ValueError),
+        (lambda s: s.acquire("m", "w", -1), ValueError),
+        (lambda s: s.acquire("m", "w", float("nan")), ValueError),
+        (lambda s: s.acquire("m", "w", float("inf")), ValueError),
+        (lambda s: s.acquire("m", "w", "5"), TypeError),
+        (lambda s: s.renew("m"), TypeError),
+        (lambda s: s.release(None), TypeError),
+    ],
+)
+def test_bad_lease_arguments_raise_clear_errors(store, call, error):
+    with pytest.raises(error):
+        call(store)
+    assert store.holder("m") is None
+
+
+def test_closed_store_refuses_work(backend):
+    backend.store.close()
+    with pytest.raises(StoreError, match="closed"):
+        backend.store.get("guard", "k")
