@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from backends import BACKENDS, Backend, make_backend
 
+from backends import BACKENDS, Backend, make_backend
 from mailtether import Lease, LeaseLost, Record, Store, StoreError
 
 
