@@ -55,14 +55,21 @@ class Backend:
             store.close()
 
 
-def make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+def make_backend(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path, *, real_clock: bool = False
+) -> Backend:
+    """A fresh store of kind *name*; *real_clock* when other processes share it."""
     if name == "memory":
         clock = FakeClock()
         store = MemoryStore(clock=clock)
         return Backend(name, store, lambda: store, None, clock)
     if name == "sqlite":
-        clock = FakeClock()
         path = tmp_path / "state.db"
+        if real_clock:
+            return Backend(
+                name, SQLiteStore(path), lambda: SQLiteStore(path), f"sqlite://{path}", None
+            )
+        clock = FakeClock()
         return Backend(
             name,
             SQLiteStore(path, clock=clock),
