@@ -122,11 +122,14 @@ class SQLiteStore:
 
     def _run(self, what: str, operation: Callable[[sqlite3.Connection], _T]) -> _T:
         # A small pool rather than one connection per thread: callers (a lock's heartbeat)
-        # may use a new thread for every call.
-        with self._registry:
-            if self._closed:
-                raise StoreError(f"SQLiteStore({str(self.path)!r}) is closed")
-            connection = self._idle.pop() if self._idle else None
+        # may use a new thread for every call. list.pop/append are atomic under the GIL, so
+        # the hot path takes no lock; close() takes the registry lock and empties the pool.
+        if self._closed:
+            raise StoreError(f"SQLiteStore({str(self.path)!r}) is closed")
+        try:
+            connection: sqlite3.Connection | None = self._idle.pop()
+        except IndexError:
+            connection = None
         try:
             if connection is None:
                 connection = self._connect()
@@ -135,12 +138,13 @@ class SQLiteStore:
             if connection is not None:
                 connection.close()
             raise StoreError(f"SQLiteStore({str(self.path)!r}): {what} failed: {error}") from error
-        with self._registry:
-            if not self._closed and len(self._idle) < _POOL:
-                self._idle.append(connection)
-                connection = None
-        if connection is not None:
+        kept = len(self._idle) < _POOL and not self._closed
+        if kept:
+            self._idle.append(connection)
+        else:
             connection.close()
+        if kept and self._closed:  # close() ran meanwhile: leave no connection open
+            self._close_idle()
         return result
 
     @contextmanager
@@ -397,8 +401,11 @@ class SQLiteStore:
 
     def close(self) -> None:
         """Close every connection; later calls raise StoreError."""
+        self._closed = True
+        self._close_idle()
+
+    def _close_idle(self) -> None:
         with self._registry:
-            self._closed = True
             idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
