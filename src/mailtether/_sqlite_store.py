@@ -143,7 +143,7 @@ class SQLiteStore:
             self._idle.append(connection)
         else:
             connection.close()
-        if kept and self._closed:  # close() ran meanwhile: leave no connection open
+        if kept and self._is_closed():  # close() ran meanwhile: leave no connection open
             self._close_idle()
         return result
 
@@ -403,6 +403,9 @@ class SQLiteStore:
         """Close every connection; later calls raise StoreError."""
         self._closed = True
         self._close_idle()
+
+    def _is_closed(self) -> bool:
+        return self._closed
 
     def _close_idle(self) -> None:
         with self._registry:
