@@ -2,6 +2,7 @@
 
 import importlib
 import inspect
+import pkgutil
 import subprocess
 import sys
 
@@ -36,19 +37,12 @@ def test_every_public_name_has_a_docstring(module):
 
 
 def test_private_modules_declare_all():
-    for name in [
-        "_backoff",
-        "_clock",
-        "_config",
-        "_durations",
-        "_errors",
-        "_strategies",
-        "testing._clock",
-        "testing._proxy",
-        "testing._strategies",
-    ]:
-        module = importlib.import_module(f"mailtether.{name}")
-        assert hasattr(module, "__all__"), name
+    for package in (mailtether, mailtether.testing):
+        for info in pkgutil.iter_modules(package.__path__):
+            if info.name.startswith("_") and not info.ispkg:
+                name = f"{package.__name__}.{info.name}"
+                module = importlib.import_module(name)
+                assert hasattr(module, "__all__"), name
 
 
 def test_import_pulls_in_no_optional_dependency():

@@ -16,8 +16,19 @@ from mailtether._errors import (
     SchemaError,
     StoreError,
 )
+from mailtether._guard import (
+    Claim,
+    ClaimLost,
+    ClaimStatus,
+    DuplicateGuard,
+    GuardEntry,
+    HistoryEntry,
+    RepeatedMessage,
+    RepeatPolicy,
+)
 from mailtether._leases import ProcessLock, acquire_lease
 from mailtether._memory_store import MemoryStore
+from mailtether._message_key import MessageKey, content_digest, message_id_of
 from mailtether._sqlite_store import SQLiteStore
 from mailtether._store import SCHEMA_VERSION, Lease, Record, Store, default_owner
 from mailtether._store_url import store_from_url
@@ -46,11 +57,17 @@ __all__ = [
     "BackoffState",
     "Capped",
     "Chain",
+    "Claim",
+    "ClaimLost",
+    "ClaimStatus",
     "Clock",
     "ConfigError",
+    "DuplicateGuard",
     "Duration",
     "Exponential",
     "Fixed",
+    "GuardEntry",
+    "HistoryEntry",
     "ImmediateFirst",
     "JitterKind",
     "Jittered",
@@ -60,9 +77,12 @@ __all__ = [
     "LeaseUnavailable",
     "MailtetherError",
     "MemoryStore",
+    "MessageKey",
     "ProcessLock",
     "ReconnectStrategy",
     "Record",
+    "RepeatPolicy",
+    "RepeatedMessage",
     "SQLiteStore",
     "SchemaError",
     "Store",
@@ -70,7 +90,9 @@ __all__ = [
     "SystemClock",
     "Tiered",
     "acquire_lease",
+    "content_digest",
     "default_owner",
+    "message_id_of",
     "parse_duration",
     "store_from_url",
     "strategy_from_config",

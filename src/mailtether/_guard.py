@@ -1,0 +1,549 @@
+"""``DuplicateGuard``: every mail handled once, failures retried, poison mail held aside."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Final, Literal, Self
+
+import attrs
+
+from mailtether._errors import MailtetherError
+from mailtether._message_key import MessageKey
+from mailtether._store import Record, Store, check_namespace, default_owner
+
+__all__ = [
+    "Claim",
+    "ClaimLost",
+    "ClaimStatus",
+    "DuplicateGuard",
+    "GuardEntry",
+    "HistoryEntry",
+    "RepeatPolicy",
+    "RepeatedMessage",
+]
+
+log = logging.getLogger("mailtether.guard")
+
+RepeatPolicy = Literal["block", "skip", "quarantine"]
+_POLICIES: Final = ("block", "skip", "quarantine")
+_HISTORY: Final = 20
+_RETRIES: Final = 32
+_ERROR_TEXT: Final = 500
+
+# Record states in the store.
+PROCESSING: Final = "processing"
+DONE: Final = "done"
+FAILED: Final = "failed"
+HELD: Final = "held"
+DROPPED: Final = "dropped"
+
+
+class ClaimStatus(enum.Enum):
+    """What :meth:`DuplicateGuard.claim` decided about a message."""
+
+    NEW = "new"
+    """Yours to process: the block's outcome is recorded when it ends."""
+    DONE = "done"
+    """Processed before (repeat policy ``skip``): leave it."""
+    DUPLICATE = "duplicate"
+    """A new position, but the same content was processed before (e.g. a new UIDVALIDITY)."""
+    HELD = "held"
+    """Poisoned: failed too often, waiting for a person to release or drop it."""
+    DROPPED = "dropped"
+    """A person decided it must not be processed."""
+    BUSY = "busy"
+    """Another worker is processing it right now."""
+    QUARANTINE = "quarantine"
+    """Processed before and back again (repeat policy ``quarantine``): move it aside."""
+
+
+class RepeatedMessage(MailtetherError):
+    """A message already processed is in the mailbox again (repeat policy ``block``).
+
+    Reprocessing it would repeat forever (it could not be removed from the mailbox), so the
+    listener blocks the source until a person acts, as a help-desk mail handler does.
+
+    Attributes:
+        key: The message.
+        done_at: When it was processed (store clock).
+    """
+
+    def __init__(self, key: MessageKey, done_at: float) -> None:
+        self.key = key
+        self.done_at = done_at
+        super().__init__(
+            f"message {key} was already processed and is in the mailbox again (it could not "
+            "be removed, or the post-action failed): remove or move it, then resume the source"
+        )
+
+
+class ClaimLost(MailtetherError):
+    """A claim expired and was taken by another worker before its outcome was recorded.
+
+    The message may have been handled twice: raise the claim TTL above your longest handler
+    run, or call :meth:`Claim.extend` during long work.
+    """
+
+
+@attrs.frozen
+class HistoryEntry:
+    """One event in a message's life in the guard."""
+
+    at: float
+    """When (store clock)."""
+    event: str
+    """``claimed``, ``done``, ``failed``, ``expired``, ``held``, ``released``, ``dropped``."""
+    detail: str = ""
+    """The error, or who acted."""
+
+
+@attrs.frozen
+class GuardEntry:
+    """What the guard knows about one message (for inspection and ``mailtether status``)."""
+
+    key: MessageKey
+    state: str
+    """``processing``, ``done``, ``failed``, ``held`` or ``dropped``."""
+    attempts: int
+    """Failed attempts so far."""
+    reason: str
+    """The last error, or why it is held."""
+    since: float
+    """When the state last changed (store clock)."""
+    history: tuple[HistoryEntry, ...]
+
+
+def _history(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    value = data.get("history", [])
+    return list(value) if isinstance(value, list) else []
+
+
+def _append(history: list[dict[str, Any]], at: float, event: str, detail: str = "") -> list[Any]:
+    history.append({"at": at, "event": event, "detail": detail[:_ERROR_TEXT]})
+    return history[-_HISTORY:]
+
+
+class Claim:
+    """The result of :meth:`DuplicateGuard.claim`; a context manager when :attr:`acquired`.
+
+    Leaving the ``with`` block normally records the message as done; an exception records
+    a failure (and re-raises it). After ``max_failures`` failures the message is held.
+    """
+
+    def __init__(
+        self, guard: DuplicateGuard, key: MessageKey, status: ClaimStatus, record: Record | None
+    ) -> None:
+        self.guard = guard
+        """The guard that decided."""
+        self.key = key
+        """The message."""
+        self.status = status
+        """What was decided."""
+        self._record = record
+        self._finished = False
+
+    @property
+    def acquired(self) -> bool:
+        """``True`` if the message is yours to process (``status is ClaimStatus.NEW``)."""
+        return self.status is ClaimStatus.NEW
+
+    @property
+    def attempt(self) -> int:
+        """Which attempt this is, from 1 (failed attempts before it plus one)."""
+        if self._record is None:
+            return 0
+        return int(self._record.data.get("attempts", 0)) + 1
+
+    def __bool__(self) -> bool:
+        return self.acquired
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if not self.acquired or self._finished:
+            return
+        if exc is None:
+            self.done()
+        elif isinstance(exc, Exception):
+            self.fail(f"{type(exc).__name__}: {exc}")
+        else:  # KeyboardInterrupt, SystemExit: not the message's fault
+            self.abandon()
+
+    def _require(self) -> Record:
+        if not self.acquired or self._record is None:
+            raise RuntimeError(f"claim of {self.key} is {self.status.value}, not yours")
+        if self._finished:
+            raise RuntimeError(f"claim of {self.key} is already finished")
+        return self._record
+
+    def done(self) -> None:
+        """Record the message as processed (done automatically at the end of the block)."""
+        record = self._require()
+        self._finished = True
+        self.guard._finish(self.key, record, DONE, "done", "")
+
+    def fail(self, reason: str) -> None:
+        """Record a failed attempt (done automatically when the block raises)."""
+        record = self._require()
+        self._finished = True
+        self.guard._finish(self.key, record, FAILED, "failed", reason)
+
+    def abandon(self) -> None:
+        """Give the message back untouched (not a failure), e.g. when shutting down."""
+        record = self._require()
+        self._finished = True
+        self.guard._abandon(self.key, record)
+
+    def extend(self) -> None:
+        """Renew the claim for another ``claim_ttl``, for handlers that run long."""
+        record = self._require()
+        self._record = self.guard._extend(self.key, record)
+
+    def __repr__(self) -> str:
+        return f"Claim({self.key}, {self.status.value})"
+
+
+class DuplicateGuard:
+    """Decides, atomically and on any store, whether a mail is handled, skipped or held.
+
+    ::
+
+        with guard.claim(key) as claim:
+            if claim.acquired:
+                handle(message)      # an exception here is recorded as a failed attempt
+
+    Exactly one of several concurrent claimers (threads, processes, hosts) gets
+    :attr:`ClaimStatus.NEW` for a key. A claim whose worker crashed expires after
+    *claim_ttl* and is taken again, counting as a failed attempt. After *max_failures*
+    failed attempts the message is **held**: never handed out again until a person
+    releases it (:meth:`release`) or drops it (:meth:`drop`). A message claimed again
+    *after* it was done gets the *repeat* policy: ``"block"`` raises
+    :class:`RepeatedMessage` (the listener blocks the source), ``"skip"`` skips it,
+    ``"quarantine"`` reports it for moving aside.
+
+    Args:
+        store: Where the records live (shared by every worker of the mailbox).
+        max_failures: Failed attempts before a message is held.
+        claim_ttl: Seconds a claim lasts before another worker may take it over.
+        repeat: The repeat policy.
+        name: Separates several guards in one store (records go to namespace
+            ``guard`` or ``guard:<name>``).
+        owner: Who claims; default :func:`~mailtether.default_owner`.
+
+    Example:
+        >>> from mailtether import DuplicateGuard, MemoryStore, MessageKey
+        >>> guard = DuplicateGuard(MemoryStore(), repeat="skip")
+        >>> key = MessageKey.imap("support@example.com", "INBOX", 7, 42)
+        >>> with guard.claim(key) as claim:
+        ...     print(claim.status.name)
+        NEW
+        >>> guard.claim(key).status.name
+        'DONE'
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_failures: int = 3,
+        claim_ttl: float = 600.0,
+        repeat: RepeatPolicy = "block",
+        name: str | None = None,
+        owner: str | None = None,
+    ) -> None:
+        if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 1:
+            raise ValueError(f"max_failures must be an int >= 1, got {max_failures!r}")
+        if not isinstance(claim_ttl, int | float) or not 0 < claim_ttl < float("inf"):
+            raise ValueError(f"claim_ttl must be a finite number of seconds > 0, got {claim_ttl!r}")
+        if repeat not in _POLICIES:
+            raise ValueError(f"repeat must be one of {', '.join(_POLICIES)}, got {repeat!r}")
+        self.store = store
+        """Where the records live."""
+        self.max_failures = max_failures
+        """Failed attempts before a message is held."""
+        self.claim_ttl = float(claim_ttl)
+        """Seconds a claim lasts."""
+        self.repeat: RepeatPolicy = repeat
+        """The repeat policy."""
+        self.namespace = check_namespace("guard" if name is None else f"guard:{name}")
+        """The namespace of the position records."""
+        self.content_namespace = check_namespace(
+            "guard-content" if name is None else f"guard-content:{name}"
+        )
+        """The namespace of the content records."""
+        self.owner = owner if owner is not None else default_owner()
+        """Who claims."""
+
+    # -- claiming --------------------------------------------------------------------------------
+
+    def claim(self, key: MessageKey) -> Claim:
+        """Decide about *key*; if it is new, it is claimed for you until the block ends.
+
+        Raises:
+            RepeatedMessage: it was done before and the repeat policy is ``"block"``.
+        """
+        if not isinstance(key, MessageKey):
+            raise TypeError(f"claim needs a MessageKey, not {type(key).__name__}")
+        store, namespace = self.store, self.namespace
+        for _ in range(_RETRIES):
+            now = store.now()
+            record = store.get(namespace, key.id)
+            if record is None:
+                duplicate_of = self._done_content(key)
+                if duplicate_of is not None:
+                    data = {
+                        "key": key.to_dict(),
+                        "attempts": 0,
+                        "duplicate_of": duplicate_of,
+                        "history": _append([], now, "duplicate", f"same content as {duplicate_of}"),
+                    }
+                    if store.put(namespace, key.id, DONE, data, expect=0) is not None:
+                        log.info("%s: same content already processed; skipped", key)
+                        return Claim(self, key, ClaimStatus.DUPLICATE, None)
+                    continue
+                data = {
+                    "key": key.to_dict(),
+                    "attempts": 0,
+                    "owner": self.owner,
+                    "expires_at": now + self.claim_ttl,
+                    "history": _append([], now, "claimed", self.owner),
+                }
+                written = store.put(namespace, key.id, PROCESSING, data, expect=0)
+                if written is not None:
+                    return Claim(self, key, ClaimStatus.NEW, written)
+                continue
+            decided = self._decide(key, record, now)
+            if decided is not None:
+                return decided
+        raise MailtetherError(f"could not claim {key}: the record kept changing under us")
+
+    def _done_content(self, key: MessageKey) -> str | None:
+        content_id = key.content_id
+        if content_id is None:
+            return None
+        content = self.store.get(self.content_namespace, content_id)
+        if content is None:
+            return None
+        first = str(content.data.get("id", ""))
+        return first if first and first != key.id else None
+
+    def _decide(self, key: MessageKey, record: Record, now: float) -> Claim | None:
+        data = dict(record.data)
+        attempts = int(data.get("attempts", 0))
+        state = record.state
+        if state == PROCESSING:
+            if float(data.get("expires_at", 0)) > now:
+                return Claim(self, key, ClaimStatus.BUSY, None)
+            attempts += 1
+            history = _append(
+                _history(data), now, "expired", f"claim by {data.get('owner')} expired"
+            )
+            return self._retry(key, record, data, attempts, history, now)
+        if state == FAILED:
+            return self._retry(key, record, data, attempts, _history(data), now)
+        if state == HELD:
+            return Claim(self, key, ClaimStatus.HELD, None)
+        if state == DROPPED:
+            return Claim(self, key, ClaimStatus.DROPPED, None)
+        if state == DONE:
+            if data.get("duplicate_of"):
+                return Claim(self, key, ClaimStatus.DUPLICATE, None)
+            if self.repeat == "block":
+                raise RepeatedMessage(key, record.updated_at)
+            if self.repeat == "quarantine":
+                return Claim(self, key, ClaimStatus.QUARANTINE, None)
+            return Claim(self, key, ClaimStatus.DONE, None)
+        raise MailtetherError(f"unknown guard state {state!r} for {key}")
+
+    def _retry(
+        self,
+        key: MessageKey,
+        record: Record,
+        data: dict[str, Any],
+        attempts: int,
+        history: list[Any],
+        now: float,
+    ) -> Claim | None:
+        if attempts >= self.max_failures:
+            data.update(
+                attempts=attempts,
+                history=_append(history, now, "held", f"{attempts} failed attempts"),
+            )
+            data.pop("owner", None)
+            data.pop("expires_at", None)
+            if self.store.put(self.namespace, key.id, HELD, data, expect=record.version) is None:
+                return None
+            log.warning("%s: held after %d failed attempts", key, attempts)
+            return Claim(self, key, ClaimStatus.HELD, None)
+        data.update(
+            attempts=attempts,
+            owner=self.owner,
+            expires_at=now + self.claim_ttl,
+            history=_append(history, now, "claimed", self.owner),
+        )
+        written = self.store.put(self.namespace, key.id, PROCESSING, data, expect=record.version)
+        return None if written is None else Claim(self, key, ClaimStatus.NEW, written)
+
+    def _finish(self, key: MessageKey, record: Record, state: str, event: str, reason: str) -> None:
+        store = self.store
+        now = store.now()
+        data = dict(record.data)
+        data.pop("owner", None)
+        data.pop("expires_at", None)
+        history = _append(_history(data), now, event, reason)
+        if state == FAILED:
+            data["attempts"] = int(data.get("attempts", 0)) + 1
+            data["reason"] = reason[:_ERROR_TEXT]
+            if data["attempts"] >= self.max_failures:
+                state = HELD
+                history = _append(history, now, "held", f"{data['attempts']} failed attempts")
+        data["history"] = history
+        if store.put(self.namespace, key.id, state, data, expect=record.version) is None:
+            raise ClaimLost(
+                f"the claim of {key} expired and was taken over before its outcome ({event}) "
+                "was recorded: it may have been handled twice; raise claim_ttl"
+            )
+        if state == DONE and key.content_id is not None:
+            store.put(self.content_namespace, key.content_id, DONE, {"id": key.id})
+        if state == HELD:
+            log.warning("%s: held after %d failed attempts: %s", key, data["attempts"], reason)
+
+    def _abandon(self, key: MessageKey, record: Record) -> None:
+        data = dict(record.data)
+        data.pop("owner", None)
+        data.pop("expires_at", None)
+        data["history"] = _append(_history(data), self.store.now(), "abandoned")
+        self.store.put(self.namespace, key.id, FAILED, data, expect=record.version)
+
+    def _extend(self, key: MessageKey, record: Record) -> Record:
+        data = dict(record.data)
+        data["expires_at"] = self.store.now() + self.claim_ttl
+        written = self.store.put(self.namespace, key.id, PROCESSING, data, expect=record.version)
+        if written is None:
+            raise ClaimLost(f"the claim of {key} was lost before it could be extended")
+        return written
+
+    # -- batches and housekeeping ----------------------------------------------------------------
+
+    def filter_new(self, keys: Iterable[MessageKey]) -> list[MessageKey]:
+        """Return the keys the guard has never seen, by position or by content, in order.
+
+        One batched look-up per 500 keys: for the first sync of a large mailbox, call this
+        before claiming, so only new mail is fetched in full.
+        """
+        keys = list(keys)
+        known = self.store.get_many(self.namespace, (key.id for key in keys))
+        unseen = [key for key in keys if key.id not in known]
+        content_ids = [key.content_id for key in unseen if key.content_id is not None]
+        if not content_ids:
+            return unseen
+        done_content = self.store.get_many(self.content_namespace, content_ids)
+        return [key for key in unseen if key.content_id not in done_content]
+
+    def prune(self, older_than: float) -> int:
+        """Forget done and dropped messages last changed more than *older_than* seconds ago.
+
+        Held, failed and in-progress records are never pruned: a person must decide about
+        them. Return how many records were deleted.
+        """
+        if not isinstance(older_than, int | float) or not 0 <= older_than < float("inf"):
+            raise ValueError(
+                f"older_than must be a finite number of seconds >= 0, got {older_than!r}"
+            )
+        cutoff = self.store.now() - older_than
+        removed = 0
+        for state in (DONE, DROPPED):
+            removed += self.store.prune(self.namespace, state=state, updated_before=cutoff)
+        removed += self.store.prune(self.content_namespace, state=DONE, updated_before=cutoff)
+        return removed
+
+    # -- inspection ------------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Messages by state: ``processing``, ``done``, ``failed``, ``held``, ``dropped``."""
+        counts = dict.fromkeys((PROCESSING, DONE, FAILED, HELD, DROPPED), 0)
+        counts.update(self.store.count(self.namespace))
+        return counts
+
+    def lookup(self, key: MessageKey | str) -> GuardEntry | None:
+        """Return what the guard knows about *key* (a key or its :attr:`~MessageKey.id`)."""
+        record = self.store.get(self.namespace, _id(key))
+        return None if record is None else _entry(record)
+
+    def held(self, limit: int | None = None) -> list[GuardEntry]:
+        """Return the held (poisoned) messages, oldest first, with their history."""
+        return [
+            _entry(record) for record in self.store.scan(self.namespace, state=HELD, limit=limit)
+        ]
+
+    def release(self, key: MessageKey | str, *, by: str = "a person") -> bool:
+        """Let a held (or dropped) message be processed again, with a fresh count of attempts.
+
+        Returns ``False`` if it is not held or dropped.
+        """
+        return self._person(key, (HELD, DROPPED), FAILED, "released", by, reset=True)
+
+    def drop(self, key: MessageKey | str, *, by: str = "a person") -> bool:
+        """Mark a held or failed message as never to be processed. ``False`` if not found."""
+        return self._person(key, (HELD, FAILED), DROPPED, "dropped", by, reset=False)
+
+    def _person(
+        self,
+        key: MessageKey | str,
+        from_states: tuple[str, ...],
+        to_state: str,
+        event: str,
+        by: str,
+        *,
+        reset: bool,
+    ) -> bool:
+        for _ in range(_RETRIES):
+            record = self.store.get(self.namespace, _id(key))
+            if record is None or record.state not in from_states:
+                return False
+            data = dict(record.data)
+            if reset:
+                data["attempts"] = 0
+            data["history"] = _append(_history(data), self.store.now(), event, by)
+            if self.store.put(self.namespace, record.key, to_state, data, expect=record.version):
+                log.info("%s %s by %s", record.key, event, by)
+                return True
+        return False
+
+    def __repr__(self) -> str:
+        return (
+            f"DuplicateGuard({self.store!r}, max_failures={self.max_failures}, "
+            f"repeat={self.repeat!r}, namespace={self.namespace!r})"
+        )
+
+
+def _id(key: MessageKey | str) -> str:
+    return key.id if isinstance(key, MessageKey) else str(key)
+
+
+def _entry(record: Record) -> GuardEntry:
+    data = record.data
+    history = tuple(
+        HistoryEntry(
+            float(item.get("at", 0)), str(item.get("event", "")), str(item.get("detail", ""))
+        )
+        for item in _history(data)
+        if isinstance(item, dict)
+    )
+    return GuardEntry(
+        key=MessageKey.from_dict(dict(data["key"])),
+        state=record.state,
+        attempts=int(data.get("attempts", 0)),
+        reason=str(data.get("reason", "")),
+        since=record.updated_at,
+        history=history,
+    )

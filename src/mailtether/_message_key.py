@@ -1,0 +1,206 @@
+"""``MessageKey``: what identifies one mail to the duplicate guard."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import Any, Final, Literal
+
+import attrs
+
+__all__ = ["MessageKey", "content_digest", "message_id_of"]
+
+_UIDL: Final = re.compile(r"^[\x21-\x7e]{1,70}$")
+_DIGEST: Final = re.compile(r"^[0-9a-f]{64}$")
+_MAX_MESSAGE_ID: Final = 512
+# Control characters and lone surrogates (undecodable 8-bit bytes): not a real Message-ID.
+_UNUSABLE: Final = re.compile("[\x00-\x20\x7f\ud800-\udfff]")
+
+
+def content_digest(raw: bytes) -> str:
+    r"""Return the SHA-256 of a raw message, with line endings normalised.
+
+    Servers may store a message with LF and serve it with CRLF (or the other way round);
+    the digest is the same either way.
+
+    Example:
+        >>> from mailtether import content_digest
+        >>> crlf = content_digest(b"Subject: hi\r\n\r\nbody\r\n")
+        >>> crlf == content_digest(b"Subject: hi\n\nbody\n")
+        True
+    """
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise TypeError(f"raw must be bytes, not {type(raw).__name__}")
+    return hashlib.sha256(bytes(raw).replace(b"\r\n", b"\n")).hexdigest()
+
+
+def message_id_of(raw: bytes) -> str | None:
+    """Return the Message-ID header of a raw message, or ``None`` if it has no usable one.
+
+    Never raises on malformed mail: 8-bit garbage, control characters, missing or empty
+    headers give ``None``.
+    Folded whitespace is removed; a value over 512 characters is ignored as bogus.
+    """
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise TypeError(f"raw must be bytes, not {type(raw).__name__}")
+    header_end = bytes(raw[:65536])
+    try:
+        headers = BytesHeaderParser(policy=compat32).parsebytes(header_end)
+        value = headers.get("Message-ID")
+    except Exception:  # malformed mail must never stop the listener
+        return None
+    if value is None:
+        return None
+    text = "".join(str(value).split())
+    if not text or len(text) > _MAX_MESSAGE_ID or _UNUSABLE.search(text):
+        return None
+    return text
+
+
+def _text(name: str) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str):
+            raise TypeError(f"MessageKey.{name} must be a str, not {type(value).__name__}")
+        if not value or "\x00" in value or len(value) > 512:
+            raise ValueError(f"MessageKey.{name} must be 1-512 characters without NUL")
+
+    return check
+
+
+def _positive(name: str) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"MessageKey.{name} must be an int, not {type(value).__name__}")
+        if not 1 <= value < 2**32:
+            raise ValueError(f"MessageKey.{name} must be between 1 and 2**32 - 1, got {value}")
+
+    return check
+
+
+def _check_uidl(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not _UIDL.match(value):
+        raise ValueError(
+            f"MessageKey.uidl must be 1-70 printable ASCII characters (RFC 1939), got {value!r}"
+        )
+
+
+def _check_digest(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not _DIGEST.match(value)):
+        raise ValueError("MessageKey.digest must be a SHA-256 hex digest (see content_digest)")
+
+
+@attrs.frozen
+class MessageKey:
+    """What identifies one mail: its mailbox position, plus its content when known.
+
+    Build one with :meth:`imap` or :meth:`pop3`. The position (:attr:`id`) is the primary
+    key: account, folder, UIDVALIDITY and UID for IMAP (a folder recreated with a new
+    UIDVALIDITY restarts UIDs at 1, so the UID alone would skip new mail), or account and
+    UIDL for POP3. The Message-ID and the content digest ride along: when both the position
+    is new and the content (:attr:`content_id`) was already processed, the guard knows it is
+    the same mail under a new UID. Content is matched only by digest (with the Message-ID
+    beside it), never by Message-ID alone: real mail often has none, or repeats one.
+
+    Example:
+        >>> from mailtether import MessageKey
+        >>> key = MessageKey.imap("support@example.com", "INBOX", uidvalidity=7, uid=42)
+        >>> key.id
+        '["imap","support@example.com","INBOX",7,42]'
+    """
+
+    protocol: Literal["imap", "pop3"] = attrs.field(
+        validator=attrs.validators.in_(("imap", "pop3"))
+    )
+    account: str = attrs.field(validator=_text("account"))
+    folder: str | None = attrs.field(default=None, validator=_text("folder"))
+    uidvalidity: int | None = attrs.field(default=None, validator=_positive("uidvalidity"))
+    uid: int | None = attrs.field(default=None, validator=_positive("uid"))
+    uidl: str | None = attrs.field(default=None, validator=_check_uidl)
+    message_id: str | None = attrs.field(default=None, validator=_text("message_id"))
+    digest: str | None = attrs.field(default=None, validator=_check_digest)
+
+    def __attrs_post_init__(self) -> None:
+        if self.protocol == "imap":
+            if self.folder is None or self.uidvalidity is None or self.uid is None:
+                raise ValueError("an IMAP MessageKey needs folder, uidvalidity and uid")
+            if self.uidl is not None:
+                raise ValueError("an IMAP MessageKey has no uidl")
+        else:
+            if self.uidl is None:
+                raise ValueError("a POP3 MessageKey needs a uidl")
+            if self.uid is not None or self.uidvalidity is not None:
+                raise ValueError("a POP3 MessageKey has no uid or uidvalidity")
+
+    @classmethod
+    def imap(
+        cls,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        uid: int,
+        *,
+        message_id: str | None = None,
+        digest: str | None = None,
+        raw: bytes | None = None,
+    ) -> MessageKey:
+        """Key an IMAP message; pass *raw* to fill in the Message-ID and digest from it."""
+        if raw is not None:
+            message_id = message_id if message_id is not None else message_id_of(raw)
+            digest = digest if digest is not None else content_digest(raw)
+        return cls("imap", account, folder, uidvalidity, uid, None, message_id, digest)
+
+    @classmethod
+    def pop3(
+        cls,
+        account: str,
+        uidl: str,
+        *,
+        message_id: str | None = None,
+        digest: str | None = None,
+        raw: bytes | None = None,
+    ) -> MessageKey:
+        """Key a POP3 message by its UIDL; *raw* fills in the Message-ID and digest."""
+        if raw is not None:
+            message_id = message_id if message_id is not None else message_id_of(raw)
+            digest = digest if digest is not None else content_digest(raw)
+        return cls("pop3", account, None, None, None, uidl, message_id, digest)
+
+    @property
+    def id(self) -> str:
+        """The position key: unique per mailbox slot, stable across restarts."""
+        if self.protocol == "imap":
+            parts: list[Any] = ["imap", self.account, self.folder, self.uidvalidity, self.uid]
+        else:
+            parts = ["pop3", self.account, self.uidl]
+        return json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+
+    @property
+    def content_id(self) -> str | None:
+        """The content key (account, folder, Message-ID, digest), or ``None`` without a digest."""
+        if self.digest is None:
+            return None
+        parts = [self.account, self.folder or "", self.message_id or "", self.digest]
+        return json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the key as a JSON-compatible dict."""
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MessageKey:
+        """Rebuild a key saved with :meth:`to_dict`."""
+        return cls(**data)
+
+    def __str__(self) -> str:
+        if self.protocol == "imap":
+            return f"{self.account} {self.folder} UID {self.uid} (UIDVALIDITY {self.uidvalidity})"
+        return f"{self.account} UIDL {self.uidl}"

@@ -1,0 +1,267 @@
+"""DuplicateGuard on every store backend."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from backends import BACKENDS, Backend, make_backend
+from mailtether import (
+    ClaimLost,
+    ClaimStatus,
+    DuplicateGuard,
+    MessageKey,
+    RepeatedMessage,
+    content_digest,
+)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path) -> Backend:
+    made = make_backend(request.param, request, tmp_path)
+    yield made
+    made.close()
+
+
+def key(uid: int = 1, *, uidvalidity: int = 7, raw: bytes | None = None) -> MessageKey:
+    return MessageKey.imap("support@example.com", "INBOX", uidvalidity, uid, raw=raw)
+
+
+def mail(n: int, message_id: str | None = None) -> bytes:
+    header = f"Message-ID: {message_id}\r\n" if message_id else ""
+    return f"{header}Subject: mail {n}\r\n\r\nbody {n}\r\n".encode()
+
+
+def test_a_new_message_is_processed_once(backend):
+    guard = DuplicateGuard(backend.store, repeat="skip")
+    handled = []
+    with guard.claim(key()) as claim:
+        assert claim.status is ClaimStatus.NEW
+        assert claim.attempt == 1
+        handled.append(1)
+    with guard.claim(key()) as claim:
+        assert claim.status is ClaimStatus.DONE
+        assert not claim
+    assert handled == [1]
+    assert guard.counts()["done"] == 1
+
+
+def test_a_failure_is_recorded_and_retried(backend):
+    guard = DuplicateGuard(backend.store, max_failures=3)
+    with pytest.raises(ValueError, match="broken"), guard.claim(key()) as claim:
+        raise ValueError("broken template")
+    entry = guard.lookup(key())
+    assert entry.state == "failed"
+    assert entry.attempts == 1
+    assert entry.reason == "ValueError: broken template"
+    with guard.claim(key()) as claim:
+        assert claim.status is ClaimStatus.NEW
+        assert claim.attempt == 2
+    assert guard.lookup(key()).state == "done"
+
+
+def test_poison_mail_is_held_after_n_failures_and_never_handed_out_again(backend):
+    guard = DuplicateGuard(backend.store, max_failures=3)
+    for _ in range(3):
+        with pytest.raises(RuntimeError), guard.claim(key()):
+            raise RuntimeError("cannot parse")
+    for _ in range(5):
+        assert guard.claim(key()).status is ClaimStatus.HELD
+    [held] = guard.held()
+    assert held.key == key()
+    assert held.attempts == 3
+    assert [h.event for h in held.history].count("failed") == 3
+    assert held.history[-1].event == "held"
+    assert guard.counts()["held"] == 1
+
+
+def test_a_person_releases_or_drops_a_held_message(backend):
+    guard = DuplicateGuard(backend.store, max_failures=1)
+    with pytest.raises(RuntimeError), guard.claim(key(1)):
+        raise RuntimeError("x")
+    with pytest.raises(RuntimeError), guard.claim(key(2)):
+        raise RuntimeError("y")
+    assert guard.release(key(1), by="alice") is True
+    with guard.claim(key(1)) as claim:
+        assert claim.status is ClaimStatus.NEW
+    assert guard.drop(key(2).id, by="bob") is True
+    assert guard.claim(key(2)).status is ClaimStatus.DROPPED
+    assert guard.held() == []
+    assert guard.release(key(99)) is False
+    assert guard.drop(key(1)) is False, "a done message cannot be dropped"
+    assert guard.lookup(key(2)).history[-1].detail == "bob"
+
+
+@pytest.mark.parametrize("policy", ["block", "skip", "quarantine"])
+def test_repeat_policy_for_a_message_seen_again_after_done(backend, policy):
+    guard = DuplicateGuard(backend.store, repeat=policy)
+    with guard.claim(key()):
+        pass
+    if policy == "block":
+        with pytest.raises(RepeatedMessage, match="already processed") as info:
+            guard.claim(key())
+        assert info.value.key == key()
+    else:
+        expected = ClaimStatus.DONE if policy == "skip" else ClaimStatus.QUARANTINE
+        assert guard.claim(key()).status is expected
+
+
+def test_only_one_concurrent_claimer_wins(backend):
+    guards = [DuplicateGuard(backend.other() if i % 2 else backend.store) for i in range(8)]
+    barrier = threading.Barrier(8)
+    statuses: list[ClaimStatus] = []
+
+    def contend(guard: DuplicateGuard) -> None:
+        barrier.wait()
+        statuses.append(guard.claim(key()).status)
+
+    threads = [threading.Thread(target=contend, args=(g,)) for g in guards]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses.count(ClaimStatus.NEW) == 1
+    assert statuses.count(ClaimStatus.BUSY) == 7
+
+
+def test_a_crashed_workers_claim_expires_and_counts_as_a_failure(backend):
+    crashed = DuplicateGuard(backend.store, claim_ttl=1, max_failures=2, owner="crashed")
+    assert crashed.claim(key()).status is ClaimStatus.NEW  # and the worker dies
+    other = DuplicateGuard(backend.other(), claim_ttl=1, max_failures=2, owner="other")
+    assert other.claim(key()).status is ClaimStatus.BUSY
+    backend.pass_time(1.1)
+    claim = other.claim(key())
+    assert claim.status is ClaimStatus.NEW
+    assert claim.attempt == 2
+    assert guard_events(other) == ["claimed", "expired", "claimed"]
+    backend.pass_time(1.1)  # this worker dies too: two failed attempts, held
+    assert other.claim(key()).status is ClaimStatus.HELD
+
+
+def guard_events(guard: DuplicateGuard) -> list[str]:
+    return [h.event for h in guard.lookup(key()).history]
+
+
+def test_a_late_finisher_is_told_its_claim_was_lost(backend):
+    slow = DuplicateGuard(backend.store, claim_ttl=1, owner="slow")
+    claim = slow.claim(key())
+    backend.pass_time(1.1)
+    assert DuplicateGuard(backend.other(), claim_ttl=1).claim(key()).status is ClaimStatus.NEW
+    with pytest.raises(ClaimLost, match="handled twice"):
+        claim.done()
+
+
+def test_a_long_handler_extends_its_claim(backend):
+    guard = DuplicateGuard(backend.store, claim_ttl=1)
+    with guard.claim(key()) as claim:
+        backend.pass_time(0.6)
+        claim.extend()
+        backend.pass_time(0.6)
+        assert DuplicateGuard(backend.other()).claim(key()).status is ClaimStatus.BUSY
+    assert guard.lookup(key()).state == "done"
+
+
+def test_interrupt_gives_the_message_back_without_a_failure(backend):
+    guard = DuplicateGuard(backend.store, max_failures=1)
+    with pytest.raises(KeyboardInterrupt), guard.claim(key()):
+        raise KeyboardInterrupt
+    assert guard.lookup(key()).attempts == 0
+    assert guard.claim(key()).status is ClaimStatus.NEW
+
+
+def test_uidvalidity_change_recognises_done_mail_by_content(backend):
+    guard = DuplicateGuard(backend.store)
+    before = [key(uid, uidvalidity=7, raw=mail(uid, f"<m{uid}@x>")) for uid in (1, 2, 3)]
+    for k in before:
+        with guard.claim(k):
+            pass
+    # The folder was recreated: new UIDVALIDITY, UIDs restart, one new mail arrived.
+    after = [key(uid, uidvalidity=8, raw=mail(uid, f"<m{uid}@x>")) for uid in (1, 2, 3)]
+    new_mail = key(4, uidvalidity=8, raw=mail(4, "<m4@x>"))
+    assert guard.filter_new([*after, new_mail]) == [new_mail]
+    assert guard.claim(after[0]).status is ClaimStatus.DUPLICATE
+    assert guard.claim(after[0]).status is ClaimStatus.DUPLICATE, "stays a duplicate, no block"
+    assert guard.claim(new_mail).status is ClaimStatus.NEW
+
+
+def test_same_message_id_with_different_content_is_not_merged(backend):
+    guard = DuplicateGuard(backend.store, repeat="skip")
+    first = key(1, raw=mail(1, "<same@x>"))
+    second = key(2, raw=mail(2, "<same@x>"))
+    with guard.claim(first):
+        pass
+    assert guard.filter_new([second]) == [second]
+    assert guard.claim(second).status is ClaimStatus.NEW
+
+
+def test_mail_without_message_id_is_matched_only_by_content(backend):
+    guard = DuplicateGuard(backend.store, repeat="skip")
+    with guard.claim(key(1, raw=mail(1))):
+        pass
+    assert guard.claim(key(2, raw=mail(2))).status is ClaimStatus.NEW
+    assert guard.claim(key(3, raw=mail(1))).status is ClaimStatus.DUPLICATE
+
+
+def test_filter_new_batch(backend):
+    guard = DuplicateGuard(backend.store)
+    keys = [key(uid) for uid in range(1, 1501)]
+    for k in keys[::3]:
+        with guard.claim(k):
+            pass
+    fresh = guard.filter_new(keys)
+    assert fresh == [k for i, k in enumerate(keys) if i % 3]
+
+
+def test_prune_forgets_only_old_done_records(backend):
+    guard = DuplicateGuard(backend.store, max_failures=1)
+    with guard.claim(key(1, raw=mail(1))):
+        pass
+    with pytest.raises(RuntimeError), guard.claim(key(2)):
+        raise RuntimeError("poison")
+    failing = DuplicateGuard(backend.store, max_failures=5)
+    with pytest.raises(RuntimeError), failing.claim(key(3)):
+        raise RuntimeError("flaky")
+    guard.claim(key(4))  # in progress
+    backend.pass_time(2)
+    with guard.claim(key(5)):
+        pass
+    assert guard.prune(older_than=1) == 2  # key 1 and its content record
+    assert guard.lookup(key(1)) is None
+    assert guard.lookup(key(5)).state == "done"
+    assert guard.lookup(key(2)).state == "held"
+    assert guard.lookup(key(3)).state == "failed"
+    assert guard.lookup(key(4)).state == "processing"
+
+
+def test_separate_guards_by_name(backend):
+    a = DuplicateGuard(backend.store, name="helpdesk", repeat="skip")
+    b = DuplicateGuard(backend.store, name="archive", repeat="skip")
+    with a.claim(key()):
+        pass
+    assert b.claim(key()).status is ClaimStatus.NEW
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"max_failures": 0}, "max_failures"),
+        ({"claim_ttl": 0}, "claim_ttl"),
+        ({"claim_ttl": float("inf")}, "claim_ttl"),
+        ({"repeat": "ignore"}, "repeat must be one of"),
+        ({"name": "Bad Name"}, "namespace"),
+    ],
+)
+def test_bad_guard_arguments(backend, kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        DuplicateGuard(backend.store, **kwargs)
+
+
+def test_claim_refuses_a_non_key(backend):
+    with pytest.raises(TypeError, match="MessageKey"):
+        DuplicateGuard(backend.store).claim("uid 5")  # type: ignore[arg-type]
+
+
+def test_content_digest_ignores_line_endings():
+    assert content_digest(b"a\r\nb\r\n") == content_digest(b"a\nb\n")
+    assert content_digest(b"a\r\nb") != content_digest(b"a\r\nc")
