@@ -296,31 +296,24 @@ class DuplicateGuard:
         store, namespace = self.store, self.namespace
         for _ in range(_RETRIES):
             now = store.now()
-            record = store.get(namespace, key.id)
-            if record is None:
-                duplicate_of = self._done_content(key)
-                if duplicate_of is not None:
-                    data = {
-                        "key": key.to_dict(),
-                        "attempts": 0,
-                        "duplicate_of": duplicate_of,
-                        "history": _append([], now, "duplicate", f"same content as {duplicate_of}"),
-                    }
-                    if store.put(namespace, key.id, DONE, data, expect=0) is not None:
-                        log.info("%s: same content already processed; skipped", key)
-                        return Claim(self, key, ClaimStatus.DUPLICATE, None)
-                    continue
-                data = {
-                    "key": key.to_dict(),
-                    "attempts": 0,
-                    "owner": self.owner,
-                    "expires_at": now + self.claim_ttl,
-                    "history": _append([], now, "claimed", self.owner),
-                }
+            # Optimistic: most keys are new, so try to create the record first and look at
+            # what is there only when that fails.
+            duplicate_of = self._done_content(key)
+            if duplicate_of is None:
+                # The happy path writes as little as possible: the key is the record's key,
+                # and history starts with the first thing worth a person's attention.
+                data: dict[str, Any] = {"owner": self.owner, "expires_at": now + self.claim_ttl}
                 written = store.put(namespace, key.id, PROCESSING, data, expect=0)
                 if written is not None:
                     return Claim(self, key, ClaimStatus.NEW, written)
-                continue
+            else:
+                data = {"duplicate_of": duplicate_of, **_content(key)}
+                if store.put(namespace, key.id, DONE, data, expect=0) is not None:
+                    log.info("%s: same content already processed; skipped", key)
+                    return Claim(self, key, ClaimStatus.DUPLICATE, None)
+            record = store.get(namespace, key.id)
+            if record is None:
+                continue  # deleted meanwhile (pruned, or a person): start over
             decided = self._decide(key, record, now)
             if decided is not None:
                 return decided
@@ -399,14 +392,17 @@ class DuplicateGuard:
         data = dict(record.data)
         data.pop("owner", None)
         data.pop("expires_at", None)
-        history = _append(_history(data), now, event, reason)
         if state == FAILED:
+            data.update(_content(key))
+            history = _append(_history(data), now, event, reason)
             data["attempts"] = int(data.get("attempts", 0)) + 1
             data["reason"] = reason[:_ERROR_TEXT]
             if data["attempts"] >= self.max_failures:
                 state = HELD
                 history = _append(history, now, "held", f"{data['attempts']} failed attempts")
-        data["history"] = history
+            data["history"] = history
+        elif "history" in data:  # it failed before: finish its story
+            data["history"] = _append(_history(data), now, event, reason)
         if store.put(self.namespace, key.id, state, data, expect=record.version) is None:
             raise ClaimLost(
                 f"the claim of {key} expired and was taken over before its outcome ({event}) "
@@ -526,6 +522,16 @@ class DuplicateGuard:
         )
 
 
+def _content(key: MessageKey) -> dict[str, Any]:
+    """The content fields a record keeps so the key can be rebuilt for a person."""
+    fields: dict[str, Any] = {}
+    if key.message_id is not None:
+        fields["message_id"] = key.message_id
+    if key.digest is not None:
+        fields["digest"] = key.digest
+    return fields
+
+
 def _id(key: MessageKey | str) -> str:
     return key.id if isinstance(key, MessageKey) else str(key)
 
@@ -539,8 +545,13 @@ def _entry(record: Record) -> GuardEntry:
         for item in _history(data)
         if isinstance(item, dict)
     )
+    message_id, digest = data.get("message_id"), data.get("digest")
     return GuardEntry(
-        key=MessageKey.from_dict(dict(data["key"])),
+        key=MessageKey.from_id(
+            record.key,
+            message_id=message_id if isinstance(message_id, str) else None,
+            digest=digest if isinstance(digest, str) else None,
+        ),
         state=record.state,
         attempts=int(data.get("attempts", 0)),
         reason=str(data.get("reason", "")),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -26,6 +26,41 @@ from mailtether._store import (
 )
 
 __all__ = ["MemoryStore"]
+
+
+_SCALARS: Final = (str, int, bool, type(None))
+_INF: Final = float("inf")
+
+
+def _flat_copy(data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A copy of *data* if it is a flat dict of JSON scalars (the common case), else None."""
+    copy: dict[str, Any] = {}
+    for name, value in data.items():
+        if type(name) is not str:
+            return None
+        if type(value) is float:
+            if value != value or value in (_INF, -_INF):
+                return None
+        elif type(value) not in _SCALARS:
+            return None
+        copy[name] = value
+    return copy
+
+
+@attrs.define
+class _Stored:
+    state: str
+    payload: str | dict[str, Any]
+    """JSON text, or a private copy of a flat document (cheaper, and as safe)."""
+    version: int
+    updated_at: float
+
+    def record(self, namespace: str, key: str) -> Record:
+        # A fresh copy for every reader: nobody can change the stored document by
+        # mutating what they were given.
+        payload = self.payload
+        data = dict(payload) if isinstance(payload, dict) else decode_data(payload)
+        return Record(namespace, key, self.state, data, self.version, self.updated_at)
 
 
 @attrs.define
@@ -54,7 +89,7 @@ class MemoryStore:
     def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._records: dict[str, dict[str, Record]] = {}
+        self._records: dict[str, dict[str, _Stored]] = {}
         self._leases: dict[str, _Slot] = {}
         self._closed = False
 
@@ -74,7 +109,8 @@ class MemoryStore:
         check_key(key)
         with self._lock:
             self._check_open()
-            return self._records.get(namespace, {}).get(key)
+            stored = self._records.get(namespace, {}).get(key)
+        return None if stored is None else stored.record(namespace, key)
 
     def get_many(self, namespace: str, keys: Iterable[str]) -> dict[str, Record]:
         """Return the existing records among *keys*."""
@@ -83,7 +119,8 @@ class MemoryStore:
         with self._lock:
             self._check_open()
             space = self._records.get(namespace, {})
-            return {key: space[key] for key in wanted if key in space}
+            found = {key: space[key] for key in wanted if key in space}
+        return {key: stored.record(namespace, key) for key, stored in found.items()}
 
     def put(
         self,
@@ -99,19 +136,22 @@ class MemoryStore:
         check_key(key)
         check_state(state)
         check_expect(expect)
-        # A private copy, exactly as a backend that serialises would keep it.
-        document = decode_data(encode_data(data))
+        # Validated and copied exactly as a backend that serialises would keep it.
+        flat = _flat_copy(data) if isinstance(data, dict) else None
+        payload: str | dict[str, Any] = flat if flat is not None else encode_data(data)
         now = self._clock.time()
         with self._lock:
-            self._check_open()
-            space = self._records.setdefault(namespace, {})
+            if self._closed:
+                raise StoreError("MemoryStore is closed")
+            space = self._records.get(namespace)
+            if space is None:
+                space = self._records[namespace] = {}
             current = space.get(key)
             version = current.version if current is not None else 0
             if expect is not None and expect != version:
                 return None
-            record = Record(namespace, key, state, document, version + 1, now)
-            space[key] = record
-            return record
+            space[key] = _Stored(state, payload, version + 1, now)
+        return Record(namespace, key, state, dict(data), version + 1, now)
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""
@@ -145,10 +185,10 @@ class MemoryStore:
         with self._lock:
             self._check_open()
             found = [
-                record
-                for record in self._records.get(namespace, {}).values()
-                if (state is None or record.state == state)
-                and (updated_before is None or record.updated_at < updated_before)
+                stored.record(namespace, key)
+                for key, stored in self._records.get(namespace, {}).items()
+                if (state is None or stored.state == state)
+                and (updated_before is None or stored.updated_at < updated_before)
             ]
         found.sort(key=lambda record: (record.updated_at, record.key))
         return found if limit is None else found[:limit]

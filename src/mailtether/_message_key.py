@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -16,6 +17,7 @@ __all__ = ["MessageKey", "content_digest", "message_id_of"]
 _UIDL: Final = re.compile(r"^[\x21-\x7e]{1,70}$")
 _DIGEST: Final = re.compile(r"^[0-9a-f]{64}$")
 _MAX_MESSAGE_ID: Final = 512
+_ENCODE: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # Control characters and lone surrogates (undecodable 8-bit bytes): not a real Message-ID.
 _UNUSABLE: Final = re.compile("[\x00-\x20\x7f\ud800-\udfff]")
 
@@ -174,26 +176,54 @@ class MessageKey:
             digest = digest if digest is not None else content_digest(raw)
         return cls("pop3", account, None, None, None, uidl, message_id, digest)
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
         """The position key: unique per mailbox slot, stable across restarts."""
         if self.protocol == "imap":
             parts: list[Any] = ["imap", self.account, self.folder, self.uidvalidity, self.uid]
         else:
             parts = ["pop3", self.account, self.uidl]
-        return json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+        return _ENCODE(parts)
 
-    @property
+    @functools.cached_property
     def content_id(self) -> str | None:
         """The content key (account, folder, Message-ID, digest), or ``None`` without a digest."""
         if self.digest is None:
             return None
-        parts = [self.account, self.folder or "", self.message_id or "", self.digest]
-        return json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+        return _ENCODE([self.account, self.folder or "", self.message_id or "", self.digest])
+
+    @classmethod
+    def from_id(
+        cls, key_id: str, *, message_id: str | None = None, digest: str | None = None
+    ) -> MessageKey:
+        """Rebuild a key from its :attr:`id` (plus the content fields, which it lacks).
+
+        Raises:
+            ValueError: *key_id* is not an id this class made.
+        """
+        try:
+            parts = json.loads(key_id)
+        except ValueError:
+            parts = None
+        if isinstance(parts, list) and len(parts) == 5 and parts[0] == "imap":
+            _, account, folder, uidvalidity, uid = parts
+            return cls("imap", account, folder, uidvalidity, uid, None, message_id, digest)
+        if isinstance(parts, list) and len(parts) == 3 and parts[0] == "pop3":
+            return cls("pop3", parts[1], None, None, None, parts[2], message_id, digest)
+        raise ValueError(f"not a MessageKey id: {key_id[:100]!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the key as a JSON-compatible dict."""
-        return attrs.asdict(self)
+        return {
+            "protocol": self.protocol,
+            "account": self.account,
+            "folder": self.folder,
+            "uidvalidity": self.uidvalidity,
+            "uid": self.uid,
+            "uidl": self.uidl,
+            "message_id": self.message_id,
+            "digest": self.digest,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MessageKey:

@@ -255,7 +255,7 @@ class SQLiteStore:
         row = self._run("put", lambda c: c.execute(sql, params).fetchone())
         if row is None:
             return None
-        return Record(namespace, key, state, decode_data(text), int(row[0]), now)
+        return Record(namespace, key, state, dict(data), int(row[0]), now)
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""

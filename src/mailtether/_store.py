@@ -48,6 +48,7 @@ MAX_KEY_LENGTH: Final = 1024
 _NAMESPACE: Final = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
 _STATE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 MIN_TTL: Final = 0.001
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 @attrs.frozen
@@ -197,8 +198,14 @@ class Store(Protocol):
 # -- argument checks shared by every backend ----------------------------------------------------
 
 
+_SEEN_NAMESPACES: set[str] = set()
+_SEEN_STATES: set[str] = set()
+
+
 def check_namespace(namespace: object) -> str:
     """Return *namespace* if it is a valid namespace, else raise ValueError/TypeError."""
+    if namespace in _SEEN_NAMESPACES:  # a handful of names, checked millions of times
+        return namespace
     if not isinstance(namespace, str):
         raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
     if not _NAMESPACE.match(namespace):
@@ -206,6 +213,8 @@ def check_namespace(namespace: object) -> str:
             f"namespace {namespace!r} is not valid: use 1-64 characters of a-z, 0-9, _ . : - "
             "starting with a letter or digit"
         )
+    if len(_SEEN_NAMESPACES) < 1024:
+        _SEEN_NAMESPACES.add(namespace)
     return namespace
 
 
@@ -222,6 +231,8 @@ def check_key(key: object, what: str = "key") -> str:
 
 def check_state(state: object) -> str:
     """Return *state* if it is a valid state tag (a-z, 0-9, _ -; up to 32 characters)."""
+    if state in _SEEN_STATES:
+        return state
     if not isinstance(state, str):
         raise TypeError(f"state must be a str, not {type(state).__name__}")
     if not _STATE.match(state):
@@ -229,6 +240,8 @@ def check_state(state: object) -> str:
             f"state {state!r} is not valid: use 1-32 characters of a-z, 0-9, _ - "
             "starting with a letter"
         )
+    if len(_SEEN_STATES) < 1024:
+        _SEEN_STATES.add(state)
     return state
 
 
@@ -279,7 +292,7 @@ def encode_data(data: object) -> str:
     if not isinstance(data, Mapping):
         raise TypeError(f"data must be a mapping, not {type(data).__name__}")
     try:
-        return json.dumps(data, separators=(",", ":"), sort_keys=True, allow_nan=False)
+        return _ENCODER.encode(data)
     except (TypeError, ValueError) as error:
         raise ValueError(f"data must be JSON-serialisable: {error}") from None
 
