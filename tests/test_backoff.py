@@ -109,3 +109,14 @@ def test_a_strategy_answering_nonsense_is_reported():
 def test_backoff_refuses_a_non_strategy():
     with pytest.raises(TypeError, match="ReconnectStrategy"):
         Backoff(42)  # type: ignore[arg-type]
+
+
+def test_giving_up_is_sticky_even_if_the_strategy_would_answer_again():
+    class ChangesItsMind:
+        def delay(self, attempt: int, offline_for: float) -> float | None:
+            return None if attempt == 2 else 1.0
+
+    backoff = Backoff(ChangesItsMind(), clock=FakeClock())
+    assert backoff.failed() == 1.0
+    assert backoff.failed() is None
+    assert backoff.failed() is None, "a source that gave up stays BLOCKED until reset"
