@@ -1,0 +1,113 @@
+"""Session fixtures that start real servers: Dovecot, Redis, PostgreSQL.
+
+In CI (the ``CI`` environment variable set, as ``.ci/run`` has it) a server that cannot start
+makes every test that needs it fail with the reason: nothing is skipped silently. Outside CI
+such tests are skipped, loudly, with what to install.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import attrs
+import pytest
+
+from servers import ServerUnavailable, make_temp_dir
+from servers.dovecot import DovecotServer
+from servers.postgres import PostgresServer
+from servers.redis import RedisServer
+from servers.tls import TestCA, make_ca
+
+_SERVER_FIXTURES = {"dovecot", "redis_server", "postgres_server", "mailbox"}
+_T = TypeVar("_T")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _start(what: str, start: Callable[[], _T]) -> _T:
+    try:
+        return start()
+    except ServerUnavailable as error:
+        if in_ci():
+            pytest.fail(f"{what} could not start, and CI must not skip it: {error}", pytrace=False)
+        pytest.skip(f"{what} unavailable (outside CI this skips): {error}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
+
+
+@pytest.fixture(scope="session")
+def tls_ca() -> Iterator[TestCA]:
+    import shutil
+
+    directory = make_temp_dir("ca")
+    yield make_ca(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dovecot(tls_ca: TestCA) -> Iterator[DovecotServer]:
+    server = _start("Dovecot", DovecotServer(tls_ca).start)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = _start("Redis", RedisServer().start)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = _start("PostgreSQL", PostgresServer().start)
+    yield server
+    server.stop()
+
+
+@attrs.frozen
+class Mailbox:
+    """A fresh Dovecot user with an empty INBOX."""
+
+    server: DovecotServer
+    user: str
+
+    @property
+    def password(self) -> str:
+        return self.server.password(self.user)
+
+    def append(self, raw: bytes, folder: str = "INBOX") -> int | None:
+        return self.server.append(self.user, raw, folder)
+
+    def save(self, raw: bytes, folder: str = "INBOX") -> None:
+        self.server.save(self.user, raw, folder)
+
+    def kick(self) -> None:
+        self.server.kick(self.user)
+
+    def client(self, **kwargs: object):  # type: ignore[no-untyped-def]
+        return self.server.client(self.user, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def mailbox(dovecot: DovecotServer) -> Mailbox:
+    return Mailbox(dovecot, dovecot.add_user())
+
+
+@pytest.fixture
+def tmp_dir() -> Iterator[Path]:
+    """A temporary directory the servers' unprivileged users can read."""
+    import shutil
+
+    path = make_temp_dir("test")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,273 @@
+"""A throwaway Dovecot (IMAP + POP3, plain and TLS) with passwd-file users and maildirs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import attrs
+from imapclient import IMAPClient
+
+from . import ServerUnavailable, free_port, make_temp_dir, port_open, wait_until
+from .tls import TestCA
+
+_POOL = 1000
+
+_CONFIG = """\
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+info_log_path = {root}/dovecot.log
+protocols = imap pop3
+listen = 127.0.0.1
+ssl = yes
+ssl_cert = <{cert}
+ssl_key = <{key}
+ssl_min_protocol = TLSv1.2
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+default_login_user = dovenull
+default_internal_user = dovecot
+first_valid_uid = 1
+mail_uid = dovecot
+mail_gid = dovecot
+mail_location = maildir:{root}/mail/%u
+mail_max_userip_connections = {max_connections}
+imap_idle_notify_interval = {idle_notify}
+auth_failure_delay = 0
+login_greeting = mailtether test server ready.
+mail_plugins =
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid=dovecot gid=dovecot home={root}/mail/%u
+}}
+namespace inbox {{
+  inbox = yes
+  separator = /
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {imaps}
+    ssl = yes
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {pop3}
+  }}
+  inet_listener pop3s {{
+    address = 127.0.0.1
+    port = {pop3s}
+    ssl = yes
+  }}
+}}
+protocol pop3 {{
+  pop3_uidl_format = %08Xu%08Xv
+}}
+"""
+
+
+@attrs.define
+class DovecotServer:
+    """A Dovecot on free loopback ports: IMAP, IMAPS, POP3, POP3S (STARTTLS/STLS offered)."""
+
+    ca: TestCA
+    idle_notify: str = "2 mins"
+    max_connections: int = 20
+    root: Path | None = None
+    imap_port: int = 0
+    imaps_port: int = 0
+    pop3_port: int = 0
+    pop3s_port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    _users: dict[str, str] = attrs.field(factory=dict)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock)
+    _counter: int = 0
+    _version: int = 0
+    _epoch: float = attrs.field(factory=lambda: float(int(time.time()) - 100_000))
+
+    @property
+    def config(self) -> Path:
+        assert self.root is not None
+        return self.root / "dovecot.conf"
+
+    @property
+    def log(self) -> Path:
+        assert self.root is not None
+        return self.root / "dovecot.log"
+
+    def start(self) -> DovecotServer:
+        binary = shutil.which("dovecot") or "/usr/sbin/dovecot"
+        if not Path(binary).exists():
+            raise ServerUnavailable(
+                "Dovecot is not installed: run scripts/install-test-servers "
+                "(Debian: apt-get install dovecot-imapd dovecot-pop3d)"
+            )
+        if self.root is None:
+            self.root = make_temp_dir("dovecot")
+            for sub in ("run", "state", "mail"):
+                (self.root / sub).mkdir(mode=0o755)
+            if os.geteuid() == 0:
+                shutil.chown(self.root / "mail", "dovecot", "dovecot")
+            self.imap_port, self.imaps_port = free_port(), free_port()
+            self.pop3_port, self.pop3s_port = free_port(), free_port()
+            certs = self.root / "certs"
+            certs.mkdir(mode=0o755)
+            cert, key = certs / "server.pem", certs / "server.key"
+            shutil.copy(self.ca.cert_pem, cert)
+            shutil.copy(self.ca.key_pem, key)
+            self._users = {f"user{n}": "secret-pw" for n in range(1, _POOL + 1)}
+            self._write_passwd()
+            self.config.write_text(
+                _CONFIG.format(
+                    root=self.root,
+                    cert=cert,
+                    key=key,
+                    imap=self.imap_port,
+                    imaps=self.imaps_port,
+                    pop3=self.pop3_port,
+                    pop3s=self.pop3s_port,
+                    idle_notify=self.idle_notify,
+                    max_connections=self.max_connections,
+                )
+            )
+        self.process = subprocess.Popen(
+            [binary, "-F", "-c", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        ports = (self.imap_port, self.imaps_port, self.pop3_port, self.pop3s_port)
+        try:
+            wait_until(
+                lambda: all(port_open(p) for p in ports),
+                timeout=20,
+                what="Dovecot",
+                process=self.process,
+                log=self.log,
+            )
+        except ServerUnavailable:
+            self.stop(remove=False)
+            raise
+        return self
+
+    def stop(self, *, remove: bool = True) -> None:
+        """Stop the server; with ``remove=False`` keep the mail so :meth:`start` resumes."""
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            if self.process.stderr is not None:
+                self.process.stderr.close()
+            self.process = None
+        if remove and self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+
+    # -- users and mail ------------------------------------------------------------------------
+
+    def add_user(self) -> str:
+        """Hand out a fresh user (with an empty INBOX) and return its name.
+
+        Users come from a pool written before the server started: Dovecot notices a changed
+        passwd-file only about a second later.
+        """
+        with self._lock:
+            self._counter += 1
+            if self._counter > _POOL:
+                raise RuntimeError(f"the test Dovecot has only {_POOL} users")
+            return f"user{self._counter}"
+
+    def set_password(self, user: str, password: str) -> None:
+        """Change a user's password (an expired or rotated password), effective at once."""
+        with self._lock:
+            self._users[user] = password
+            self._write_passwd()
+        self.doveadm("reload")  # a new auth process reads the file now, not seconds later
+        # Wait (bounded) until Dovecot has re-read the file: logins fail without delay here.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                self.client(user).logout()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def password(self, user: str) -> str:
+        return self._users[user]
+
+    def _write_passwd(self) -> None:
+        assert self.root is not None
+        # "nodelay": a failed login is answered at once, and costs no penalty for the IP.
+        lines = "".join(
+            f"{user}:{{PLAIN}}{pw}::::::nodelay=y\n" for user, pw in self._users.items()
+        )
+        path = self.root / "passwd"
+        temporary = path.with_suffix(".new")
+        temporary.write_text(lines)
+        temporary.chmod(0o644)
+        # Dovecot re-reads a passwd-file when its mtime changes, at one-second resolution:
+        # give every version its own second so no change goes unnoticed.
+        self._version += 1
+        stamp = self._epoch + self._version
+        os.utime(temporary, (stamp, stamp))
+        temporary.replace(path)  # atomic: Dovecot never reads half a file
+
+    def doveadm(self, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        result = subprocess.run(
+            ["doveadm", "-c", str(self.config), *args], input=input, capture_output=True, timeout=30
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"doveadm {' '.join(args)} failed: {result.stderr.decode()}")
+        return result
+
+    def save(self, user: str, raw: bytes, folder: str = "INBOX") -> None:
+        """Deliver *raw* into *folder* server-side (doveadm save), as local delivery would."""
+        self.doveadm("save", "-u", user, "-m", folder, input=raw)
+
+    def append(self, user: str, raw: bytes, folder: str = "INBOX") -> int | None:
+        """Deliver *raw* by IMAP APPEND over a second connection; return its UID."""
+        with self.client(user) as client:
+            response = client.append(folder, raw)
+        # "[APPENDUID <uidvalidity> <uid>] Append completed."
+        text = response.decode() if isinstance(response, bytes) else str(response)
+        if "APPENDUID" in text:
+            return int(text.split("APPENDUID", 1)[1].split()[1].rstrip("]"))
+        return None
+
+    def kick(self, user: str) -> None:
+        """Disconnect every session of *user* server-side (the server says BYE)."""
+        self.doveadm("kick", user)
+
+    def client(self, user: str, *, ssl: bool = False, timeout: float = 10) -> IMAPClient:
+        """A logged-in imapclient connection (plain, or IMAPS verified by the test CA)."""
+        if ssl:
+            client = IMAPClient(
+                "127.0.0.1",
+                port=self.imaps_port,
+                ssl=True,
+                ssl_context=self.ca.client_context(),
+                timeout=timeout,
+            )
+        else:
+            client = IMAPClient("127.0.0.1", port=self.imap_port, ssl=False, timeout=timeout)
+        client.login(user, self._users[user])
+        return client

@@ -1,0 +1,81 @@
+"""A throwaway redis-server without persistence."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import attrs
+
+from . import ServerUnavailable, free_port, make_temp_dir, wait_until
+
+
+@attrs.define
+class RedisServer:
+    """A redis-server on a free loopback port."""
+
+    port: int = 0
+    directory: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(binary).exists():
+            raise ServerUnavailable(
+                "redis-server is not installed: run scripts/install-test-servers "
+                "(Debian: apt-get install redis-server)"
+            )
+        self.directory = make_temp_dir("redis")
+        self.port = free_port()
+        log = self.directory / "redis.log"
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--logfile",
+                str(log),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._pong, timeout=15, what="redis-server", process=self.process, log=log)
+        return self
+
+    def _pong(self) -> bool:
+        try:
+            with socket.create_connection(self.address, timeout=0.2) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
