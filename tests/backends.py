@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import attrs
 import pytest
 
-from mailtether import Lease, MemoryStore, SQLiteStore, Store
+from mailtether import Lease, MemoryStore, SQLiteStore, Store, store_from_url
 from mailtether.testing import FakeClock
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "redis", "postgres"]
 
 
 @attrs.define
@@ -77,4 +78,12 @@ def make_backend(
             f"sqlite://{path}",
             clock,
         )
+    if name == "redis":
+        server = request.getfixturevalue("redis_server")
+        url = f"{server.url}?prefix=t{uuid.uuid4().hex[:10]}"
+        return Backend(name, store_from_url(url), lambda: store_from_url(url), url, None)
+    if name == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        url = f"{server.dsn}?table_prefix=t{uuid.uuid4().hex[:10]}"
+        return Backend(name, store_from_url(url), lambda: store_from_url(url), url, None)
     raise AssertionError(f"unknown backend {name}")

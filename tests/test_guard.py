@@ -126,16 +126,16 @@ def test_only_one_concurrent_claimer_wins(backend):
 
 
 def test_a_crashed_workers_claim_expires_and_counts_as_a_failure(backend):
-    crashed = DuplicateGuard(backend.store, claim_ttl=1, max_failures=2, owner="crashed")
+    crashed = DuplicateGuard(backend.store, claim_ttl=0.3, max_failures=2, owner="crashed")
     assert crashed.claim(key()).status is ClaimStatus.NEW  # and the worker dies
-    other = DuplicateGuard(backend.other(), claim_ttl=1, max_failures=2, owner="other")
+    other = DuplicateGuard(backend.other(), claim_ttl=0.3, max_failures=2, owner="other")
     assert other.claim(key()).status is ClaimStatus.BUSY
-    backend.pass_time(1.1)
+    backend.pass_time(0.35)
     claim = other.claim(key())
     assert claim.status is ClaimStatus.NEW
     assert claim.attempt == 2
     assert guard_events(other) == ["expired", "claimed"]
-    backend.pass_time(1.1)  # this worker dies too: two failed attempts, held
+    backend.pass_time(0.35)  # this worker dies too: two failed attempts, held
     assert other.claim(key()).status is ClaimStatus.HELD
 
 
@@ -144,20 +144,20 @@ def guard_events(guard: DuplicateGuard) -> list[str]:
 
 
 def test_a_late_finisher_is_told_its_claim_was_lost(backend):
-    slow = DuplicateGuard(backend.store, claim_ttl=1, owner="slow")
+    slow = DuplicateGuard(backend.store, claim_ttl=0.3, owner="slow")
     claim = slow.claim(key())
-    backend.pass_time(1.1)
-    assert DuplicateGuard(backend.other(), claim_ttl=1).claim(key()).status is ClaimStatus.NEW
+    backend.pass_time(0.35)
+    assert DuplicateGuard(backend.other(), claim_ttl=0.3).claim(key()).status is ClaimStatus.NEW
     with pytest.raises(ClaimLost, match="handled twice"):
         claim.done()
 
 
 def test_a_long_handler_extends_its_claim(backend):
-    guard = DuplicateGuard(backend.store, claim_ttl=1)
+    guard = DuplicateGuard(backend.store, claim_ttl=0.4)
     with guard.claim(key()) as claim:
-        backend.pass_time(0.6)
+        backend.pass_time(0.25)
         claim.extend()
-        backend.pass_time(0.6)
+        backend.pass_time(0.25)
         assert DuplicateGuard(backend.other()).claim(key()).status is ClaimStatus.BUSY
     assert guard.lookup(key()).state == "done"
 
@@ -223,10 +223,10 @@ def test_prune_forgets_only_old_done_records(backend):
     with pytest.raises(RuntimeError), failing.claim(key(3)):
         raise RuntimeError("flaky")
     guard.claim(key(4))  # in progress
-    backend.pass_time(2)
+    backend.pass_time(0.3)
     with guard.claim(key(5)):
         pass
-    assert guard.prune(older_than=1) == 2  # key 1 and its content record
+    assert guard.prune(older_than=0.2) == 2  # key 1 and its content record
     assert guard.lookup(key(1)) is None
     assert guard.lookup(key(5)).state == "done"
     assert guard.lookup(key(2)).state == "held"

@@ -131,9 +131,9 @@ def test_scan_count_and_prune(backend):
     store = backend.store
     store.put("guard", "old-done", "done", {})
     store.put("guard", "old-held", "held", {})
-    backend.pass_time(10)
+    backend.pass_time(0.05)
     cutoff = store.now()
-    backend.pass_time(1)
+    backend.pass_time(0.05)
     store.put("guard", "new-done", "done", {})
     store.put("guard", "new-processing", "processing", {})
     assert store.count("guard") == {"done": 2, "held": 1, "processing": 1}
@@ -199,7 +199,7 @@ def test_a_held_lease_is_not_given_to_another_owner(backend):
 def test_tokens_strictly_increase_across_holders(backend):
     tokens = []
     for round_ in range(5):
-        lease = backend.store.acquire("m", f"worker-{round_}", 30)
+        lease = backend.store.acquire("m", f"worker-{round_}", 0.2)
         tokens.append(lease.token)
         if round_ % 2:
             assert backend.store.release(lease)
@@ -226,12 +226,12 @@ def test_expired_lease_is_taken_over(backend):
 
 
 def test_renew_extends_the_lease(backend):
-    lease = backend.store.acquire("m", "a", 2)
-    backend.pass_time(1)
+    lease = backend.store.acquire("m", "a", 0.4)
+    backend.pass_time(0.2)
     renewed = backend.store.renew(lease)
     assert renewed.token == lease.token
     assert renewed.expires_at > lease.expires_at
-    backend.pass_time(1.5)
+    backend.pass_time(0.3)
     assert backend.store.holder("m") == renewed
     longer = backend.store.renew(renewed, ttl=60)
     assert longer.ttl == 60.0

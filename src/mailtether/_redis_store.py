@@ -1,0 +1,459 @@
+"""``RedisStore``: leases and records shared by many hosts, atomic through Lua scripts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from mailtether._errors import ConfigError, LeaseLost, SchemaError, StoreError
+from mailtether._store import (
+    SCHEMA_VERSION,
+    Lease,
+    Record,
+    check_expect,
+    check_key,
+    check_lease,
+    check_limit,
+    check_namespace,
+    check_state,
+    check_time,
+    check_ttl,
+    decode_data,
+    encode_data,
+    redact_url,
+    require,
+)
+
+__all__ = ["RedisStore"]
+
+_T = TypeVar("_T")
+_PREFIX: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_BATCH: Final = 500
+
+# Every script reads the server's clock itself: lease expiry never depends on a client clock.
+_NOW: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+
+# KEYS: record, namespace index, states set; ARGV: state-index prefix, state, data, expect
+_PUT: Final = (
+    _NOW
+    + """
+local current = redis.call('HMGET', KEYS[1], 'version', 'state')
+local version = tonumber(current[1]) or 0
+local expect = ARGV[4]
+if expect ~= '' and tonumber(expect) ~= version then return nil end
+local member = ARGV[5]
+if current[2] then redis.call('ZREM', ARGV[1] .. current[2], member) end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'data', ARGV[3], 'version', version + 1,
+           'updated_at', tostring(now))
+redis.call('ZADD', KEYS[2], now, member)
+redis.call('ZADD', ARGV[1] .. ARGV[2], now, member)
+redis.call('SADD', KEYS[3], ARGV[2])
+return {version + 1, tostring(now)}
+"""
+)
+
+# KEYS: record, namespace index; ARGV: state-index prefix, expect, member
+_DELETE: Final = """
+local current = redis.call('HMGET', KEYS[1], 'version', 'state')
+if not current[1] then return 0 end
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= tonumber(current[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('ZREM', ARGV[1] .. current[2], ARGV[3])
+return 1
+"""
+
+# KEYS: namespace index, state index; ARGV: record-key prefix, cutoff, batch
+_PRUNE: Final = """
+local members = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2], 'LIMIT', 0,
+                            tonumber(ARGV[3]))
+for _, member in ipairs(members) do
+  redis.call('DEL', ARGV[1] .. member)
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('ZREM', KEYS[2], member)
+end
+return #members
+"""
+
+# KEYS: lease, fence; ARGV: owner, ttl
+_ACQUIRE: Final = (
+    _NOW
+    + """
+local held = redis.call('HMGET', KEYS[1], 'owner', 'expires_at')
+if held[1] and held[1] ~= '' and tonumber(held[2]) > now then return nil end
+local token = redis.call('INCR', KEYS[2])
+local expires = now + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', token, 'expires_at', tostring(expires),
+           'ttl', ARGV[2])
+return {token, tostring(expires)}
+"""
+)
+
+# KEYS: lease; ARGV: owner, token, ttl
+_RENEW: Final = (
+    _NOW
+    + """
+local held = redis.call('HMGET', KEYS[1], 'owner', 'token', 'expires_at')
+if held[1] ~= ARGV[1] or held[2] ~= ARGV[2] or tonumber(held[3]) <= now then return nil end
+local expires = now + tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'expires_at', tostring(expires), 'ttl', ARGV[3])
+return tostring(expires)
+"""
+)
+
+# KEYS: lease; ARGV: owner, token
+_RELEASE: Final = (
+    _NOW
+    + """
+local held = redis.call('HMGET', KEYS[1], 'owner', 'token', 'expires_at')
+if held[1] ~= ARGV[1] or held[2] ~= ARGV[2] or tonumber(held[3]) <= now then return 0 end
+redis.call('HSET', KEYS[1], 'owner', '', 'expires_at', '0')
+return 1
+"""
+)
+
+# KEYS: lease
+_HOLDER: Final = (
+    _NOW
+    + """
+local held = redis.call('HMGET', KEYS[1], 'owner', 'token', 'expires_at', 'ttl')
+if not held[1] or held[1] == '' or tonumber(held[3]) <= now then return nil end
+return held
+"""
+)
+
+
+class RedisStore:
+    """A :class:`~mailtether.Store` in Redis: for listeners on many hosts.
+
+    Every operation that reads and writes is one Lua script, so it is atomic on the server;
+    lease expiry uses the server's clock (``TIME``). All keys start with
+    ``{prefix}`` — in braces, a Redis Cluster hash tag, so they share one slot. Needs
+    ``pip install 'mailtether[redis]'``.
+
+    Args:
+        url: ``redis://[:password@]host[:port][/db][?prefix=name]``, ``rediss://`` for TLS,
+            or ``unix:///path/to/socket``.
+        prefix: The key prefix (overridden by the URL's ``prefix``); separates several
+            deployments in one database.
+        socket_timeout: Seconds to wait for any answer: a hung server is a StoreError, not
+            a hang.
+        connect_timeout: Seconds to wait for the connection.
+
+    Raises:
+        ConfigError: the URL or prefix is malformed, or redis-py is not installed.
+        SchemaError: the database holds data from a newer mailtether.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "mailtether",
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        redis = require("redis", "redis")
+        self._redis = redis
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        prefix = query.pop("prefix", prefix)
+        if not _PREFIX.match(prefix):
+            raise ConfigError(
+                f"Redis prefix {prefix!r} must be 1-64 characters of A-Z a-z 0-9 _ . -"
+            )
+        self.url = redact_url(url)
+        """The URL, password hidden."""
+        clean = urlunsplit(parts._replace(query=urlencode(query)))
+        try:
+            self._client = redis.Redis.from_url(
+                clean,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout,
+                decode_responses=True,
+            )
+        except ValueError as error:
+            raise ConfigError(f"cannot use Redis URL {self.url!r}: {error}") from None
+        self._base = "{" + prefix + "}"
+        self._scripts = {
+            name: self._client.register_script(source)
+            for name, source in (
+                ("put", _PUT),
+                ("delete", _DELETE),
+                ("prune", _PRUNE),
+                ("acquire", _ACQUIRE),
+                ("renew", _RENEW),
+                ("release", _RELEASE),
+                ("holder", _HOLDER),
+            )
+        }
+        self._closed = False
+        self._run("open", self._initialise)
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    def _run(self, what: str, operation: Callable[[], _T]) -> _T:
+        if self._closed:
+            raise StoreError(f"RedisStore({self.url!r}) is closed")
+        try:
+            return operation()
+        except self._redis.RedisError as error:
+            raise StoreError(f"RedisStore({self.url!r}): {what} failed: {error}") from error
+
+    def _initialise(self) -> None:
+        meta = f"{self._base}:meta"
+        self._client.hsetnx(meta, "schema_version", SCHEMA_VERSION)
+        found = int(self._client.hget(meta, "schema_version"))
+        if found > SCHEMA_VERSION:
+            raise SchemaError(
+                f"Redis {self.url} (prefix {self._base}) was written by a newer mailtether "
+                f"(schema {found}, this one knows {SCHEMA_VERSION}): upgrade mailtether on every "
+                "worker sharing it"
+            )
+
+    def _record_key(self, namespace: str, key: str) -> str:
+        return f"{self._base}:r:{namespace}|{key}"
+
+    def _index(self, namespace: str) -> str:
+        return f"{self._base}:i:{namespace}"
+
+    def _state_prefix(self, namespace: str) -> str:
+        return f"{self._base}:s:{namespace}|"
+
+    def _states(self, namespace: str) -> str:
+        return f"{self._base}:states:{namespace}"
+
+    def now(self) -> float:
+        """Return the Redis server's time."""
+        seconds, micros = self._run("now", self._client.time)
+        return float(seconds) + float(micros) / 1e6
+
+    # -- records -----------------------------------------------------------------------------------
+
+    def get(self, namespace: str, key: str) -> Record | None:
+        """Return the record, or ``None``."""
+        check_namespace(namespace)
+        check_key(key)
+        fields = self._run(
+            "get",
+            lambda: self._client.hmget(
+                self._record_key(namespace, key), "state", "data", "version", "updated_at"
+            ),
+        )
+        return _record(namespace, key, fields)
+
+    def get_many(self, namespace: str, keys: Iterable[str]) -> dict[str, Record]:
+        """Return the existing records among *keys*, pipelined in batches of 500."""
+        check_namespace(namespace)
+        wanted = list(dict.fromkeys(check_key(key) for key in keys))
+
+        def fetch() -> dict[str, Record]:
+            found: dict[str, Record] = {}
+            for start in range(0, len(wanted), _BATCH):
+                chunk = wanted[start : start + _BATCH]
+                pipe = self._client.pipeline(transaction=False)
+                for key in chunk:
+                    pipe.hmget(
+                        self._record_key(namespace, key), "state", "data", "version", "updated_at"
+                    )
+                for key, fields in zip(chunk, pipe.execute(), strict=True):
+                    record = _record(namespace, key, fields)
+                    if record is not None:
+                        found[key] = record
+            return found
+
+        return self._run("get_many", fetch)
+
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        state: str,
+        data: Mapping[str, Any],
+        *,
+        expect: int | None = None,
+    ) -> Record | None:
+        """Write a record, compare-and-set on its version if *expect* is given."""
+        check_namespace(namespace)
+        check_key(key)
+        check_state(state)
+        check_expect(expect)
+        text = encode_data(data)
+        result = self._run(
+            "put",
+            lambda: self._scripts["put"](
+                keys=[
+                    self._record_key(namespace, key),
+                    self._index(namespace),
+                    self._states(namespace),
+                ],
+                args=[
+                    self._state_prefix(namespace),
+                    state,
+                    text,
+                    "" if expect is None else expect,
+                    key,
+                ],
+            ),
+        )
+        if result is None:
+            return None
+        version, updated_at = result
+        return Record(namespace, key, state, dict(data), int(version), float(updated_at))
+
+    def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
+        """Delete a record (at version *expect*, if given)."""
+        check_namespace(namespace)
+        check_key(key)
+        check_expect(expect)
+        deleted = self._run(
+            "delete",
+            lambda: self._scripts["delete"](
+                keys=[self._record_key(namespace, key), self._index(namespace)],
+                args=[self._state_prefix(namespace), "" if expect is None else expect, key],
+            ),
+        )
+        return bool(deleted)
+
+    def scan(
+        self,
+        namespace: str,
+        *,
+        state: str | None = None,
+        updated_before: float | None = None,
+        limit: int | None = None,
+    ) -> list[Record]:
+        """Return matching records, oldest update first."""
+        check_namespace(namespace)
+        index = (
+            self._index(namespace)
+            if state is None
+            else self._state_prefix(namespace) + check_state(state)
+        )
+        high = (
+            "+inf"
+            if updated_before is None
+            else f"({check_time(updated_before, 'updated_before')!r}"
+        )
+        check_limit(limit)
+
+        def fetch() -> list[Record]:
+            if limit is None:
+                members = self._client.zrangebyscore(index, "-inf", high)
+            else:
+                members = self._client.zrangebyscore(index, "-inf", high, start=0, num=limit)
+            found = self.get_many(namespace, members) if members else {}
+            records = [found[member] for member in members if member in found]
+            records.sort(key=lambda record: (record.updated_at, record.key))
+            return records
+
+        return self._run("scan", fetch)
+
+    def count(self, namespace: str) -> dict[str, int]:
+        """Return the number of records in each state."""
+        check_namespace(namespace)
+
+        def fetch() -> dict[str, int]:
+            states = sorted(self._client.smembers(self._states(namespace)))
+            pipe = self._client.pipeline(transaction=False)
+            for state in states:
+                pipe.zcard(self._state_prefix(namespace) + state)
+            return {state: int(n) for state, n in zip(states, pipe.execute(), strict=True) if n}
+
+        return self._run("count", fetch)
+
+    def prune(self, namespace: str, *, state: str, updated_before: float) -> int:
+        """Delete records in *state* older than *updated_before*, in batches of 500."""
+        check_namespace(namespace)
+        check_state(state)
+        check_time(updated_before, "updated_before")
+        removed = 0
+        while True:
+            batch = self._run(
+                "prune",
+                lambda: self._scripts["prune"](
+                    keys=[self._index(namespace), self._state_prefix(namespace) + state],
+                    args=[f"{self._base}:r:{namespace}|", repr(float(updated_before)), _BATCH],
+                ),
+            )
+            removed += int(batch)
+            if int(batch) < _BATCH:
+                return removed
+
+    # -- leases ------------------------------------------------------------------------------------
+
+    def _lease_key(self, name: str) -> str:
+        return f"{self._base}:l:{name}"
+
+    def acquire(self, name: str, owner: str, ttl: float) -> Lease | None:
+        """Take the lease if free or expired, in one script on the server's clock."""
+        check_key(name, "name")
+        check_key(owner, "owner")
+        ttl = check_ttl(ttl)
+        result = self._run(
+            "acquire",
+            lambda: self._scripts["acquire"](
+                keys=[self._lease_key(name), f"{self._base}:f:{name}"], args=[owner, repr(ttl)]
+            ),
+        )
+        if result is None:
+            return None
+        token, expires = result
+        return Lease(name, owner, int(token), float(expires), ttl)
+
+    def renew(self, lease: Lease, ttl: float | None = None) -> Lease:
+        """Extend a held lease from now; raise LeaseLost if it is not held any more."""
+        check_lease(lease)
+        ttl = lease.ttl if ttl is None else check_ttl(ttl)
+        expires = self._run(
+            "renew",
+            lambda: self._scripts["renew"](
+                keys=[self._lease_key(lease.name)], args=[lease.owner, str(lease.token), repr(ttl)]
+            ),
+        )
+        if expires is None:
+            raise LeaseLost(
+                f"lease {lease.name!r} (token {lease.token}) is no longer held by "
+                f"{lease.owner!r}: it expired or was taken over; stop the work it protected"
+            )
+        return Lease(lease.name, lease.owner, lease.token, float(expires), ttl)
+
+    def release(self, lease: Lease) -> bool:
+        """Let go of a held lease."""
+        check_lease(lease)
+        released = self._run(
+            "release",
+            lambda: self._scripts["release"](
+                keys=[self._lease_key(lease.name)], args=[lease.owner, str(lease.token)]
+            ),
+        )
+        return bool(released)
+
+    def holder(self, name: str) -> Lease | None:
+        """Return the current unexpired holder."""
+        check_key(name, "name")
+        held = self._run("holder", lambda: self._scripts["holder"](keys=[self._lease_key(name)]))
+        if held is None:
+            return None
+        owner, token, expires, ttl = held
+        return Lease(name, owner, int(token), float(expires), float(ttl))
+
+    def close(self) -> None:
+        """Close the connection pool; later calls raise StoreError."""
+        self._closed = True
+        self._client.close()
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.url!r}, prefix={self._base[1:-1]!r})"
+
+
+def _record(namespace: str, key: str, fields: list[Any]) -> Record | None:
+    state, data, version, updated_at = fields
+    if state is None:
+        return None
+    return Record(namespace, key, state, decode_data(data), int(version), float(updated_at))
