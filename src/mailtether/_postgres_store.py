@@ -94,7 +94,7 @@ class PostgresStore:
     ) -> None:
         self._psycopg = require("psycopg", "postgres")
         parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query))
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
         table_prefix = query.pop("table_prefix", table_prefix)
         if not _PREFIX.match(table_prefix):
             raise ConfigError(
@@ -131,9 +131,11 @@ class PostgresStore:
             if connection is None:
                 connection = self._connect()
             result = operation(connection)
-        except self._psycopg.Error as error:
+        except BaseException as error:
             if connection is not None:
                 connection.close()
+            if not isinstance(error, self._psycopg.Error):
+                raise
             # psycopg's messages can quote the DSN: say what failed without it.
             reason = str(error).replace(self._dsn, self.url).strip().splitlines()
             raise StoreError(

@@ -161,7 +161,7 @@ class RedisStore:
         redis = require("redis", "redis")
         self._redis = redis
         parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query))
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
         prefix = query.pop("prefix", prefix)
         if not _PREFIX.match(prefix):
             raise ConfigError(
@@ -193,7 +193,11 @@ class RedisStore:
             )
         }
         self._closed = False
-        self._run("open", self._initialise)
+        try:
+            self._run("open", self._initialise)
+        except BaseException:
+            self._client.close()
+            raise
 
     # -- plumbing ----------------------------------------------------------------------------------
 

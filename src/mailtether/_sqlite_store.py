@@ -134,9 +134,11 @@ class SQLiteStore:
             if connection is None:
                 connection = self._connect()
             result = operation(connection)
-        except sqlite3.Error as error:
+        except BaseException as error:
             if connection is not None:
                 connection.close()
+            if not isinstance(error, sqlite3.Error):
+                raise
             raise StoreError(f"SQLiteStore({str(self.path)!r}): {what} failed: {error}") from error
         kept = len(self._idle) < _POOL and not self._closed
         if kept:
