@@ -29,6 +29,8 @@ from mailtether._guard import (
 from mailtether._leases import ProcessLock, acquire_lease
 from mailtether._memory_store import MemoryStore
 from mailtether._message_key import MessageKey, content_digest, message_id_of
+from mailtether._postgres_store import PostgresStore
+from mailtether._redis_store import RedisStore
 from mailtether._sqlite_store import SQLiteStore
 from mailtether._store import SCHEMA_VERSION, Lease, Record, Store, default_owner
 from mailtether._store_url import store_from_url
@@ -78,9 +80,11 @@ __all__ = [
     "MailtetherError",
     "MemoryStore",
     "MessageKey",
+    "PostgresStore",
     "ProcessLock",
     "ReconnectStrategy",
     "Record",
+    "RedisStore",
     "RepeatPolicy",
     "RepeatedMessage",
     "SQLiteStore",
