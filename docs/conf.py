@@ -4,7 +4,7 @@ from importlib.metadata import version as _version
 
 project = "mailtether"
 author = "The mailtether developers"
-copyright = "2026, The mailtether developers"  # noqa: A001
+copyright = "2026, The mailtether developers"
 release = _version("mailtether")
 version = ".".join(release.split(".")[:2])
 

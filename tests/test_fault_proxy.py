@@ -193,8 +193,11 @@ def test_cut_after_upstream(proxy, echo):
         proxy.cut_after(3, direction="up")
         client.sendall(b"abcdef")
         data, _ = read_until_closed(client)
-        assert b"".join(echo.received) == b"abc"
-        assert data in (b"", b"abc")
+        # The RST may overtake the three bytes inside the server's kernel, so the server
+        # sees a prefix of them, never more.
+        assert b"abc".startswith(b"".join(echo.received))
+        assert b"abc".startswith(data)
+        assert proxy.connections == 0
 
 
 def test_cut_on_stops_in_the_middle_of_a_reply(proxy):

@@ -167,20 +167,20 @@ class _Link:
         if self.closed.is_set():
             return
         self.closed.set()
+        self.proxy._forget(self)  # first, so no one who sees the reset counts it as open
         _reset(self.client)
         if self.upstream is not None:
             _reset(self.upstream)
-        self.proxy._forget(self)
 
     def close(self) -> None:
         if self.closed.is_set():
             return
         self.closed.set()
+        self.proxy._forget(self)
         for sock in (self.client, self.upstream):
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.close()
-        self.proxy._forget(self)
 
     def join(self, timeout: float) -> None:
         for thread in self.threads:
