@@ -219,6 +219,18 @@ def test_cut_on_finds_a_pattern_split_across_chunks(proxy):
         assert data == b""  # the middle of NEEDLE was already passed: cut at once
 
 
+def test_rewrite_changes_bytes_on_the_way(proxy, echo):
+    with connect(proxy) as client:
+        proxy.rewrite(b"STARTTLS", b"XTARTTLS")
+        proxy.rewrite(b"secret", b"public", direction="up")
+        client.sendall(b"CAPABILITY IMAP4rev1 STARTTLS secret\r\n")
+        assert read_exactly(client, 38) == b"CAPABILITY IMAP4rev1 XTARTTLS public\r\n"
+        assert b"".join(echo.received) == b"CAPABILITY IMAP4rev1 STARTTLS public\r\n"
+        proxy.pass_through()
+        client.sendall(b"STARTTLS")
+        assert read_exactly(client, 8) == b"STARTTLS"
+
+
 @pytest.mark.parametrize(
     ("call", "words"),
     [
@@ -229,6 +241,7 @@ def test_cut_on_finds_a_pattern_split_across_chunks(proxy):
         (lambda p: p.cut_on(b""), "pattern"),
         (lambda p: p.cut_on("text"), "pattern"),
         (lambda p: p.cut_after(5, direction="sideways"), "direction"),
+        (lambda p: p.rewrite(b"", b"x"), "old must be"),
     ],
 )
 def test_bad_arguments(proxy, call, words):

@@ -8,13 +8,21 @@ from mailtether._clock import SYSTEM_CLOCK, Clock, SystemClock
 from mailtether._config import ENTRY_POINT_GROUP, strategy_from_config
 from mailtether._durations import DAY, HOUR, MINUTE, SECOND, WEEK, Duration, parse_duration
 from mailtether._errors import (
+    AuthenticationFailed,
+    CommandFailed,
     ConfigError,
+    ConnectionLost,
+    FolderMissing,
     LeaseError,
     LeaseLost,
     LeaseUnavailable,
+    MailServerError,
     MailtetherError,
+    ResponseTimeout,
     SchemaError,
+    ServerUnreachable,
     StoreError,
+    TLSFailure,
 )
 from mailtether._guard import (
     Claim,
@@ -26,6 +34,9 @@ from mailtether._guard import (
     RepeatedMessage,
     RepeatPolicy,
 )
+from mailtether._imap_connection import ImapConnection
+from mailtether._imap_settings import ImapSettings, Security
+from mailtether._keepalive import Keepalive
 from mailtether._leases import ProcessLock, acquire_lease
 from mailtether._memory_store import MemoryStore
 from mailtether._message_key import MessageKey, content_digest, message_id_of
@@ -55,6 +66,7 @@ __all__ = [
     "SECOND",
     "SYSTEM_CLOCK",
     "WEEK",
+    "AuthenticationFailed",
     "Backoff",
     "BackoffState",
     "Capped",
@@ -63,20 +75,27 @@ __all__ = [
     "ClaimLost",
     "ClaimStatus",
     "Clock",
+    "CommandFailed",
     "ConfigError",
+    "ConnectionLost",
     "DuplicateGuard",
     "Duration",
     "Exponential",
     "Fixed",
+    "FolderMissing",
     "GuardEntry",
     "HistoryEntry",
+    "ImapConnection",
+    "ImapSettings",
     "ImmediateFirst",
     "JitterKind",
     "Jittered",
+    "Keepalive",
     "Lease",
     "LeaseError",
     "LeaseLost",
     "LeaseUnavailable",
+    "MailServerError",
     "MailtetherError",
     "MemoryStore",
     "MessageKey",
@@ -87,11 +106,15 @@ __all__ = [
     "RedisStore",
     "RepeatPolicy",
     "RepeatedMessage",
+    "ResponseTimeout",
     "SQLiteStore",
     "SchemaError",
+    "Security",
+    "ServerUnreachable",
     "Store",
     "StoreError",
     "SystemClock",
+    "TLSFailure",
     "Tiered",
     "acquire_lease",
     "content_digest",

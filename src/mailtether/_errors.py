@@ -6,9 +6,20 @@
     ├── ConfigError (ValueError)    a setting, URL or strategy description is not usable
     ├── StoreError                  a state store failed or is unreachable
     │   └── SchemaError             the store's schema is from another mailtether version
-    └── LeaseError                  a lease or process lock could not be had or kept
-        ├── LeaseUnavailable        another owner holds it (and kept it past the timeout)
-        └── LeaseLost               it expired or was taken over while you thought you held it
+    ├── LeaseError                  a lease or process lock could not be had or kept
+    │   ├── LeaseUnavailable        another owner holds it (and kept it past the timeout)
+    │   └── LeaseLost               it expired or was taken over while you thought you held it
+    └── MailServerError             talking to an IMAP or POP3 server failed
+        ├── ConnectionLost          reset, EOF, BYE, or no answer in time: reconnect (retry)
+        │   ├── ServerUnreachable   DNS, refused, or connect timed out: retry later
+        │   └── ResponseTimeout     the server did not answer within the response timeout
+        ├── TLSFailure              certificate not trusted, wrong host, STARTTLS missing
+        ├── AuthenticationFailed    credentials rejected: do not retry (accounts get locked)
+        ├── FolderMissing           the folder does not exist (or is not selectable)
+        └── CommandFailed           the server answered NO or BAD to a command
+
+Every :class:`MailServerError` carries :attr:`~MailServerError.hint`, one sentence of what to
+do, and never the password or token.
 
 Constructors of value classes (strategies, states) raise the built-in :class:`ValueError`
 or :class:`TypeError` naming the field, as attrs validators do.
@@ -17,13 +28,21 @@ or :class:`TypeError` naming the field, as attrs validators do.
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationFailed",
+    "CommandFailed",
     "ConfigError",
+    "ConnectionLost",
+    "FolderMissing",
     "LeaseError",
     "LeaseLost",
     "LeaseUnavailable",
+    "MailServerError",
     "MailtetherError",
+    "ResponseTimeout",
     "SchemaError",
+    "ServerUnreachable",
     "StoreError",
+    "TLSFailure",
 ]
 
 
@@ -66,3 +85,64 @@ class LeaseLost(LeaseError):
     Raised by :meth:`mailtether.ProcessLock.check` and by renewals; never followed by a
     silent re-acquire.
     """
+
+
+class MailServerError(MailtetherError):
+    """Talking to an IMAP or POP3 server failed.
+
+    Attributes:
+        hint: One sentence: what to do about it.
+        retryable: Whether reconnecting later may help (the listener retries only these).
+    """
+
+    retryable = False
+    default_hint = "check the server settings"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.hint = hint or self.default_hint
+        super().__init__(f"{message}: {self.hint}" if self.hint else message)
+
+
+class ConnectionLost(MailServerError):
+    """The connection broke: reset, closed (EOF), server BYE, or no answer in time."""
+
+    retryable = True
+    default_hint = "the listener reconnects by its reconnect strategy"
+
+
+class ServerUnreachable(ConnectionLost):
+    """No connection could be made: unknown host, connection refused, or connect timed out."""
+
+    default_hint = "check the host name and port, and that no firewall blocks the way"
+
+
+class ResponseTimeout(ConnectionLost):
+    """The server did not answer a command within the response timeout (a dead connection)."""
+
+    default_hint = "the connection is treated as dead and replaced"
+
+
+class TLSFailure(MailServerError):
+    """TLS could not be set up safely: untrusted certificate, wrong host name, no STARTTLS."""
+
+    default_hint = (
+        "give the server's CA in ssl_context, fix the host name, or use implicit TLS (imaps://)"
+    )
+
+
+class AuthenticationFailed(MailServerError):
+    """The server rejected the credentials. Not retried: retrying locks accounts."""
+
+    default_hint = "check the user name and password (or token), then resume the source"
+
+
+class FolderMissing(MailServerError):
+    """The folder does not exist on the server, or cannot be selected."""
+
+    default_hint = "create the folder or fix its name (folder names are case-sensitive)"
+
+
+class CommandFailed(MailServerError):
+    """The server answered NO or BAD to a command."""
+
+    default_hint = "see the server's answer above"

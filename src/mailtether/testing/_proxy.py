@@ -13,6 +13,8 @@ Put it between any client and server in a test, then, while traffic flows:
 - :meth:`~FaultProxy.set_latency` and :meth:`~FaultProxy.set_bandwidth` — a slow network;
 - :meth:`~FaultProxy.cut_after` and :meth:`~FaultProxy.cut_on` — the connection dies after
   N bytes, or in the middle of a given server reply;
+- :meth:`~FaultProxy.rewrite` — a man in the middle that changes bytes on the way (strip
+  STARTTLS from a capability list);
 - :meth:`~FaultProxy.pass_through` — everything back to normal.
 
 Standard library only; runs in background threads; a context manager.
@@ -133,6 +135,8 @@ class _Link:
                     with contextlib.suppress(OSError):
                         target.shutdown(socket.SHUT_WR)
                     return
+                for old, new in proxy._rewrites[direction]:
+                    data = data.replace(old, new)
                 with self.lock:
                     cut = self.cuts[direction]
                 allowance = cut.allowance(data) if cut is not None else None
@@ -240,6 +244,7 @@ class FaultProxy:
         self._dropping = False
         self._latency = 0.0
         self._bandwidth: float | None = None
+        self._rewrites: dict[Direction, tuple[tuple[bytes, bytes], ...]] = {"down": (), "up": ()}
         self._cuts: dict[Direction, tuple[int | None, bytes | None] | None] = {
             "down": None,
             "up": None,
@@ -324,6 +329,7 @@ class FaultProxy:
         self._latency = 0.0
         self._bandwidth = None
         self._cuts = {"down": None, "up": None}
+        self._rewrites = {"down": (), "up": ()}
         with self._lock:
             links = list(self._links)
         for link in links:
@@ -385,6 +391,18 @@ class FaultProxy:
         if not isinstance(pattern, bytes) or not pattern:
             raise ValueError(f"pattern must be non-empty bytes, got {pattern!r}")
         self._set_cut(_check_direction(direction), (None, pattern))
+
+    def rewrite(self, old: bytes, new: bytes, *, direction: Direction = "down") -> None:
+        """Replace *old* with *new* in everything passing in *direction* from now on.
+
+        A man in the middle, for tests: ``rewrite(b"STARTTLS", b"XTARTTLS")`` strips the
+        STARTTLS capability, the downgrade a client must refuse. (A match split across two
+        reads is not replaced; IMAP capability lines arrive whole.)
+        """
+        if not isinstance(old, bytes) or not old or not isinstance(new, bytes):
+            raise ValueError("old must be non-empty bytes and new must be bytes")
+        direction = _check_direction(direction)
+        self._rewrites[direction] = (*self._rewrites[direction], (old, new))
 
     def _set_cut(self, direction: Direction, spec: tuple[int | None, bytes | None]) -> None:
         self._cuts[direction] = spec
@@ -455,6 +473,8 @@ class FaultProxy:
             faults.append(f"bandwidth={self._bandwidth:g}B/s")
         if any(self._cuts.values()):
             faults.append("cut")
+        if any(self._rewrites.values()):
+            faults.append("rewrite")
         where = f"{self._address[0]}:{self._address[1]}" if self._address else "not started"
         return (
             f"FaultProxy({self.upstream[0]}:{self.upstream[1]} via {where}, "

@@ -1,0 +1,441 @@
+"""``ImapConnection``: imapclient with TLS by default, deadlines everywhere, clear errors.
+
+imapclient, like most IMAP libraries, waits forever on a dead network, swallows a closed
+connection during IDLE (``idle_check`` returns ``[]`` at once, forever), and lets raw socket
+errors escape ``idle_done``. This module wraps it so that every failure is one of
+mailtether's named errors, every wait has a deadline, and a dead connection is found within
+the :class:`~mailtether.Keepalive` bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import logging
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
+from imapclient.imapclient import SocketTimeout
+
+from mailtether._clock import SYSTEM_CLOCK, Clock
+from mailtether._errors import (
+    AuthenticationFailed,
+    CommandFailed,
+    ConnectionLost,
+    FolderMissing,
+    MailServerError,
+    ResponseTimeout,
+    ServerUnreachable,
+    TLSFailure,
+)
+from mailtether._imap_settings import ImapSettings
+from mailtether._keepalive import Keepalive
+
+__all__ = ["ImapConnection", "translate_error"]
+
+log = logging.getLogger("mailtether.imap")
+
+_T = TypeVar("_T")
+_SLICE: Final = 0.25  # IDLE is read in slices this long, to notice stop requests and EOF
+_EARLY_EMPTY: Final = 3  # so many instant empty idle_check returns in a row mean EOF
+# Untagged responses that only say "still here": not a change of the mailbox.
+_CHATTER: Final = {b"OK"}
+
+
+def translate_error(error: BaseException, doing: str, *, secret: str = "") -> MailServerError:
+    """Turn whatever imapclient, imaplib, ssl or socket raised into a named error.
+
+    *secret* (the password or token) is removed from the message, whatever the library put
+    in it.
+    """
+
+    def text(value: object) -> str:
+        message = str(value)
+        if isinstance(value, bytes):
+            message = value.decode("utf-8", "replace")
+        return message.replace(secret, "***") if secret else message
+
+    detail = text(error.args[0] if len(error.args) == 1 else error)
+    if isinstance(error, MailServerError):
+        return error
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return TLSFailure(
+            f"{doing}: the server's certificate is not trusted ({error.verify_message})"
+        )
+    if isinstance(error, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return ConnectionLost(f"{doing}: the server closed the TLS connection")
+    if isinstance(error, ssl.SSLError):
+        return TLSFailure(f"{doing}: TLS failed ({error.reason or detail})")
+    if isinstance(error, socket.gaierror):
+        return ServerUnreachable(f"{doing}: the host name cannot be resolved ({detail})")
+    if isinstance(error, ConnectionRefusedError):
+        return ServerUnreachable(f"{doing}: connection refused")
+    if isinstance(error, TimeoutError | socket.timeout):
+        return ResponseTimeout(f"{doing}: no answer in time")
+    if isinstance(error, LoginError):
+        return AuthenticationFailed(f"{doing}: the server rejected the credentials ({detail})")
+    if isinstance(error, IMAPClientAbortError | imaplib.IMAP4.abort):
+        if "timed out" in detail:
+            return ResponseTimeout(f"{doing}: no answer in time ({detail})")
+        return ConnectionLost(f"{doing}: the connection broke ({detail})")
+    if isinstance(error, ConnectionError | EOFError | OSError):
+        return ConnectionLost(f"{doing}: the connection broke ({type(error).__name__}: {detail})")
+    if isinstance(error, IMAPClientError | imaplib.IMAP4.error):
+        if "AUTHENTICATIONFAILED" in detail.upper() or "LOGIN" in doing.upper():
+            return AuthenticationFailed(f"{doing}: the server rejected the credentials ({detail})")
+        return CommandFailed(f"{doing}: the server said {detail}")
+    return CommandFailed(f"{doing}: {type(error).__name__}: {detail}")
+
+
+class ImapConnection:
+    """One IMAP connection, opened by :meth:`open`, that fails only with named errors.
+
+    - TLS with certificate verification by default; STARTTLS is required when asked for
+      (never a silent downgrade); plaintext only with ``security="plain"``.
+    - Connect and read timeouts are always set; ``TCP_NODELAY`` is set (with Nagle's
+      algorithm small commands can cost ~40 ms each against some servers).
+    - After the connection breaks, every call raises :class:`~mailtether.ConnectionLost` at
+      once: a client that timed out cannot be used again; open a new connection.
+    - Calls are serialised by a lock, so a keepalive thread and your code can share it.
+
+    Example:
+        >>> from mailtether import ImapConnection, ImapSettings, ServerUnreachable
+        >>> settings = ImapSettings("127.0.0.1", "user", "pw", port=9, security="plain",
+        ...                         connect_timeout=2)
+        >>> try:
+        ...     ImapConnection.open(settings)
+        ... except ServerUnreachable as error:
+        ...     print(error.hint)
+        check the host name and port, and that no firewall blocks the way
+    """
+
+    def __init__(
+        self,
+        settings: ImapSettings,
+        *,
+        keepalive: Keepalive | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.settings = settings
+        """Where it connects."""
+        self.keepalive = keepalive if keepalive is not None else Keepalive()
+        """Its deadlines."""
+        self.clock = clock
+        """The clock for keepalive scheduling."""
+        self._client: IMAPClient | None = None
+        self._lock = threading.RLock()
+        self._dead: MailServerError | None = None
+        self._last_activity = 0.0
+        self.capabilities: frozenset[bytes] = frozenset()
+        """What the server offers (after login)."""
+        self.uidvalidity: int | None = None
+        """The selected folder's UIDVALIDITY."""
+
+    # -- opening -----------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        settings: ImapSettings,
+        *,
+        keepalive: Keepalive | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        select_folder: bool = True,
+    ) -> ImapConnection:
+        """Connect, secure, log in and (by default) select the folder.
+
+        Raises:
+            ServerUnreachable, TLSFailure, AuthenticationFailed, FolderMissing,
+            ConnectionLost: each with a sentence of what to do.
+        """
+        connection = cls(settings, keepalive=keepalive, clock=clock)
+        try:
+            connection._connect()
+            connection._login()
+            if select_folder:
+                connection.select(settings.folder)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _context(self) -> ssl.SSLContext:
+        return self.settings.ssl_context or ssl.create_default_context()
+
+    def _connect(self) -> None:
+        settings = self.settings
+        where = f"connecting to {settings.host}:{settings.port}"
+        timeout = SocketTimeout(
+            connect=settings.connect_timeout, read=self.keepalive.response_timeout
+        )
+        try:
+            client = IMAPClient(
+                settings.host,
+                port=settings.port,
+                ssl=settings.security == "tls",
+                ssl_context=self._context() if settings.security == "tls" else None,
+                timeout=timeout,
+            )
+        except BaseException as error:
+            raise translate_error(error, where, secret=settings.password) from None
+        self._client = client
+        with contextlib.suppress(OSError):  # not TCP (a test stream): nothing to tune
+            client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if settings.security == "starttls":
+            capabilities = self._call("asking for capabilities", client.capabilities)
+            if b"STARTTLS" not in capabilities:
+                raise TLSFailure(
+                    f"{settings.host} does not offer STARTTLS, and the password must not travel "
+                    "in clear",
+                    hint="use implicit TLS (imaps://), or fix the server (or whatever strips "
+                    "STARTTLS on the way)",
+                )
+            self._call("starting TLS", client.starttls, self._context())
+        self._touch()
+
+    def _login(self) -> None:
+        client = self._require()
+        settings = self.settings
+        if settings.auth == "xoauth2":
+            self._call(
+                "logging in (XOAUTH2)", client.oauth2_login, settings.username, settings.password
+            )
+        else:
+            self._call("logging in", client.login, settings.username, settings.password)
+        self.capabilities = frozenset(self._call("asking for capabilities", client.capabilities))
+        log.debug("logged in to %s as %s", settings.host, settings.username)
+
+    def select(self, folder: str) -> dict[bytes, Any]:
+        """Select *folder* (read-write); remember its UIDVALIDITY.
+
+        Raises:
+            FolderMissing: it does not exist.
+        """
+        client = self._require()
+        try:
+            response = self._call(f"selecting {folder!r}", client.select_folder, folder)
+        except CommandFailed as error:
+            raise FolderMissing(f"folder {folder!r} cannot be selected ({error})") from None
+        self.uidvalidity = int(response[b"UIDVALIDITY"])
+        return response  # type: ignore[no-any-return]
+
+    # -- using it ----------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> IMAPClient:
+        """The imapclient behind it, for commands this class does not wrap.
+
+        Use :meth:`call` to run them with the lock held and errors translated.
+        """
+        return self._require()
+
+    @property
+    def alive(self) -> bool:
+        """``False`` once the connection is known broken."""
+        return self._dead is None and self._client is not None
+
+    @property
+    def has_idle(self) -> bool:
+        """Whether the server offers IDLE."""
+        return b"IDLE" in self.capabilities
+
+    def call(self, doing: str, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run ``function(*args, **kwargs)`` (an imapclient method) with the lock held.
+
+        *doing* names the step in error messages ("fetching new mail").
+        """
+        return self._call(doing, function, *args, **kwargs)
+
+    def _require(self) -> IMAPClient:
+        if self._dead is not None:
+            raise ConnectionLost(
+                f"the connection to {self.settings.host} is broken ({self._dead}); open a new one"
+            )
+        if self._client is None:
+            raise ConnectionLost(f"the connection to {self.settings.host} is closed")
+        return self._client
+
+    def _call(self, doing: str, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        with self._lock:
+            self._require()
+            try:
+                result = function(*args, **kwargs)
+            except BaseException as error:
+                translated = translate_error(error, doing, secret=self.settings.password)
+                if isinstance(translated, ConnectionLost | TLSFailure):
+                    self._mark_dead(translated)
+                raise translated from None
+            self._touch()
+            return result
+
+    def _touch(self) -> None:
+        self._last_activity = self.clock.monotonic()
+
+    def _mark_dead(self, error: MailServerError) -> None:
+        if self._dead is None:
+            self._dead = error
+            log.info("connection to %s is dead: %s", self.settings.host, error)
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(OSError, ValueError):  # unblock others waiting on it
+                client.socket().shutdown(socket.SHUT_RDWR)
+
+    def noop(self) -> list[Any]:
+        """Send NOOP (within the response timeout); return the untagged responses it got."""
+        client = self._require()
+        return list(self._call("sending NOOP", client.noop)[1])
+
+    # -- waiting for mail ------------------------------------------------------------------------
+
+    def wait(self, timeout: float, stop: threading.Event | None = None) -> list[Any]:
+        """Wait up to *timeout* seconds for a change in the selected folder.
+
+        Uses IDLE when the server has it (re-issued every ``keepalive.idle_renewal``),
+        otherwise sleeps and sends NOOP every ``keepalive.noop_interval``. Returns as soon as
+        the server reports a change (the untagged responses, such as ``(3, b'EXISTS')``), or
+        ``[]`` at the timeout or when *stop* is set.
+
+        Raises:
+            ConnectionLost: the connection died (EOF, reset, BYE, or no answer within the
+                response timeout); it is found within ``keepalive.detection_bound``.
+        """
+        if timeout < 0:
+            raise ValueError(f"timeout must be >= 0, got {timeout!r}")
+        deadline = self.clock.monotonic() + timeout
+        while True:
+            remaining = deadline - self.clock.monotonic()
+            if remaining <= 0 or (stop is not None and stop.is_set()):
+                return []
+            if self.has_idle:
+                changes = self._idle_once(min(remaining, self.keepalive.idle_renewal), stop)
+            else:
+                changes = self._poll_once(remaining, stop)
+            if changes:
+                return changes
+
+    def _idle_once(self, duration: float, stop: threading.Event | None) -> list[Any]:
+        client = self._require()
+        with self._lock:
+            self._call("starting IDLE", client.idle)
+            try:
+                changes = self._read_idle(client, duration, stop)
+            except MailServerError as error:
+                self._mark_dead(
+                    error if isinstance(error, ConnectionLost) else ConnectionLost(str(error))
+                )
+                raise
+            # DONE is written raw by imapclient: its errors are translated here, and the
+            # tagged answer must come within the response timeout (the socket's timeout).
+            _, more = self._call("ending IDLE", client.idle_done)
+            return changes + [change for change in more if not _is_chatter(change)]
+
+    def _read_idle(
+        self, client: IMAPClient, duration: float, stop: threading.Event | None
+    ) -> list[Any]:
+        deadline = time.monotonic() + duration
+        early_empties = 0
+        changes: list[Any] = []
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (stop is not None and stop.is_set()):
+                return changes
+            window = min(_SLICE, remaining)
+            started = time.monotonic()
+            try:
+                responses = client.idle_check(timeout=window)
+            except BaseException as error:
+                raise translate_error(
+                    error, "waiting in IDLE", secret=self.settings.password
+                ) from None
+            if responses:
+                early_empties = 0
+                self._touch()
+                for response in responses:
+                    if response and response[0] == b"BYE":
+                        words = b" ".join(part for part in response[1:] if isinstance(part, bytes))
+                        raise ConnectionLost(
+                            f"the server said BYE during IDLE ({words.decode('utf-8', 'replace')})"
+                        )
+                changes.extend(response for response in responses if not _is_chatter(response))
+                if changes:
+                    return changes
+                continue
+            # idle_check swallows EOF and returns [] at once; a real quiet spell takes the
+            # whole window. Several instant empty returns in a row: the socket is closed.
+            if time.monotonic() - started < window / 2 and _readable_now(client):
+                early_empties += 1
+                if early_empties >= _EARLY_EMPTY:
+                    raise ConnectionLost("the server closed the connection during IDLE (EOF)")
+            else:
+                early_empties = 0
+
+    def _poll_once(self, duration: float, stop: threading.Event | None) -> list[Any]:
+        interval = self.keepalive.noop_interval
+        if interval <= 0:
+            if stop is not None:
+                stop.wait(duration)
+            else:
+                time.sleep(duration)
+            return []
+        due = self._last_activity + interval - self.clock.monotonic()
+        if due > 0 and (self.clock.sleep(min(due, duration), stop) or due > duration):
+            return []
+        return [change for change in self.noop() if not _is_chatter(change)]
+
+    # -- closing -----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Log out politely if the connection is alive, then close it. Never raises."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        if self._dead is None:
+            try:
+                with self._lock:
+                    client.logout()
+                return
+            except Exception:  # a dying connection: just close it
+                log.debug("logout from %s failed; closing", self.settings.host)
+        try:
+            client.shutdown()
+        except Exception:  # already closed by the peer: nothing left to release
+            log.debug("closing the socket to %s failed", self.settings.host)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "alive" if self.alive else "dead" if self._dead else "closed"
+        settings = self.settings
+        return f"ImapConnection({settings.username}@{settings.host}:{settings.port}, {state})"
+
+
+def _is_chatter(response: Any) -> bool:
+    return bool(response) and response[0] in _CHATTER
+
+
+def _readable_now(client: IMAPClient) -> bool:
+    sock = client.socket()
+    try:
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        ready, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True  # a closed socket: as good as EOF
+    return bool(ready)

@@ -1,0 +1,138 @@
+"""``ImapSettings``: where and how to connect, from code or from one URL."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, Final, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import attrs
+
+from mailtether._errors import ConfigError
+
+__all__ = ["ImapSettings", "Security"]
+
+Security = Literal["tls", "starttls", "plain"]
+"""``"tls"``: implicit TLS (port 993); ``"starttls"``: STARTTLS required (143);
+``"plain"``: no encryption, only when asked for explicitly."""
+
+_DEFAULT_PORTS: Final = {"tls": 993, "starttls": 143, "plain": 143}
+
+
+def _hidden(value: object) -> str:
+    return "'***'" if value else "''"
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 86_400:
+        raise ValueError(
+            f"ImapSettings.{attribute.name} must be seconds in (0, 86400), got {value!r}"
+        )
+
+
+def _text(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value or "\r" in value or "\n" in value:
+        raise ValueError(
+            f"ImapSettings.{attribute.name} must be non-empty text without line breaks"
+        )
+
+
+@attrs.frozen
+class ImapSettings:
+    """Where an IMAP mailbox is and how to log in. The secret never shows in ``repr``.
+
+    Args:
+        host: The server's host name (verified against its certificate).
+        username: The login name.
+        password: The password, or with ``auth="xoauth2"`` the OAuth2 access token.
+        port: Default (or 0) 993 for ``"tls"``, 143 otherwise.
+        security: ``"tls"`` (implicit TLS, the default), ``"starttls"`` (required: never
+            falls back to plaintext), or ``"plain"`` (no encryption, only on explicit
+            request, e.g. for a test server on loopback).
+        folder: The folder to listen to.
+        auth: ``"password"`` (LOGIN) or ``"xoauth2"`` (Gmail, Microsoft 365).
+        connect_timeout: Seconds for the TCP connect, TLS handshake and greeting.
+        ssl_context: Certificate verification settings; default: the system's CAs, host
+            name checked.
+
+    Example:
+        >>> from mailtether import ImapSettings
+        >>> ImapSettings.from_url("imaps://support%40example.com:hunter2@mail.example.com/INBOX")
+        ImapSettings(host='mail.example.com', username='support@example.com', password='***', port=993, security='tls', folder='INBOX', auth='password', connect_timeout=15.0)
+    """  # noqa: E501
+
+    host: str = attrs.field(validator=_text)
+    username: str = attrs.field(validator=_text)
+    password: str = attrs.field(repr=_hidden)
+    port: int = attrs.field(default=0)
+    security: Security = attrs.field(
+        default="tls", validator=attrs.validators.in_(("tls", "starttls", "plain"))
+    )
+    folder: str = attrs.field(default="INBOX", validator=_text)
+    auth: Literal["password", "xoauth2"] = attrs.field(
+        default="password", validator=attrs.validators.in_(("password", "xoauth2"))
+    )
+    connect_timeout: float = attrs.field(default=15.0, converter=float, validator=_positive)
+    ssl_context: ssl.SSLContext | None = attrs.field(default=None, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.password, str) or "\r" in self.password or "\n" in self.password:
+            raise ValueError("ImapSettings.password must be text without line breaks")
+        if self.port == 0:  # the security's standard port
+            object.__setattr__(self, "port", _DEFAULT_PORTS[self.security])
+        if (
+            isinstance(self.port, bool)
+            or not isinstance(self.port, int)
+            or not 0 < self.port < 65536
+        ):
+            raise ValueError(f"ImapSettings.port must be 1-65535, got {self.port!r}")
+
+    @classmethod
+    def from_url(cls, url: str, *, ssl_context: ssl.SSLContext | None = None) -> ImapSettings:
+        """Read settings from ``imaps://user:password@host[:port][/folder][?options]``.
+
+        ``imaps://`` is implicit TLS; ``imap://`` requires STARTTLS; plaintext needs
+        ``imap://…?security=plain``. Percent-encode ``@`` and ``:`` in the user name and
+        password. Options: ``auth=xoauth2`` (the password part is the access token),
+        ``connect_timeout=<seconds>``.
+
+        Raises:
+            ConfigError: the URL cannot be used; the message never contains the password.
+        """
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as error:
+            raise ConfigError(f"cannot read the IMAP URL: {error}") from None
+        scheme = parts.scheme.lower()
+        if scheme not in ("imap", "imaps"):
+            raise ConfigError(
+                f"an IMAP URL starts with imaps:// or imap://, not {scheme or '?'}://"
+            )
+        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        security = options.pop("security", "tls" if scheme == "imaps" else "starttls")
+        if scheme == "imaps" and security != "tls":
+            raise ConfigError("imaps:// is implicit TLS; use imap:// with security=starttls|plain")
+        if security not in ("tls", "starttls", "plain"):
+            raise ConfigError(f"security must be tls, starttls or plain, got {security!r}")
+        auth = options.pop("auth", "password")
+        timeout = options.pop("connect_timeout", "15")
+        if options:
+            raise ConfigError(f"unknown IMAP URL option(s): {', '.join(sorted(options))}")
+        if not parts.hostname or parts.username is None:
+            raise ConfigError("an IMAP URL needs a user and a host: imaps://user:password@host/")
+        folder = unquote(parts.path.lstrip("/")) or "INBOX"
+        try:
+            return cls(
+                host=parts.hostname,
+                username=unquote(parts.username),
+                password=unquote(parts.password or ""),
+                port=port or 0,
+                security=security,  # type: ignore[arg-type]
+                folder=folder,
+                auth=auth,  # type: ignore[arg-type]
+                connect_timeout=float(timeout),
+                ssl_context=ssl_context,
+            )
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"cannot use the IMAP URL: {error}") from None
