@@ -288,3 +288,82 @@ def test_idle_done_errors_are_translated(mailbox, proxy):
         proxy.cut_on(b"OK Idle completed")
         with pytest.raises(ConnectionLost):
             connection.wait(3)
+
+
+# -- the standalone watchdog around a user's own imapclient --------------------------------------
+
+
+def _user_client(mailbox, port: int):
+    from imapclient import IMAPClient
+
+    client = IMAPClient("127.0.0.1", port=port, ssl=False, timeout=5)
+    client.login(mailbox.user, mailbox.password)
+    client.select_folder("INBOX")
+    return client
+
+
+def test_watchdog_sends_noop_when_idle_and_finds_a_black_hole(mailbox, proxy):
+    from mailtether import KeepaliveWatchdog
+
+    dead: list[BaseException] = []
+    client = _user_client(mailbox, proxy.port)
+    with KeepaliveWatchdog(client, FAST, on_dead=dead.append) as watchdog:
+        watchdog.client.noop()
+        started = time.monotonic()
+        proxy.blackhole()
+        assert watchdog.dead.wait(FAST.detection_bound + 1), "found without any user call"
+        assert time.monotonic() - started <= FAST.detection_bound + 1
+        assert len(dead) == 1
+        with pytest.raises(ConnectionLost, match="open a new one"):
+            watchdog.client.noop()
+    client.shutdown()
+
+
+def test_watchdog_is_safe_with_user_calls_from_threads(mailbox):
+    from mailtether import KeepaliveWatchdog
+
+    client = _user_client(mailbox, mailbox.server.imap_port)
+    quick = Keepalive(noop_interval=0.05, idle_renewal=1, response_timeout=2)
+    errors: list[BaseException] = []
+    with KeepaliveWatchdog(client, quick) as watchdog:
+
+        def work() -> None:
+            try:
+                for _ in range(20):
+                    watchdog.client.search(["ALL"])
+                    time.sleep(0.01)
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not watchdog.dead.is_set()
+    assert errors == []
+    client.logout()
+
+
+def test_watchdog_translates_errors(mailbox, proxy):
+    from mailtether import KeepaliveWatchdog
+
+    client = _user_client(mailbox, proxy.port)
+    with KeepaliveWatchdog(client, Keepalive()) as watchdog:
+        proxy.reset_all()
+        with pytest.raises(ConnectionLost):
+            watchdog.client.noop()
+        assert watchdog.dead.is_set()
+    client.shutdown()
+
+
+def test_no_leaked_sessions_after_many_broken_connections(mailbox, proxy):
+    """A reconnect storm must not pile up server sessions (Dovecot allows 20 per user+IP)."""
+    for _ in range(30):
+        connection = ImapConnection.open(plain(mailbox, port=proxy.port), keepalive=FAST)
+        proxy.reset_all()
+        with pytest.raises(ConnectionLost):
+            connection.noop()
+        connection.close()
+    with ImapConnection.open(plain(mailbox), keepalive=FAST) as connection:
+        assert connection.alive

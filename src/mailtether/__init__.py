@@ -56,6 +56,7 @@ from mailtether._strategies import (
     ReconnectStrategy,
     Tiered,
 )
+from mailtether._watchdog import KeepaliveWatchdog
 
 __all__ = [
     "DAY",
@@ -91,6 +92,7 @@ __all__ = [
     "JitterKind",
     "Jittered",
     "Keepalive",
+    "KeepaliveWatchdog",
     "Lease",
     "LeaseError",
     "LeaseLost",
