@@ -367,3 +367,28 @@ def test_no_leaked_sessions_after_many_broken_connections(mailbox, proxy):
         connection.close()
     with ImapConnection.open(plain(mailbox), keepalive=FAST) as connection:
         assert connection.alive
+
+
+def test_xoauth2_login_path_reports_a_rejection_without_the_token(mailbox):
+    # This Dovecot offers no XOAUTH2: the server refuses the mechanism, which must surface as
+    # a rejected login (not retried), with the token nowhere in the message.
+    settings = ImapSettings(
+        "127.0.0.1",
+        mailbox.user,
+        "ya29.secret-token",
+        port=mailbox.server.imap_port,
+        security="plain",
+        auth="xoauth2",
+    )
+    with pytest.raises(AuthenticationFailed) as info:
+        ImapConnection.open(settings)
+    assert "ya29.secret-token" not in str(info.value)
+
+
+def test_a_server_without_recent_works(mailbox, proxy):
+    """Exchange Online sends no \\Recent: nothing may depend on it."""
+    proxy.rewrite(b" RECENT", b" XHIDDEN")
+    proxy.rewrite(b"\\Recent", b"\\Hidden")
+    with ImapConnection.open(plain(mailbox, port=proxy.port), keepalive=FAST) as connection:
+        threading.Timer(0.3, mailbox.append, args=(MAIL,)).start()
+        assert (1, b"EXISTS") in connection.wait(5)
