@@ -35,6 +35,7 @@ from mailtether._guard import (
     RepeatPolicy,
 )
 from mailtether._imap_connection import ImapConnection
+from mailtether._imap_listener import Delivery, ImapListener
 from mailtether._imap_settings import ImapSettings, Security
 from mailtether._keepalive import Keepalive
 from mailtether._leases import ProcessLock, acquire_lease
@@ -43,6 +44,14 @@ from mailtether._message_key import MessageKey, content_digest, message_id_of
 from mailtether._postgres_store import PostgresStore
 from mailtether._redis_store import RedisStore
 from mailtether._sqlite_store import SQLiteStore
+from mailtether._status import (
+    LoggingNotifier,
+    Notifier,
+    SourceState,
+    SourceStatus,
+    StatusBoard,
+    StatusChange,
+)
 from mailtether._store import SCHEMA_VERSION, Lease, Record, Store, default_owner
 from mailtether._store_url import store_from_url
 from mailtether._strategies import (
@@ -79,6 +88,7 @@ __all__ = [
     "CommandFailed",
     "ConfigError",
     "ConnectionLost",
+    "Delivery",
     "DuplicateGuard",
     "Duration",
     "Exponential",
@@ -87,6 +97,7 @@ __all__ = [
     "GuardEntry",
     "HistoryEntry",
     "ImapConnection",
+    "ImapListener",
     "ImapSettings",
     "ImmediateFirst",
     "JitterKind",
@@ -97,10 +108,12 @@ __all__ = [
     "LeaseError",
     "LeaseLost",
     "LeaseUnavailable",
+    "LoggingNotifier",
     "MailServerError",
     "MailtetherError",
     "MemoryStore",
     "MessageKey",
+    "Notifier",
     "PostgresStore",
     "ProcessLock",
     "ReconnectStrategy",
@@ -113,6 +126,10 @@ __all__ = [
     "SchemaError",
     "Security",
     "ServerUnreachable",
+    "SourceState",
+    "SourceStatus",
+    "StatusBoard",
+    "StatusChange",
     "Store",
     "StoreError",
     "SystemClock",

@@ -295,11 +295,14 @@ class ImapConnection:
 
     # -- waiting for mail ------------------------------------------------------------------------
 
-    def wait(self, timeout: float, stop: threading.Event | None = None) -> list[Any]:
+    def wait(
+        self, timeout: float, stop: threading.Event | None = None, *, use_idle: bool = True
+    ) -> list[Any]:
         """Wait up to *timeout* seconds for a change in the selected folder.
 
-        Uses IDLE when the server has it (re-issued every ``keepalive.idle_renewal``),
-        otherwise sleeps and sends NOOP every ``keepalive.noop_interval``. Returns as soon as
+        Uses IDLE when the server has it and *use_idle* is true (re-issued every
+        ``keepalive.idle_renewal``), otherwise sleeps and sends NOOP every
+        ``keepalive.noop_interval``. Returns as soon as
         the server reports a change (the untagged responses, such as ``(3, b'EXISTS')``), or
         ``[]`` at the timeout or when *stop* is set.
 
@@ -314,7 +317,7 @@ class ImapConnection:
             remaining = deadline - self.clock.monotonic()
             if remaining <= 0 or (stop is not None and stop.is_set()):
                 return []
-            if self.has_idle:
+            if use_idle and self.has_idle:
                 changes = self._idle_once(min(remaining, self.keepalive.idle_renewal), stop)
             else:
                 changes = self._poll_once(remaining, stop)

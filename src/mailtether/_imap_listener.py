@@ -1,0 +1,475 @@
+"""``ImapListener``: one mailbox listened to for weeks, every mail handled once."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import functools
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from email.message import EmailMessage
+from typing import Any, Final, Literal
+
+import attrs
+
+from mailtether._backoff import Backoff, BackoffState
+from mailtether._clock import SYSTEM_CLOCK, Clock
+from mailtether._durations import MINUTE
+from mailtether._errors import (
+    AuthenticationFailed,
+    CommandFailed,
+    ConnectionLost,
+    FolderMissing,
+    LeaseLost,
+    LeaseUnavailable,
+    MailServerError,
+    StoreError,
+    TLSFailure,
+)
+from mailtether._guard import ClaimStatus, DuplicateGuard, RepeatedMessage
+from mailtether._imap_connection import ImapConnection
+from mailtether._imap_settings import ImapSettings
+from mailtether._keepalive import Keepalive
+from mailtether._leases import ProcessLock
+from mailtether._memory_store import MemoryStore
+from mailtether._message_key import MessageKey
+from mailtether._status import SourceState, StatusBoard
+from mailtether._store import Store
+from mailtether._strategies import Exponential, ReconnectStrategy
+
+__all__ = ["Delivery", "ImapListener"]
+
+log = logging.getLogger("mailtether.listener")
+
+_FETCH_BATCH: Final = 50
+_CURSORS: Final = "cursor"
+_BACKOFFS: Final = "backoff"
+_OUTBOX: Final = "outbox"
+
+
+@attrs.frozen
+class Delivery:
+    r"""One mail, as the handler receives it.
+
+    Attributes:
+        key: Its :class:`~mailtether.MessageKey` (position and content).
+        uid: Its IMAP UID.
+        flags: Its flags when fetched (``\\Seen`` is never set by fetching).
+        raw: The message as the server sent it.
+        attempt: Which attempt this is (1 the first; more after failures).
+    """
+
+    key: MessageKey
+    uid: int
+    flags: tuple[bytes, ...]
+    raw: bytes = attrs.field(repr=False)
+    attempt: int = 1
+
+    @functools.cached_property
+    def message(self) -> EmailMessage:
+        """The parsed message (``email.policy.default``); parsed on first use."""
+        parsed = email.message_from_bytes(self.raw, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+class _MailboxUnchangeable(MailServerError):
+    """The post-action failed: the mail stays, and would be seen again and again."""
+
+    default_hint = (
+        "the mail could not be marked or moved (is the mailbox read-only?); fix the mailbox "
+        "permissions or remove the mail by hand, then resume the source"
+    )
+
+
+def _parse_action(value: str, what: str) -> tuple[str, str | None]:
+    kind, _, folder = value.partition(":")
+    allowed = ("seen", "delete", "move", "leave") if what == "after" else ("leave", "flag", "move")
+    if kind not in allowed or (kind == "move") != bool(folder):
+        choices = ", ".join("move:<folder>" if k == "move" else k for k in allowed)
+        raise ValueError(f"{what} must be one of {choices}; got {value!r}")
+    return kind, folder or None
+
+
+class ImapListener:
+    """Listens to one IMAP folder and hands every new mail to *handler*, exactly once.
+
+    The loop: take the mailbox lease (only one listener of a group works a mailbox); connect
+    (TLS by default); catch up on every mail that arrived since the last run, by UID; then
+    wait for new mail (IDLE, or polling) and catch up again; on any connection fault,
+    reconnect by the *reconnect* strategy. Each mail is fetched with ``BODY.PEEK[]`` (nothing
+    is marked seen by fetching), claimed through the duplicate guard, handed to the handler,
+    its outcome recorded in the store, and only then is the mailbox changed (*after*).
+
+    The source becomes BLOCKED — nothing retried until :meth:`resume` — when credentials are
+    rejected, TLS cannot be trusted, the folder is missing, the reconnect strategy gives up,
+    the guard reports a mail that keeps coming back, or a processed mail cannot be removed.
+
+    Args:
+        source: An ``imaps://`` URL or :class:`~mailtether.ImapSettings`.
+        handler: Called with a :class:`Delivery` per mail; an exception is a failed
+            attempt (retried; after the guard's ``max_failures``, the mail is held).
+        reconnect: The reconnect strategy; default: at once, then 1 s, 2 s, 4 s … up to
+            5 minutes, forever.
+        keepalive: The connection's deadlines.
+        store: Where the guard, cursor, backoff, lease and status live (default: a
+            :class:`~mailtether.MemoryStore`, which forgets everything at exit; use SQLite
+            or a server store in production).
+        guard: The duplicate guard; default ``DuplicateGuard(store)``.
+        status: The status board; default ``StatusBoard(store)`` (logging notifier).
+        after: What to do with a processed mail: ``"seen"``, ``"delete"``,
+            ``"move:<folder>"`` or ``"leave"``.
+        on_poison: What to do with a held (poisoned) mail: ``"leave"``, ``"flag"`` or
+            ``"move:<folder>"``.
+        mode: ``"auto"`` (IDLE when offered), or ``"poll"``.
+        poll_interval: Seconds between catch-ups when polling (and at most between them in
+            IDLE, as a safety net).
+        lease_ttl: The mailbox lease's TTL, renewed by a heartbeat; ``None`` disables the
+            lease (one listener per mailbox guaranteed by you).
+        name: The source's name in status and logs; default ``user@host/folder``.
+        clock: The clock for reconnect waits.
+    """
+
+    def __init__(
+        self,
+        source: str | ImapSettings,
+        handler: Callable[[Delivery], object],
+        *,
+        reconnect: ReconnectStrategy | None = None,
+        keepalive: Keepalive | None = None,
+        store: Store | None = None,
+        guard: DuplicateGuard | None = None,
+        status: StatusBoard | None = None,
+        after: str = "seen",
+        on_poison: str = "leave",
+        mode: Literal["auto", "poll"] = "auto",
+        poll_interval: float = 60.0,
+        lease_ttl: float | None = 60.0,
+        name: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.settings = (
+            source if isinstance(source, ImapSettings) else ImapSettings.from_url(source)
+        )
+        """Where the mailbox is."""
+        if not callable(handler):
+            raise TypeError("handler must be callable with a Delivery")
+        self.handler = handler
+        """Called per mail."""
+        self.reconnect = (
+            reconnect or Exponential(1, growth=1, max_delay=5 * MINUTE).immediate_first()
+        )
+        """The reconnect strategy."""
+        self.keepalive = keepalive or Keepalive()
+        """The connection's deadlines."""
+        if store is None:
+            log.warning("ImapListener without a store keeps its state in memory only")
+        self.store: Store = store if store is not None else MemoryStore()
+        """Where state lives."""
+        self.guard = guard or DuplicateGuard(self.store)
+        """The duplicate guard."""
+        self.status = status or StatusBoard(self.store, clock=clock)
+        """The status board."""
+        self.after = _parse_action(after, "after")
+        self.on_poison = _parse_action(on_poison, "on_poison")
+        if mode not in ("auto", "poll"):
+            raise ValueError(f"mode must be 'auto' or 'poll', got {mode!r}")
+        self.mode = mode
+        if not 0 < poll_interval < float("inf"):
+            raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
+        self.poll_interval = float(poll_interval)
+        self.lease_ttl = lease_ttl
+        settings = self.settings
+        self.name = name or f"{settings.username}@{settings.host}/{settings.folder}"
+        """The source's name."""
+        self.clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._connection: ImapConnection | None = None
+        record = self.store.get(_BACKOFFS, self.name)
+        state = BackoffState.from_dict(dict(record.data)) if record is not None else None
+        self._backoff = Backoff(self.reconnect, clock=clock, state=state)
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Listen until *stop* (or :meth:`stop`) — blocking; never raises for mail faults."""
+        stop = stop or self._stop
+        while not stop.is_set() and not self._stop.is_set():
+            status = self.status.get(self.name)
+            if status is not None and status.state is SourceState.BLOCKED:
+                if not status.resume_requested:
+                    self.clock.sleep(min(self.poll_interval, 1.0), stop)
+                    continue
+                log.info("%s: resumed by a person", self.name)
+                self._backoff.reset()
+                self._save_backoff()
+                self.status.set(self.name, SourceState.RETRYING, resume_requested=False, reason="")
+            self._run_once(stop)
+
+    def _run_once(self, stop: threading.Event) -> None:
+        try:
+            self._session(stop)
+        except LeaseUnavailable:
+            log.info("%s: another listener works this mailbox; standing by", self.name)
+            self.clock.sleep(self.poll_interval, stop)
+        except (AuthenticationFailed, TLSFailure, FolderMissing, _MailboxUnchangeable) as error:
+            self._block(str(error))
+        except RepeatedMessage as error:
+            self._block(str(error))
+        except (ConnectionLost, CommandFailed, LeaseLost, StoreError) as error:
+            self._retry(error, stop)
+
+    def run_in_thread(self) -> threading.Thread:
+        """Start :meth:`run` in a daemon thread; :meth:`stop` ends it."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError(f"listener {self.name} is already running")
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self.run, name=f"mailtether-{self.name}", daemon=True
+        )
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the listener to stop and wait (at most *timeout*) for its thread to end."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def resume(self) -> bool:
+        """Clear BLOCKED and reconnect now (see :meth:`StatusBoard.resume`)."""
+        return self.status.resume(self.name)
+
+    def poll_once(self) -> int:
+        """Connect, handle everything new, disconnect; return how many mails were handled.
+
+        For cron-style use. Raises the connection's errors instead of retrying.
+        """
+        with self._lease():
+            connection = self._open()
+            try:
+                return self._catch_up(connection)
+            finally:
+                connection.close()
+
+    # -- one connected session ---------------------------------------------------------------------
+
+    def _lease(self) -> Any:
+        if self.lease_ttl is None:
+            return _NoLease()
+        return ProcessLock(
+            self.store,
+            f"listener:{self.name}",
+            ttl=self.lease_ttl,
+            on_lost=lambda _: self._drop_connection(),
+        )
+
+    def _open(self) -> ImapConnection:
+        connection = ImapConnection.open(self.settings, keepalive=self.keepalive, clock=self.clock)
+        self._connection = connection
+        return connection
+
+    def _drop_connection(self) -> None:
+        connection = self._connection
+        if connection is not None:
+            connection._mark_dead(ConnectionLost("the mailbox lease was lost"))
+
+    def _session(self, stop: threading.Event) -> None:
+        with self._lease() as lease:
+            connection = self._open()
+            try:
+                self._backoff.succeeded()
+                self._save_backoff()
+                self.status.set(
+                    self.name, SourceState.ONLINE, reason="", attempts=0, next_attempt_at=None
+                )
+                self._reconcile(connection)
+                self._catch_up(connection)
+                use_idle = self.mode == "auto"
+                while not stop.is_set() and not self._stop.is_set():
+                    lease.check()
+                    connection.wait(
+                        self.poll_interval, _either(stop, self._stop), use_idle=use_idle
+                    )
+                    lease.check()
+                    self._catch_up(connection)
+            finally:
+                self._connection = None
+                connection.close()
+
+    def _catch_up(self, connection: ImapConnection) -> int:
+        client = connection.client
+        uidvalidity = connection.uidvalidity
+        assert uidvalidity is not None
+        cursor = self.store.get(_CURSORS, self.name)
+        last_uid = 0
+        if cursor is not None and cursor.data.get("uidvalidity") == uidvalidity:
+            last_uid = int(cursor.data.get("last_uid", 0))
+        criteria = ["UID", f"{last_uid + 1}:*"] if last_uid else ["ALL"]
+        found = connection.call("searching for new mail", client.search, criteria)
+        # "UID n:*" always matches the newest mail, even when n is past the end.
+        uids = sorted(uid for uid in found if uid > last_uid)
+        account, folder = self.settings.username, self.settings.folder
+        keys = {uid: MessageKey.imap(account, folder, uidvalidity, uid) for uid in uids}
+        fresh = {key.uid for key in self.guard.filter_new(keys.values()) if key.uid is not None}
+        todo = sorted(fresh | set(self._retryable_uids(uidvalidity)))
+        handled = 0
+        for start in range(0, len(todo), _FETCH_BATCH):
+            batch = todo[start : start + _FETCH_BATCH]
+            fetched = connection.call(
+                "fetching new mail", client.fetch, batch, ["BODY.PEEK[]", "FLAGS"]
+            )
+            for uid in batch:
+                data = fetched.get(uid)
+                if data is None or b"BODY[]" not in data:
+                    continue  # expunged meanwhile
+                handled += self._deliver(connection, uid, data)
+        if uids:
+            self.store.put(
+                _CURSORS, self.name, "active", {"uidvalidity": uidvalidity, "last_uid": uids[-1]}
+            )
+        return handled
+
+    def _retryable_uids(self, uidvalidity: int) -> Iterable[int]:
+        prefix = MessageKey.imap(self.settings.username, self.settings.folder, uidvalidity, 1).id[
+            :-2
+        ]
+        for record in self.store.scan(self.guard.namespace, state="failed"):
+            if record.key.startswith(prefix):
+                yield MessageKey.from_id(record.key).uid or 0
+
+    def _deliver(self, connection: ImapConnection, uid: int, data: dict[bytes, Any]) -> int:
+        raw = bytes(data[b"BODY[]"])
+        flags = tuple(data.get(b"FLAGS", ()))
+        assert connection.uidvalidity is not None
+        key = MessageKey.imap(
+            self.settings.username, self.settings.folder, connection.uidvalidity, uid, raw=raw
+        )
+        claim = self.guard.claim(key)
+        if claim.status is ClaimStatus.NEW:
+            delivery = Delivery(key, uid, flags, raw, claim.attempt)
+            try:
+                with claim:
+                    self.handler(delivery)
+            except Exception as error:
+                log.warning("%s: handler failed on %s: %s", self.name, key, error)
+                self.status.count(self.name, failed=1)
+                entry = self.guard.lookup(key)
+                if entry is not None and entry.state == "held":
+                    self._apply(connection, key, self.on_poison)
+                return 0
+            self.status.count(self.name, processed=1)
+            self._apply(connection, key, self.after)
+            return 1
+        if claim.status in (ClaimStatus.DONE, ClaimStatus.DUPLICATE):
+            if self.store.get(_OUTBOX, key.id) is not None or claim.status is ClaimStatus.DUPLICATE:
+                self._apply(connection, key, self.after)
+        elif claim.status is ClaimStatus.QUARANTINE:
+            self._apply(connection, key, self.on_poison)
+        return 0
+
+    def _apply(
+        self, connection: ImapConnection, key: MessageKey, action: tuple[str, str | None]
+    ) -> None:
+        """Change the mailbox for *key*; the outcome was recorded before (the outbox says so)."""
+        kind, folder = action
+        if kind == "leave":
+            return
+        self.store.put(_OUTBOX, key.id, "pending", {"action": kind, "folder": folder})
+        client = connection.client
+        uid = [key.uid]
+        try:
+            if kind == "seen":
+                connection.call("marking mail seen", client.add_flags, uid, [b"\\Seen"])
+            elif kind == "flag":
+                connection.call("flagging mail", client.add_flags, uid, [b"\\Flagged"])
+            elif kind == "delete":
+                connection.call("deleting mail", client.delete_messages, uid)
+                connection.call("expunging mail", client.uid_expunge, uid)
+            elif kind == "move":
+                connection.call(f"moving mail to {folder}", client.move, uid, folder)
+        except CommandFailed as error:
+            raise _MailboxUnchangeable(f"{key}: {error}") from None
+        self.store.delete(_OUTBOX, key.id)
+
+    def _reconcile(self, connection: ImapConnection) -> None:
+        """Finish mailbox changes a crash interrupted (recorded as done, not yet applied)."""
+        assert connection.uidvalidity is not None
+        prefix = MessageKey.imap(
+            self.settings.username, self.settings.folder, connection.uidvalidity, 1
+        ).id[:-2]
+        for record in self.store.scan(_OUTBOX):
+            if record.key.startswith(prefix):
+                key = MessageKey.from_id(record.key)
+                kind, folder = str(record.data.get("action")), record.data.get("folder")
+                log.info("%s: finishing %s of %s after a restart", self.name, kind, key)
+                self._apply(connection, key, (kind, folder))
+
+    # -- faults ------------------------------------------------------------------------------------
+
+    def _save_backoff(self) -> None:
+        self.store.put(_BACKOFFS, self.name, "state", self._backoff.state.to_dict())
+
+    def _block(self, reason: str) -> None:
+        log.error("%s: BLOCKED: %s", self.name, reason)
+        self.status.set(self.name, SourceState.BLOCKED, reason=reason, next_attempt_at=None)
+
+    def _retry(self, error: BaseException, stop: threading.Event) -> None:
+        delay = self._backoff.failed()
+        self._save_backoff()
+        state = self._backoff.state
+        if delay is None:
+            self._block(f"gave up after {state.attempt} reconnect attempts; last error: {error}")
+            return
+        offline = self._backoff.offline_for >= self.status.offline_after
+        self.status.set(
+            self.name,
+            SourceState.OFFLINE if offline else SourceState.RETRYING,
+            reason=str(error),
+            attempts=state.attempt,
+            next_attempt_at=state.next_attempt_at,
+        )
+        self.clock.sleep(delay, _either(stop, self._stop))
+
+    def __repr__(self) -> str:
+        return f"ImapListener({self.name!r}, after={self.after[0]!r})"
+
+
+class _NoLease:
+    def __enter__(self) -> _NoLease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def check(self) -> None:
+        return None
+
+
+def _either(first: threading.Event, second: threading.Event) -> threading.Event:
+    """An event that is set while either is (checked when waited on in slices)."""
+    if first is second:
+        return first
+    return _Either(first, second)
+
+
+class _Either(threading.Event):
+    def __init__(self, first: threading.Event, second: threading.Event) -> None:
+        super().__init__()
+        self._pair = (first, second)
+
+    def is_set(self) -> bool:
+        return any(event.is_set() for event in self._pair)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        step = 0.1
+        waited = 0.0
+        while not self.is_set():
+            if timeout is not None and waited >= timeout:
+                return False
+            self._pair[0].wait(step if timeout is None else min(step, timeout - waited))
+            waited += step
+        return True
