@@ -138,6 +138,8 @@ class ImapConnection:
         """What the server offers (after login)."""
         self.uidvalidity: int | None = None
         """The selected folder's UIDVALIDITY."""
+        self.read_only = False
+        """Whether the server opened the selected folder read-only."""
 
     # -- opening -----------------------------------------------------------------------------------
 
@@ -214,18 +216,28 @@ class ImapConnection:
         log.debug("logged in to %s as %s", settings.host, settings.username)
 
     def select(self, folder: str) -> dict[bytes, Any]:
-        """Select *folder* (read-write); remember its UIDVALIDITY.
+        """Select *folder* (read-write if the server allows; see :attr:`read_only`).
 
         Raises:
             FolderMissing: it does not exist.
         """
         client = self._require()
+
+        def select_writable_or_not() -> dict[bytes, Any]:
+            try:
+                return client.select_folder(folder)  # type: ignore[no-any-return]
+            except imaplib.IMAP4.readonly:
+                # The server opened it read-only (permissions, ACL): say so, do not fail.
+                self.read_only = True
+                return client.select_folder(folder, readonly=True)  # type: ignore[no-any-return]
+
+        self.read_only = False
         try:
-            response = self._call(f"selecting {folder!r}", client.select_folder, folder)
+            response = self._call(f"selecting {folder!r}", select_writable_or_not)
         except CommandFailed as error:
             raise FolderMissing(f"folder {folder!r} cannot be selected ({error})") from None
         self.uidvalidity = int(response[b"UIDVALIDITY"])
-        return response  # type: ignore[no-any-return]
+        return response
 
     # -- using it ----------------------------------------------------------------------------------
 

@@ -281,6 +281,11 @@ class ImapListener:
         with self._lease() as lease:
             connection = self._open()
             try:
+                if connection.read_only and self.after[0] != "leave":
+                    raise _MailboxUnchangeable(
+                        f"folder {self.settings.folder!r} is read-only, so mail cannot be "
+                        f"{self.after[0]} after it is handled; nothing was handled"
+                    )
                 self._backoff.succeeded()
                 self._save_backoff()
                 self.status.set(

@@ -1,0 +1,256 @@
+"""ImapListener against Dovecot + FaultProxy: no mail lost, none handled twice."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mailtether import (
+    Delivery,
+    DuplicateGuard,
+    Fixed,
+    ImapListener,
+    ImapSettings,
+    Keepalive,
+    SourceState,
+    SQLiteStore,
+    StatusBoard,
+)
+from mailtether.testing import FaultProxy
+
+FAST = Keepalive(noop_interval=1, idle_renewal=1, response_timeout=1)
+
+
+def mail(n: int, subject: str | None = None) -> bytes:
+    return (
+        f"From: sender@example.com\r\nTo: support@example.com\r\n"
+        f"Message-ID: <m{n}-{time.monotonic_ns()}@example.com>\r\n"
+        f"Subject: {subject or f'mail {n}'}\r\n\r\nbody {n}\r\n"
+    ).encode()
+
+
+class Collector:
+    """A handler that records what it handled, and can be told to fail."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.handled: list[str] = []
+        self.lock = threading.Lock()
+        self.fail_on = fail_on
+
+    def __call__(self, delivery: Delivery) -> None:
+        subject = str(delivery.message["Subject"])
+        if self.fail_on and self.fail_on in subject:
+            raise ValueError(f"cannot handle {subject}")
+        with self.lock:
+            self.handled.append(subject)
+
+    def count(self) -> Counter[str]:
+        with self.lock:
+            return Counter(self.handled)
+
+
+def eventually(condition: Callable[[], object], timeout: float = 20.0) -> None:
+    """Wait for the listener thread to get there (real network time, bounded)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def store(tmp_path) -> Iterator[SQLiteStore]:
+    opened = SQLiteStore(tmp_path / "state.db")
+    yield opened
+    opened.close()
+
+
+def settings_for(mailbox, port: int | None = None, password: str | None = None) -> ImapSettings:
+    return ImapSettings(
+        "127.0.0.1",
+        mailbox.user,
+        password or mailbox.password,
+        port=port or mailbox.server.imap_port,
+        security="plain",
+        connect_timeout=2,
+    )
+
+
+@pytest.fixture
+def start(store):
+    started: list[ImapListener] = []
+
+    def make(settings: ImapSettings, handler, **kwargs) -> ImapListener:
+        kwargs.setdefault("keepalive", FAST)
+        kwargs.setdefault("reconnect", Fixed(0.2))
+        kwargs.setdefault("poll_interval", 1.0)
+        kwargs.setdefault("lease_ttl", 3.0)
+        kwargs.setdefault("store", store)
+        listener = ImapListener(settings, handler, **kwargs)
+        listener.run_in_thread()
+        started.append(listener)
+        return listener
+
+    yield make
+    for listener in started:
+        listener.stop()
+
+
+def flags_of(mailbox) -> dict[int, tuple[bytes, ...]]:
+    client = mailbox.client()
+    client.select_folder("INBOX", readonly=True)
+    flags = client.get_flags(client.search(["ALL"]))
+    client.logout()
+    return flags
+
+
+def state_of(listener: ImapListener) -> SourceState | None:
+    status = listener.status.get(listener.name)
+    return None if status is None else status.state
+
+
+def test_new_mail_is_handled_once_and_then_marked_seen(mailbox, start):
+    mailbox.append(mail(1))  # already there at start: caught up
+    handler = Collector()
+    listener = start(settings_for(mailbox), handler)
+    eventually(lambda: handler.count()["mail 1"] == 1)
+    for n in (2, 3):
+        mailbox.append(mail(n))
+    eventually(lambda: len(handler.handled) == 3)
+    eventually(lambda: all(b"\\Seen" in f for f in flags_of(mailbox).values()))
+    assert state_of(listener) is SourceState.ONLINE
+    time.sleep(1.5)  # a few more catch-up rounds: nothing is handled again
+    assert handler.count() == Counter({"mail 1": 1, "mail 2": 1, "mail 3": 1})
+    started = time.monotonic()
+    listener.stop()
+    assert time.monotonic() - started < 1.5, "stop() returns within about a second"
+
+
+def test_mail_arriving_during_an_outage_is_caught_up(mailbox, start):
+    handler = Collector()
+    with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
+        listener = start(settings_for(mailbox, proxy.port), handler)
+        eventually(lambda: state_of(listener) is SourceState.ONLINE)
+        proxy.refuse_new()
+        proxy.reset_all()
+        mailbox.append(mail(1))
+        mailbox.append(mail(2))
+        eventually(lambda: state_of(listener) is SourceState.RETRYING)
+        proxy.pass_through()
+        eventually(lambda: len(handler.handled) == 2)
+        eventually(lambda: state_of(listener) is SourceState.ONLINE)
+    assert handler.count() == Counter({"mail 1": 1, "mail 2": 1})
+
+
+def test_a_black_hole_is_survived(mailbox, start):
+    handler = Collector()
+    with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
+        listener = start(settings_for(mailbox, proxy.port), handler)
+        eventually(lambda: state_of(listener) is SourceState.ONLINE)
+        proxy.blackhole()
+        mailbox.append(mail(1))
+        eventually(
+            lambda: state_of(listener) is SourceState.RETRYING, timeout=FAST.detection_bound + 3
+        )
+        proxy.pass_through()
+        eventually(lambda: handler.count()["mail 1"] == 1)
+    assert handler.count() == Counter({"mail 1": 1})
+
+
+def test_a_server_kick_is_survived(mailbox, start):
+    handler = Collector()
+    listener = start(settings_for(mailbox), handler)
+    eventually(lambda: state_of(listener) is SourceState.ONLINE)
+    mailbox.kick()
+    mailbox.append(mail(1))
+    eventually(lambda: handler.count()["mail 1"] == 1)
+    assert handler.count() == Counter({"mail 1": 1})
+
+
+def test_rejected_credentials_block_without_hammering(mailbox, start):
+    handler = Collector()
+    with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
+        listener = start(settings_for(mailbox, proxy.port, password="wrong"), handler)
+        eventually(lambda: state_of(listener) is SourceState.BLOCKED)
+        status = listener.status.get(listener.name)
+        assert "rejected the credentials" in status.reason
+        attempts = proxy.accepted
+        time.sleep(1.0)
+        assert proxy.accepted == attempts, "a rejected password is not retried"
+
+
+def test_resume_after_the_password_is_fixed(mailbox, start, store):
+    handler = Collector()
+    mailbox.server.set_password(mailbox.user, "expired-and-changed")
+    listener = start(settings_for(mailbox, password="secret-pw"), handler)
+    eventually(lambda: state_of(listener) is SourceState.BLOCKED)
+    mailbox.server.set_password(mailbox.user, "secret-pw")
+    mailbox.append(mail(1))
+    assert StatusBoard(store).resume(listener.name)  # a person, maybe from another process
+    eventually(lambda: handler.count()["mail 1"] == 1)
+    assert state_of(listener) is SourceState.ONLINE
+
+
+def test_poison_mail_is_held_and_flagged_while_others_flow(mailbox, start, store):
+    handler = Collector(fail_on="poison")
+    guard = DuplicateGuard(store, max_failures=2)
+    listener = start(settings_for(mailbox), handler, guard=guard, on_poison="flag")
+    mailbox.append(mail(1, "poison pill"))
+    mailbox.append(mail(2))
+    eventually(lambda: guard.counts()["held"] == 1)
+    eventually(lambda: any(b"\\Flagged" in f for f in flags_of(mailbox).values()))
+    eventually(lambda: handler.count()["mail 2"] == 1)
+    assert state_of(listener) is SourceState.ONLINE
+    assert handler.count() == Counter({"mail 2": 1})
+
+
+def test_a_mail_that_cannot_be_moved_blocks_the_source(mailbox, start):
+    """Seed 000: processing it again and again would never end, so a person must act."""
+    mailbox.append(mail(1))
+    handler = Collector()
+    listener = start(settings_for(mailbox), handler, after="move:NoSuchFolder")
+    eventually(lambda: state_of(listener) is SourceState.BLOCKED)
+    reason = listener.status.get(listener.name).reason
+    assert "could not be marked or moved" in reason
+    time.sleep(1.0)
+    assert handler.count() == Counter({"mail 1": 1}), "handled once, not again and again"
+
+
+def test_a_read_only_mailbox_blocks_before_handling(mailbox, start):
+    mailbox.append(mail(1))
+    # Dovecot keeps its indexes writable, but the mails cannot be changed: it opens the
+    # mailbox READ-ONLY, and marking a mail seen would fail after it was handled.
+    maildir = Path(mailbox.server.root) / "mail" / mailbox.user
+    frozen = [maildir / sub for sub in ("cur", "new", "tmp")]
+    for directory in frozen:
+        for child in directory.iterdir():
+            child.chmod(0o444)
+        directory.chmod(0o555)
+    handler = Collector()
+    try:
+        listener = start(settings_for(mailbox), handler)
+        eventually(lambda: state_of(listener) is SourceState.BLOCKED)
+        assert "read-only" in listener.status.get(listener.name).reason
+        assert handler.count() == Counter()
+    finally:
+        for directory in frozen:
+            directory.chmod(0o755)
+
+
+def test_two_listeners_on_one_mailbox_handle_each_mail_once(mailbox, start):
+    first, second = Collector(), Collector()
+    a = start(settings_for(mailbox), first, name="shared")
+    b = start(settings_for(mailbox), second, name="shared")
+    for n in range(1, 6):
+        mailbox.append(mail(n))
+    eventually(lambda: len(first.handled) + len(second.handled) == 5)
+    time.sleep(1.0)
+    total = first.count() + second.count()
+    assert total == Counter({f"mail {n}": 1 for n in range(1, 6)})
+    assert not (first.handled and second.handled), "one listener of the group works the mailbox"
+    assert {state_of(a), state_of(b)} <= {SourceState.ONLINE, None}
