@@ -254,3 +254,73 @@ def test_two_listeners_on_one_mailbox_handle_each_mail_once(mailbox, start):
     assert total == Counter({f"mail {n}": 1 for n in range(1, 6)})
     assert not (first.handled and second.handled), "one listener of the group works the mailbox"
     assert {state_of(a), state_of(b)} <= {SourceState.ONLINE, None}
+
+
+def test_uidvalidity_change_reprocesses_nothing(mailbox, start, store):
+    """A recreated folder restarts UIDs at 1: keys by UID alone would skip or repeat mail."""
+    client = mailbox.client()
+    client.create_folder("Support")
+    client.logout()
+    first = [mail(n) for n in (1, 2)]
+    for raw in first:
+        mailbox.append(raw, folder="Support")
+    handler = Collector()
+    settings = ImapSettings(
+        "127.0.0.1",
+        mailbox.user,
+        mailbox.password,
+        port=mailbox.server.imap_port,
+        security="plain",
+        folder="Support",
+    )
+    listener = start(settings, handler, after="leave")
+    eventually(lambda: len(handler.handled) == 2)
+    listener.stop()
+
+    client = mailbox.client()  # the folder is deleted and made again: new UIDVALIDITY
+    client.delete_folder("Support")
+    client.create_folder("Support")
+    client.logout()
+    for raw in [*first, mail(3)]:  # the same two mails come back, and one new
+        mailbox.append(raw, folder="Support")
+
+    listener = start(settings, handler, after="leave")
+    eventually(lambda: handler.count()["mail 3"] == 1)
+    time.sleep(1.0)
+    assert handler.count() == Counter({"mail 1": 1, "mail 2": 1, "mail 3": 1})
+    assert state_of(listener) is SourceState.ONLINE
+
+
+def test_a_deleted_folder_blocks_with_a_clear_reason(mailbox, start):
+    client = mailbox.client()
+    client.create_folder("Orders")
+    client.logout()
+    settings = ImapSettings(
+        "127.0.0.1",
+        mailbox.user,
+        mailbox.password,
+        port=mailbox.server.imap_port,
+        security="plain",
+        folder="Orders",
+    )
+    listener = start(settings, Collector())
+    eventually(lambda: state_of(listener) is SourceState.ONLINE)
+    client = mailbox.client()
+    client.delete_folder("Orders")
+    client.logout()
+    eventually(lambda: state_of(listener) is SourceState.BLOCKED)
+    assert "create the folder" in listener.status.get(listener.name).reason
+
+
+def test_a_server_restart_is_survived(mailbox, start):
+    handler = Collector()
+    listener = start(settings_for(mailbox), handler)
+    eventually(lambda: state_of(listener) is SourceState.ONLINE)
+    mailbox.server.stop(remove=False)
+    try:
+        eventually(lambda: state_of(listener) is SourceState.RETRYING)
+    finally:
+        mailbox.server.start()
+    mailbox.append(mail(1))
+    eventually(lambda: handler.count()["mail 1"] == 1)
+    eventually(lambda: state_of(listener) is SourceState.ONLINE)

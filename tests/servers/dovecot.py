@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -149,6 +151,7 @@ class DovecotServer:
             [binary, "-F", "-c", str(self.config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: stop() ends every child too
         )
         ports = (self.imap_port, self.imaps_port, self.pop3_port, self.pop3s_port)
         try:
@@ -173,6 +176,10 @@ class DovecotServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+            # Session processes outlive the master (as on a real server); a stopped test
+            # server takes them along, like a host going down.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             if self.process.stderr is not None:
                 self.process.stderr.close()
             self.process = None
