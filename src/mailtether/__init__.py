@@ -43,6 +43,7 @@ from mailtether._memory_store import MemoryStore
 from mailtether._message_key import MessageKey, content_digest, message_id_of
 from mailtether._postgres_store import PostgresStore
 from mailtether._redis_store import RedisStore
+from mailtether._smtp_notifier import SmtpNotifier
 from mailtether._sqlite_store import SQLiteStore
 from mailtether._status import (
     LoggingNotifier,
@@ -126,6 +127,7 @@ __all__ = [
     "SchemaError",
     "Security",
     "ServerUnreachable",
+    "SmtpNotifier",
     "SourceState",
     "SourceStatus",
     "StatusBoard",

@@ -1,0 +1,114 @@
+"""``SmtpNotifier``: status changes e-mailed to administrators (seed 000's system notifications)."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from collections.abc import Iterable
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from typing import Literal
+
+from mailtether._errors import ConfigError
+from mailtether._status import StatusChange
+
+__all__ = ["SmtpNotifier"]
+
+
+class SmtpNotifier:
+    """E-mails every status change it is given to *recipients*, through an SMTP server.
+
+    Use it among a :class:`~mailtether.StatusBoard`'s notifiers; the board already holds back
+    repeats (a flapping source does not flood the admins). Sending failures are raised to
+    the board, which logs them and carries on: a broken mail server must not stop a
+    listener.
+
+    Args:
+        host: The SMTP server.
+        sender: The From address.
+        recipients: Who is told.
+        port: Default 587 for ``"starttls"``, 465 for ``"tls"``, 25 for ``"plain"``.
+        security: ``"starttls"`` (default), ``"tls"`` (implicit), or ``"plain"`` (only on
+            explicit request).
+        username: Log in with this user (and *password*), if given.
+        password: The password; never shown in ``repr``.
+        timeout: Seconds for connecting and each SMTP command.
+        ssl_context: Certificate verification settings (default: system CAs).
+        only: Send only changes into these states (default: all), e.g. ``{"blocked",
+            "offline"}``.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        sender: str,
+        recipients: Iterable[str],
+        *,
+        port: int | None = None,
+        security: Literal["starttls", "tls", "plain"] = "starttls",
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+        only: Iterable[str] | None = None,
+    ) -> None:
+        self.recipients = [address for address in recipients]
+        if not self.recipients:
+            raise ConfigError("SmtpNotifier needs at least one recipient")
+        if security not in ("starttls", "tls", "plain"):
+            raise ConfigError(f"security must be starttls, tls or plain, got {security!r}")
+        self.host = host
+        self.sender = sender
+        self.security = security
+        self.port = port or {"starttls": 587, "tls": 465, "plain": 25}[security]
+        self.username = username
+        self._password = password
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+        self.only = None if only is None else {state.lower() for state in only}
+
+    def __call__(self, change: StatusChange) -> None:
+        """Send one e-mail about *change* (unless filtered out by *only*)."""
+        if self.only is not None and change.current.state.value not in self.only:
+            return
+        message = EmailMessage()
+        message["From"] = self.sender
+        message["To"] = ", ".join(self.recipients)
+        message["Subject"] = f"[mailtether] {change.source} is {change.current.state.value}"
+        message["Date"] = formatdate(localtime=True)
+        message["Message-ID"] = make_msgid(domain="mailtether.invalid")
+        status = change.current
+        lines = [
+            change.sentence(),
+            "",
+            f"source:        {status.source}",
+            f"state:         {status.state.value}",
+            f"attempts:      {status.attempts}",
+            f"processed:     {status.processed}",
+            f"failed:        {status.failed}",
+        ]
+        if status.state.value == "blocked":
+            lines += [
+                "",
+                "Nothing is retried until a person resumes it: mailtether resume "
+                f"{status.source!r}",
+            ]
+        message.set_content("\n".join(lines) + "\n")
+        context = self.ssl_context or ssl.create_default_context()
+        smtp: smtplib.SMTP
+        if self.security == "tls":
+            smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+        else:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        with smtp:
+            if self.security == "starttls":
+                smtp.starttls(context=context)
+            if self.username is not None:
+                smtp.login(self.username, self._password or "")
+            smtp.send_message(message)
+
+    def __repr__(self) -> str:
+        return (
+            f"SmtpNotifier({self.host}:{self.port}, {self.security}, to={self.recipients!r}"
+            f"{', user=' + repr(self.username) if self.username else ''})"
+        )
