@@ -3,11 +3,11 @@
 from doctest import ELLIPSIS
 
 from sybil import Sybil
-from sybil.parsers.markdown import PythonCodeBlockParser
+from sybil.parsers.markdown import PythonCodeBlockParser, SkipParser
 from sybil.parsers.rest import DocTestParser
 
 _markdown = Sybil(
-    parsers=[DocTestParser(optionflags=ELLIPSIS), PythonCodeBlockParser()],
+    parsers=[DocTestParser(optionflags=ELLIPSIS), PythonCodeBlockParser(), SkipParser()],
     patterns=["README.md", "docs/*.md"],
     excludes=["docs/_build/*"],
 )
