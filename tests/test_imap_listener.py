@@ -324,3 +324,49 @@ def test_a_server_restart_is_survived(mailbox, start):
     mailbox.append(mail(1))
     eventually(lambda: handler.count()["mail 1"] == 1)
     eventually(lambda: state_of(listener) is SourceState.ONLINE)
+
+
+def test_the_reconnect_schedule_follows_the_strategy_on_a_fake_clock(mailbox):
+    """Seed 002's schedule, kept exactly, then BLOCKED; no real waiting."""
+    from mailtether import Exponential, MemoryStore, StatusChange
+    from mailtether.testing import FakeClock
+
+    clock = FakeClock()
+    stop = threading.Event()
+    store = MemoryStore(clock=clock)
+
+    def watch(change: StatusChange) -> None:
+        if change.current.state is SourceState.BLOCKED:
+            stop.set()
+
+    with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
+        proxy.refuse_new()  # the server is down: every attempt fails at once
+        listener = ImapListener(
+            settings_for(mailbox, proxy.port),
+            Collector(),
+            store=store,
+            clock=clock,
+            reconnect=Exponential(1, growth=1, max_attempts=4).immediate_first(),
+            status=StatusBoard(store, notifiers=[watch], clock=clock),
+            lease_ttl=None,
+        )
+        listener.run(stop)
+    assert clock.sleeps == [1.0, 2.0, 4.0, 8.0], "0 s first (not a sleep), then 1, 2, 4, 8"
+    status = listener.status.get(listener.name)
+    assert status.state is SourceState.BLOCKED
+    assert "gave up after 5 reconnect attempts" in status.reason
+
+
+def test_several_listeners_side_by_side_in_one_process(dovecot, start):
+    users = [dovecot.add_user() for _ in range(3)]
+    handlers = [Collector() for _ in users]
+    for user, handler in zip(users, handlers, strict=True):
+        settings = ImapSettings(
+            "127.0.0.1", user, dovecot.password(user), port=dovecot.imap_port, security="plain"
+        )
+        start(settings, handler)
+    for index, user in enumerate(users):
+        dovecot.append(user, mail(index, f"for {user}"))
+    for user, handler in zip(users, handlers, strict=True):
+        eventually(lambda handler=handler, user=user: handler.count()[f"for {user}"] == 1)
+    assert all(len(handler.handled) == 1 for handler in handlers)
