@@ -370,3 +370,40 @@ def test_several_listeners_side_by_side_in_one_process(dovecot, start):
     for user, handler in zip(users, handlers, strict=True):
         eventually(lambda handler=handler, user=user: handler.count()[f"for {user}"] == 1)
     assert all(len(handler.handled) == 1 for handler in handlers)
+
+
+def _with_attachments() -> bytes:
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    message["From"] = "scanner@example.com"
+    message["Subject"] = "two invoices"
+    message["Message-ID"] = f"<att-{time.monotonic_ns()}@example.com>"
+    message.set_content("see attached")
+    message.add_attachment(b"invoice one", maintype="application", subtype="pdf", filename="1.pdf")
+    message.add_attachment(b"invoice two", maintype="application", subtype="pdf", filename="2.pdf")
+    return message.as_bytes().replace(b"\n", b"\r\n")
+
+
+def test_attachments_as_separate_deliveries_each_once_across_a_retry(mailbox, start):
+    seen: list[tuple[int | None, str | None, bytes | None]] = []
+    failed_once = threading.Event()
+
+    def handler(delivery: Delivery) -> None:
+        if delivery.part == 1 and not failed_once.is_set():
+            failed_once.set()
+            raise RuntimeError("the archive is busy")
+        seen.append((delivery.part, delivery.filename, delivery.content))
+
+    mailbox.append(_with_attachments())
+    start(settings_for(mailbox), handler, deliver="attachments")
+    eventually(lambda: len(seen) == 2)
+    time.sleep(1.0)
+    assert seen == [(0, "1.pdf", b"invoice one"), (1, "2.pdf", b"invoice two")]
+
+
+def test_body_only_delivery(mailbox, start):
+    bodies: list[bytes | None] = []
+    mailbox.append(mail(7))
+    start(settings_for(mailbox), lambda d: bodies.append(d.content), deliver="body")
+    eventually(lambda: [body.strip() for body in bodies if body] == [b"body 7"])

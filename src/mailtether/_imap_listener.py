@@ -46,6 +46,7 @@ _FETCH_BATCH: Final = 50
 _CURSORS: Final = "cursor"
 _BACKOFFS: Final = "backoff"
 _OUTBOX: Final = "outbox"
+_PARTS: Final = "parts"
 
 
 @attrs.frozen
@@ -58,6 +59,9 @@ class Delivery:
         flags: Its flags when fetched (``\\Seen`` is never set by fetching).
         raw: The message as the server sent it.
         attempt: Which attempt this is (1 the first; more after failures).
+
+    With ``deliver="attachments"`` or ``"body"`` the listener also fills :attr:`part`,
+    :attr:`filename` and :attr:`content`.
     """
 
     key: MessageKey
@@ -65,6 +69,13 @@ class Delivery:
     flags: tuple[bytes, ...]
     raw: bytes = attrs.field(repr=False)
     attempt: int = 1
+    part: int | None = None
+    """With ``deliver="attachments"``: which attachment (0, 1, ...); else ``None``."""
+    filename: str | None = None
+    """With ``deliver="attachments"``: the attachment's file name, if it has one."""
+    content: bytes | None = attrs.field(default=None, repr=False)
+    """With ``deliver="attachments"``: the attachment's decoded bytes; with
+    ``deliver="body"``: the message body (plain text preferred), UTF-8 encoded."""
 
     @functools.cached_property
     def message(self) -> EmailMessage:
@@ -122,6 +133,11 @@ class ImapListener:
             ``"move:<folder>"`` or ``"leave"``.
         on_poison: What to do with a held (poisoned) mail: ``"leave"``, ``"flag"`` or
             ``"move:<folder>"``.
+        deliver: ``"message"`` (the handler gets each mail), ``"attachments"`` (each
+            attachment as a separate delivery, as an integration platform's adapter does;
+            a mail without attachments calls nothing), or ``"body"`` (the body only). A part
+            already handled is not handed out again when a later part fails and the mail
+            is retried.
         mode: ``"auto"`` (IDLE when offered), or ``"poll"``.
         poll_interval: Seconds between catch-ups when polling (and at most between them in
             IDLE, as a safety net).
@@ -143,6 +159,7 @@ class ImapListener:
         status: StatusBoard | None = None,
         after: str = "seen",
         on_poison: str = "leave",
+        deliver: Literal["message", "attachments", "body"] = "message",
         mode: Literal["auto", "poll"] = "auto",
         poll_interval: float = 60.0,
         lease_ttl: float | None = 60.0,
@@ -173,6 +190,9 @@ class ImapListener:
         """The status board."""
         self.after = _parse_action(after, "after")
         self.on_poison = _parse_action(on_poison, "on_poison")
+        if deliver not in ("message", "attachments", "body"):
+            raise ValueError(f"deliver must be message, attachments or body, got {deliver!r}")
+        self.deliver = deliver
         if mode not in ("auto", "poll"):
             raise ValueError(f"mode must be 'auto' or 'poll', got {mode!r}")
         self.mode = mode
@@ -358,7 +378,7 @@ class ImapListener:
             delivery = Delivery(key, uid, flags, raw, claim.attempt)
             try:
                 with claim:
-                    self.handler(delivery)
+                    self._hand_over(delivery)
             except Exception as error:
                 log.warning("%s: handler failed on %s: %s", self.name, key, error)
                 self.status.count(self.name, failed=1)
@@ -375,6 +395,38 @@ class ImapListener:
         elif claim.status is ClaimStatus.QUARANTINE:
             self._apply(connection, key, self.on_poison)
         return 0
+
+    def _hand_over(self, delivery: Delivery) -> None:
+        if self.deliver == "message":
+            self.handler(delivery)
+            return
+        message = delivery.message
+        if self.deliver == "body":
+            body = message.get_body(preferencelist=("plain", "html"))
+            text = body.get_content() if body is not None else ""
+            content = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+            self.handler(attrs.evolve(delivery, content=content))
+            return
+        # One delivery per attachment; parts already handled are remembered, so a retry
+        # after a later part failed hands out only what is left.
+        key_id = delivery.key.id
+        for index, part in enumerate(message.iter_attachments()):
+            done_key = f"{key_id}#{index}"
+            if self.store.get(_PARTS, done_key) is not None:
+                continue
+            payload = part.get_payload(decode=True)
+            self.handler(
+                attrs.evolve(
+                    delivery,
+                    part=index,
+                    filename=part.get_filename(),
+                    content=payload if isinstance(payload, bytes) else b"",
+                )
+            )
+            self.store.put(_PARTS, done_key, "done", {})
+        for stale in self.store.scan(_PARTS):
+            if stale.key.startswith(f"{key_id}#"):
+                self.store.delete(_PARTS, stale.key)
 
     def _apply(
         self, connection: ImapConnection, key: MessageKey, action: tuple[str, str | None]
