@@ -407,3 +407,18 @@ def test_body_only_delivery(mailbox, start):
     mailbox.append(mail(7))
     start(settings_for(mailbox), lambda d: bodies.append(d.content), deliver="body")
     eventually(lambda: [body.strip() for body in bodies if body] == [b"body 7"])
+
+
+def test_a_crash_between_outcome_and_mailbox_change_is_finished_later(mailbox, start):
+    """The outcome is recorded first; if the mailbox change is lost, it is redone, not the mail."""
+    handler = Collector()
+    with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
+        listener = start(settings_for(mailbox, proxy.port), handler)
+        eventually(lambda: state_of(listener) is SourceState.ONLINE)
+        proxy.cut_on(b"+FLAGS", direction="up")  # the connection dies as it marks the mail seen
+        mailbox.append(mail(1))
+        eventually(lambda: state_of(listener) is SourceState.RETRYING)
+        proxy.pass_through()
+        eventually(lambda: all(b"\\Seen" in f for f in flags_of(mailbox).values()))
+    time.sleep(1.0)
+    assert handler.count() == Counter({"mail 1": 1}), "handled once; only the change was redone"

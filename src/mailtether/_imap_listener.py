@@ -340,6 +340,17 @@ class ImapListener:
         account, folder = self.settings.username, self.settings.folder
         keys = {uid: MessageKey.imap(account, folder, uidvalidity, uid) for uid in uids}
         fresh = {key.uid for key in self.guard.filter_new(keys.values()) if key.uid is not None}
+        # Mail the guard already finished but that is still here past the cursor: a crash came
+        # between recording the outcome and changing the mailbox. Finish the change.
+        known = self.store.get_many(
+            self.guard.namespace, (key.id for uid, key in keys.items() if uid not in fresh)
+        )
+        unfinished = [
+            key for key in keys.values() if key.id in known and known[key.id].state == "done"
+        ]
+        if unfinished:
+            log.info("%s: finishing %d mailbox changes after a restart", self.name, len(unfinished))
+            self._apply_many(connection, unfinished, self.after)
         todo = sorted(fresh | set(self._retryable_uids(uidvalidity)))
         handled = 0
         for start in range(0, len(todo), _FETCH_BATCH):
@@ -347,11 +358,26 @@ class ImapListener:
             fetched = connection.call(
                 "fetching new mail", client.fetch, batch, ["BODY.PEEK[]", "FLAGS"]
             )
+            finished: list[MessageKey] = []
+            failed = done = 0
             for uid in batch:
                 data = fetched.get(uid)
                 if data is None or b"BODY[]" not in data:
                     continue  # expunged meanwhile
-                handled += self._deliver(connection, uid, data)
+                outcome, key = self._deliver(connection, uid, data)
+                if outcome in ("done", "finish"):
+                    finished.append(key)
+                    done += outcome == "done"
+                elif outcome == "failed":
+                    failed += 1
+            # The outcomes are recorded; now the mailbox changes, one command for the batch.
+            self._apply_many(connection, finished, self.after)
+            handled += done
+            if done or failed:
+                self.status.count(self.name, processed=done, failed=failed)
+            self.store.put(
+                _CURSORS, self.name, "active", {"uidvalidity": uidvalidity, "last_uid": batch[-1]}
+            )
         if uids:
             self.store.put(
                 _CURSORS, self.name, "active", {"uidvalidity": uidvalidity, "last_uid": uids[-1]}
@@ -359,14 +385,26 @@ class ImapListener:
         return handled
 
     def _retryable_uids(self, uidvalidity: int) -> Iterable[int]:
-        prefix = MessageKey.imap(self.settings.username, self.settings.folder, uidvalidity, 1).id[
-            :-2
-        ]
-        for record in self.store.scan(self.guard.namespace, state="failed"):
-            if record.key.startswith(prefix):
+        """UIDs of this folder whose last attempt failed, or whose claim expired."""
+        prefix = MessageKey.imap(self.settings.username, self.settings.folder, uidvalidity, 1).id
+        prefix = prefix[:-2]
+        now = self.store.now()
+        for state in ("failed", "processing"):
+            for record in self.store.scan(self.guard.namespace, state=state):
+                if not record.key.startswith(prefix):
+                    continue
+                if state == "processing" and float(record.data.get("expires_at", 0)) > now:
+                    continue  # another worker is on it
                 yield MessageKey.from_id(record.key).uid or 0
 
-    def _deliver(self, connection: ImapConnection, uid: int, data: dict[bytes, Any]) -> int:
+    def _deliver(
+        self, connection: ImapConnection, uid: int, data: dict[bytes, Any]
+    ) -> tuple[str, MessageKey]:
+        """Claim and handle one mail.
+
+        Returns ``"done"`` (handled now; post-action due), ``"finish"`` (handled before; only
+        the post-action is due), ``"failed"`` or ``"skip"``, with the mail's key.
+        """
         raw = bytes(data[b"BODY[]"])
         flags = tuple(data.get(b"FLAGS", ()))
         assert connection.uidvalidity is not None
@@ -381,20 +419,17 @@ class ImapListener:
                     self._hand_over(delivery)
             except Exception as error:
                 log.warning("%s: handler failed on %s: %s", self.name, key, error)
-                self.status.count(self.name, failed=1)
                 entry = self.guard.lookup(key)
                 if entry is not None and entry.state == "held":
                     self._apply(connection, key, self.on_poison)
-                return 0
-            self.status.count(self.name, processed=1)
-            self._apply(connection, key, self.after)
-            return 1
+                return "failed", key
+            return "done", key
         if claim.status in (ClaimStatus.DONE, ClaimStatus.DUPLICATE):
             if self.store.get(_OUTBOX, key.id) is not None or claim.status is ClaimStatus.DUPLICATE:
-                self._apply(connection, key, self.after)
+                return "finish", key
         elif claim.status is ClaimStatus.QUARANTINE:
             self._apply(connection, key, self.on_poison)
-        return 0
+        return "skip", key
 
     def _hand_over(self, delivery: Delivery) -> None:
         if self.deliver == "message":
@@ -427,6 +462,26 @@ class ImapListener:
         for stale in self.store.scan(_PARTS):
             if stale.key.startswith(f"{key_id}#"):
                 self.store.delete(_PARTS, stale.key)
+
+    def _apply_many(
+        self, connection: ImapConnection, keys: list[MessageKey], action: tuple[str, str | None]
+    ) -> None:
+        """Change the mailbox for many mails in one command (their outcomes are recorded)."""
+        kind, folder = action
+        uids = [key.uid for key in keys if key.uid is not None]
+        if kind == "leave" or not uids:
+            return
+        client = connection.client
+        try:
+            if kind == "seen":
+                connection.call("marking mail seen", client.add_flags, uids, [b"\\Seen"])
+            elif kind == "delete":
+                connection.call("deleting mail", client.delete_messages, uids)
+                connection.call("expunging mail", client.uid_expunge, uids)
+            elif kind == "move":
+                connection.call(f"moving mail to {folder}", client.move, uids, folder)
+        except CommandFailed as error:
+            raise _MailboxUnchangeable(f"{len(uids)} mail(s) from UID {uids[0]}: {error}") from None
 
     def _apply(
         self, connection: ImapConnection, key: MessageKey, action: tuple[str, str | None]
