@@ -475,6 +475,8 @@ class ImapListener:
         try:
             if kind == "seen":
                 connection.call("marking mail seen", client.add_flags, uids, [b"\\Seen"])
+            elif kind == "flag":
+                connection.call("flagging mail", client.add_flags, uids, [b"\\Flagged"])
             elif kind == "delete":
                 connection.call("deleting mail", client.delete_messages, uids)
                 connection.call("expunging mail", client.uid_expunge, uids)
@@ -486,25 +488,11 @@ class ImapListener:
     def _apply(
         self, connection: ImapConnection, key: MessageKey, action: tuple[str, str | None]
     ) -> None:
-        """Change the mailbox for *key*; the outcome was recorded before (the outbox says so)."""
-        kind, folder = action
-        if kind == "leave":
+        """Change the mailbox for one mail, with an outbox entry in case we crash meanwhile."""
+        if action[0] == "leave":
             return
-        self.store.put(_OUTBOX, key.id, "pending", {"action": kind, "folder": folder})
-        client = connection.client
-        uid = [key.uid]
-        try:
-            if kind == "seen":
-                connection.call("marking mail seen", client.add_flags, uid, [b"\\Seen"])
-            elif kind == "flag":
-                connection.call("flagging mail", client.add_flags, uid, [b"\\Flagged"])
-            elif kind == "delete":
-                connection.call("deleting mail", client.delete_messages, uid)
-                connection.call("expunging mail", client.uid_expunge, uid)
-            elif kind == "move":
-                connection.call(f"moving mail to {folder}", client.move, uid, folder)
-        except CommandFailed as error:
-            raise _MailboxUnchangeable(f"{key}: {error}") from None
+        self.store.put(_OUTBOX, key.id, "pending", {"action": action[0], "folder": action[1]})
+        self._apply_many(connection, [key], action)
         self.store.delete(_OUTBOX, key.id)
 
     def _reconcile(self, connection: ImapConnection) -> None:

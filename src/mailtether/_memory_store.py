@@ -9,7 +9,7 @@ from typing import Any, Final
 import attrs
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
-from mailtether._errors import LeaseLost, StoreError
+from mailtether._errors import StoreError
 from mailtether._store import (
     Lease,
     Record,
@@ -18,11 +18,13 @@ from mailtether._store import (
     check_lease,
     check_limit,
     check_namespace,
+    check_put,
     check_state,
     check_time,
     check_ttl,
     decode_data,
     encode_data,
+    lease_lost,
 )
 
 __all__ = ["MemoryStore"]
@@ -132,10 +134,7 @@ class MemoryStore:
         expect: int | None = None,
     ) -> Record | None:
         """Write a record, compare-and-set on its version if *expect* is given."""
-        check_namespace(namespace)
-        check_key(key)
-        check_state(state)
-        check_expect(expect)
+        check_put(namespace, key, state, expect)
         # Validated and copied exactly as a backend that serialises would keep it.
         flat = _flat_copy(data) if isinstance(data, dict) else None
         payload: str | dict[str, Any] = flat if flat is not None else encode_data(data)
@@ -252,7 +251,7 @@ class MemoryStore:
             self._check_open()
             slot = self._leases.get(lease.name)
             if not _holds(slot, lease, now):
-                raise LeaseLost(_lost_message(lease))
+                raise lease_lost(lease)
             assert slot is not None
             slot.expires_at, slot.ttl = now + ttl, ttl
             return Lease(lease.name, lease.owner, lease.token, slot.expires_at, ttl)
@@ -298,11 +297,4 @@ def _holds(slot: _Slot | None, lease: Lease, now: float) -> bool:
         and slot.owner == lease.owner
         and slot.token == lease.token
         and slot.expires_at > now
-    )
-
-
-def _lost_message(lease: Lease) -> str:
-    return (
-        f"lease {lease.name!r} (token {lease.token}) is no longer held by {lease.owner!r}: "
-        "it expired or was taken over; stop the work it protected"
     )

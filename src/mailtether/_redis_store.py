@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from mailtether._errors import ConfigError, LeaseLost, SchemaError, StoreError
+from mailtether._errors import ConfigError, SchemaError, StoreError
 from mailtether._store import (
     SCHEMA_VERSION,
     Lease,
@@ -17,11 +17,13 @@ from mailtether._store import (
     check_lease,
     check_limit,
     check_namespace,
+    check_put,
     check_state,
     check_time,
     check_ttl,
     decode_data,
     encode_data,
+    lease_lost,
     redact_url,
     require,
 )
@@ -283,10 +285,7 @@ class RedisStore:
         expect: int | None = None,
     ) -> Record | None:
         """Write a record, compare-and-set on its version if *expect* is given."""
-        check_namespace(namespace)
-        check_key(key)
-        check_state(state)
-        check_expect(expect)
+        check_put(namespace, key, state, expect)
         text = encode_data(data)
         result = self._run(
             "put",
@@ -421,10 +420,7 @@ class RedisStore:
             ),
         )
         if expires is None:
-            raise LeaseLost(
-                f"lease {lease.name!r} (token {lease.token}) is no longer held by "
-                f"{lease.owner!r}: it expired or was taken over; stop the work it protected"
-            )
+            raise lease_lost(lease)
         return Lease(lease.name, lease.owner, lease.token, float(expires), ttl)
 
     def release(self, lease: Lease) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
-from mailtether._errors import ConfigError, LeaseLost, SchemaError, StoreError
+from mailtether._errors import ConfigError, SchemaError, StoreError
 from mailtether._store import (
     SCHEMA_VERSION,
     Lease,
@@ -21,11 +21,13 @@ from mailtether._store import (
     check_lease,
     check_limit,
     check_namespace,
+    check_put,
     check_state,
     check_time,
     check_ttl,
     decode_data,
     encode_data,
+    lease_lost,
 )
 
 __all__ = ["SQLiteStore"]
@@ -227,10 +229,7 @@ class SQLiteStore:
         expect: int | None = None,
     ) -> Record | None:
         """Write a record, compare-and-set on its version if *expect* is given."""
-        check_namespace(namespace)
-        check_key(key)
-        check_state(state)
-        check_expect(expect)
+        check_put(namespace, key, state, expect)
         text = encode_data(data)
         now = self._clock.time()
         if expect is None:
@@ -363,10 +362,7 @@ class SQLiteStore:
             ),
         )
         if not changed:
-            raise LeaseLost(
-                f"lease {lease.name!r} (token {lease.token}) is no longer held by "
-                f"{lease.owner!r}: it expired or was taken over; stop the work it protected"
-            )
+            raise lease_lost(lease)
         return Lease(lease.name, lease.owner, lease.token, now + ttl, ttl)
 
     def release(self, lease: Lease) -> bool:

@@ -31,7 +31,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import attrs
 
-from mailtether._errors import ConfigError
+from mailtether._errors import ConfigError, LeaseLost
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -262,6 +262,22 @@ def check_ttl(ttl: object) -> float:
     if not math.isfinite(ttl) or ttl < MIN_TTL:
         raise ValueError(f"ttl must be finite and at least {MIN_TTL} s, got {ttl!r}")
     return ttl
+
+
+def check_put(namespace: object, key: object, state: object, expect: object) -> None:
+    """Check the arguments every backend's ``put`` takes."""
+    check_namespace(namespace)
+    check_key(key)
+    check_state(state)
+    check_expect(expect)
+
+
+def lease_lost(lease: Lease) -> LeaseLost:
+    """The error every backend raises when a renewal finds the lease no longer held."""
+    return LeaseLost(
+        f"lease {lease.name!r} (token {lease.token}) is no longer held by {lease.owner!r}: "
+        "it expired or was taken over; stop the work it protected"
+    )
 
 
 def check_limit(limit: object) -> int | None:
