@@ -422,3 +422,23 @@ def test_a_crash_between_outcome_and_mailbox_change_is_finished_later(mailbox, s
         eventually(lambda: all(b"\\Seen" in f for f in flags_of(mailbox).values()))
     time.sleep(1.0)
     assert handler.count() == Counter({"mail 1": 1}), "handled once; only the change was redone"
+
+
+def test_a_listener_that_loses_its_lease_stops_working_the_mailbox(mailbox, start, store):
+    handler = Collector()
+    listener = start(settings_for(mailbox), handler, lease_ttl=1.0, poll_interval=30)
+    eventually(lambda: state_of(listener) is SourceState.ONLINE)
+    name = f"listener:{listener.name}"
+    held = store.holder(name)
+    assert held is not None
+    store.release(held)  # taken away behind its back: another group member now owns it
+    intruder = store.acquire(name, "another-worker", 3.0)
+    assert intruder is not None
+    lost_at = time.monotonic()
+    # Told by its lock's heartbeat, it drops the connection at once, not at the next poll.
+    eventually(lambda: state_of(listener) is SourceState.RETRYING, timeout=3)
+    mailbox.append(mail(1))
+    time.sleep(1.0)
+    assert handler.count() == Counter(), "it stopped working the mailbox"
+    eventually(lambda: handler.count()["mail 1"] == 1, timeout=15)
+    assert time.monotonic() - lost_at >= 2.5, "only after the other owner's lease ran out"

@@ -233,7 +233,8 @@ class ImapListener:
             self._session(stop)
         except LeaseUnavailable:
             log.info("%s: another listener works this mailbox; standing by", self.name)
-            self.clock.sleep(self.poll_interval, stop)
+            # Look again about once per lease TTL: a crashed holder is taken over promptly.
+            self.clock.sleep(min(self.poll_interval, self.lease_ttl or self.poll_interval), stop)
         except (AuthenticationFailed, TLSFailure, FolderMissing, _MailboxUnchangeable) as error:
             self._block(str(error))
         except RepeatedMessage as error:
@@ -312,7 +313,7 @@ class ImapListener:
                     self.name, SourceState.ONLINE, reason="", attempts=0, next_attempt_at=None
                 )
                 self._reconcile(connection)
-                self._catch_up(connection)
+                self._catch_up(connection, lease.check)
                 use_idle = self.mode == "auto"
                 while not stop.is_set() and not self._stop.is_set():
                     lease.check()
@@ -320,12 +321,15 @@ class ImapListener:
                         self.poll_interval, _either(stop, self._stop), use_idle=use_idle
                     )
                     lease.check()
-                    self._catch_up(connection)
+                    self._catch_up(connection, lease.check)
             finally:
                 self._connection = None
                 connection.close()
 
-    def _catch_up(self, connection: ImapConnection) -> int:
+    def _catch_up(
+        self, connection: ImapConnection, check: Callable[[], None] = lambda: None
+    ) -> int:
+        """Handle everything new in the folder; *check* raises if we may no longer work it."""
         client = connection.client
         uidvalidity = connection.uidvalidity
         assert uidvalidity is not None
@@ -355,6 +359,7 @@ class ImapListener:
         handled = 0
         for start in range(0, len(todo), _FETCH_BATCH):
             batch = todo[start : start + _FETCH_BATCH]
+            check()  # the lease may have been lost during the last batch
             fetched = connection.call(
                 "fetching new mail", client.fetch, batch, ["BODY.PEEK[]", "FLAGS"]
             )
