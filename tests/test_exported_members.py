@@ -39,7 +39,7 @@ def test_every_public_name_has_a_docstring(module):
 def test_private_modules_declare_all():
     for package in (mailtether, mailtether.testing):
         for info in pkgutil.iter_modules(package.__path__):
-            if info.name.startswith("_") and not info.ispkg:
+            if info.name.startswith("_") and info.name != "__main__" and not info.ispkg:
                 name = f"{package.__name__}.{info.name}"
                 module = importlib.import_module(name)
                 assert hasattr(module, "__all__"), name
