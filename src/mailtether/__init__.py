@@ -4,6 +4,7 @@ The public API is re-exported here; every other module is private.
 """
 
 from mailtether._backoff import Backoff, BackoffState
+from mailtether._check import CheckReport, CheckStep, check
 from mailtether._clock import SYSTEM_CLOCK, Clock, SystemClock
 from mailtether._config import ENTRY_POINT_GROUP, strategy_from_config
 from mailtether._durations import DAY, HOUR, MINUTE, SECOND, WEEK, Duration, parse_duration
@@ -82,6 +83,8 @@ __all__ = [
     "BackoffState",
     "Capped",
     "Chain",
+    "CheckReport",
+    "CheckStep",
     "Claim",
     "ClaimLost",
     "ClaimStatus",
@@ -138,6 +141,7 @@ __all__ = [
     "TLSFailure",
     "Tiered",
     "acquire_lease",
+    "check",
     "content_digest",
     "default_owner",
     "message_id_of",

@@ -1,14 +1,16 @@
-"""The ``mailtether`` command: status, resume, release and drop (check, watch, demo to come)."""
+"""The ``mailtether`` command: check, status, resume, release, drop (watch and demo to come)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from mailtether._check import check
 from mailtether._errors import MailtetherError
 from mailtether._guard import DuplicateGuard, GuardEntry
 from mailtether._status import SourceStatus, StatusBoard
@@ -67,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
+    check_ = commands.add_parser(
+        "check", help="test a mailbox connection step by step and say what is wrong"
+    )
+    check_.add_argument("url", help="imaps://user:password@host/folder (or imap://...)")
+    check_.add_argument("--timeout", type=float, default=10.0, help="seconds per step")
+    check_.add_argument("--cafile", default=None, help="trust this CA (PEM) for the server")
+    check_.add_argument("--json", action="store_true", help="print JSON for scripts")
+
     status = commands.add_parser("status", help="show every source and the held messages")
     status.add_argument("--store", required=True, help="the store URL, e.g. sqlite:///state.db")
     status.add_argument("--guard", default=None, help="the guard's name, if it has one")
@@ -89,12 +99,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
-    """Run the command line; return the exit code (0 ok, 1 not found, 2 usage, 3 error)."""
+    """Run the command line; return the exit code.
+
+    0 ok, 1 not found, 2 usage, 3 error; ``check``: 4 unreachable, 5 reachable but
+    misconfigured.
+    """
     out = out or sys.stdout
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0) and EXIT_USAGE
+    if args.command == "check":
+        return _check(args, out)
     try:
         store = store_from_url(args.store)
     except MailtetherError as error:
@@ -122,6 +138,25 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return EXIT_ERROR
     finally:
         store.close()
+
+
+def _check(args: argparse.Namespace, out: TextIO) -> int:
+    context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
+    try:
+        report = check(args.url, timeout=args.timeout, ssl_context=context)
+    except MailtetherError as error:  # a URL that cannot be read
+        out.write(f"mailtether: {error}\n")
+        return EXIT_USAGE
+    if args.json:
+        json.dump(report.to_dict(), out, indent=2)
+        out.write("\n")
+        return report.exit_code
+    out.write(f"checking {report.target}\n")
+    for step in report.steps:
+        mark = "ok  " if step.ok else "FAIL"
+        out.write(f"  {mark} {step.name:<13}{step.seconds * 1000:8.1f} ms  {step.detail}\n")
+    out.write(f"{report.sentence}\n")
+    return report.exit_code
 
 
 def _status(store: Any, args: argparse.Namespace, out: TextIO) -> int:

@@ -1,0 +1,139 @@
+"""`mailtether check`: one distinct, correct sentence per failure, against Dovecot/FaultProxy."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from mailtether import check
+from mailtether._cli import main
+from mailtether.testing import FaultProxy
+
+
+def plain_url(mailbox, port: int | None = None, password: str | None = None, folder="INBOX") -> str:
+    port = port or mailbox.server.imap_port
+    return (
+        f"imap://{mailbox.user}:{password or mailbox.password}@127.0.0.1:{port}/{folder}"
+        "?security=plain"
+    )
+
+
+def test_all_well_plain(mailbox):
+    report = check(plain_url(mailbox), timeout=5)
+    assert report.ok, report.sentence
+    assert report.exit_code == 0
+    assert [step.name for step in report.steps] == [
+        "dns",
+        "tcp",
+        "greeting",
+        "capabilities",
+        "login",
+        "select",
+    ]
+    assert report.sentence.startswith("all well")
+    assert mailbox.password not in json.dumps(report.to_dict())
+
+
+def test_all_well_with_tls_and_starttls(mailbox, tls_ca):
+    tls = f"imaps://{mailbox.user}:{mailbox.password}@127.0.0.1:{mailbox.server.imaps_port}/INBOX"
+    assert check(tls, ssl_context=tls_ca.client_context()).ok
+    starttls = f"imap://{mailbox.user}:{mailbox.password}@127.0.0.1:{mailbox.server.imap_port}/"
+    report = check(starttls, ssl_context=tls_ca.client_context())
+    assert report.ok, report.sentence
+    assert "starttls" in [step.name for step in report.steps]
+
+
+def test_unknown_host():
+    report = check("imaps://u:p@no-such-host.invalid/INBOX", timeout=5)
+    assert report.steps[-1].name == "dns"
+    assert "cannot be resolved" in report.sentence
+    assert report.exit_code == 4
+
+
+def test_connection_refused(mailbox):
+    with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
+        proxy.refuse_new()
+        report = check(plain_url(mailbox, proxy.port), timeout=2)
+    assert report.steps[-1].name == "tcp"
+    assert "connection refused" in report.sentence
+    assert report.exit_code == 4
+
+
+def test_connection_timing_out_behind_a_firewall(mailbox):
+    with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
+        proxy.drop_new()
+        report = check(plain_url(mailbox, proxy.port), timeout=1)
+    assert report.steps[-1].name == "greeting"
+    assert "never greeted" in report.sentence
+    assert "firewall" in report.sentence
+    assert report.exit_code == 4
+
+
+def test_untrusted_certificate(mailbox, tls_ca):
+    url = f"imaps://{mailbox.user}:pw@127.0.0.1:{mailbox.server.imaps_port}/INBOX"
+    report = check(url, ssl_context=tls_ca.wrong_context(), timeout=5)
+    assert report.steps[-1].name == "tls"
+    assert "not trusted" in report.sentence
+    assert report.exit_code == 5
+
+
+def test_certificate_for_another_host(mailbox, tls_ca):
+    with FaultProxy(("127.0.0.1", mailbox.server.imaps_port), listen=("127.0.0.2", 0)) as proxy:
+        url = f"imaps://{mailbox.user}:pw@127.0.0.2:{proxy.port}/INBOX"
+        report = check(url, ssl_context=tls_ca.client_context(), timeout=5)
+    assert "another host name" in report.sentence
+    assert report.exit_code == 5
+
+
+def test_starttls_not_offered(mailbox, tls_ca):
+    with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
+        proxy.rewrite(b"STARTTLS", b"XTARTTLS")
+        url = f"imap://{mailbox.user}:never-sent@127.0.0.1:{proxy.port}/INBOX"
+        report = check(url, ssl_context=tls_ca.client_context(), timeout=5)
+    assert report.steps[-1].name == "starttls"
+    assert "does not offer STARTTLS" in report.sentence
+    assert report.exit_code == 5
+
+
+def test_server_closing_the_connection(mailbox):
+    with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
+        proxy.cut_after(0)
+        report = check(plain_url(mailbox, proxy.port), timeout=5)
+    assert report.steps[-1].name == "greeting"
+    assert "closed the connection" in report.sentence
+    assert report.exit_code == 5
+
+
+def test_credentials_rejected(mailbox):
+    report = check(plain_url(mailbox, password="wrong-pw-777"), timeout=5)
+    assert report.steps[-1].name == "login"
+    assert "rejected the credentials" in report.sentence
+    assert "wrong-pw-777" not in report.sentence
+    assert report.exit_code == 5
+
+
+def test_folder_missing(mailbox):
+    report = check(plain_url(mailbox, folder="Nope"), timeout=5)
+    assert report.steps[-1].name == "select"
+    assert "'Nope' cannot be selected" in report.sentence
+    assert report.exit_code == 5
+
+
+def test_command_line_check(mailbox):
+    out = io.StringIO()
+    assert main(["check", plain_url(mailbox)], out=out) == 0
+    assert "all well" in out.getvalue()
+    out = io.StringIO()
+    code = main(["check", plain_url(mailbox, folder="Nope"), "--json"], out=out)
+    assert code == 5
+    data = json.loads(out.getvalue())
+    assert data["exit_code"] == 5
+    assert data["steps"][-1]["name"] == "select"
+    assert main(["check", "ftp://x"], out=io.StringIO()) == 2
+
+
+@pytest.mark.parametrize("url", ["imaps://host-without-user/INBOX", "imap://u:p@h/?security=weird"])
+def test_bad_urls_are_usage_errors(url):
+    assert main(["check", url], out=io.StringIO()) == 2
