@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
+    commands.add_parser(
+        "demo", help="watch a listener survive resets and a black hole (needs mailtether[demo])"
+    )
+
     check_ = commands.add_parser(
         "check", help="test a mailbox connection step by step and say what is wrong"
     )
@@ -111,6 +115,14 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return int(exit_.code or 0) and EXIT_USAGE
     if args.command == "check":
         return _check(args, out)
+    if args.command == "demo":
+        from mailtether._demo import run_demo
+
+        try:
+            return run_demo(out)
+        except MailtetherError as error:
+            out.write(f"mailtether: {error}\n")
+            return EXIT_ERROR
     try:
         store = store_from_url(args.store)
     except MailtetherError as error:
