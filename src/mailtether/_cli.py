@@ -1,4 +1,4 @@
-"""The ``mailtether`` command: check, status, resume, release, drop (watch and demo to come)."""
+"""The ``mailtether`` command: demo, check, watch, status, resume, release, drop."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from mailtether._errors import MailtetherError
 from mailtether._guard import DuplicateGuard, GuardEntry
 from mailtether._status import SourceStatus, StatusBoard
 from mailtether._store_url import store_from_url
+from mailtether._watch import add_watch_arguments, run_watch
 
 __all__ = ["main"]
 
@@ -69,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
+    watch = commands.add_parser("watch", help="run a listener with your handler until Ctrl-C")
+    add_watch_arguments(watch)
+
     commands.add_parser(
         "demo", help="watch a listener survive resets and a black hole (needs mailtether[demo])"
     )
@@ -115,6 +119,12 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return int(exit_.code or 0) and EXIT_USAGE
     if args.command == "check":
         return _check(args, out)
+    if args.command == "watch":
+        try:
+            return run_watch(args, out)
+        except MailtetherError as error:
+            out.write(f"mailtether: {error}\n")
+            return EXIT_USAGE
     if args.command == "demo":
         from mailtether._demo import run_demo
 

@@ -1,0 +1,176 @@
+"""``mailtether watch``: run an ImapListener from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from mailtether._config import strategy_from_config
+from mailtether._durations import parse_duration
+from mailtether._errors import ConfigError
+from mailtether._guard import DuplicateGuard
+from mailtether._imap_listener import Delivery, ImapListener
+from mailtether._keepalive import Keepalive
+from mailtether._status import LoggingNotifier, StatusBoard, StatusChange
+from mailtether._store_url import store_from_url
+
+__all__ = ["add_watch_arguments", "run_watch"]
+
+_OPTIONS = (
+    "handler",
+    "store",
+    "reconnect",
+    "after",
+    "on_poison",
+    "mode",
+    "poll_interval",
+    "noop_interval",
+    "idle_renewal",
+    "response_timeout",
+    "max_failures",
+    "repeat",
+    "lease_ttl",
+    "deliver",
+)
+
+
+def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``mailtether watch`` (each may also come from ``--config``)."""
+    parser.add_argument("url", nargs="?", help="imaps://user:password@host/folder")
+    parser.add_argument("--handler", help="module:function called with each Delivery")
+    parser.add_argument("--store", help="store URL (default sqlite:mailtether-state.db)")
+    parser.add_argument("--reconnect", help='strategy, e.g. "exponential 1s max_delay=5m"')
+    parser.add_argument("--after", help="seen | delete | move:<folder> | leave")
+    parser.add_argument("--on-poison", dest="on_poison", help="leave | flag | move:<folder>")
+    parser.add_argument("--mode", choices=("auto", "poll"))
+    parser.add_argument("--deliver", choices=("message", "attachments", "body"))
+    parser.add_argument("--poll-interval", dest="poll_interval", help="e.g. 60s")
+    parser.add_argument("--noop-interval", dest="noop_interval", help="e.g. 25m (0 disables)")
+    parser.add_argument("--idle-renewal", dest="idle_renewal", help="e.g. 9m")
+    parser.add_argument("--response-timeout", dest="response_timeout", help="e.g. 30s")
+    parser.add_argument("--max-failures", dest="max_failures", type=int)
+    parser.add_argument("--repeat", choices=("block", "skip", "quarantine"))
+    parser.add_argument("--lease-ttl", dest="lease_ttl", help="e.g. 60s")
+    parser.add_argument("--config", help="a TOML file with these settings (under [watch])")
+    parser.add_argument("--quiet", action="store_true", help="no live status line")
+
+
+def _load_handler(spec: str) -> Callable[[Delivery], object]:
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name:
+        raise ConfigError(f"--handler must look like module:function, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(f"cannot import handler module {module_name!r}: {error}") from None
+    handler = getattr(module, function_name, None)
+    if not callable(handler):
+        raise ConfigError(f"{module_name!r} has no callable {function_name!r}")
+    return handler  # type: ignore[no-any-return]
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    if args.config:
+        try:
+            loaded = tomllib.loads(Path(args.config).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(f"cannot read {args.config}: {error}") from None
+        merged.update(loaded.get("watch", loaded))
+    for name in ("url", *_OPTIONS):
+        value = getattr(args, name, None)
+        if value is not None:
+            merged[name] = value
+    return merged
+
+
+def run_watch(args: argparse.Namespace, out: TextIO, stop: threading.Event | None = None) -> int:
+    """Run the listener until Ctrl-C (or *stop*); return the exit code."""
+    options = _settings(args)
+    if not options.get("url") or not options.get("handler"):
+        raise ConfigError("watch needs a URL and --handler module:function (or both in --config)")
+    handler = _load_handler(str(options["handler"]))
+    store = store_from_url(str(options.get("store", "sqlite:mailtether-state.db")))
+    seconds = {
+        name: parse_duration(options[name])
+        for name in (
+            "poll_interval",
+            "noop_interval",
+            "idle_renewal",
+            "response_timeout",
+            "lease_ttl",
+        )
+        if name in options
+    }
+    keepalive = Keepalive(
+        **{
+            k: seconds[k]
+            for k in ("noop_interval", "idle_renewal", "response_timeout")
+            if k in seconds
+        }
+    )
+    latest: list[str] = []
+
+    def remember(change: StatusChange) -> None:
+        latest.append(change.sentence())
+
+    board = StatusBoard(store, notifiers=[LoggingNotifier(), remember])
+    guard = DuplicateGuard(
+        store,
+        max_failures=int(options.get("max_failures", 3)),
+        repeat=options.get("repeat", "block"),
+    )
+    listener = ImapListener(
+        str(options["url"]),
+        handler,
+        store=store,
+        guard=guard,
+        status=board,
+        keepalive=keepalive,
+        reconnect=strategy_from_config(options["reconnect"]) if "reconnect" in options else None,
+        after=str(options.get("after", "seen")),
+        on_poison=str(options.get("on_poison", "leave")),
+        mode=options.get("mode", "auto"),
+        deliver=options.get("deliver", "message"),
+        poll_interval=seconds.get("poll_interval", 60.0),
+        lease_ttl=seconds.get("lease_ttl", 60.0),
+    )
+    stop = stop or threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        listener.run_in_thread()
+        while True:
+            if not args.quiet:
+                out.write(f"\r{_line(board, listener.name)}".ljust(100))
+                out.flush()
+            if stop.wait(0.5):
+                break
+    finally:
+        started = time.monotonic()
+        listener.stop()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
+        out.write(f"\n{_line(board, listener.name)}\n")
+        out.write(f"stopped in {time.monotonic() - started:.1f} s\n")
+        store.close()
+    return 0
+
+
+def _line(board: StatusBoard, name: str) -> str:
+    status = board.get(name)
+    if status is None:
+        return f"{name}: starting"
+    return (
+        f"{name}: {status.state.value.upper()}  processed {status.processed}  "
+        f"failed {status.failed}  {status.reason[:60]}"
+    ).rstrip()
