@@ -137,3 +137,35 @@ def test_command_line_check(mailbox):
 @pytest.mark.parametrize("url", ["imaps://host-without-user/INBOX", "imap://u:p@h/?security=weird"])
 def test_bad_urls_are_usage_errors(url):
     assert main(["check", url], out=io.StringIO()) == 2
+
+
+def test_pop3_all_well_plain_and_pop3s(mailbox, tls_ca):
+    mailbox.save(b"Subject: one\r\n\r\nx\r\n")
+    plain = (
+        f"pop3://{mailbox.user}:{mailbox.password}@127.0.0.1:{mailbox.server.pop3_port}"
+        "/?security=plain"
+    )
+    report = check(plain, timeout=5)
+    assert report.ok, report.sentence
+    assert [step.name for step in report.steps][-2:] == ["login", "stat"]
+    assert report.steps[-1].detail == "1 messages"
+    secure = f"pop3s://{mailbox.user}:{mailbox.password}@127.0.0.1:{mailbox.server.pop3s_port}/"
+    assert check(secure, ssl_context=tls_ca.client_context(), timeout=5).ok
+    stls = f"pop3://{mailbox.user}:{mailbox.password}@127.0.0.1:{mailbox.server.pop3_port}/"
+    report = check(stls, ssl_context=tls_ca.client_context(), timeout=5)
+    assert report.ok, report.sentence
+    assert "starttls" in [step.name for step in report.steps]
+
+
+def test_pop3_stls_stripped_and_bad_password(mailbox, tls_ca):
+    with FaultProxy(("127.0.0.1", mailbox.server.pop3_port)) as proxy:
+        proxy.rewrite(b"STLS", b"XTLS")
+        url = f"pop3://{mailbox.user}:never-sent@127.0.0.1:{proxy.port}/"
+        report = check(url, ssl_context=tls_ca.client_context(), timeout=5)
+    assert "does not offer STLS" in report.sentence
+    assert report.exit_code == 5
+    bad = f"pop3://{mailbox.user}:wrong-pw@127.0.0.1:{mailbox.server.pop3_port}/?security=plain"
+    report = check(bad, timeout=5)
+    assert report.steps[-1].name == "login"
+    assert "rejected the credentials" in report.sentence
+    assert "wrong-pw" not in report.sentence

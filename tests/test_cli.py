@@ -93,3 +93,19 @@ def test_python_dash_m(url):
         check=True,
     )
     assert json.loads(result.stdout)["messages"]["held"] == 2
+
+
+def test_json_on_every_command(url):
+    code, text = run("resume", "sales@example.com/INBOX", "--store", url, "--json")
+    assert code == 0
+    assert json.loads(text) == {
+        "source": "sales@example.com/INBOX",
+        "ok": True,
+        "result": "resume requested",
+    }
+    key = json.loads(run("status", "--store", url, "--json")[1])["held"][0]["key"]
+    code, text = run("drop", key, "--store", url, "--json")
+    assert json.loads(text)["ok"] is True
+    code, text = run("release", "no-such-key", "--store", url, "--json")
+    assert code == 1
+    assert json.loads(text)["ok"] is False

@@ -113,6 +113,16 @@ def _quoted(text: str) -> bytes:
     return b'"' + text.encode("utf-8").replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
+def _pop3_settings(url: str) -> ImapSettings:
+    """Read a ``pop3s://``/``pop3://`` URL with the IMAP URL rules (ports 995 / 110)."""
+    scheme, rest = url.split("://", 1)
+    imap_url = ("imaps://" if scheme.lower() == "pop3s" else "imap://") + rest
+    settings = ImapSettings.from_url(imap_url)
+    if settings.port in (993, 143) and ":" not in rest.split("@")[-1].split("/")[0]:
+        settings = attrs.evolve(settings, port=995 if settings.security == "tls" else 110)
+    return settings
+
+
 def check(
     target: str | ImapSettings, *, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None
 ) -> CheckReport:
@@ -122,7 +132,8 @@ def check(
     sentence. Never raises for a connection problem, and never shows the password.
 
     Args:
-        target: An ``imaps://``/``imap://`` URL or :class:`~mailtether.ImapSettings`.
+        target: An ``imaps://``/``imap://`` URL (or ``pop3s://``/``pop3://``, whose last
+            step is STAT instead of SELECT), or :class:`~mailtether.ImapSettings`.
         timeout: Seconds each step may take.
         ssl_context: Certificate verification settings (default: the system's CAs).
 
@@ -134,10 +145,16 @@ def check(
         >>> print(report.sentence)
         tcp: connection refused by 127.0.0.1:9: nothing listens there (wrong port, or the server is down); check the port and that the server runs
     """  # noqa: E501
-    settings = target if isinstance(target, ImapSettings) else ImapSettings.from_url(target)
+    pop3 = isinstance(target, str) and target.lower().startswith(("pop3://", "pop3s://"))
+    if isinstance(target, ImapSettings):
+        settings = target
+    else:
+        settings = _pop3_settings(target) if pop3 else ImapSettings.from_url(target)
     context = ssl_context or settings.ssl_context or ssl.create_default_context()
     where = f"{settings.host}:{settings.port}"
     shown = f"{settings.security} {settings.username}@{where}/{settings.folder}"
+    if pop3:
+        shown = f"pop3 {settings.security} {settings.username}@{where}"
     steps: list[CheckStep] = []
     state: dict[str, Any] = {}
 
@@ -289,24 +306,117 @@ def check(
         )
         return f"{exists} messages"
 
+    def pop3_greeting() -> str:
+        wire = state["wire"] = _Wire(state["sock"])
+        try:
+            line = wire.line()
+        except TimeoutError:
+            raise _Failed(
+                f"connected to {where}, but the server never greeted within {timeout:g} s: a "
+                "firewall or proxy that accepts but forwards nothing, or an overloaded server",
+                reachable=False,
+            ) from None
+        except (EOFError, ConnectionError):
+            raise _Failed(
+                "the server closed the connection before greeting (too many connections, your "
+                "address blocked, or not a POP3 server); check the server's limits and logs",
+                reachable=True,
+            ) from None
+        if not line.startswith(b"+OK"):
+            raise _Failed(
+                f"this does not look like a POP3 server: {line[:80].decode('utf-8', 'replace')!r}",
+                reachable=True,
+            )
+        return line[:80].decode("utf-8", "replace")
+
+    def pop3_send(command: bytes, multiline: bool = False) -> list[bytes]:
+        wire: _Wire = state["wire"]
+        try:
+            wire.sock.sendall(command + b"\r\n")
+            lines = [wire.line()]
+            if multiline and lines[0].startswith(b"+OK"):
+                while lines[-1] != b".":
+                    lines.append(wire.line())
+        except TimeoutError:
+            raise _Failed(
+                f"the server did not answer {command.split()[0].decode()} in time", reachable=True
+            ) from None
+        except (EOFError, ConnectionError, ssl.SSLError):
+            raise _Failed(
+                f"the server closed the connection during {command.split()[0].decode()}",
+                reachable=True,
+            ) from None
+        return lines
+
+    def pop3_capabilities() -> str:
+        lines = pop3_send(b"CAPA", multiline=True)
+        state["caps"] = {line.split()[0].upper() for line in lines[1:-1] if line.strip()}
+        return " ".join(sorted(word.decode() for word in state["caps"]))
+
+    def pop3_stls() -> str:
+        if b"STLS" not in state["caps"]:
+            raise _Failed(
+                f"{settings.host} does not offer STLS, so the password would travel in clear: "
+                "use pop3s:// (port 995), or find what strips STLS on the way",
+                reachable=True,
+            )
+        if not pop3_send(b"STLS")[0].startswith(b"+OK"):
+            raise _Failed("the server refused STLS", reachable=True)
+        wrap()
+        state["wire"] = _Wire(state["sock"])
+        return "upgraded"
+
+    def pop3_login() -> str:
+        if not pop3_send(b"USER " + settings.username.encode("utf-8"))[0].startswith(
+            b"+OK"
+        ) or not (answer := pop3_send(b"PASS " + settings.password.encode("utf-8"))[0]).startswith(
+            b"+OK"
+        ):
+            raise _Failed(
+                f"the server rejected the credentials of {settings.username!r}; check the user "
+                "name and password; a locked or expired account says the same",
+                reachable=True,
+            )
+        return answer[:60].decode("utf-8", "replace")
+
+    def pop3_stat() -> str:
+        answer = pop3_send(b"STAT")[0]
+        if not answer.startswith(b"+OK"):
+            raise _Failed(
+                f"the mailbox cannot be opened ({answer.decode('utf-8', 'replace')})",
+                reachable=True,
+            )
+        return f"{answer.split()[1].decode()} messages"
+
     try:
         try:
             step("dns", dns)
             step("tcp", tcp)
             if settings.security == "tls":
                 step("tls", wrap)
-            step("greeting", greeting)
-            step("capabilities", capabilities)
-            if settings.security == "starttls":
-                step("starttls", starttls)
-            step("login", login)
-            step("select", select)
+            if pop3:
+                step("greeting", pop3_greeting)
+                step("capabilities", pop3_capabilities)
+                if settings.security == "starttls":
+                    step("starttls", pop3_stls)
+                step("login", pop3_login)
+                step("stat", pop3_stat)
+            else:
+                step("greeting", greeting)
+                step("capabilities", capabilities)
+                if settings.security == "starttls":
+                    step("starttls", starttls)
+                step("login", login)
+                step("select", select)
         finally:
             sock = state.get("sock")
             if sock is not None:
                 try:
                     if "wire" in state and steps and steps[-1].ok:
-                        state["wire"].command(b"LOGOUT")
+                        if pop3:
+                            state["wire"].sock.sendall(b"QUIT\r\n")
+                        else:
+                            state["wire"].command(b"LOGOUT")
                 except (OSError, EOFError):
                     pass
                 sock.close()
