@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="let a BLOCKED source try again now")
     resume.add_argument("source", help="the source's name, as `status` prints it")
     resume.add_argument("--store", required=True)
+    resume.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     for name, text in (
         ("release", "retry a held (poisoned) message"),
@@ -103,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--store", required=True)
         sub.add_argument("--guard", default=None)
         sub.add_argument("--by", default="mailtether command line", help="who decided")
+        sub.add_argument("--json", action="store_true", help="print JSON for scripts")
     return parser
 
 
@@ -143,23 +145,26 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             return _status(store, args, out)
         if args.command == "resume":
             done = StatusBoard(store, notifiers=[]).resume(args.source)
-            out.write(
-                f"{args.source}: {'resume requested' if done else 'not found or not blocked'}\n"
-            )
+            said = "resume requested" if done else "not found or not blocked"
+            result = {"source": args.source, "ok": done, "result": said}
+            _say(out, args.json, result, f"{args.source}: {said}")
             return EXIT_OK if done else EXIT_NOT_FOUND
         guard = DuplicateGuard(store, name=args.guard)
         act = guard.release if args.command == "release" else guard.drop
         done = act(args.key, by=args.by)
         verb = "released" if args.command == "release" else "dropped"
-        out.write(
-            f"{args.key}: {verb if done else 'not found, or not in a state that allows it'}\n"
-        )
+        said = verb if done else "not found, or not in a state that allows it"
+        _say(out, args.json, {"key": args.key, "ok": done, "result": said}, f"{args.key}: {said}")
         return EXIT_OK if done else EXIT_NOT_FOUND
     except MailtetherError as error:
         out.write(f"mailtether: {error}\n")
         return EXIT_ERROR
     finally:
         store.close()
+
+
+def _say(out: TextIO, as_json: bool, data: dict[str, Any], text: str) -> None:
+    out.write((json.dumps(data) if as_json else text) + "\n")
 
 
 def _check(args: argparse.Namespace, out: TextIO) -> int:
