@@ -109,3 +109,17 @@ def test_json_on_every_command(url):
     code, text = run("release", "no-such-key", "--store", url, "--json")
     assert code == 1
     assert json.loads(text)["ok"] is False
+
+
+def test_unexpected_errors_are_one_line_unless_debug(tmp_path, monkeypatch):
+    import mailtether._cli as cli
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "store_from_url", explode)
+    code, text = run("status", "--store", "sqlite:x.db")
+    assert code == 3
+    assert text == "mailtether: unexpected RuntimeError: boom (rerun with --debug)\n"
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["--debug", "status", "--store", "sqlite:x.db"], out=io.StringIO())

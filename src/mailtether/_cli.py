@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="mailtether",
         description="Keep mail listeners connected and honest: inspect and steer them.",
     )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     commands = parser.add_subparsers(dest="command", required=True)
 
     watch = commands.add_parser("watch", help="run a listener with your handler until Ctrl-C")
@@ -109,12 +110,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """Run the command line; return the exit code (see :func:`_main`)."""
+    out = out or sys.stdout
+    debug = "--debug" in (sys.argv[1:] if argv is None else list(argv))
+    try:
+        return _main(argv, out)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # one line, not a traceback, unless asked
+        if debug:
+            raise
+        out.write(f"mailtether: unexpected {type(error).__name__}: {error} (rerun with --debug)\n")
+        return EXIT_ERROR
+
+
+def _main(argv: Sequence[str] | None, out: TextIO) -> int:
     """Run the command line; return the exit code.
 
     0 ok, 1 not found, 2 usage, 3 error; ``check``: 4 unreachable, 5 reachable but
     misconfigured.
     """
-    out = out or sys.stdout
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:

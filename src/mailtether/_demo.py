@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import socket
 import sys
 import tempfile
@@ -185,6 +186,17 @@ def run_demo(out: TextIO | None = None) -> int:
         with lock:
             return sum(handled.values())
 
+    class _Waits(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "reconnect attempt" in record.getMessage():
+                say("waiting   " + record.getMessage().split(": ", 1)[1].split(" (", 1)[0])
+
+    waits = _Waits(logging.INFO)
+    listener_log = logging.getLogger("mailtether.listener")
+    listener_log.addHandler(waits)
+    old_level = listener_log.level
+    listener_log.setLevel(logging.INFO)
+    listener_log.propagate = False
     ok = True
     try:
         say(
@@ -231,6 +243,9 @@ def run_demo(out: TextIO | None = None) -> int:
         say("the guard recognised the content of request #2: not handled again")
     finally:
         listener.stop()
+        listener_log.removeHandler(waits)
+        listener_log.setLevel(old_level)
+        listener_log.propagate = True
         proxy.stop()
         server.stop()
         store_counts = guard.counts()

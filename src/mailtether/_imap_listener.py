@@ -529,6 +529,7 @@ class ImapListener:
         if delay is None:
             self._block(f"gave up after {state.attempt} reconnect attempts; last error: {error}")
             return
+        log.info("%s: reconnect attempt %d in %.2f s (%s)", self.name, state.attempt, delay, error)
         offline = self._backoff.offline_for >= self.status.offline_after
         self.status.set(
             self.name,
