@@ -13,30 +13,21 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from mailtether._backoff import Backoff, BackoffState
 from mailtether._clock import SYSTEM_CLOCK, Clock
-from mailtether._durations import MINUTE
 from mailtether._errors import (
-    AuthenticationFailed,
     CommandFailed,
     ConnectionLost,
-    FolderMissing,
-    LeaseLost,
-    LeaseUnavailable,
     MailServerError,
-    StoreError,
-    TLSFailure,
 )
-from mailtether._guard import ClaimStatus, DuplicateGuard, RepeatedMessage
+from mailtether._guard import ClaimStatus, DuplicateGuard
 from mailtether._imap_connection import ImapConnection
 from mailtether._imap_settings import ImapSettings
 from mailtether._keepalive import Keepalive
-from mailtether._leases import ProcessLock
-from mailtether._memory_store import MemoryStore
 from mailtether._message_key import MessageKey
-from mailtether._status import SourceState, StatusBoard
+from mailtether._source import _SourceRunner, either
+from mailtether._status import StatusBoard
 from mailtether._store import Store
-from mailtether._strategies import Exponential, ReconnectStrategy
+from mailtether._strategies import ReconnectStrategy
 
 __all__ = ["Delivery", "ImapListener"]
 
@@ -103,7 +94,7 @@ def _parse_action(value: str, what: str) -> tuple[str, str | None]:
     return kind, folder or None
 
 
-class ImapListener:
+class ImapListener(_SourceRunner):
     """Listens to one IMAP folder and hands every new mail to *handler*, exactly once.
 
     The loop: take the mailbox lease (only one listener of a group works a mailbox); connect
@@ -147,6 +138,9 @@ class ImapListener:
         clock: The clock for reconnect waits.
     """
 
+    blocking_errors = (*_SourceRunner.blocking_errors, _MailboxUnchangeable)
+    kind = "listener"
+
     def __init__(
         self,
         source: str | ImapSettings,
@@ -170,24 +164,20 @@ class ImapListener:
             source if isinstance(source, ImapSettings) else ImapSettings.from_url(source)
         )
         """Where the mailbox is."""
-        if not callable(handler):
-            raise TypeError("handler must be callable with a Delivery")
-        self.handler = handler
-        """Called per mail."""
-        self.reconnect = (
-            reconnect or Exponential(1, growth=1, max_delay=5 * MINUTE).immediate_first()
+        settings = self.settings
+        super().__init__(
+            name=name or f"{settings.username}@{settings.host}/{settings.folder}",
+            handler=handler,
+            reconnect=reconnect,
+            store=store,
+            guard=guard,
+            status=status,
+            poll_interval=poll_interval,
+            lease_ttl=lease_ttl,
+            clock=clock,
         )
-        """The reconnect strategy."""
         self.keepalive = keepalive or Keepalive()
         """The connection's deadlines."""
-        if store is None:
-            log.warning("ImapListener without a store keeps its state in memory only")
-        self.store: Store = store if store is not None else MemoryStore()
-        """Where state lives."""
-        self.guard = guard or DuplicateGuard(self.store)
-        """The duplicate guard."""
-        self.status = status or StatusBoard(self.store, clock=clock)
-        """The status board."""
         self.after = _parse_action(after, "after")
         self.on_poison = _parse_action(on_poison, "on_poison")
         if deliver not in ("message", "attachments", "body"):
@@ -196,73 +186,9 @@ class ImapListener:
         if mode not in ("auto", "poll"):
             raise ValueError(f"mode must be 'auto' or 'poll', got {mode!r}")
         self.mode = mode
-        if not 0 < poll_interval < float("inf"):
-            raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
-        self.poll_interval = float(poll_interval)
-        self.lease_ttl = lease_ttl
-        settings = self.settings
-        self.name = name or f"{settings.username}@{settings.host}/{settings.folder}"
-        """The source's name."""
-        self.clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._connection: ImapConnection | None = None
-        record = self.store.get(_BACKOFFS, self.name)
-        state = BackoffState.from_dict(dict(record.data)) if record is not None else None
-        self._backoff = Backoff(self.reconnect, clock=clock, state=state)
 
-    # -- running -----------------------------------------------------------------------------------
-
-    def run(self, stop: threading.Event | None = None) -> None:
-        """Listen until *stop* (or :meth:`stop`) — blocking; never raises for mail faults."""
-        stop = stop or self._stop
-        while not stop.is_set() and not self._stop.is_set():
-            status = self.status.get(self.name)
-            if status is not None and status.state is SourceState.BLOCKED:
-                if not status.resume_requested:
-                    self.clock.sleep(min(self.poll_interval, 1.0), stop)
-                    continue
-                log.info("%s: resumed by a person", self.name)
-                self._backoff.reset()
-                self._save_backoff()
-                self.status.set(self.name, SourceState.RETRYING, resume_requested=False, reason="")
-            self._run_once(stop)
-
-    def _run_once(self, stop: threading.Event) -> None:
-        try:
-            self._session(stop)
-        except LeaseUnavailable:
-            log.info("%s: another listener works this mailbox; standing by", self.name)
-            # Look again about once per lease TTL: a crashed holder is taken over promptly.
-            self.clock.sleep(min(self.poll_interval, self.lease_ttl or self.poll_interval), stop)
-        except (AuthenticationFailed, TLSFailure, FolderMissing, _MailboxUnchangeable) as error:
-            self._block(str(error))
-        except RepeatedMessage as error:
-            self._block(str(error))
-        except (ConnectionLost, CommandFailed, LeaseLost, StoreError) as error:
-            self._retry(error, stop)
-
-    def run_in_thread(self) -> threading.Thread:
-        """Start :meth:`run` in a daemon thread; :meth:`stop` ends it."""
-        if self._thread is not None and self._thread.is_alive():
-            raise RuntimeError(f"listener {self.name} is already running")
-        self._stop.clear()
-        self._thread = threading.Thread(
-            target=self.run, name=f"mailtether-{self.name}", daemon=True
-        )
-        self._thread.start()
-        return self._thread
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ask the listener to stop and wait (at most *timeout*) for its thread to end."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    def resume(self) -> bool:
-        """Clear BLOCKED and reconnect now (see :meth:`StatusBoard.resume`)."""
-        return self.status.resume(self.name)
+    # -- running ---------------------------------------------------------------------------------
 
     def poll_once(self) -> int:
         """Connect, handle everything new, disconnect; return how many mails were handled.
@@ -277,16 +203,6 @@ class ImapListener:
                 connection.close()
 
     # -- one connected session ---------------------------------------------------------------------
-
-    def _lease(self) -> Any:
-        if self.lease_ttl is None:
-            return _NoLease()
-        return ProcessLock(
-            self.store,
-            f"listener:{self.name}",
-            ttl=self.lease_ttl,
-            on_lost=lambda _: self._drop_connection(),
-        )
 
     def _open(self) -> ImapConnection:
         connection = ImapConnection.open(self.settings, keepalive=self.keepalive, clock=self.clock)
@@ -307,19 +223,13 @@ class ImapListener:
                         f"folder {self.settings.folder!r} is read-only, so mail cannot be "
                         f"{self.after[0]} after it is handled; nothing was handled"
                     )
-                self._backoff.succeeded()
-                self._save_backoff()
-                self.status.set(
-                    self.name, SourceState.ONLINE, reason="", attempts=0, next_attempt_at=None
-                )
+                self._online()
                 self._reconcile(connection)
                 self._catch_up(connection, lease.check)
                 use_idle = self.mode == "auto"
                 while not stop.is_set() and not self._stop.is_set():
                     lease.check()
-                    connection.wait(
-                        self.poll_interval, _either(stop, self._stop), use_idle=use_idle
-                    )
+                    connection.wait(self.poll_interval, either(stop, self._stop), use_idle=use_idle)
                     lease.check()
                     self._catch_up(connection, lease.check)
             finally:
@@ -515,67 +425,5 @@ class ImapListener:
 
     # -- faults ------------------------------------------------------------------------------------
 
-    def _save_backoff(self) -> None:
-        self.store.put(_BACKOFFS, self.name, "state", self._backoff.state.to_dict())
-
-    def _block(self, reason: str) -> None:
-        log.error("%s: BLOCKED: %s", self.name, reason)
-        self.status.set(self.name, SourceState.BLOCKED, reason=reason, next_attempt_at=None)
-
-    def _retry(self, error: BaseException, stop: threading.Event) -> None:
-        delay = self._backoff.failed()
-        self._save_backoff()
-        state = self._backoff.state
-        if delay is None:
-            self._block(f"gave up after {state.attempt} reconnect attempts; last error: {error}")
-            return
-        log.info("%s: reconnect attempt %d in %.2f s (%s)", self.name, state.attempt, delay, error)
-        offline = self._backoff.offline_for >= self.status.offline_after
-        self.status.set(
-            self.name,
-            SourceState.OFFLINE if offline else SourceState.RETRYING,
-            reason=str(error),
-            attempts=state.attempt,
-            next_attempt_at=state.next_attempt_at,
-        )
-        self.clock.sleep(delay, _either(stop, self._stop))
-
     def __repr__(self) -> str:
         return f"ImapListener({self.name!r}, after={self.after[0]!r})"
-
-
-class _NoLease:
-    def __enter__(self) -> _NoLease:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def check(self) -> None:
-        return None
-
-
-def _either(first: threading.Event, second: threading.Event) -> threading.Event:
-    """An event that is set while either is (checked when waited on in slices)."""
-    if first is second:
-        return first
-    return _Either(first, second)
-
-
-class _Either(threading.Event):
-    def __init__(self, first: threading.Event, second: threading.Event) -> None:
-        super().__init__()
-        self._pair = (first, second)
-
-    def is_set(self) -> bool:
-        return any(event.is_set() for event in self._pair)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        step = 0.1
-        waited = 0.0
-        while not self.is_set():
-            if timeout is not None and waited >= timeout:
-                return False
-            self._pair[0].wait(step if timeout is None else min(step, timeout - waited))
-            waited += step
-        return True
