@@ -42,6 +42,7 @@ from mailtether._keepalive import Keepalive
 from mailtether._leases import ProcessLock, acquire_lease
 from mailtether._memory_store import MemoryStore
 from mailtether._message_key import MessageKey, content_digest, message_id_of
+from mailtether._pop3_poller import MailboxInUse, Pop3Poller
 from mailtether._postgres_store import PostgresStore
 from mailtether._redis_store import RedisStore
 from mailtether._smtp_notifier import SmtpNotifier
@@ -114,10 +115,12 @@ __all__ = [
     "LeaseUnavailable",
     "LoggingNotifier",
     "MailServerError",
+    "MailboxInUse",
     "MailtetherError",
     "MemoryStore",
     "MessageKey",
     "Notifier",
+    "Pop3Poller",
     "PostgresStore",
     "ProcessLock",
     "ReconnectStrategy",

@@ -79,6 +79,8 @@ service pop3-login {{
 }}
 protocol pop3 {{
   pop3_uidl_format = %08Xu%08Xv
+  # One POP3 session per maildrop, as many servers do: a second one gets [IN-USE].
+  pop3_lock_session = yes
 }}
 """
 

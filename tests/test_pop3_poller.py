@@ -1,0 +1,177 @@
+"""Pop3Poller against Dovecot's POP3 through FaultProxy: no mail lost or handled twice."""
+
+from __future__ import annotations
+
+import poplib
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from mailtether import (
+    Delivery,
+    DuplicateGuard,
+    Fixed,
+    ImapSettings,
+    Pop3Poller,
+    SourceState,
+    SQLiteStore,
+)
+from mailtether.testing import FaultProxy
+
+
+def mail(n: int, subject: str | None = None) -> bytes:
+    return (
+        f"From: a@example.com\r\nMessage-ID: <p{n}-{time.monotonic_ns()}@x>\r\n"
+        f"Subject: {subject or f'pop {n}'}\r\n\r\nbody {n}\r\n"
+    ).encode()
+
+
+class Collector:
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.handled: list[str] = []
+        self.lock = threading.Lock()
+        self.fail_on = fail_on
+
+    def __call__(self, delivery: Delivery) -> None:
+        subject = str(delivery.message["Subject"])
+        if self.fail_on and self.fail_on in subject:
+            raise ValueError("cannot handle")
+        with self.lock:
+            self.handled.append(subject)
+
+    def count(self) -> Counter[str]:
+        with self.lock:
+            return Counter(self.handled)
+
+
+def eventually(condition: Callable[[], object], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def on_server(mailbox) -> int:
+    pop = poplib.POP3("127.0.0.1", mailbox.server.pop3_port, timeout=10)
+    pop.user(mailbox.user)
+    pop.pass_(mailbox.password)
+    count = pop.stat()[0]
+    pop.quit()
+    return count
+
+
+@pytest.fixture
+def start(tmp_path):
+    store = SQLiteStore(tmp_path / "state.db")
+    started: list[Pop3Poller] = []
+
+    def make(mailbox, handler, port: int | None = None, password: str | None = None, **kwargs):
+        settings = ImapSettings(
+            "127.0.0.1",
+            mailbox.user,
+            password or mailbox.password,
+            port=port or mailbox.server.pop3_port,
+            security="plain",
+        )
+        kwargs.setdefault("reconnect", Fixed(0.2))
+        kwargs.setdefault("poll_interval", 0.5)
+        kwargs.setdefault("timeout", 2)
+        poller = Pop3Poller(settings, handler, store=store, **kwargs)
+        poller.run_in_thread()
+        started.append(poller)
+        return poller
+
+    yield make, store
+    for poller in started:
+        poller.stop()
+    store.close()
+
+
+def state_of(poller: Pop3Poller):
+    status = poller.status.get(poller.name)
+    return None if status is None else status.state
+
+
+def test_new_mail_is_handled_once_then_deleted(mailbox, start):
+    make, _ = start
+    for n in (1, 2):
+        mailbox.save(mail(n))
+    handler = Collector()
+    poller = make(mailbox, handler)
+    eventually(lambda: len(handler.handled) == 2)
+    eventually(lambda: on_server(mailbox) == 0)
+    mailbox.save(mail(3))
+    eventually(lambda: handler.count()["pop 3"] == 1)
+    time.sleep(1.0)
+    assert handler.count() == Counter({"pop 1": 1, "pop 2": 1, "pop 3": 1})
+    assert state_of(poller) is SourceState.ONLINE
+
+
+def test_a_drop_before_quit_rolls_back_dele_and_nothing_is_handled_twice(mailbox, start):
+    make, _ = start
+    mailbox.save(mail(1))
+    handler = Collector()
+    with FaultProxy(("127.0.0.1", mailbox.server.pop3_port)) as proxy:
+        proxy.cut_on(b"QUIT", direction="up")  # the session dies before the server deletes
+        make(mailbox, handler, port=proxy.port)
+        eventually(lambda: handler.count()["pop 1"] == 1)
+        time.sleep(0.5)
+        assert on_server(mailbox) == 1, "DELE was rolled back: the mail is still there"
+        proxy.pass_through()
+        eventually(lambda: on_server(mailbox) == 0)
+    assert handler.count() == Counter({"pop 1": 1}), "deleted later, not handed out again"
+
+
+def test_a_drop_mid_retr_loses_nothing(mailbox, start):
+    make, _ = start
+    mailbox.save(mail(1, "x" * 20 + " big"))
+    handler = Collector()
+    with FaultProxy(("127.0.0.1", mailbox.server.pop3_port)) as proxy:
+        proxy.cut_on(b"big", direction="down")
+        make(mailbox, handler, port=proxy.port)
+        time.sleep(1.0)
+        assert handler.handled == []
+        proxy.pass_through()
+        eventually(lambda: len(handler.handled) == 1)
+        eventually(lambda: on_server(mailbox) == 0)
+    assert len(handler.handled) == 1
+
+
+def test_rejected_credentials_block(mailbox, start):
+    make, _ = start
+    poller = make(mailbox, Collector(), password="wrong")
+    eventually(lambda: state_of(poller) is SourceState.BLOCKED)
+    assert "rejected the credentials" in poller.status.get(poller.name).reason
+
+
+def test_a_mailbox_in_use_is_retried_not_blocked(mailbox, start):
+    make, _ = start
+    mailbox.save(mail(1))
+    holder = poplib.POP3("127.0.0.1", mailbox.server.pop3_port, timeout=10)
+    holder.user(mailbox.user)
+    holder.pass_(mailbox.password)  # this session holds the maildrop
+    handler = Collector()
+    poller = make(mailbox, handler, timeout=20)  # Dovecot answers [IN-USE] after ~10 s
+    try:
+        eventually(lambda: state_of(poller) is SourceState.RETRYING, timeout=30)
+        assert "in use" in poller.status.get(poller.name).reason
+    finally:
+        holder.quit()
+    eventually(lambda: handler.count()["pop 1"] == 1)
+
+
+def test_poison_mail_is_held_and_never_deleted_unseen(mailbox, start):
+    make, store = start
+    mailbox.save(mail(1, "poison"))
+    mailbox.save(mail(2))
+    handler = Collector(fail_on="poison")
+    guard = DuplicateGuard(store, max_failures=2)
+    make(mailbox, handler, guard=guard)
+    eventually(lambda: guard.counts()["held"] == 1)
+    eventually(lambda: handler.count()["pop 2"] == 1)
+    eventually(lambda: on_server(mailbox) == 1)
+    time.sleep(1.0)
+    assert on_server(mailbox) == 1, "the held mail stays on the server"
