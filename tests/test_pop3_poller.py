@@ -175,3 +175,54 @@ def test_poison_mail_is_held_and_never_deleted_unseen(mailbox, start):
     eventually(lambda: on_server(mailbox) == 1)
     time.sleep(1.0)
     assert on_server(mailbox) == 1, "the held mail stays on the server"
+
+
+def test_pop3s_and_stls_are_verified(mailbox, tls_ca, tmp_path):
+    store = SQLiteStore(tmp_path / "tls.db")
+    try:
+        for url_port, url_scheme in (
+            (mailbox.server.pop3s_port, "pop3s"),
+            (mailbox.server.pop3_port, "pop3"),
+        ):
+            mailbox.save(mail(url_port))
+            url = f"{url_scheme}://{mailbox.user}:{mailbox.password}@127.0.0.1:{url_port}/"
+            handler = Collector()
+            trusted = Pop3Poller(url, handler, store=store, lease_ttl=None)
+            trusted.settings = ImapSettings(
+                "127.0.0.1",
+                mailbox.user,
+                mailbox.password,
+                port=url_port,
+                security=trusted.settings.security,
+                ssl_context=tls_ca.client_context(),
+            )
+            assert trusted.poll_once() == 1
+            untrusted = Pop3Poller(url, handler, store=store, lease_ttl=None)
+            from mailtether import TLSFailure
+
+            untrusted.settings = ImapSettings(
+                "127.0.0.1",
+                mailbox.user,
+                mailbox.password,
+                port=url_port,
+                security=untrusted.settings.security,
+                ssl_context=tls_ca.wrong_context(),
+            )
+            with pytest.raises(TLSFailure):
+                untrusted.poll_once()
+    finally:
+        store.close()
+
+
+def test_a_server_restart_is_survived(mailbox, start):
+    make, _ = start
+    handler = Collector()
+    poller = make(mailbox, handler)
+    eventually(lambda: state_of(poller) is SourceState.ONLINE)
+    mailbox.server.stop(remove=False)
+    try:
+        eventually(lambda: state_of(poller) is SourceState.RETRYING)
+    finally:
+        mailbox.server.start()
+    mailbox.save(mail(9))
+    eventually(lambda: handler.count()["pop 9"] == 1)

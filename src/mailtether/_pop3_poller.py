@@ -34,6 +34,36 @@ _IN_USE: Final = b"[IN-USE]"
 _T = TypeVar("_T")
 
 
+class _ClosingPOP3(poplib.POP3):
+    """poplib.POP3 that closes its socket when the greeting fails (poplib leaks it)."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        try:
+            super().__init__(host, port, timeout=timeout)
+        except BaseException:
+            _close_quietly(self)
+            raise
+
+
+class _ClosingPOP3_SSL(poplib.POP3_SSL):
+    """poplib.POP3_SSL that closes its socket when the handshake or greeting fails."""
+
+    def __init__(self, host: str, port: int, timeout: float, context: ssl.SSLContext) -> None:
+        try:
+            super().__init__(host, port, timeout=timeout, context=context)
+        except BaseException:
+            _close_quietly(self)
+            raise
+
+
+def _close_quietly(pop: poplib.POP3) -> None:
+    for name in ("file", "sock"):
+        resource = getattr(pop, name, None)
+        if resource is not None:
+            with contextlib.suppress(Exception):
+                resource.close()
+
+
 class MailboxInUse(ConnectionLost):
     """Another POP3 session holds the mailbox (``-ERR [IN-USE]``): try again later."""
 
@@ -176,7 +206,7 @@ class Pop3Poller(_SourceRunner):
             )
         else:
             pop = self._call(
-                where, lambda: poplib.POP3(settings.host, settings.port, timeout=self.timeout)
+                where, lambda: _ClosingPOP3(settings.host, settings.port, self.timeout)
             )
         try:
             if settings.security == "starttls":
