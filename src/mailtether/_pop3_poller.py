@@ -200,9 +200,7 @@ class Pop3Poller(_SourceRunner):
         if settings.security == "tls":
             pop: poplib.POP3 = self._call(
                 where,
-                lambda: poplib.POP3_SSL(
-                    settings.host, settings.port, timeout=self.timeout, context=context
-                ),
+                lambda: _ClosingPOP3_SSL(settings.host, settings.port, self.timeout, context),
             )
         else:
             pop = self._call(
