@@ -226,3 +226,16 @@ def test_a_server_restart_is_survived(mailbox, start):
         mailbox.server.start()
     mailbox.save(mail(9))
     eventually(lambda: handler.count()["pop 9"] == 1)
+
+
+def test_a_server_without_uidl_is_keyed_by_content(mailbox, start):
+    make, _ = start
+    mailbox.save(mail(1))
+    handler = Collector()
+    with FaultProxy(("127.0.0.1", mailbox.server.pop3_port)) as proxy:
+        proxy.rewrite(b"UIDL", b"XUIDL", direction="up")  # the server now says -ERR to UIDL
+        make(mailbox, handler, port=proxy.port, delete=False)
+        eventually(lambda: handler.count()["pop 1"] == 1)
+        time.sleep(1.5)  # several more polls: the same mail is recognised by its digest
+    assert handler.count() == Counter({"pop 1": 1})
+    assert on_server(mailbox) == 1, "delete=False leaves it"
