@@ -239,3 +239,22 @@ def test_a_server_without_uidl_is_keyed_by_content(mailbox, start):
         time.sleep(1.5)  # several more polls: the same mail is recognised by its digest
     assert handler.count() == Counter({"pop 1": 1})
     assert on_server(mailbox) == 1, "delete=False leaves it"
+
+
+def test_apop_login_where_offered(mailbox, tmp_path):
+    mailbox.save(mail(5))
+    store = SQLiteStore(tmp_path / "apop.db")
+    handler = Collector()
+    url = (
+        f"pop3://{mailbox.user}:{mailbox.password}@127.0.0.1:{mailbox.server.pop3_port}/"
+        "?security=plain&auth=apop"
+    )
+    try:
+        assert Pop3Poller(url, handler, store=store, lease_ttl=None).poll_once() == 1
+        wrong = url.replace(mailbox.password, "not-it")
+        from mailtether import AuthenticationFailed
+
+        with pytest.raises(AuthenticationFailed):
+            Pop3Poller(wrong, handler, store=store, lease_ttl=None).poll_once()
+    finally:
+        store.close()

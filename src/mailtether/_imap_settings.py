@@ -50,7 +50,8 @@ class ImapSettings:
             falls back to plaintext), or ``"plain"`` (no encryption, only on explicit
             request, e.g. for a test server on loopback).
         folder: The folder to listen to.
-        auth: ``"password"`` (LOGIN) or ``"xoauth2"`` (Gmail, Microsoft 365).
+        auth: ``"password"`` (LOGIN; USER/PASS for POP3), ``"xoauth2"`` (Gmail, Microsoft
+            365), or ``"apop"`` (POP3's APOP challenge, where the server offers it).
         connect_timeout: Seconds for the TCP connect, TLS handshake and greeting.
         ssl_context: Certificate verification settings; default: the system's CAs, host
             name checked.
@@ -69,8 +70,8 @@ class ImapSettings:
         default="tls", validator=attrs.validators.in_(("tls", "starttls", "plain"))
     )
     folder: str = attrs.field(default="INBOX", validator=_text)
-    auth: Literal["password", "xoauth2"] = attrs.field(
-        default="password", validator=attrs.validators.in_(("password", "xoauth2"))
+    auth: Literal["password", "xoauth2", "apop"] = attrs.field(
+        default="password", validator=attrs.validators.in_(("password", "xoauth2", "apop"))
     )
     connect_timeout: float = attrs.field(default=15.0, converter=float, validator=_positive)
     ssl_context: ssl.SSLContext | None = attrs.field(default=None, repr=False, eq=False)

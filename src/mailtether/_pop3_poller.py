@@ -216,8 +216,16 @@ class Pop3Poller(_SourceRunner):
                         hint="use pop3s:// (port 995), or fix the server",
                     )
                 self._call("STLS", pop.stls, context)
-            self._call("USER", pop.user, settings.username)
-            self._call("PASS", pop.pass_, settings.password)
+            if settings.auth == "apop":
+                if b"<" not in pop.getwelcome():
+                    raise AuthenticationFailed(
+                        f"{settings.host} offers no APOP (its greeting has no timestamp)",
+                        hint="use auth=password (USER/PASS, inside TLS) for this server",
+                    )
+                self._call("PASS", pop.apop, settings.username, settings.password)
+            else:
+                self._call("USER", pop.user, settings.username)
+                self._call("PASS", pop.pass_, settings.password)
         except BaseException:
             with contextlib.suppress(Exception):
                 pop.close()

@@ -7,8 +7,10 @@ cannot start, :class:`ServerUnavailable` says why.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -16,7 +18,17 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["ServerUnavailable", "as_service_user", "free_port", "make_temp_dir", "wait_until"]
+__all__ = [
+    "ServerUnavailable",
+    "as_service_user",
+    "free_port",
+    "make_temp_dir",
+    "port_open",
+    "service_user",
+    "stop_process",
+    "tail",
+    "wait_until",
+]
 
 
 class ServerUnavailable(RuntimeError):
@@ -35,22 +47,44 @@ def wait_until(
     timeout: float,
     what: str,
     process: subprocess.Popen[bytes] | None = None,
-    log: Path | None = None,
+    log: Path | Sequence[Path] = (),
 ) -> None:
+    """Poll *ready* until it is true; raise with the tail of the *log* files when it is not.
+
+    Fails early when *process* exits, and at the latest after *timeout* seconds.
+    """
+    logs = [log] if isinstance(log, Path) else list(log)
     deadline = time.monotonic() + timeout
     while not ready():
         if process is not None and process.poll() is not None:
-            raise ServerUnavailable(f"{what} exited with {process.returncode}{_tail(log)}")
+            raise ServerUnavailable(f"{what} exited with {process.returncode}{tail(logs)}")
         if time.monotonic() > deadline:
-            raise ServerUnavailable(f"{what} did not answer within {timeout} s{_tail(log)}")
+            raise ServerUnavailable(f"{what} did not answer within {timeout} s{tail(logs)}")
         time.sleep(0.02)
 
 
-def _tail(log: Path | None) -> str:
-    if log is None or not log.exists():
-        return ""
-    lines = log.read_text(errors="replace").splitlines()[-15:]
-    return ":\n  " + "\n  ".join(lines)
+def tail(logs: Sequence[Path], lines: int = 15) -> str:
+    """The last *lines* of each non-empty log file, indented, for an error message."""
+    parts = []
+    for log in logs:
+        if log.exists() and (text := log.read_text(errors="replace").strip()):
+            last = text.splitlines()[-lines:]
+            parts.append(f"\n  -- {log.name}:\n  " + "\n  ".join(last))
+    return "".join(parts)
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], *, signal_number: int = signal.SIGTERM, grace: float = 10
+) -> None:
+    """Send *signal_number*, wait up to *grace* seconds, then SIGKILL and reap."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal_number)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def port_open(port: int) -> bool:
@@ -66,6 +100,17 @@ def make_temp_dir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=f"mailtether-{prefix}-"))
     path.chmod(0o755)
     return path
+
+
+def service_user(user: str) -> dict[str, str]:
+    """``subprocess`` keyword arguments that run a child as *user* when we are root.
+
+    Unlike a ``runuser`` wrapper, the child is then the process we signal: a SIGINT reaches
+    the server itself, and no wrapper waits and kills it on its own schedule.
+    """
+    if os.geteuid() != 0:
+        return {}
+    return {"user": user, "group": user}
 
 
 def as_service_user(user: str, command: Sequence[str]) -> list[str]:

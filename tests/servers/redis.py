@@ -9,12 +9,12 @@ from pathlib import Path
 
 import attrs
 
-from . import ServerUnavailable, free_port, make_temp_dir, wait_until
+from . import ServerUnavailable, free_port, make_temp_dir, stop_process, wait_until
 
 
 @attrs.define
 class RedisServer:
-    """A redis-server on a free loopback port."""
+    """A redis-server on a free loopback port, without persistence; ``url`` is ``redis://...``."""
 
     port: int = 0
     directory: Path | None = None
@@ -57,7 +57,11 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(self._pong, timeout=15, what="redis-server", process=self.process, log=log)
+        try:
+            wait_until(self._pong, timeout=15, what="redis-server", process=self.process, log=log)
+        except ServerUnavailable:
+            self.stop()
+            raise
         return self
 
     def _pong(self) -> bool:
@@ -70,12 +74,8 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process)
             self.process = None
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
