@@ -33,9 +33,11 @@ def _start(what: str, start: Callable[[], _T]) -> _T:
     try:
         return start()
     except ServerUnavailable as error:
-        if in_ci():
-            pytest.fail(f"{what} could not start, and CI must not skip it: {error}", pytrace=False)
-        pytest.skip(f"{what} unavailable (outside CI this skips): {error}")
+        reason = str(error)
+    # Outside the except block, so the report shows the reason and not a chained traceback.
+    if in_ci():
+        pytest.fail(f"{what} could not start, and CI must not skip it: {reason}", pytrace=False)
+    pytest.skip(f"{what} unavailable (outside CI this skips): {reason}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -40,12 +40,17 @@ def test_imaps_verifies_the_test_ca(mailbox, tls_ca):
     )
     client.login(mailbox.user, mailbox.password)
     client.logout()
-    with pytest.raises(ssl.SSLCertVerificationError):
+
+
+@pytest.mark.parametrize("trusting", ["system CAs only", "another CA"])
+def test_imaps_refuses_a_certificate_from_an_untrusted_ca(dovecot, tls_ca, trusting):
+    context = ssl.create_default_context() if trusting == "system CAs only" else None
+    with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
         IMAPClient(
             "127.0.0.1",
-            port=mailbox.server.imaps_port,
+            port=dovecot.imaps_port,
             ssl=True,
-            ssl_context=tls_ca.wrong_context(),
+            ssl_context=context or tls_ca.wrong_context(),
             timeout=10,
         )
 
@@ -147,6 +152,12 @@ def test_pop3_plain_and_pop3s(mailbox, tls_ca):
     assert secure.stat()[0] == 1
     assert secure.uidl()[1]
     secure.quit()
+    upgraded = poplib.POP3("127.0.0.1", mailbox.server.pop3_port, timeout=10)
+    upgraded.stls(tls_ca.client_context())
+    upgraded.user(mailbox.user)
+    upgraded.pass_(mailbox.password)
+    assert upgraded.stat()[0] == 1
+    upgraded.quit()
 
 
 def test_redis_answers(redis_server):
@@ -185,3 +196,13 @@ def test_a_server_that_cannot_start_fails_in_ci_and_skips_outside(monkeypatch, c
     expected = pytest.fail.Exception if outcome == "failed" else pytest.skip.Exception
     with pytest.raises(expected, match="no binary"):
         _start("Dovecot", broken)
+
+
+def test_a_missing_dovecot_says_how_to_install_it(tls_ca):
+    from servers import ServerUnavailable
+    from servers.dovecot import DovecotServer
+
+    server = DovecotServer(tls_ca, binary="/nonexistent/dovecot")
+    with pytest.raises(ServerUnavailable, match="scripts/install-test-servers"):
+        server.start()
+    assert server.process is None

@@ -223,10 +223,11 @@ def check(
             ) from None
         return str(state["sock"].version())
 
-    def greeting() -> str:
+    def read_greeting(protocol: str) -> bytes:
+        article = "an" if protocol == "IMAP" else "a"
         wire = state["wire"] = _Wire(state["sock"])
         try:
-            line = wire.line()
+            return wire.line()
         except TimeoutError:
             raise _Failed(
                 f"connected to {where}, but the server never greeted within {timeout:g} s: a "
@@ -236,9 +237,13 @@ def check(
         except (EOFError, ConnectionError):
             raise _Failed(
                 "the server closed the connection before greeting (too many connections, your "
-                "address blocked, or not an IMAP server); check the server's limits and logs",
+                f"address blocked, or not {article} {protocol} server); check the server's "
+                "limits and logs",
                 reachable=True,
             ) from None
+
+    def greeting() -> str:
+        line = read_greeting("IMAP")
         text = line.decode("utf-8", "replace")
         if line.startswith(b"* BYE"):
             raise _Failed(f"the server refused the session: {text}", reachable=True)
@@ -307,21 +312,7 @@ def check(
         return f"{exists} messages"
 
     def pop3_greeting() -> str:
-        wire = state["wire"] = _Wire(state["sock"])
-        try:
-            line = wire.line()
-        except TimeoutError:
-            raise _Failed(
-                f"connected to {where}, but the server never greeted within {timeout:g} s: a "
-                "firewall or proxy that accepts but forwards nothing, or an overloaded server",
-                reachable=False,
-            ) from None
-        except (EOFError, ConnectionError):
-            raise _Failed(
-                "the server closed the connection before greeting (too many connections, your "
-                "address blocked, or not a POP3 server); check the server's limits and logs",
-                reachable=True,
-            ) from None
+        line = read_greeting("POP3")
         if not line.startswith(b"+OK"):
             raise _Failed(
                 f"this does not look like a POP3 server: {line[:80].decode('utf-8', 'replace')!r}",

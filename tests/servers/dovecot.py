@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import attrs
 from imapclient import IMAPClient
 
-from . import ServerUnavailable, free_port, make_temp_dir, port_open, wait_until
+from . import ServerUnavailable, free_port, make_temp_dir, port_open, stop_process, wait_until
 from .tls import TestCA
 
 _POOL = 1000
@@ -77,6 +78,13 @@ service pop3-login {{
     ssl = yes
   }}
 }}
+# No per-IP penalty after a failed login (up to 15 s per attempt): tests log in with wrong
+# passwords on purpose, all from 127.0.0.1.
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
 protocol pop3 {{
   pop3_uidl_format = %08Xu%08Xv
   # One POP3 session per maildrop, as many servers do: a second one gets [IN-USE].
@@ -91,7 +99,11 @@ class DovecotServer:
 
     ca: TestCA
     idle_notify: str = "2 mins"
+    """``imap_idle_notify_interval``: how often IDLE hears ``* OK Still here``."""
     max_connections: int = 20
+    """``mail_max_userip_connections``: IMAP sessions per user and IP."""
+    binary: str | None = None
+    """The ``dovecot`` executable; found on PATH or in /usr/sbin when not given."""
     root: Path | None = None
     imap_port: int = 0
     imaps_port: int = 0
@@ -114,9 +126,32 @@ class DovecotServer:
         assert self.root is not None
         return self.root / "dovecot.log"
 
+    @property
+    def stderr_log(self) -> Path:
+        """Where the master's stderr goes: configuration errors land here, not in :attr:`log`."""
+        assert self.root is not None
+        return self.root / "dovecot.stderr"
+
+    @property
+    def imap_address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.imap_port)
+
+    @property
+    def imaps_address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.imaps_port)
+
+    @property
+    def pop3_address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.pop3_port)
+
+    @property
+    def pop3s_address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.pop3s_port)
+
     def start(self) -> DovecotServer:
-        binary = shutil.which("dovecot") or "/usr/sbin/dovecot"
-        if not Path(binary).exists():
+        """Start (or, after ``stop(remove=False)``, restart) and wait until logins work."""
+        binary = self.binary or shutil.which("dovecot") or "/usr/sbin/dovecot"
+        if not Path(binary).is_file():
             raise ServerUnavailable(
                 "Dovecot is not installed: run scripts/install-test-servers "
                 "(Debian: apt-get install dovecot-imapd dovecot-pop3d)"
@@ -149,41 +184,47 @@ class DovecotServer:
                     max_connections=self.max_connections,
                 )
             )
-        self.process = subprocess.Popen(
-            [binary, "-F", "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # its own process group: stop() ends every child too
-        )
-        ports = (self.imap_port, self.imaps_port, self.pop3_port, self.pop3s_port)
+        with open(self.stderr_log, "wb") as stderr:
+            self.process = subprocess.Popen(
+                [binary, "-F", "-c", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                start_new_session=True,  # its own process group: stop() ends every child too
+            )
         try:
             wait_until(
-                lambda: all(port_open(p) for p in ports),
+                self._ready,
                 timeout=20,
                 what="Dovecot",
                 process=self.process,
-                log=self.log,
+                log=(self.stderr_log, self.log),
             )
         except ServerUnavailable:
             self.stop(remove=False)
             raise
         return self
 
+    def _ready(self) -> bool:
+        # A login process sends its greeting only once the auth process answers it, so a
+        # greeting on both plain ports means logins work; the TLS ports need only listen.
+        return (
+            _greets(self.imap_port, b"* OK")
+            and _greets(self.pop3_port, b"+OK")
+            and port_open(self.imaps_port)
+            and port_open(self.pop3s_port)
+        )
+
     def stop(self, *, remove: bool = True) -> None:
         """Stop the server; with ``remove=False`` keep the mail so :meth:`start` resumes."""
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            # SIGTERM first, so sessions hear BYE as on a real shutdown. The master waits up
+            # to 6 s for children that ignore it, so do not wait that long.
+            stop_process(self.process, grace=3)
             # Session processes outlive the master (as on a real server); a stopped test
             # server takes them along, like a host going down.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            if self.process.stderr is not None:
-                self.process.stderr.close()
             self.process = None
         if remove and self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
@@ -241,8 +282,14 @@ class DovecotServer:
         temporary.replace(path)  # atomic: Dovecot never reads half a file
 
     def doveadm(self, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        """Run ``doveadm -c CONFIG ARGS...`` against this server; raise if it fails."""
+        doveadm = shutil.which("doveadm") or "/usr/bin/doveadm"
         result = subprocess.run(
-            ["doveadm", "-c", str(self.config), *args], input=input, capture_output=True, timeout=30
+            [doveadm, "-c", str(self.config), *args],
+            input=input,
+            capture_output=True,
+            timeout=30,
+            check=False,
         )
         if result.returncode != 0:
             raise RuntimeError(f"doveadm {' '.join(args)} failed: {result.stderr.decode()}")
@@ -280,3 +327,11 @@ class DovecotServer:
             client = IMAPClient("127.0.0.1", port=self.imap_port, ssl=False, timeout=timeout)
         client.login(user, self._users[user])
         return client
+
+
+def _greets(port: int, greeting: bytes) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+            return conn.recv(256).startswith(greeting)
+    except OSError:
+        return False
