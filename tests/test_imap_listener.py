@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from helpers import Collector, eventually
 from mailtether import (
     Delivery,
     DuplicateGuard,
@@ -32,35 +33,6 @@ def mail(n: int, subject: str | None = None) -> bytes:
         f"Message-ID: <m{n}-{time.monotonic_ns()}@example.com>\r\n"
         f"Subject: {subject or f'mail {n}'}\r\n\r\nbody {n}\r\n"
     ).encode()
-
-
-class Collector:
-    """A handler that records what it handled, and can be told to fail."""
-
-    def __init__(self, fail_on: str | None = None) -> None:
-        self.handled: list[str] = []
-        self.lock = threading.Lock()
-        self.fail_on = fail_on
-
-    def __call__(self, delivery: Delivery) -> None:
-        subject = str(delivery.message["Subject"])
-        if self.fail_on and self.fail_on in subject:
-            raise ValueError(f"cannot handle {subject}")
-        with self.lock:
-            self.handled.append(subject)
-
-    def count(self) -> Counter[str]:
-        with self.lock:
-            return Counter(self.handled)
-
-
-def eventually(condition: Callable[[], object], timeout: float = 20.0) -> None:
-    """Wait for the listener thread to get there (real network time, bounded)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 @pytest.fixture

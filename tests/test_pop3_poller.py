@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import poplib
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 
 import pytest
 
+from helpers import Collector, eventually
 from mailtether import (
-    Delivery,
     DuplicateGuard,
     Fixed,
     ImapSettings,
@@ -27,31 +25,6 @@ def mail(n: int, subject: str | None = None) -> bytes:
         f"From: a@example.com\r\nMessage-ID: <p{n}-{time.monotonic_ns()}@x>\r\n"
         f"Subject: {subject or f'pop {n}'}\r\n\r\nbody {n}\r\n"
     ).encode()
-
-
-class Collector:
-    def __init__(self, fail_on: str | None = None) -> None:
-        self.handled: list[str] = []
-        self.lock = threading.Lock()
-        self.fail_on = fail_on
-
-    def __call__(self, delivery: Delivery) -> None:
-        subject = str(delivery.message["Subject"])
-        if self.fail_on and self.fail_on in subject:
-            raise ValueError("cannot handle")
-        with self.lock:
-            self.handled.append(subject)
-
-    def count(self) -> Counter[str]:
-        with self.lock:
-            return Counter(self.handled)
-
-
-def eventually(condition: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def on_server(mailbox) -> int:
