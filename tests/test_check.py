@@ -169,3 +169,26 @@ def test_pop3_stls_stripped_and_bad_password(mailbox, tls_ca):
     assert report.steps[-1].name == "login"
     assert "rejected the credentials" in report.sentence
     assert "wrong-pw" not in report.sentence
+
+
+@pytest.mark.parametrize(
+    ("url", "port", "security"),
+    [
+        ("pop3s://u:p@example.com/", 995, "tls"),
+        ("pop3://u:p@example.com/", 110, "starttls"),
+        ("pop3://u:p@example.com:1110/?security=plain", 1110, "plain"),
+        ("pop3s://u:p@[::1]/", 995, "tls"),
+    ],
+)
+def test_pop3_urls(url, port, security):
+    from mailtether import ImapSettings
+
+    settings = ImapSettings.from_pop3_url(url)
+    assert (settings.port, settings.security) == (port, security)
+
+
+def test_pop3_url_must_be_pop3():
+    from mailtether import ConfigError, ImapSettings
+
+    with pytest.raises(ConfigError, match="POP3 URL"):
+        ImapSettings.from_pop3_url("imaps://u:p@example.com/")

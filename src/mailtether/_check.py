@@ -113,16 +113,6 @@ def _quoted(text: str) -> bytes:
     return b'"' + text.encode("utf-8").replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
-def _pop3_settings(url: str) -> ImapSettings:
-    """Read a ``pop3s://``/``pop3://`` URL with the IMAP URL rules (ports 995 / 110)."""
-    scheme, rest = url.split("://", 1)
-    imap_url = ("imaps://" if scheme.lower() == "pop3s" else "imap://") + rest
-    settings = ImapSettings.from_url(imap_url)
-    if settings.port in (993, 143) and ":" not in rest.split("@")[-1].split("/")[0]:
-        settings = attrs.evolve(settings, port=995 if settings.security == "tls" else 110)
-    return settings
-
-
 def check(
     target: str | ImapSettings, *, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None
 ) -> CheckReport:
@@ -149,7 +139,7 @@ def check(
     if isinstance(target, ImapSettings):
         settings = target
     else:
-        settings = _pop3_settings(target) if pop3 else ImapSettings.from_url(target)
+        settings = ImapSettings.from_pop3_url(target) if pop3 else ImapSettings.from_url(target)
     context = ssl_context or settings.ssl_context or ssl.create_default_context()
     where = f"{settings.host}:{settings.port}"
     shown = f"{settings.security} {settings.username}@{where}/{settings.folder}"

@@ -137,3 +137,26 @@ class ImapSettings:
             )
         except (TypeError, ValueError) as error:
             raise ConfigError(f"cannot use the IMAP URL: {error}") from None
+
+    @classmethod
+    def from_pop3_url(cls, url: str, *, ssl_context: ssl.SSLContext | None = None) -> ImapSettings:
+        """Read ``pop3s://user:password@host[:port]/`` (or ``pop3://``) with the same rules.
+
+        ``pop3s://`` is implicit TLS (port 995); ``pop3://`` requires STLS (port 110);
+        plaintext needs ``?security=plain``; ``?auth=apop`` logs in with APOP.
+
+        Raises:
+            ConfigError: the URL cannot be used.
+        """
+        scheme, separator, rest = url.partition("://")
+        if not separator or scheme.lower() not in ("pop3", "pop3s"):
+            raise ConfigError(f"a POP3 URL starts with pop3s:// or pop3://, not {scheme or '?'}://")
+        imap_scheme = "imaps" if scheme.lower() == "pop3s" else "imap"
+        settings = cls.from_url(f"{imap_scheme}://{rest}", ssl_context=ssl_context)
+        try:
+            explicit_port = urlsplit(url).port
+        except ValueError as error:
+            raise ConfigError(f"cannot read the POP3 URL: {error}") from None
+        if explicit_port is None:
+            settings = attrs.evolve(settings, port=995 if settings.security == "tls" else 110)
+        return settings

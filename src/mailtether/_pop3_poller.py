@@ -70,19 +70,6 @@ class MailboxInUse(ConnectionLost):
     default_hint = "another client reads this mailbox; the poller tries again later"
 
 
-def _pop3_settings(url: str) -> ImapSettings:
-    scheme, rest = url.split("://", 1)
-    settings = ImapSettings.from_url(
-        ("imaps://" if scheme.lower() == "pop3s" else "imap://") + rest
-    )
-    host_part = rest.split("@")[-1].split("/")[0]
-    if ":" not in host_part:
-        import attrs
-
-        settings = attrs.evolve(settings, port=995 if settings.security == "tls" else 110)
-    return settings
-
-
 class Pop3Poller(_SourceRunner):
     """Polls a POP3 mailbox and hands every new mail to *handler*, exactly once.
 
@@ -128,7 +115,9 @@ class Pop3Poller(_SourceRunner):
         name: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self.settings = source if isinstance(source, ImapSettings) else _pop3_settings(source)
+        self.settings = (
+            source if isinstance(source, ImapSettings) else ImapSettings.from_pop3_url(source)
+        )
         """Where the mailbox is."""
         settings = self.settings
         super().__init__(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +19,6 @@ from pathlib import Path
 
 __all__ = [
     "ServerUnavailable",
-    "as_service_user",
     "free_port",
     "make_temp_dir",
     "port_open",
@@ -111,13 +109,3 @@ def service_user(user: str) -> dict[str, str]:
     if os.geteuid() != 0:
         return {}
     return {"user": user, "group": user}
-
-
-def as_service_user(user: str, command: Sequence[str]) -> list[str]:
-    """Run *command* as *user* when we are root (PostgreSQL refuses to run as root)."""
-    if os.geteuid() != 0:
-        return list(command)
-    runuser = shutil.which("runuser")
-    if runuser is None:
-        raise ServerUnavailable("running as root needs runuser (util-linux) to drop privileges")
-    return [runuser, "-u", user, "--", *command]
