@@ -6,42 +6,61 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from mailtether.testing import FaultProxy
 
+GREETING = b"HELLO\r\n"
+
 
 class _Echo(socketserver.BaseRequestHandler):
-    """Echoes each chunk; says 'HELLO\\r\\n' first; 'BIG' asks for 100 000 bytes."""
+    """Greets, then echoes each chunk; ``BIG`` asks for 100 000 bytes. Records what it saw."""
+
+    server: _Server
 
     def handle(self) -> None:
-        self.request.sendall(b"HELLO\r\n")
+        self.server.opened += 1
+        self.request.sendall(GREETING)
         while True:
             try:
                 data = self.request.recv(65536)
-            except OSError:
+            except ConnectionResetError:
+                self.server.endings.append("reset")
                 return
             if not data:
+                self.server.endings.append("eof")
                 return
-            self.server.received.append(data)  # type: ignore[attr-defined]
-            if data.strip() == b"BIG":
-                self.request.sendall(b"x" * 100_000)
-            else:
-                self.request.sendall(data)
+            self.server.received.append(data)
+            reply = b"x" * 100_000 if data.strip() == b"BIG" else data
+            try:
+                self.request.sendall(reply)
+            except OSError:
+                self.server.endings.append("reset")
+                return
 
 
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
-    received: list[bytes]
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Echo)
+        self.received: list[bytes] = []
+        self.endings: list[str] = []
+        self.opened = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server_address[:2]
+        assert isinstance(host, str)
+        return host, port
 
 
 @pytest.fixture
 def echo() -> Iterator[_Server]:
-    server = _Server(("127.0.0.1", 0), _Echo)
-    server.received = []
+    server = _Server()
     thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     yield server
@@ -52,13 +71,22 @@ def echo() -> Iterator[_Server]:
 
 @pytest.fixture
 def proxy(echo: _Server) -> Iterator[FaultProxy]:
-    with FaultProxy(echo.server_address) as running:
+    with FaultProxy(echo.address) as running:
         yield running
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for something that happens on another thread (not a schedule under test)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.005)
 
 
 def connect(proxy: FaultProxy, timeout: float = 5.0) -> socket.socket:
     client = socket.create_connection(proxy.address, timeout=timeout)
-    assert client.recv(7) == b"HELLO\r\n"
+    assert read_exactly(client, len(GREETING)) == GREETING
     return client
 
 
@@ -85,107 +113,213 @@ def read_until_closed(client: socket.socket) -> tuple[bytes, str]:
         data += chunk
 
 
-def test_passes_traffic(proxy, echo):
+def is_reset(client: socket.socket) -> bool:
+    """Whether the connection was reset: on this write, or on the read after it."""
+    try:
+        client.sendall(b"x")
+        client.recv(10)
+    except ConnectionResetError:
+        return True
+    return False
+
+
+def round_trip(client: socket.socket, message: bytes) -> float:
+    started = time.monotonic()
+    client.sendall(message)
+    assert read_exactly(client, len(message)) == message
+    return time.monotonic() - started
+
+
+# -- plain forwarding --------------------------------------------------------------------------
+
+
+def test_passes_traffic_both_ways(proxy, echo):
     with connect(proxy) as client:
         client.sendall(b"ping")
-        assert client.recv(4) == b"ping"
-    assert echo.received == [b"ping"]
+        assert read_exactly(client, 4) == b"ping"
+        client.sendall(b"BIG")
+        assert read_exactly(client, 100_000) == b"x" * 100_000
+        assert proxy.connections == 1
+    assert b"".join(echo.received) == b"pingBIG"
     assert proxy.accepted == 1
+    eventually(lambda: proxy.connections == 0)  # the client's FIN went through and back
 
 
-def test_reset_all_sends_rst_to_open_connections(proxy):
+def test_half_close_passes_the_fin_and_the_rest_of_the_reply(proxy, echo):
+    with connect(proxy) as client:
+        client.sendall(b"last words")
+        client.shutdown(socket.SHUT_WR)
+        assert read_until_closed(client) == (b"last words", "eof")
+    eventually(lambda: echo.endings == ["eof"])
+    eventually(lambda: proxy.connections == 0)
+
+
+def test_a_server_that_is_down_resets_the_client():
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:
+        free_port = placeholder.getsockname()[1]
+    with (
+        FaultProxy(("127.0.0.1", free_port)) as proxy,
+        socket.create_connection(proxy.address, timeout=2) as client,
+    ):
+        assert read_until_closed(client)[0] == b""
+        eventually(lambda: proxy.connections == 0)
+
+
+# -- reset_all ---------------------------------------------------------------------------------
+
+
+def test_reset_all_sends_rst_to_both_sides_of_open_connections(proxy, echo):
     with connect(proxy) as first, connect(proxy) as second:
         eventually(lambda: proxy.connections == 2)
         assert proxy.reset_all() == 2
+        assert proxy.connections == 0
         for client in (first, second):
-            client.sendall(b"x")  # queued locally; the RST is already there
-            with pytest.raises(ConnectionResetError):
-                client.recv(10)
+            assert is_reset(client)
+        eventually(lambda: echo.endings == ["reset", "reset"])  # the server got an RST too
     with connect(proxy) as fresh:  # new connections still work
-        fresh.sendall(b"again")
-        assert fresh.recv(5) == b"again"
+        assert round_trip(fresh, b"again") < 1
+
+
+# -- blackhole ---------------------------------------------------------------------------------
 
 
 def test_blackhole_keeps_sockets_open_and_forwards_nothing(proxy, echo):
     with connect(proxy, timeout=0.3) as client:
+        eventually(lambda: echo.opened == 1)
         proxy.blackhole()
-        client.sendall(b"lost")
+        client.sendall(b"lost?")  # the write succeeds: the proxy's kernel acknowledges it
         with pytest.raises(TimeoutError):
             client.recv(10)
         assert proxy.connections == 1, "the connection is still open"
         assert echo.received == [], "the server saw nothing"
+        assert echo.endings == [], "and no FIN or RST either"
         with (
             socket.create_connection(proxy.address, timeout=0.3) as late,
             pytest.raises(TimeoutError),
         ):
             late.recv(7)  # new connections are black-holed too: no greeting
+        assert echo.opened == 1, "the new connection never reached the server"
 
 
-def test_pass_through_after_a_blackhole(proxy):
-    proxy.blackhole()
-    proxy.pass_through()
+def test_pass_through_after_a_blackhole_delivers_what_was_held(proxy, echo):
     with connect(proxy) as client:
-        client.sendall(b"back")
-        assert client.recv(4) == b"back"
+        proxy.blackhole()
+        client.sendall(b"held")
+        with socket.create_connection(proxy.address, timeout=5) as late:
+            proxy.pass_through()
+            assert read_exactly(client, 4) == b"held"  # nothing lost, as TCP retransmits
+            assert read_exactly(late, len(GREETING)) == GREETING
+            assert round_trip(late, b"fine") < 1
+    assert echo.received[0] == b"held"
 
 
-def test_refuse_new_closes_the_port_but_keeps_open_connections(proxy):
+# -- refuse_new --------------------------------------------------------------------------------
+
+
+def test_refuse_new_closes_the_port_but_keeps_open_connections(proxy, echo):
     with connect(proxy) as open_one:
         proxy.refuse_new()
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(proxy.address, timeout=2).close()
-        open_one.sendall(b"still")
-        assert open_one.recv(5) == b"still"
+        assert round_trip(open_one, b"still") < 1
+    assert echo.opened == 1
+    port = proxy.port
     proxy.pass_through()
+    assert proxy.port == port  # the same port opens again
     with connect(proxy) as client:
-        client.sendall(b"open")
-        assert client.recv(4) == b"open"
+        assert round_trip(client, b"open") < 1
+
+
+def test_refuse_new_before_start():
+    proxy = FaultProxy(("127.0.0.1", 9))
+    proxy.refuse_new()
+    with proxy, pytest.raises(ConnectionRefusedError):
+        socket.create_connection(proxy.address, timeout=2).close()
+
+
+# -- drop_new ----------------------------------------------------------------------------------
 
 
 def test_drop_new_accepts_and_stays_silent(proxy, echo):
     with connect(proxy) as open_one:
         proxy.drop_new()
-        with (
-            socket.create_connection(proxy.address, timeout=0.3) as dropped,
-            pytest.raises(TimeoutError),
-        ):
-            dropped.recv(7)  # no greeting ever comes
-        open_one.sendall(b"fine")
-        assert open_one.recv(4) == b"fine"
+        with socket.create_connection(proxy.address, timeout=0.3) as dropped:
+            with pytest.raises(TimeoutError):
+                dropped.recv(7)  # no greeting ever comes
+            assert echo.opened == 1, "the dropped connection never reached the server"
+            assert round_trip(open_one, b"fine") < 1  # open connections are untouched
+            proxy.pass_through()  # the network recovers: the late connection goes through
+            dropped.settimeout(5)
+            assert read_exactly(dropped, len(GREETING)) == GREETING
+
+
+# -- latency and bandwidth ---------------------------------------------------------------------
 
 
 def test_latency_delays_each_way(proxy):
     with connect(proxy) as client:
-        proxy.set_latency(0.15)
-        started = time.monotonic()
-        client.sendall(b"slow")
-        assert client.recv(4) == b"slow"
-        assert time.monotonic() - started >= 0.3  # 0.15 up + 0.15 down
+        proxy.set_latency(0.1)
+        assert round_trip(client, b"slow") >= 0.2  # 0.1 up + 0.1 down
         proxy.set_latency(0)
+        assert round_trip(client, b"fast") < 0.1
+
+
+def test_latency_delays_chunks_without_queueing_them_one_after_another(proxy):
+    with connect(proxy) as client:
+        proxy.set_latency(0.2)
         started = time.monotonic()
-        client.sendall(b"fast")
-        assert client.recv(4) == b"fast"
-        assert time.monotonic() - started < 0.15
+        for index in range(5):
+            client.sendall(b"%d" % index)
+            time.sleep(0.01)  # separate chunks on the wire (this sleep is the workload)
+        assert read_exactly(client, 5) == b"01234"
+        took = time.monotonic() - started
+        assert 0.4 <= took < 1.0  # one round trip of delay, not five
 
 
-def test_bandwidth_throttles(proxy):
+def test_bandwidth_throttles_down(proxy):
     with connect(proxy) as client:
         proxy.set_bandwidth(250_000)
         started = time.monotonic()
         client.sendall(b"BIG")
         assert len(read_exactly(client, 100_000)) == 100_000
-        assert time.monotonic() - started >= 0.3  # 100 kB at 250 kB/s: 0.4 s
+        assert time.monotonic() - started >= 0.35  # 100 kB at 250 kB/s: 0.4 s
         proxy.set_bandwidth(None)
+        started = time.monotonic()
+        client.sendall(b"BIG")
+        assert len(read_exactly(client, 100_000)) == 100_000
+        assert time.monotonic() - started < 0.3
 
 
-def test_cut_after_forwards_exactly_n_bytes_then_resets(proxy):
+def test_bandwidth_throttles_up(proxy, echo):
+    with connect(proxy) as client:
+        proxy.set_bandwidth(100_000)
+        started = time.monotonic()
+        client.sendall(b"y" * 30_000)
+        eventually(lambda: sum(map(len, echo.received)) == 30_000)
+        assert time.monotonic() - started >= 0.25  # 30 kB at 100 kB/s: 0.3 s
+
+
+# -- cuts --------------------------------------------------------------------------------------
+
+
+def test_cut_after_forwards_exactly_n_bytes_then_resets(proxy, echo):
     with connect(proxy) as client:
         proxy.cut_after(1000)
         client.sendall(b"BIG")
         data, ending = read_until_closed(client)
-        assert len(data) == 1000
-        assert ending in ("reset", "eof")
+        assert data == b"x" * 1000
+        assert ending == "reset"
         assert proxy.connections == 0
+    eventually(lambda: echo.endings == ["reset"])
+    with socket.create_connection(proxy.address, timeout=5) as again:  # new ones are cut too,
+        again.sendall(b"BIG")  # counting from their first byte
+        assert read_until_closed(again) == (GREETING + b"x" * (1000 - len(GREETING)), "reset")
+
+
+def test_cut_after_zero_cuts_before_the_greeting(proxy):
+    proxy.cut_after(0)
+    with socket.create_connection(proxy.address, timeout=5) as client:
+        assert read_until_closed(client) == (b"", "reset")
 
 
 def test_cut_after_upstream(proxy, echo):
@@ -193,20 +327,16 @@ def test_cut_after_upstream(proxy, echo):
         proxy.cut_after(3, direction="up")
         client.sendall(b"abcdef")
         data, _ = read_until_closed(client)
-        # The RST may overtake the three bytes inside the server's kernel, so the server
-        # sees a prefix of them, never more.
-        assert b"abc".startswith(b"".join(echo.received))
-        assert b"abc".startswith(data)
-        assert proxy.connections == 0
+        assert data == b""  # the echo of "abc" could not come back: the link was gone
+    eventually(lambda: echo.endings == ["reset"])
+    assert b"".join(echo.received) == b"abc"
 
 
 def test_cut_on_stops_in_the_middle_of_a_reply(proxy):
     with connect(proxy) as client:
         proxy.cut_on(b"* 3 EXISTS")
         client.sendall(b"* 1 RECENT\r\n* 3 EXISTS\r\nA1 OK done\r\n")
-        data, ending = read_until_closed(client)
-        assert data == b"* 1 RECENT\r\n* 3 E"
-        assert ending in ("reset", "eof")
+        assert read_until_closed(client) == (b"* 1 RECENT\r\n* 3 E", "reset")
 
 
 def test_cut_on_finds_a_pattern_split_across_chunks(proxy):
@@ -215,8 +345,27 @@ def test_cut_on_finds_a_pattern_split_across_chunks(proxy):
         client.sendall(b"hay NEE")
         assert read_exactly(client, 7) == b"hay NEE"
         client.sendall(b"DLE more")
-        data, _ = read_until_closed(client)
-        assert data == b""  # the middle of NEEDLE was already passed: cut at once
+        # The middle of NEEDLE has already passed: the cut comes before any more bytes.
+        assert read_until_closed(client) == (b"", "reset")
+
+
+def test_cut_on_upstream(proxy, echo):
+    with connect(proxy) as client:
+        proxy.cut_on(b"STORE 1 +FLAGS", direction="up")
+        client.sendall(b"A1 STORE 1 +FLAGS (\\Seen)\r\n")
+        read_until_closed(client)
+    eventually(lambda: echo.endings == ["reset"])
+    assert b"".join(echo.received) == b"A1 STORE 1"  # and the first 7 bytes of 14
+
+
+def test_pass_through_clears_cuts(proxy):
+    proxy.cut_after(0)
+    proxy.pass_through()
+    with connect(proxy) as client:
+        assert round_trip(client, b"whole") < 1
+
+
+# -- rewrite -----------------------------------------------------------------------------------
 
 
 def test_rewrite_changes_bytes_on_the_way(proxy, echo):
@@ -227,8 +376,90 @@ def test_rewrite_changes_bytes_on_the_way(proxy, echo):
         assert read_exactly(client, 38) == b"CAPABILITY IMAP4rev1 XTARTTLS public\r\n"
         assert b"".join(echo.received) == b"CAPABILITY IMAP4rev1 STARTTLS public\r\n"
         proxy.pass_through()
-        client.sendall(b"STARTTLS")
-        assert read_exactly(client, 8) == b"STARTTLS"
+        assert round_trip(client, b"STARTTLS") < 1
+
+
+# -- while traffic flows -----------------------------------------------------------------------
+
+
+def test_faults_changed_under_load_never_lose_or_reorder_bytes(proxy, echo):
+    payload = bytes(range(256)) * 800  # 200 kB
+    with connect(proxy, timeout=10) as client:
+        sender = threading.Thread(target=client.sendall, args=(payload,))
+        sender.start()
+        for _ in range(3):
+            proxy.blackhole()
+            proxy.set_latency(0.005)
+            proxy.set_bandwidth(2_000_000)
+            proxy.pass_through()
+        received = read_exactly(client, len(payload))
+        sender.join(10)
+    assert received == payload
+
+
+# -- life cycle --------------------------------------------------------------------------------
+
+
+def test_stop_is_quick_closes_everything_and_leaves_no_threads(echo):
+    before = threading.active_count()
+    proxy = FaultProxy(echo.address).start()
+    clients = [connect(proxy) for _ in range(3)]
+    proxy.set_latency(30)  # nothing waits out a fault when stopping
+    clients[0].sendall(b"in flight")
+    proxy.blackhole()
+    held = socket.create_connection(proxy.address, timeout=5)
+    started = time.monotonic()
+    proxy.stop()
+    assert time.monotonic() - started < 0.5
+    for client in [*clients, held]:
+        assert read_until_closed(client)[0] == b""
+        client.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("faultproxy")]
+    eventually(lambda: threading.active_count() == before)  # the echo handlers end too
+    proxy.stop()  # again: nothing to do
+
+
+def test_it_can_start_again_after_stop(echo):
+    proxy = FaultProxy(echo.address, listen=("127.0.0.1", 0))
+    with proxy, pytest.raises(RuntimeError, match="already running"):
+        proxy.start()
+    with proxy, connect(proxy) as client:
+        assert round_trip(client, b"again") < 1
+
+
+def test_address_before_start():
+    proxy = FaultProxy(("localhost", 143))
+    with pytest.raises(RuntimeError, match="not started"):
+        proxy.address  # noqa: B018
+    assert proxy.upstream == ("localhost", 143)
+    assert proxy.connections == proxy.accepted == 0
+
+
+def test_a_host_name_upstream_and_host_port_properties(echo):
+    with FaultProxy(("localhost", echo.address[1])) as proxy, connect(proxy) as client:
+        assert (proxy.host, proxy.port) == proxy.address
+        assert proxy.host == "127.0.0.1"
+        assert round_trip(client, b"by name") < 1
+
+
+def test_repr_names_upstream_address_and_faults(proxy, echo):
+    text = repr(proxy)
+    assert repr(echo.address) in text
+    assert repr(proxy.address) in text
+    assert "faults=[]" in text
+    proxy.blackhole()
+    proxy.set_latency(0.5)
+    proxy.cut_on(b"EXISTS")
+    text = repr(proxy)
+    assert "blackhole" in text
+    assert "latency=0.5s" in text
+    assert "cut_on=b'EXISTS'(down)" in text
+    proxy.pass_through()
+    assert "faults=[]" in repr(proxy)
+    assert "address=None" in repr(FaultProxy(("127.0.0.1", 1)))
+
+
+# -- validation --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -236,49 +467,38 @@ def test_rewrite_changes_bytes_on_the_way(proxy, echo):
     [
         (lambda p: p.set_latency(-1), "seconds"),
         (lambda p: p.set_latency(float("nan")), "seconds"),
+        (lambda p: p.set_latency(float("inf")), "seconds"),
+        (lambda p: p.set_latency("1"), "seconds"),
         (lambda p: p.set_bandwidth(0), "bytes_per_second"),
+        (lambda p: p.set_bandwidth(-5.0), "bytes_per_second"),
         (lambda p: p.cut_after(-1), "n_bytes"),
+        (lambda p: p.cut_after(1.5), "n_bytes"),
         (lambda p: p.cut_on(b""), "pattern"),
         (lambda p: p.cut_on("text"), "pattern"),
         (lambda p: p.cut_after(5, direction="sideways"), "direction"),
-        (lambda p: p.rewrite(b"", b"x"), "old must be"),
+        (lambda p: p.cut_on(b"x", direction="DOWN"), "direction"),
+        (lambda p: p.rewrite(b"", b"x"), "old"),
+        (lambda p: p.rewrite(b"x", "y"), "new"),
     ],
 )
-def test_bad_arguments(proxy, call, words):
+def test_bad_arguments(call, words):
+    proxy = FaultProxy(("127.0.0.1", 1))
     with pytest.raises(ValueError, match=words):
         call(proxy)
+    assert "faults=[]" in repr(proxy)  # nothing was half-applied
 
 
-def test_bad_upstream():
-    with pytest.raises(ValueError, match="upstream"):
-        FaultProxy(("127.0.0.1", 0))
-
-
-def test_stop_is_quick_and_leaves_no_threads(echo):
-    before = threading.active_count()
-    proxy = FaultProxy(echo.server_address).start()
-    clients = [connect(proxy) for _ in range(3)]
-    proxy.blackhole()
-    started = time.monotonic()
-    proxy.stop()
-    assert time.monotonic() - started < 1.0
-    for client in clients:
-        client.close()
-    eventually(lambda: threading.active_count() <= before + 3)  # echo handlers wind down
-    assert not [t for t in threading.enumerate() if t.name.startswith("faultproxy")]
-
-
-def test_repr_names_the_faults(proxy):
-    assert "passing" in repr(proxy)
-    proxy.blackhole()
-    proxy.set_latency(0.5)
-    assert "blackhole" in repr(proxy)
-    assert "latency=0.5s" in repr(proxy)
-
-
-def eventually(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.01)
+@pytest.mark.parametrize(
+    ("upstream", "listen", "words"),
+    [
+        (("127.0.0.1", 0), ("127.0.0.1", 0), "upstream"),
+        (("127.0.0.1", 70_000), ("127.0.0.1", 0), "upstream"),
+        (("127.0.0.1", "143"), ("127.0.0.1", 0), "upstream"),
+        ("127.0.0.1:143", ("127.0.0.1", 0), "upstream"),
+        (("127.0.0.1", 143), ("127.0.0.1", -1), "listen"),
+        (("127.0.0.1", 143), ("", 0), "listen"),
+    ],
+)
+def test_bad_addresses(upstream, listen, words):
+    with pytest.raises(ValueError, match=words):
+        FaultProxy(upstream, listen=listen)

@@ -1,67 +1,140 @@
 """``FaultProxy``: a TCP proxy that injects the network faults mail listeners meet.
 
-Put it between any client and server in a test, then, while traffic flows:
+Put it between any client and server in a test, point the client at
+:attr:`FaultProxy.address`, and change the weather while traffic flows:
 
-- :meth:`~FaultProxy.reset_all` — every open connection gets a TCP RST, as when a NAT box or
-  firewall forgets the connection, or the server host reboots;
-- :meth:`~FaultProxy.blackhole` — sockets stay open but nothing gets through either way: the
-  half-open connection that only an application-level deadline (a keepalive) can find,
-  because the proxy's kernel still acknowledges every packet;
-- :meth:`~FaultProxy.refuse_new` — new connections are refused (the server is down);
-- :meth:`~FaultProxy.drop_new` — new connections are accepted and then hear nothing (a
-  firewall that drops packets, a server too busy to answer);
-- :meth:`~FaultProxy.set_latency` and :meth:`~FaultProxy.set_bandwidth` — a slow network;
-- :meth:`~FaultProxy.cut_after` and :meth:`~FaultProxy.cut_on` — the connection dies after
-  N bytes, or in the middle of a given server reply;
-- :meth:`~FaultProxy.rewrite` — a man in the middle that changes bytes on the way (strip
-  STARTTLS from a capability list);
-- :meth:`~FaultProxy.pass_through` — everything back to normal.
+- :meth:`~FaultProxy.reset_all`: every open connection gets a TCP RST, on both sides, as when
+  a NAT box or firewall forgets the connection or the server host reboots. The client's next
+  read or write raises :class:`ConnectionResetError`.
+- :meth:`~FaultProxy.blackhole`: sockets stay open but nothing passes either way, on open
+  and new connections. This is the half-open connection: the proxy's kernel still
+  acknowledges every packet, so writes succeed and TCP keepalive sees nothing wrong; only an
+  application deadline (a NOOP that gets no answer) finds it. Nothing is lost: like TCP
+  retransmission after a network recovers, what was held back flows on
+  :meth:`~FaultProxy.pass_through`.
+- :meth:`~FaultProxy.refuse_new`: the port is closed, so new connections get
+  :class:`ConnectionRefusedError` (the server is down); open ones are untouched.
+- :meth:`~FaultProxy.drop_new`: new connections are accepted and then hear nothing (a
+  firewall that drops packets, a server too busy to answer); open ones are untouched.
+- :meth:`~FaultProxy.set_latency` and :meth:`~FaultProxy.set_bandwidth`: a slow or far-away
+  link. Latency delays every chunk without limiting throughput, as a long pipe does.
+- :meth:`~FaultProxy.cut_after` and :meth:`~FaultProxy.cut_on`: each connection is reset
+  after exactly N more bytes, or in the middle of a given piece of a reply.
+- :meth:`~FaultProxy.rewrite`: a man in the middle that changes bytes on the way (strip
+  STARTTLS from a capability list).
+- :meth:`~FaultProxy.pass_through`: every fault cleared, for open and new connections.
 
-Standard library only; runs in background threads; a context manager.
+Every fault method takes effect before it returns, so a test can call it and then act at once.
+
+One background thread serves every connection with :mod:`selectors`; standard library only.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import select
+import errno
+import math
+import selectors
 import socket
 import struct
+import sys
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Generic, Literal, Self, TypeVar
 
 __all__ = ["FaultProxy"]
 
 Direction = Literal["down", "up"]
+"""``"down"``: server to client; ``"up"``: client to server."""
+
+_T = TypeVar("_T")
+
 _CHUNK = 65536
-_TICK = 0.02  # how often idle pumps look at the fault settings and the stop flag
+# Past this much waiting to be forwarded in one direction, stop reading that side: the sender's
+# buffers fill and its writes block, the backpressure a real network applies.
+_HIGH_WATER = 256 * 1024
+_CONNECT_TIMEOUT = 10.0
+_STOP_TIMEOUT = 5.0
+# A cut resets only once its last bytes have left our kernel (or after this long): an RST
+# discards whatever is still unsent, and "exactly N bytes" would become "at most N".
+_DRAIN_BEFORE_RESET = 1.0
+_DRAIN_POLL = 0.002
+# When throttled, send this many seconds' worth of bytes at a time.
+_BANDWIDTH_SLICE = 0.01
+
+_DATA, _EOF, _RESET = "data", "eof", "reset"
+_WAITING, _CONNECTING, _OPEN, _CLOSED = "waiting", "connecting", "open", "closed"
+_WAKE, _ACCEPT = object(), object()
+
+if sys.platform == "linux":
+    import fcntl
+    import termios
+
+    def _unsent(sock: socket.socket) -> int:
+        """Bytes sent on *sock* that the peer has not acknowledged yet (SIOCOUTQ)."""
+        try:
+            answer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except (OSError, ValueError):
+            return 0
+        return int(struct.unpack("i", answer)[0])
+
+else:  # pragma: no cover - elsewhere the RST may overtake the last bytes of a cut
+
+    def _unsent(sock: socket.socket) -> int:
+        return 0
 
 
 def _check_direction(direction: object) -> Direction:
-    if direction not in ("down", "up"):
-        raise ValueError(f"direction must be 'down' (server to client) or 'up', got {direction!r}")
-    return direction
+    if direction == "down":
+        return "down"
+    if direction == "up":
+        return "up"
+    raise ValueError(
+        f"direction must be 'down' (server to client) or 'up' (client to server), got {direction!r}"
+    )
 
 
-def _reset(sock: socket.socket) -> None:
-    """Close *sock* with an RST instead of a FIN."""
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+def _check_address(name: str, value: object, *, port_zero: bool) -> tuple[str, int]:
+    lowest = 0 if port_zero else 1
+    if isinstance(value, tuple) and len(value) == 2:
+        host, port = value
+        if (
+            isinstance(host, str)
+            and host
+            and isinstance(port, int)
+            and not isinstance(port, bool)
+            and lowest <= port <= 65535
+        ):
+            return host, port
+    raise ValueError(
+        f"{name} must be a (host, port) tuple with a port from {lowest} to 65535, got {value!r}"
+    )
+
+
+def _close(sock: socket.socket | None, *, reset: bool) -> None:
+    """Close *sock*; with *reset*, send an RST instead of a FIN (SO_LINGER 0)."""
+    if sock is None:
+        return
+    if reset:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     with contextlib.suppress(OSError):
         sock.close()
 
 
 class _Cut:
-    """A pending cut of one direction: after *remaining* bytes, or inside *pattern*."""
+    """A pending cut of one direction of one connection: after N bytes, or inside a pattern."""
 
     def __init__(self, remaining: int | None, pattern: bytes | None) -> None:
         self.remaining = remaining
         self.pattern = pattern
-        self.tail = b""
+        self.tail = b""  # the end of what passed, to find a pattern split across chunks
 
     def allowance(self, data: bytes) -> int | None:
-        """How many bytes of *data* to forward before cutting, or None for all of it."""
+        """How many bytes of *data* to forward before the reset, or ``None``: all, no cut."""
         if self.remaining is not None:
             if len(data) < self.remaining:
                 self.remaining -= len(data)
@@ -71,133 +144,87 @@ class _Cut:
         seen = self.tail + data
         index = seen.find(self.pattern)
         if index < 0:
-            self.tail = seen[-(len(self.pattern) - 1) :] if len(self.pattern) > 1 else b""
+            keep = len(self.pattern) - 1
+            self.tail = seen[-keep:] if keep else b""
             return None
         middle = index + max(1, len(self.pattern) // 2)
         return max(0, middle - len(self.tail))
 
 
+class _Item:
+    """Something on its way in one direction: bytes, an end of stream, or a reset."""
+
+    __slots__ = ("checked", "data", "due", "kind")
+
+    def __init__(self, due: float, kind: str, data: bytes = b"") -> None:
+        self.due = due
+        self.kind = kind
+        self.data = data
+        self.checked = False  # whether a cut has looked at it yet
+
+
+class _Pipe:
+    """One direction of one connection: what was read from *source* and waits for *target*."""
+
+    def __init__(self, direction: Direction, source: socket.socket, target: socket.socket):
+        self.direction: Direction = direction
+        self.source = source
+        self.target = target
+        self.queue: collections.deque[_Item] = collections.deque()
+        self.queued = 0
+        self.read_done = False  # EOF, reset or a cut: read no more from source
+        self.write_blocked = False
+        self.finished = False  # EOF passed on
+        self.next_send = 0.0  # bandwidth pacing
+        self.reset_deadline: float | None = None
+
+
 class _Link:
-    """One proxied connection: a client socket, an upstream socket, two pumps."""
+    """One proxied connection: its sockets, its state, and its two pipes."""
 
-    def __init__(self, proxy: FaultProxy, client: socket.socket, upstream: socket.socket | None):
-        self.proxy = proxy
+    def __init__(self, client: socket.socket, *, dropped: bool, cuts: dict[Direction, _Cut]):
         self.client = client
-        self.upstream = upstream
-        self.closed = threading.Event()
+        self.upstream: socket.socket | None = None
+        self.state = _WAITING
+        self.dropped = dropped  # accepted while drop_new was on
         self.cuts: dict[Direction, _Cut | None] = {"down": None, "up": None}
-        self.lock = threading.Lock()
-        self.threads: list[threading.Thread] = []
+        self.cuts.update(cuts)
+        self.addresses: list[tuple[socket.AddressFamily, tuple[Any, ...]]] = []
+        self.connect_deadline = 0.0
+        self.pipes: dict[Direction, _Pipe] = {}
 
-    def start(self) -> None:
-        if self.upstream is None:  # a dropped connection: hold it open, say nothing
-            thread = threading.Thread(target=self._park, name="faultproxy-park", daemon=True)
-            self.threads.append(thread)
-        else:
-            for direction, source, target in (
-                ("up", self.client, self.upstream),
-                ("down", self.upstream, self.client),
-            ):
-                thread = threading.Thread(
-                    target=self._pump,
-                    args=(direction, source, target),
-                    name=f"faultproxy-{direction}",
-                    daemon=True,
-                )
-                self.threads.append(thread)
-        for thread in self.threads:
-            thread.start()
 
-    def _park(self) -> None:
-        while not self.closed.is_set():
-            try:
-                ready, _, _ = select.select([self.client], [], [], _TICK)
-                if ready and not self.client.recv(_CHUNK):
-                    break
-            except (OSError, ValueError):
-                break
-        self.close()
+class _Command(Generic[_T]):
+    """A fault change for the proxy thread to run; the caller waits for it."""
 
-    def _pump(self, direction: Direction, source: socket.socket, target: socket.socket) -> None:
-        proxy = self.proxy
+    def __init__(self, function: Callable[[], _T]) -> None:
+        self.function = function
+        self.done = threading.Event()
+        self.result: _T | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
         try:
-            while not self.closed.is_set():
-                ready, _, _ = select.select([source], [], [], _TICK)
-                if not ready:
-                    continue
-                data = source.recv(_CHUNK)
-                if proxy._blackholed:
-                    if not data:  # keep the other side open: a black hole passes no FIN
-                        self.closed.wait()
-                        return
-                    continue  # swallowed, as by a network that drops everything
-                if not data:
-                    with contextlib.suppress(OSError):
-                        target.shutdown(socket.SHUT_WR)
-                    return
-                for old, new in proxy._rewrites[direction]:
-                    data = data.replace(old, new)
-                with self.lock:
-                    cut = self.cuts[direction]
-                allowance = cut.allowance(data) if cut is not None else None
-                if allowance is not None:
-                    self._send(target, data[:allowance])
-                    self.reset()
-                    return
-                self._send(target, data)
-        except (OSError, ValueError):
-            pass
-        self.close()
-
-    def _send(self, target: socket.socket, data: bytes) -> None:
-        proxy = self.proxy
-        if proxy._latency:
-            time.sleep(proxy._latency)
-        rate = proxy._bandwidth
-        if rate is None:
-            target.sendall(data)
-            return
-        step = max(1, int(rate / 50))
-        for start in range(0, len(data), step):
-            piece = data[start : start + step]
-            target.sendall(piece)
-            time.sleep(len(piece) / rate)
-
-    def set_cut(self, direction: Direction, cut: _Cut | None) -> None:
-        with self.lock:
-            self.cuts[direction] = cut
-
-    def reset(self) -> None:
-        if self.closed.is_set():
-            return
-        self.closed.set()
-        self.proxy._forget(self)  # first, so no one who sees the reset counts it as open
-        _reset(self.client)
-        if self.upstream is not None:
-            _reset(self.upstream)
-
-    def close(self) -> None:
-        if self.closed.is_set():
-            return
-        self.closed.set()
-        self.proxy._forget(self)
-        for sock in (self.client, self.upstream):
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.close()
-
-    def join(self, timeout: float) -> None:
-        for thread in self.threads:
-            if thread is not threading.current_thread():
-                thread.join(timeout)
+            self.result = self.function()
+        except BaseException as error:  # handed to the caller, who raises it
+            self.error = error
+        finally:
+            self.done.set()
 
 
 class FaultProxy:
-    """A TCP proxy for tests that can reset, black-hole, delay, throttle or cut connections.
+    """A TCP proxy for tests that resets, black-holes, delays, throttles or cuts connections.
+
+    Start it (or use it as a context manager), connect your client to :attr:`address` instead
+    of the server, and call the fault methods at any time, from any thread. Each takes effect
+    before it returns. Faults stay on until :meth:`pass_through`; several can be combined.
 
     Args:
         upstream: The ``(host, port)`` of the real server.
         listen: Where to listen; port 0 (the default) picks a free port.
+
+    Raises:
+        ValueError: *upstream* or *listen* is not a ``(host, port)`` tuple.
 
     Example:
         >>> import socket, socketserver, threading
@@ -207,7 +234,7 @@ class FaultProxy:
         ...         while data := self.request.recv(1024):
         ...             self.request.sendall(data)
         >>> server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo)
-        >>> threading.Thread(target=server.serve_forever, daemon=True).start()
+        >>> threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
         >>> with FaultProxy(server.server_address) as proxy:
         ...     with socket.create_connection(proxy.address, timeout=5) as client:
         ...         client.sendall(b"ping")
@@ -227,64 +254,94 @@ class FaultProxy:
     def __init__(
         self, upstream: tuple[str, int], *, listen: tuple[str, int] = ("127.0.0.1", 0)
     ) -> None:
-        host, port = upstream
-        if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError(f"upstream must be (host, port), got {upstream!r}")
-        self.upstream = (host, port)
-        """The real server."""
-        self._listen_at = listen
-        self._server: socket.socket | None = None
+        self._upstream = _check_address("upstream", upstream, port_zero=False)
+        self._listen = _check_address("listen", listen, port_zero=True)
         self._address: tuple[str, int] | None = None
-        self._links: set[_Link] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # Fault settings: changed only by the proxy thread while it runs.
         self._blackholed = False
         self._refusing = False
         self._dropping = False
         self._latency = 0.0
         self._bandwidth: float | None = None
-        self._rewrites: dict[Direction, tuple[tuple[bytes, bytes], ...]] = {"down": (), "up": ()}
         self._cuts: dict[Direction, tuple[int | None, bytes | None] | None] = {
             "down": None,
             "up": None,
         }
-        self.accepted = 0
-        """How many connections the proxy has accepted in all."""
+        self._rewrites: dict[Direction, tuple[tuple[bytes, bytes], ...]] = {"down": (), "up": ()}
+        # Owned by the proxy thread while it runs.
+        self._links: set[_Link] = set()
+        self._accepted = 0
+        self._listener: socket.socket | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_reader: socket.socket | None = None
+        self._wake_writer: socket.socket | None = None
+        self._running = False
+        self._stopping = False
+        # Shared with callers.
+        self._lock = threading.Lock()
+        self._commands: collections.deque[_Command[Any]] = collections.deque()
+        self._taking_commands = False
+        self._thread: threading.Thread | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
 
     def start(self) -> Self:
-        """Start listening and forwarding in background threads."""
-        if self._thread is not None:
-            raise RuntimeError("FaultProxy is already running")
-        self._stop.clear()
-        self._bind(self._listen_at)
-        self._thread = threading.Thread(target=self._accept_loop, name="faultproxy", daemon=True)
-        self._thread.start()
+        """Start listening and forwarding in a background thread.
+
+        Returns:
+            The proxy itself, so ``proxy = FaultProxy(...).start()`` works.
+
+        Raises:
+            RuntimeError: It is already running.
+            OSError: The listen address cannot be bound.
+        """
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("FaultProxy is already running; stop() it before starting again")
+            listener = self._bind(self._listen)
+            try:
+                self._address = listener.getsockname()[:2]
+                selector = selectors.DefaultSelector()
+                self._wake_reader, self._wake_writer = socket.socketpair()
+            except BaseException:
+                listener.close()
+                raise
+            self._wake_reader.setblocking(False)
+            self._wake_writer.setblocking(False)
+            selector.register(self._wake_reader, selectors.EVENT_READ, _WAKE)
+            self._selector = selector
+            if self._refusing:  # refuse_new() before start(): bound only to learn the port
+                _close(listener, reset=False)
+            else:
+                self._listener = listener
+                selector.register(listener, selectors.EVENT_READ, _ACCEPT)
+            self._running = True
+            self._stopping = False
+            self._taking_commands = True
+            self._thread = threading.Thread(
+                target=self._serve, name=f"faultproxy-{self._address[1]}", daemon=True
+            )
+            self._thread.start()
         return self
 
-    def _bind(self, where: tuple[str, int]) -> None:
-        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(where)
-        server.listen(64)
-        self._server = server
-        self._address = server.getsockname()[:2]
-
     def stop(self) -> None:
-        """Close every connection and the listener, and wait for the threads to end."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(5)
-        self._close_listener()
+        """Close every connection and the listener, and wait for the thread to end.
+
+        Open connections are closed normally (a FIN to each side); use :meth:`reset_all` first
+        for an abrupt end. Calling it again, or before :meth:`start`, does nothing.
+        """
         with self._lock:
-            links = list(self._links)
-        for link in links:
-            link.close()
-        for link in links:
-            link.join(5)
+            thread = self._thread
+        if thread is None:
+            return
+        self._stopping = True
+        self._wake()
+        if thread is not threading.current_thread():
+            thread.join(_STOP_TIMEOUT)
+            if thread.is_alive():
+                raise RuntimeError(f"FaultProxy thread did not end within {_STOP_TIMEOUT} s")
+        with self._lock:
+            self._thread = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -297,11 +354,24 @@ class FaultProxy:
     ) -> None:
         self.stop()
 
+    # -- what it is ------------------------------------------------------------------------------
+
+    @property
+    def upstream(self) -> tuple[str, int]:
+        """The ``(host, port)`` of the real server."""
+        return self._upstream
+
     @property
     def address(self) -> tuple[str, int]:
-        """Where clients connect: ``(host, port)``."""
+        """Where clients connect: ``(host, port)``.
+
+        Raises:
+            RuntimeError: The proxy was never started.
+        """
         if self._address is None:
-            raise RuntimeError("FaultProxy is not started")
+            raise RuntimeError(
+                "FaultProxy is not started: call start() or use it in a with statement"
+            )
         return self._address
 
     @property
@@ -316,167 +386,545 @@ class FaultProxy:
 
     @property
     def connections(self) -> int:
-        """How many client connections are open now."""
-        with self._lock:
-            return len(self._links)
+        """How many client connections are open now (including silent, held ones)."""
+        return len(self._links)
+
+    @property
+    def accepted(self) -> int:
+        """How many client connections the proxy has accepted in all."""
+        return self._accepted
 
     # -- faults ----------------------------------------------------------------------------------
 
     def pass_through(self) -> None:
-        """Clear every fault: open and new connections carry traffic normally again."""
+        """Clear every fault: open and new connections carry traffic normally again.
+
+        Black-holed and dropped connections resume, and what they held back is delivered;
+        the port reopens after :meth:`refuse_new`; latency, bandwidth, cuts and rewrites end.
+
+        Raises:
+            RuntimeError: The port closed by :meth:`refuse_new` was taken meanwhile.
+        """
+        self._call(self._pass_through)
+
+    def reset_all(self) -> int:
+        """Reset every open connection with a TCP RST, to the client and to the server.
+
+        Returns:
+            How many connections were reset.
+        """
+        return self._call(self._reset_all)
+
+    def blackhole(self) -> None:
+        """Pass nothing either way on open and new connections, and keep their sockets open.
+
+        Writes still succeed, until the buffers fill; reads wait forever; no FIN or RST gets
+        through, and a new connection is accepted but never reaches the server.
+        """
+        self._call(self._set, "_blackholed", True)
+
+    def refuse_new(self) -> None:
+        """Close the port: new connections are refused; open ones are not touched."""
+        self._call(self._refuse_new)
+
+    def drop_new(self) -> None:
+        """Accept new connections but never answer or forward them; open ones are not touched."""
+        self._call(self._set, "_dropping", True)
+
+    def set_latency(self, seconds: float) -> None:
+        """Deliver every chunk, both ways, *seconds* after it arrived (0 clears).
+
+        A round trip takes at least twice *seconds*. Throughput is not limited: chunks in
+        flight are delayed together, as on a long link.
+
+        Raises:
+            ValueError: *seconds* is negative or not finite.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise ValueError(f"seconds must be a number >= 0, got {seconds!r}")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"seconds must be finite and >= 0, got {seconds!r}")
+        self._call(self._set, "_latency", float(seconds))
+
+    def set_bandwidth(self, bytes_per_second: float | None) -> None:
+        """Throttle each connection to *bytes_per_second* in each direction; ``None`` clears.
+
+        Raises:
+            ValueError: *bytes_per_second* is not a finite number > 0 or ``None``.
+        """
+        if bytes_per_second is not None and (
+            isinstance(bytes_per_second, bool)
+            or not isinstance(bytes_per_second, int | float)
+            or not math.isfinite(bytes_per_second)
+            or bytes_per_second <= 0
+        ):
+            raise ValueError(
+                f"bytes_per_second must be a finite number > 0 or None, got {bytes_per_second!r}"
+            )
+        rate = None if bytes_per_second is None else float(bytes_per_second)
+        self._call(self._set, "_bandwidth", rate)
+
+    def cut_after(self, n_bytes: int, *, direction: Direction = "down") -> None:
+        """On each connection, forward exactly *n_bytes* more in *direction*, then reset it.
+
+        It applies to open connections (counting from now) and to every new one, until
+        :meth:`pass_through`. ``cut_after(0)`` resets a connection as soon as anything would
+        pass in *direction*.
+
+        Args:
+            n_bytes: How many more bytes get through before the reset.
+            direction: ``"down"`` (server to client, the default) or ``"up"``.
+
+        Raises:
+            ValueError: *n_bytes* is not an int >= 0, or *direction* is unknown.
+        """
+        if isinstance(n_bytes, bool) or not isinstance(n_bytes, int) or n_bytes < 0:
+            raise ValueError(f"n_bytes must be an int >= 0, got {n_bytes!r}")
+        self._call(self._set_cut, _check_direction(direction), (n_bytes, None))
+
+    def cut_on(self, pattern: bytes, *, direction: Direction = "down") -> None:
+        """Reset each connection in the middle of *pattern*, when it next passes in *direction*.
+
+        Everything before the match and the first half of the match (at least one byte) is
+        delivered; the rest never arrives, as when a connection dies halfway through a server
+        reply. A match split across reads is found too. It applies to open and new
+        connections until :meth:`pass_through`.
+
+        Args:
+            pattern: The bytes to cut inside, for example ``b"* 3 EXISTS"``.
+            direction: ``"down"`` (server to client, the default) or ``"up"``.
+
+        Raises:
+            ValueError: *pattern* is empty or not bytes, or *direction* is unknown.
+        """
+        if not isinstance(pattern, bytes | bytearray) or not pattern:
+            raise ValueError(f"pattern must be non-empty bytes, got {pattern!r}")
+        self._call(self._set_cut, _check_direction(direction), (None, bytes(pattern)))
+
+    def rewrite(self, old: bytes, new: bytes, *, direction: Direction = "down") -> None:
+        """Replace *old* with *new* in everything passing in *direction* from now on.
+
+        A man in the middle, for tests: ``rewrite(b"STARTTLS", b"XTARTTLS")`` strips the
+        STARTTLS capability, the downgrade a client must refuse. A match split across two
+        reads is not replaced (IMAP capability lines arrive whole), and the rule lasts until
+        :meth:`pass_through`.
+
+        Raises:
+            ValueError: *old* is empty or not bytes, *new* is not bytes, or *direction* is
+                unknown.
+        """
+        if not isinstance(old, bytes) or not old:
+            raise ValueError(f"old must be non-empty bytes, got {old!r}")
+        if not isinstance(new, bytes):
+            raise ValueError(f"new must be bytes, got {new!r}")
+        self._call(self._add_rewrite, _check_direction(direction), old, new)
+
+    # -- fault changes, run by the proxy thread --------------------------------------------------
+
+    def _call(self, function: Callable[..., _T], *args: object) -> _T:
+        """Run ``function(*args)`` on the proxy thread (or here, if it is not running)."""
+        command: _Command[_T] = _Command(lambda: function(*args))
+        with self._lock:
+            queued = self._taking_commands and threading.current_thread() is not self._thread
+            if queued:
+                self._commands.append(command)
+        if not queued:
+            command.run()
+        else:
+            self._wake()
+            command.done.wait()
+        if command.error is not None:
+            raise command.error
+        return command.result  # type: ignore[return-value]
+
+    def _set(self, name: str, value: object) -> None:
+        setattr(self, name, value)
+
+    def _pass_through(self) -> None:
         self._blackholed = False
         self._dropping = False
         self._latency = 0.0
         self._bandwidth = None
         self._cuts = {"down": None, "up": None}
         self._rewrites = {"down": (), "up": ()}
-        with self._lock:
-            links = list(self._links)
-        for link in links:
-            link.set_cut("down", None)
-            link.set_cut("up", None)
+        for link in self._links:
+            link.cuts = {"down": None, "up": None}
         if self._refusing:
+            if self._running and self._selector is not None:
+                try:
+                    listener = self._bind(self.address)
+                except OSError as error:
+                    raise RuntimeError(
+                        f"FaultProxy could not reopen {self.host}:{self.port} after refuse_new(): "
+                        f"{error}; another program took the port, so start a new proxy"
+                    ) from error
+                self._listener = listener
+                self._selector.register(listener, selectors.EVENT_READ, _ACCEPT)
             self._refusing = False
-            self._bind(self.address)
 
-    def reset_all(self) -> int:
-        """Send a TCP RST on every open connection, both sides; return how many."""
-        with self._lock:
-            links = list(self._links)
+    def _reset_all(self) -> int:
+        links = list(self._links)
         for link in links:
-            link.reset()
+            self._end(link, reset=True)
         return len(links)
 
-    def blackhole(self) -> None:
-        """Forward nothing on open and new connections, and keep their sockets open."""
-        self._blackholed = True
-
-    def refuse_new(self) -> None:
-        """Refuse new connections (the port is closed); open ones are not touched."""
+    def _refuse_new(self) -> None:
         self._refusing = True
-        self._close_listener()
-
-    def drop_new(self) -> None:
-        """Accept new connections but never answer or forward them; open ones are not touched."""
-        self._dropping = True
-
-    def set_latency(self, seconds: float) -> None:
-        """Delay every forwarded chunk, both ways, by *seconds* (0 clears)."""
-        if not isinstance(seconds, int | float) or not 0 <= seconds < float("inf"):
-            raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
-        self._latency = float(seconds)
-
-    def set_bandwidth(self, bytes_per_second: float | None) -> None:
-        """Throttle every connection to *bytes_per_second* each way; ``None`` clears."""
-        if bytes_per_second is not None and (
-            not isinstance(bytes_per_second, int | float) or not 0 < bytes_per_second < float("inf")
-        ):
-            raise ValueError(
-                f"bytes_per_second must be a finite number > 0 or None, got {bytes_per_second!r}"
-            )
-        self._bandwidth = None if bytes_per_second is None else float(bytes_per_second)
-
-    def cut_after(self, n_bytes: int, *, direction: Direction = "down") -> None:
-        """On each connection, forward *n_bytes* more in *direction*, then reset it."""
-        if isinstance(n_bytes, bool) or not isinstance(n_bytes, int) or n_bytes < 0:
-            raise ValueError(f"n_bytes must be an int >= 0, got {n_bytes!r}")
-        self._set_cut(_check_direction(direction), (n_bytes, None))
-
-    def cut_on(self, pattern: bytes, *, direction: Direction = "down") -> None:
-        """Reset each connection in the middle of *pattern* when it next passes in *direction*.
-
-        The bytes before the middle of the match are forwarded; the rest never arrive, as
-        when a connection dies halfway through a server reply.
-        """
-        if not isinstance(pattern, bytes) or not pattern:
-            raise ValueError(f"pattern must be non-empty bytes, got {pattern!r}")
-        self._set_cut(_check_direction(direction), (None, pattern))
-
-    def rewrite(self, old: bytes, new: bytes, *, direction: Direction = "down") -> None:
-        """Replace *old* with *new* in everything passing in *direction* from now on.
-
-        A man in the middle, for tests: ``rewrite(b"STARTTLS", b"XTARTTLS")`` strips the
-        STARTTLS capability, the downgrade a client must refuse. (A match split across two
-        reads is not replaced; IMAP capability lines arrive whole.)
-        """
-        if not isinstance(old, bytes) or not old or not isinstance(new, bytes):
-            raise ValueError("old must be non-empty bytes and new must be bytes")
-        direction = _check_direction(direction)
-        self._rewrites[direction] = (*self._rewrites[direction], (old, new))
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            self._unwatch(listener)
+            _close(listener, reset=False)  # connections still in the backlog are reset
 
     def _set_cut(self, direction: Direction, spec: tuple[int | None, bytes | None]) -> None:
         self._cuts[direction] = spec
-        with self._lock:
-            links = list(self._links)
-        for link in links:
-            link.set_cut(direction, _Cut(*spec))
+        for link in self._links:
+            link.cuts[direction] = _Cut(*spec)
 
-    # -- internals -------------------------------------------------------------------------------
+    def _add_rewrite(self, direction: Direction, old: bytes, new: bytes) -> None:
+        self._rewrites[direction] = (*self._rewrites[direction], (old, new))
 
-    def _close_listener(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            # shutdown() first: on Linux it stops the listener at once, even while the accept
-            # thread is still inside select() holding a reference to the socket.
-            with contextlib.suppress(OSError):
-                server.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                server.close()
+    # -- the proxy thread ------------------------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            server = self._server
-            if server is None:
-                self._stop.wait(_TICK)
-                continue
-            try:
-                ready, _, _ = select.select([server], [], [], _TICK)
-                if not ready:
-                    continue
-                client, _ = server.accept()
-            except (OSError, ValueError):
-                continue  # the listener was closed (refuse_new) or is being replaced
-            self.accepted += 1
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            upstream: socket.socket | None = None
-            if not self._dropping:
-                try:
-                    upstream = socket.create_connection(self.upstream, timeout=10)
-                    upstream.settimeout(None)
-                    upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                except OSError:
-                    _reset(client)  # the server is down: so is the connection
-                    continue
-            link = _Link(self, client, upstream)
-            for direction, spec in self._cuts.items():
-                if spec is not None:
-                    link.set_cut(direction, _Cut(*spec))
+    def _bind(self, where: tuple[str, int]) -> socket.socket:
+        family = socket.AF_INET6 if ":" in where[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(where)
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _wake(self) -> None:
+        writer = self._wake_writer
+        if writer is not None:
+            with contextlib.suppress(OSError):  # full (it is awake anyway) or already closed
+                writer.send(b"\0")
+
+    def _serve(self) -> None:
+        selector = self._selector
+        assert selector is not None
+        timeout: float | None = None
+        try:
+            while not self._stopping:
+                for key, mask in selector.select(timeout):
+                    self._dispatch(key.fileobj, key.data, mask)  # type: ignore[arg-type]
+                self._run_commands()
+                wake_at = self._service()
+                timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
+        finally:
             with self._lock:
-                self._links.add(link)
-            link.start()
+                self._taking_commands = False
+                pending = list(self._commands)
+                self._commands.clear()
+            self._shut_down()
+            for command in pending:
+                command.run()
 
-    def _forget(self, link: _Link) -> None:
-        with self._lock:
-            self._links.discard(link)
+    def _run_commands(self) -> None:
+        while True:
+            with self._lock:
+                if not self._commands:
+                    return
+                command = self._commands.popleft()
+            command.run()
+
+    def _shut_down(self) -> None:
+        for link in list(self._links):
+            self._end(link, reset=False)
+        self._running = False
+        if self._listener is not None:
+            _close(self._listener, reset=False)
+            self._listener = None
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+        writer, self._wake_writer = self._wake_writer, None
+        _close(writer, reset=False)
+        _close(self._wake_reader, reset=False)
+        self._wake_reader = None
+
+    def _dispatch(self, sock: socket.socket, data: object, mask: int) -> None:
+        if data is _WAKE:
+            with contextlib.suppress(OSError):
+                while sock.recv(4096):
+                    pass
+        elif data is _ACCEPT:
+            self._accept(sock)
+        elif isinstance(data, _Link) and data.state != _CLOSED:
+            self._on_event(data, sock, mask)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while self._listener is listener:
+            try:
+                client, _ = listener.accept()
+            except ConnectionAbortedError:
+                continue
+            except OSError:  # nothing more to accept (or out of file descriptors)
+                return
+            self._accepted += 1
+            client.setblocking(False)
+            with contextlib.suppress(OSError):
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            cuts = {
+                direction: _Cut(*spec) for direction, spec in self._cuts.items() if spec is not None
+            }
+            self._links.add(_Link(client, dropped=self._dropping, cuts=cuts))
+
+    def _on_event(self, link: _Link, sock: socket.socket, mask: int) -> None:
+        now = time.monotonic()
+        if link.state == _CONNECTING:
+            if sock is link.upstream and mask & selectors.EVENT_WRITE:
+                self._finish_connect(link)
+            return
+        if link.state != _OPEN:
+            return
+        for pipe in link.pipes.values():
+            if mask & selectors.EVENT_WRITE and sock is pipe.target:
+                pipe.write_blocked = False
+            if mask & selectors.EVENT_READ and sock is pipe.source:
+                self._read(link, pipe, now)
+            if link.state == _CLOSED:
+                return
+
+    def _read(self, link: _Link, pipe: _Pipe, now: float) -> None:
+        if not self._wants_read(link, pipe):
+            return
+        try:
+            data = pipe.source.recv(_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # reset by that side: the RST travels on, after what came before it
+            pipe.read_done = True
+            pipe.queue.append(_Item(now + self._latency, _RESET))
+            return
+        if not data:
+            pipe.read_done = True
+            pipe.queue.append(_Item(now + self._latency, _EOF))
+            return
+        for old, new in self._rewrites[pipe.direction]:
+            data = data.replace(old, new)
+        if data:
+            pipe.queue.append(_Item(now + self._latency, _DATA, data))
+            pipe.queued += len(data)
+
+    def _wants_read(self, link: _Link, pipe: _Pipe) -> bool:
+        return (
+            link.state == _OPEN
+            and not self._blackholed
+            and not pipe.read_done
+            and pipe.queued < _HIGH_WATER
+        )
+
+    def _service(self) -> float | None:
+        """Move every connection on as far as it can go now; return when to look again."""
+        now = time.monotonic()
+        wake_at: float | None = None
+        for link in list(self._links):
+            when: float | None = None
+            held = self._blackholed or (link.dropped and self._dropping)
+            if link.state == _WAITING and not held:
+                self._start_connect(link, now)
+            if link.state == _CONNECTING:
+                if now >= link.connect_deadline:
+                    self._end(link, reset=True)
+                else:
+                    when = link.connect_deadline
+            for pipe in list(link.pipes.values()):
+                if link.state != _OPEN:
+                    break
+                pipe_at = self._flush(link, pipe, now)
+                if pipe_at is not None and (when is None or pipe_at < when):
+                    when = pipe_at
+            if link.state != _CLOSED:
+                self._update_watch(link)
+                if when is not None and (wake_at is None or when < wake_at):
+                    wake_at = when
+        return wake_at
+
+    def _start_connect(self, link: _Link, now: float) -> None:
+        host, port = self._upstream
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            self._end(link, reset=True)
+            return
+        link.addresses = [(info[0], info[4]) for info in infos]
+        link.connect_deadline = now + _CONNECT_TIMEOUT
+        link.state = _CONNECTING
+        self._try_next_address(link)
+
+    def _try_next_address(self, link: _Link) -> None:
+        while link.addresses:
+            family, sockaddr = link.addresses.pop(0)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            error = sock.connect_ex(sockaddr)
+            if error in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+                link.upstream = sock
+                return
+            sock.close()
+        self._end(link, reset=True)  # the server is down: so is the connection
+
+    def _finish_connect(self, link: _Link) -> None:
+        upstream = link.upstream
+        assert upstream is not None
+        error = upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self._unwatch(upstream)
+            _close(upstream, reset=False)
+            link.upstream = None
+            self._try_next_address(link)
+            return
+        with contextlib.suppress(OSError):
+            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        link.state = _OPEN
+        link.pipes = {
+            "up": _Pipe("up", link.client, upstream),
+            "down": _Pipe("down", upstream, link.client),
+        }
+
+    def _flush(self, link: _Link, pipe: _Pipe, now: float) -> float | None:
+        """Send what is due in *pipe*; return when it next has something to do, if known."""
+        if self._blackholed:
+            return None
+        while pipe.queue:
+            item = pipe.queue[0]
+            if item.due > now:
+                return item.due
+            if item.kind == _EOF:
+                with contextlib.suppress(OSError):
+                    pipe.target.shutdown(socket.SHUT_WR)
+                pipe.queue.popleft()
+                pipe.finished = True
+                if all(other.finished for other in link.pipes.values()):
+                    self._end(link, reset=False)
+                return None
+            if item.kind == _RESET:
+                if pipe.reset_deadline is None:
+                    pipe.reset_deadline = now + _DRAIN_BEFORE_RESET
+                if now < pipe.reset_deadline and _unsent(pipe.target) > 0:
+                    return now + _DRAIN_POLL
+                self._end(link, reset=True)
+                return None
+            if not item.checked:
+                item.checked = True
+                self._apply_cut(link, pipe, item)
+            if pipe.write_blocked:
+                return None
+            size = len(item.data)
+            rate = self._bandwidth
+            if rate is not None:
+                if now < pipe.next_send:
+                    return pipe.next_send
+                size = min(size, max(1, int(rate * _BANDWIDTH_SLICE)))
+            sent = 0
+            if size:
+                try:
+                    sent = pipe.target.send(item.data[:size])
+                except (BlockingIOError, InterruptedError):
+                    pipe.write_blocked = True
+                    return None
+                except OSError:  # that side is gone: tell the other one the same way
+                    self._end(link, reset=True)
+                    return None
+            item.data = item.data[sent:]
+            pipe.queued -= sent
+            if rate is not None:
+                pipe.next_send = max(pipe.next_send, now) + sent / rate
+            if sent < size:
+                pipe.write_blocked = True
+                return None
+            if not item.data:
+                pipe.queue.popleft()
+        return None
+
+    def _apply_cut(self, link: _Link, pipe: _Pipe, item: _Item) -> None:
+        cut = link.cuts[pipe.direction]
+        if cut is None:
+            return
+        allowance = cut.allowance(item.data)
+        if allowance is None:
+            return
+        link.cuts[pipe.direction] = None
+        item.data = item.data[:allowance]
+        pipe.queue = collections.deque([item, _Item(item.due, _RESET)])
+        pipe.queued = len(item.data)
+        pipe.read_done = True
+
+    def _update_watch(self, link: _Link) -> None:
+        client_events = 0
+        upstream_events = 0
+        if link.state == _CONNECTING:
+            upstream_events = selectors.EVENT_WRITE
+        elif link.state == _OPEN:
+            up, down = link.pipes["up"], link.pipes["down"]
+            if self._wants_read(link, up):
+                client_events |= selectors.EVENT_READ
+            if down.write_blocked:
+                client_events |= selectors.EVENT_WRITE
+            if self._wants_read(link, down):
+                upstream_events |= selectors.EVENT_READ
+            if up.write_blocked:
+                upstream_events |= selectors.EVENT_WRITE
+        self._watch(link.client, client_events, link)
+        if link.upstream is not None:
+            self._watch(link.upstream, upstream_events, link)
+
+    def _watch(self, sock: socket.socket, events: int, link: _Link) -> None:
+        selector = self._selector
+        assert selector is not None
+        try:
+            key: selectors.SelectorKey | None = selector.get_key(sock)
+        except KeyError:
+            key = None
+        if key is None:
+            if events:
+                selector.register(sock, events, link)
+        elif not events:
+            selector.unregister(sock)
+        elif key.events != events:
+            selector.modify(sock, events, link)
+
+    def _unwatch(self, sock: socket.socket) -> None:
+        if self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(sock)
+
+    def _end(self, link: _Link, *, reset: bool) -> None:
+        """Close both sides of *link*: with an RST if *reset*, else with a FIN."""
+        if link.state == _CLOSED:
+            return
+        link.state = _CLOSED
+        self._links.discard(link)
+        for sock in (link.client, link.upstream):
+            if sock is not None:
+                self._unwatch(sock)
+                _close(sock, reset=reset)
 
     def __repr__(self) -> str:
         faults = []
         if self._blackholed:
             faults.append("blackhole")
         if self._refusing:
-            faults.append("refusing")
+            faults.append("refuse_new")
         if self._dropping:
-            faults.append("dropping")
+            faults.append("drop_new")
         if self._latency:
             faults.append(f"latency={self._latency:g}s")
         if self._bandwidth is not None:
             faults.append(f"bandwidth={self._bandwidth:g}B/s")
-        if any(self._cuts.values()):
-            faults.append("cut")
-        if any(self._rewrites.values()):
-            faults.append("rewrite")
-        where = f"{self._address[0]}:{self._address[1]}" if self._address else "not started"
+        for direction, spec in self._cuts.items():
+            if spec is not None:
+                n_bytes, pattern = spec
+                what = f"cut_after={n_bytes}" if pattern is None else f"cut_on={pattern!r}"
+                faults.append(f"{what}({direction})")
+        for direction, rules in self._rewrites.items():
+            faults.extend(f"rewrite={old!r}->{new!r}({direction})" for old, new in rules)
         return (
-            f"FaultProxy({self.upstream[0]}:{self.upstream[1]} via {where}, "
-            f"{', '.join(faults) or 'passing'})"
+            f"FaultProxy(upstream={self._upstream!r}, address={self._address!r}, "
+            f"faults=[{', '.join(faults)}])"
         )
