@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 import uuid
 
 import pytest
@@ -11,7 +13,9 @@ import pytest
 from mailtether import (
     ConfigError,
     LeaseLost,
+    PostgresStore,
     ProcessLock,
+    RedisStore,
     SchemaError,
     StoreError,
     store_from_url,
@@ -72,6 +76,8 @@ def test_an_unreachable_server_is_a_store_error_without_the_password(remote):
         "redis://127.0.0.1:1/0?prefix=",
         "postgresql://u:p@127.0.0.1:1/db?table_prefix=Robert'); DROP TABLE x;--",
         "postgresql://u:p@127.0.0.1:1/db?table_prefix=1abc",
+        "postgresql://u:p@127.0.0.1:port/db",
+        "redis://127.0.0.1:port/0",
         "ftp://example.com/state",
         "sqlite:///",
         "",
@@ -128,3 +134,183 @@ def test_an_outage_during_renewal_is_lock_lost_not_a_hang(remote, fault):
         proxy.pass_through()
         threading.Event().wait(0)  # leaving the block did not raise or hang
         store.close()
+
+
+def _open(kind: str, url: str, timeout: float):
+    if kind == "redis":
+        return RedisStore(url, socket_timeout=timeout, connect_timeout=timeout)
+    return PostgresStore(url, statement_timeout=timeout, connect_timeout=timeout)
+
+
+def _call_with_deadline(call, seconds: float):
+    """Run *call* in a thread; fail the test (instead of hanging it) if it does not end."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as error:  # reported below
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"the call still hangs after {seconds} s"
+    return outcome[0], time.monotonic() - started
+
+
+@pytest.mark.parametrize("fault", ["blackhole", "reset"])
+def test_a_silent_or_dropped_server_is_a_store_error_not_a_hang(remote, fault):
+    kind, server, url_for = remote
+    with FaultProxy(server.address) as proxy:
+        url = url_for(proxy.host, proxy.port).replace(":s3cret-pw@", "")
+        store = _open(kind, url, 0.5)
+        store.put("guard", "k", "done", {})
+        if fault == "blackhole":
+            proxy.blackhole()
+        else:
+            proxy.reset_all()
+            proxy.refuse_new()
+        error, took = _call_with_deadline(lambda: store.get("guard", "k"), 10)
+        assert isinstance(error, StoreError), error
+        assert "get failed" in str(error)
+        assert took < 4, "the timeout bounds a call to a silent server"
+        proxy.pass_through()
+        # The store recovers by itself: the next call opens a new connection.
+        assert store.get("guard", "k") is not None
+        store.close()
+
+
+def test_a_connection_the_server_dropped_while_idle_is_replaced_quietly(remote):
+    kind, server, url_for = remote
+    with FaultProxy(server.address) as proxy:
+        store = _open(kind, url_for(proxy.host, proxy.port).replace(":s3cret-pw@", ""), 2.0)
+        lease = store.acquire("idle-drop", "me", 30)
+        assert proxy.reset_all() >= 1  # a server restart, an idle timeout, a killed backend
+        # No call fails for it (one failed renewal would cost a process lock).
+        assert store.renew(lease).token == lease.token
+        assert store.get("guard", "nothing") is None
+        store.close()
+
+
+def test_updated_at_and_expiry_are_exactly_what_the_index_holds(remote):
+    _kind, server, url_for = remote
+    store = store_from_url(url_for(*server.address).replace(":s3cret-pw@", ""))
+    try:
+        for n in range(20):
+            record = store.put("guard", f"k{n}", "done", {"n": n})
+            assert store.get("guard", record.key).updated_at == record.updated_at
+            # scan's cutoff is strict, and compares the very value the record carries.
+            keys = {r.key for r in store.scan("guard", updated_before=record.updated_at)}
+            assert record.key not in keys
+            after = math.nextafter(record.updated_at, math.inf)
+            assert record.key in {r.key for r in store.scan("guard", updated_before=after)}
+            # Everything but this record (the previous one, as each round prunes).
+            assert store.prune("guard", state="done", updated_before=record.updated_at) == min(n, 1)
+            assert store.count("guard") == {"done": 1}
+        lease = store.acquire("exact", "me", 0.123456789)
+        assert lease is not None
+        assert store.holder("exact") == lease
+        renewed = store.renew(lease, 7.25)
+        assert store.holder("exact") == renewed
+    finally:
+        store.close()
+
+
+def test_a_password_in_the_query_string_is_hidden_too(remote):
+    kind, server, _url_for = remote
+    if kind == "redis":
+        # (redis-py accepts a password the server does not need.)
+        store = store_from_url(f"{server.url}?password=query-secret&prefix=q{uuid.uuid4().hex[:8]}")
+        shown = repr(store)
+        store.close()
+        assert "query-secret" not in shown
+        assert "password=***" in shown
+        with FaultProxy(("127.0.0.1", 9)) as proxy:
+            proxy.refuse_new()
+            with pytest.raises(StoreError) as info:
+                store_from_url(f"redis://{proxy.host}:{proxy.port}/0?password=query-secret")
+    else:
+        host, port = server.address
+        url = (
+            f"postgresql://{server.user}@{host}:{port}/{server.database}"
+            f"?password={server.password}&table_prefix=q{uuid.uuid4().hex[:8]}"
+        )
+        store = store_from_url(url)
+        shown = repr(store)
+        store.close()
+        assert server.password not in shown
+        assert "password=***" in shown
+        with pytest.raises(StoreError) as info:
+            store_from_url(url.replace(server.password, "query-secret"))
+    assert "query-secret" not in str(info.value)
+    assert "query-secret" not in repr(info.value)
+
+
+def test_a_wrong_postgres_password_is_a_store_error_that_does_not_repeat_it(postgres_server):
+    host, port = postgres_server.address
+    user, database = postgres_server.user, postgres_server.database
+    url = f"postgresql://{user}:wrong-secret-pw@{host}:{port}/{database}"
+    with pytest.raises(StoreError, match="password authentication failed") as info:
+        PostgresStore(url)
+    assert "wrong-secret-pw" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RedisStore("redis://127.0.0.1:1/0", socket_timeout=0),
+        lambda: RedisStore("redis://127.0.0.1:1/0", connect_timeout=float("nan")),
+        lambda: PostgresStore("postgresql://u:p@127.0.0.1:1/db", statement_timeout=-1),
+        lambda: PostgresStore("postgresql://u:p@127.0.0.1:1/db", connect_timeout=0),
+    ],
+)
+def test_timeouts_must_be_positive(make):
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        make()
+
+
+def test_postgres_asks_the_server_for_the_statement_timeout_and_keeps_other_options(
+    postgres_server,
+):
+    url = (
+        f"{postgres_server.dsn}?options=-c%20application_name%3Dmine"
+        f"&table_prefix=o{uuid.uuid4().hex[:8]}"
+    )
+    store = PostgresStore(url, statement_timeout=0.25)
+    try:
+        assert store._one("show", "SHOW statement_timeout", ()) == ("250ms",)
+        assert store._one("show", "SHOW application_name", ()) == ("mine",)
+        # Ask for more than the server may take: it cancels, and the caller hears of it.
+        with pytest.raises(StoreError, match="statement timeout"):
+            store._one("sleep", "SELECT pg_sleep(2)", ())
+        assert store.get("guard", "k") is None
+    finally:
+        store.close()
+
+
+def test_postgres_starting_again_runs_no_ddl(postgres_server):
+    prefix = f"d{uuid.uuid4().hex[:8]}"
+    PostgresStore(f"{postgres_server.dsn}?table_prefix={prefix}").close()
+    import psycopg
+
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as connection:
+        # A role that may use the tables but not create any still opens the store.
+        connection.execute(f"DROP ROLE IF EXISTS {prefix}_user")
+        connection.execute(f"CREATE ROLE {prefix}_user LOGIN PASSWORD 'pw-{prefix}'")
+        connection.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {prefix}_meta, {prefix}_records, "
+            f"{prefix}_leases TO {prefix}_user"
+        )
+        connection.execute(f"REVOKE CREATE ON SCHEMA public FROM {prefix}_user")
+    host, port = postgres_server.address
+    url = f"postgresql://{prefix}_user:pw-{prefix}@{host}:{port}/{postgres_server.database}"
+    store = PostgresStore(f"{url}?table_prefix={prefix}")
+    try:
+        assert store.put("guard", "k", "done", {}) is not None
+    finally:
+        store.close()
+        with psycopg.connect(postgres_server.dsn, autocommit=True) as connection:
+            connection.execute(f"DROP OWNED BY {prefix}_user")
+            connection.execute(f"DROP ROLE {prefix}_user")

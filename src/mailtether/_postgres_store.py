@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import math
+import os
 import re
+import select
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -33,19 +40,28 @@ __all__ = ["PostgresStore"]
 
 _T = TypeVar("_T")
 _PREFIX: Final = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
+_QUERY_PASSWORD: Final = re.compile(r"(?i)(password=)[^&#\s]*")
 _BATCH: Final = 1000
 _POOL: Final = 8
 _NOW: Final = "extract(epoch from clock_timestamp())::float8"
+_SLACK: Final = 1.0
+"""Seconds past ``statement_timeout`` after which an unanswered call is given up."""
+_TICK: Final = 0.1
+"""How often the watchdog looks at calls in flight."""
+_QUIET: Final = 5.0
+"""Seconds without calls after which the watchdog sleeps until the next one."""
 
+# Text columns compare in the "C" collation: byte order, as SQLite and Redis sort keys,
+# whatever the database's default collation is.
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS {p}_meta (
-    key text PRIMARY KEY,
+    key text COLLATE "C" PRIMARY KEY,
     value text NOT NULL
 );
 CREATE TABLE IF NOT EXISTS {p}_records (
-    namespace text NOT NULL,
-    key text NOT NULL,
-    state text NOT NULL,
+    namespace text COLLATE "C" NOT NULL,
+    key text COLLATE "C" NOT NULL,
+    state text COLLATE "C" NOT NULL,
     data text NOT NULL,
     version bigint NOT NULL,
     updated_at float8 NOT NULL,
@@ -53,7 +69,7 @@ CREATE TABLE IF NOT EXISTS {p}_records (
 );
 CREATE INDEX IF NOT EXISTS {p}_records_by_state ON {p}_records (namespace, state, updated_at);
 CREATE TABLE IF NOT EXISTS {p}_leases (
-    name text PRIMARY KEY,
+    name text COLLATE "C" PRIMARY KEY,
     owner text,
     token bigint NOT NULL,
     expires_at float8 NOT NULL,
@@ -69,21 +85,32 @@ class PostgresStore:
 
     Plain tables, and every compare-and-set is one ``INSERT … ON CONFLICT … WHERE …
     RETURNING`` or ``UPDATE … WHERE … RETURNING`` statement: row-level atomic, with no
-    session-scoped advisory locks, so it works behind a transaction-pooling PgBouncer.
-    Lease expiry uses the server's clock (``clock_timestamp()``). Needs
-    ``pip install 'mailtether[postgres]'``.
+    session-scoped advisory locks and no prepared statements, so it works behind a
+    transaction-pooling PgBouncer (add ``options`` to its ``ignore_startup_parameters``, or
+    PgBouncer refuses the ``statement_timeout`` this store asks for). Lease expiry uses the
+    server's clock (``clock_timestamp()``). Needs ``pip install 'mailtether[postgres]'``.
 
     Args:
         url: ``postgresql://user:password@host[:port]/database[?table_prefix=name]``; other
             query parameters go to libpq.
         table_prefix: Prefix of the tables (``mailtether_records`` ...), overridden by the
             URL's ``table_prefix``.
-        connect_timeout: Seconds to wait for a connection.
-        statement_timeout: Seconds any statement may run before the server cancels it.
+        connect_timeout: Seconds to wait for a connection (whole seconds, at least 2: libpq's
+            granularity).
+        statement_timeout: Seconds any statement may run before the server cancels it. A call
+            with no answer at all one second later (a frozen server, a black-holed network)
+            drops its connection and raises StoreError instead of waiting forever.
 
     Raises:
         ConfigError: the URL or prefix is malformed, or psycopg is not installed.
         SchemaError: the tables hold data from a newer mailtether.
+        StoreError: the server cannot be reached.
+
+    Example:
+        >>> from mailtether import store_from_url
+        >>> store = store_from_url("postgresql://mail:pw@db.internal/mail")  # doctest: +SKIP
+        >>> store  # doctest: +SKIP
+        PostgresStore('postgresql://mail:***@db.internal/mail', table_prefix='mailtether')
     """
 
     def __init__(
@@ -94,77 +121,131 @@ class PostgresStore:
         connect_timeout: float = 5.0,
         statement_timeout: float = 5.0,
     ) -> None:
+        connect_timeout = _seconds(connect_timeout, "connect_timeout")
+        statement_timeout = _seconds(statement_timeout, "statement_timeout")
         self._psycopg = require("psycopg", "postgres")
+        self.url = _shown(url)
+        """The URL, password hidden."""
+        self._password = ""
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         table_prefix = query.pop("table_prefix", table_prefix)
-        if not _PREFIX.match(table_prefix):
+        if not isinstance(table_prefix, str) or not _PREFIX.match(table_prefix):
             raise ConfigError(
                 f"table_prefix {table_prefix!r} must be a lower-case SQL identifier of up to "
                 "40 characters"
             )
-        self.url = redact_url(url)
-        """The URL, password hidden."""
+        # Ours comes last, so it wins over a statement_timeout in the URL's own options.
+        options = f"{query.pop('options', '')} -c statement_timeout={_ms(statement_timeout)}"
         self._dsn = urlunsplit(parts._replace(query=urlencode(query)))
-        self._options = {
-            "connect_timeout": max(1, round(connect_timeout)),
-            "options": f"-c statement_timeout={int(statement_timeout * 1000)}",
+        try:
+            _ = parts.port  # a port that is not a number raises here rather than at connect
+            conninfo = self._psycopg.conninfo.conninfo_to_dict(self._dsn)
+        except (ValueError, self._psycopg.Error) as error:
+            raise ConfigError(
+                f"cannot use PostgreSQL URL {self.url!r}: {self._hide(str(error))}"
+            ) from None
+        self._password = str(conninfo.get("password") or "")
+        self._options: dict[str, Any] = {
+            "connect_timeout": max(2, math.ceil(connect_timeout)),
+            "options": options.strip(),
             "autocommit": True,
+            # Server-side prepared statements live in one server session, which a
+            # transaction-pooling PgBouncer does not give us.
+            "prepare_threshold": None,
         }
+        self._limit = statement_timeout + _SLACK
         self._p = table_prefix
         self._idle: list[Any] = []
         self._registry = threading.Lock()
         self._closed = False
-        self._run("open", self._initialise)
+        self._run("open", self._initialise, seconds=2 * statement_timeout + _SLACK)
 
     # -- plumbing ----------------------------------------------------------------------------------
 
     def _connect(self) -> Any:
         return self._psycopg.connect(self._dsn, **self._options)
 
-    def _run(self, what: str, operation: Callable[[Any], _T]) -> _T:
+    def _hide(self, text: str) -> str:
+        """*text* without the DSN or the password in it."""
+        text = text.replace(self._dsn, self.url)
+        return text.replace(self._password, "***") if self._password else text
+
+    def _checkout(self) -> Any:
+        """A pooled connection that still looks alive, or ``None``."""
+        while True:
+            try:
+                connection = self._idle.pop()
+            except IndexError:
+                return None
+            # An idle connection has nothing to read unless the server closed it (a restart,
+            # an idle timeout, pg_terminate_backend): drop it now, not in the caller's face.
+            if connection.closed or _readable(connection):
+                connection.close()
+                continue
+            return connection
+
+    def _run(
+        self, what: str, operation: Callable[[Any], _T], *, seconds: float | None = None
+    ) -> _T:
+        # A small pool, as SQLiteStore has: callers (a lock's heartbeat) may use a new thread
+        # for every call. list.pop/append are atomic under the GIL.
         if self._closed:
             raise StoreError(f"PostgresStore({self.url!r}) is closed")
-        try:
-            connection = self._idle.pop()
-        except IndexError:
-            connection = None
+        limit = self._limit if seconds is None else seconds
+        connection = self._checkout()
+        watch = -1
         try:
             if connection is None:
                 connection = self._connect()
+            watch = _WATCHDOG.watch(connection, limit)
             result = operation(connection)
         except BaseException as error:
+            dropped = watch >= 0 and not _WATCHDOG.unwatch(watch)
             if connection is not None:
                 connection.close()
             if not isinstance(error, self._psycopg.Error):
                 raise
-            # psycopg's messages can quote the DSN: say what failed without it.
-            reason = str(error).replace(self._dsn, self.url).strip().splitlines()
-            raise StoreError(
-                f"PostgresStore({self.url!r}): {what} failed: {reason[0] if reason else error}"
-            ) from None
-        if len(self._idle) < _POOL and not self._closed:
+            if dropped:
+                reason = f"no answer within {limit:g} s: the server or the network to it is down"
+            else:  # psycopg's messages can quote the DSN: say what failed without it.
+                lines = self._hide(str(error)).strip().splitlines()
+                reason = lines[0] if lines else type(error).__name__
+            raise StoreError(f"PostgresStore({self.url!r}): {what} failed: {reason}") from None
+        if not _WATCHDOG.unwatch(watch):
+            connection.close()  # the watchdog shut it down just as the answer came
+        elif len(self._idle) < _POOL and not self._closed:
             self._idle.append(connection)
+            if self._is_closed():  # close() ran meanwhile: leave no connection open
+                self._close_idle()
         else:
             connection.close()
         return result
 
     def _initialise(self, connection: Any) -> None:
-        with connection.transaction():
-            # Serialise schema creation between processes starting at once; a transaction
-            # lock, released at commit, so it is safe behind a transaction pooler.
-            connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._p,))
-            for statement in _SCHEMA.format(p=self._p, version=SCHEMA_VERSION).split(";"):
-                if statement.strip():
-                    connection.execute(statement)
+        # Tables, index and version row are created in one transaction, so the version row
+        # stands for all of them: when it is there, no DDL (and no lock it would take) is run.
+        if connection.execute("SELECT to_regclass(%s)", (f"{self._p}_meta",)).fetchone()[0] is None:
+            with connection.transaction():
+                # Serialise schema creation between processes starting at once; a
+                # transaction lock, released at commit, so it is safe behind a pooler.
+                connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._p,))
+                for statement in _SCHEMA.format(p=self._p, version=SCHEMA_VERSION).split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
         found = connection.execute(
             f"SELECT value FROM {self._p}_meta WHERE key = 'schema_version'"  # noqa: S608
-        ).fetchone()[0]
-        if int(found) > SCHEMA_VERSION:
+        ).fetchone()
+        if found is None:
+            raise SchemaError(
+                f"PostgreSQL {self.url} has a table {self._p}_meta without a schema_version: "
+                "choose another table_prefix, or drop the tables that are not mailtether's"
+            )
+        if int(found[0]) > SCHEMA_VERSION:
             raise SchemaError(
                 f"PostgreSQL {self.url} ({self._p}_* tables) was written by a newer mailtether "
-                f"(schema {found}, this one knows {SCHEMA_VERSION}): upgrade mailtether on every "
-                "worker sharing it"
+                f"(schema {found[0]}, this one knows {SCHEMA_VERSION}): upgrade mailtether on "
+                "every worker sharing it"
             )
 
     def _one(self, what: str, sql: str, params: tuple[Any, ...]) -> Any:
@@ -197,15 +278,14 @@ class PostgresStore:
             "WHERE namespace = %s AND key = ANY(%s)"
         )
 
-        def fetch(connection: Any) -> dict[str, Record]:
-            found: dict[str, Record] = {}
-            for start in range(0, len(wanted), _BATCH):
-                chunk = wanted[start : start + _BATCH]
-                for row in connection.execute(sql, (namespace, chunk)):
-                    found[row[0]] = _record(namespace, row)
-            return found
+        def fetch(chunk: list[str]) -> Callable[[Any], list[Any]]:
+            return lambda connection: connection.execute(sql, (namespace, chunk)).fetchall()
 
-        return self._run("get_many", fetch)
+        found: dict[str, Record] = {}
+        for start in range(0, len(wanted), _BATCH):  # a call per batch, each with its deadline
+            for row in self._run("get_many", fetch(wanted[start : start + _BATCH])):
+                found[row[0]] = _record(namespace, row)
+        return found
 
     def put(
         self,
@@ -280,7 +360,7 @@ class PostgresStore:
         if updated_before is not None:
             sql += " AND updated_at < %s"
             params.append(check_time(updated_before, "updated_before"))
-        sql += " ORDER BY updated_at, key"
+        sql += ' ORDER BY updated_at, key COLLATE "C"'
         if check_limit(limit) is not None:
             sql += " LIMIT %s"
             params.append(limit)
@@ -383,6 +463,12 @@ class PostgresStore:
     def close(self) -> None:
         """Close every connection; later calls raise StoreError."""
         self._closed = True
+        self._close_idle()
+
+    def _is_closed(self) -> bool:
+        return self._closed
+
+    def _close_idle(self) -> None:
         with self._registry:
             idle, self._idle = self._idle, []
         for connection in idle:
@@ -395,3 +481,120 @@ class PostgresStore:
 def _record(namespace: str, row: tuple[Any, ...]) -> Record:
     key, state, data, version, updated_at = row
     return Record(namespace, key, state, decode_data(data), int(version), float(updated_at))
+
+
+class _Watchdog:
+    """Shuts down the connection of a call that got no answer in time; one for every store.
+
+    ``statement_timeout`` makes a live server cancel a slow statement, but nothing makes a
+    silent one answer (a frozen host, a black-holed network, a half-open connection), and
+    psycopg would wait for it forever. Shutting the socket down wakes the waiting call with
+    an error. The thread looks every ``_TICK`` seconds while calls come, and sleeps when none
+    has come for ``_QUIET`` seconds, so an idle process pays nothing.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        # Also in a forked child, which has the parent's state but not its thread.
+        self._wake = threading.Condition(threading.Lock())
+        self._watched: dict[int, tuple[float, Any]] = {}
+        self._ids = itertools.count()
+        self._last_call = 0.0
+        self._sleeping = True
+        self._thread: threading.Thread | None = None
+
+    def watch(self, connection: Any, seconds: float) -> int:
+        """Start watching a call on *connection*; return the id to pass to :meth:`unwatch`."""
+        now = time.monotonic()
+        with self._wake:
+            ident = next(self._ids)
+            self._watched[ident] = (now + seconds, connection)
+            self._last_call = now
+            if self._sleeping:
+                self._sleeping = False
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._loop, name="mailtether-postgres-watchdog", daemon=True
+                    )
+                    self._thread.start()
+                else:
+                    self._wake.notify()
+        return ident
+
+    def unwatch(self, ident: int) -> bool:
+        """Stop watching; ``False`` if the watchdog has already shut the connection down."""
+        with self._wake:
+            return self._watched.pop(ident, None) is not None
+
+    def _loop(self) -> None:
+        with self._wake:
+            while True:
+                now = time.monotonic()
+                for ident, (deadline, connection) in list(self._watched.items()):
+                    if deadline <= now:
+                        # Under the lock: the caller cannot close the connection (and free
+                        # its file descriptor for reuse) before it has unwatched it.
+                        del self._watched[ident]
+                        _shut_down(connection)
+                if not self._watched and now - self._last_call > _QUIET:
+                    self._sleeping = True
+                    while self._sleeping:
+                        self._wake.wait()
+                else:
+                    self._wake.wait(_TICK)
+
+
+_WATCHDOG: Final = _Watchdog()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_WATCHDOG._reset)
+
+
+def _shut_down(connection: Any) -> None:
+    """Shut the connection's socket down, so a call waiting on it fails at once."""
+    try:
+        duplicate = os.dup(connection.fileno())
+    except Exception:  # the call ended and the connection was closed meanwhile
+        return
+    try:
+        sock = socket.socket(fileno=duplicate)
+    except OSError:
+        os.close(duplicate)
+        return
+    with sock, contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _readable(connection: Any) -> bool:
+    """Whether an idle connection has something to read: only an error or end-of-file."""
+    try:
+        fd = connection.fileno()
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([fd], [], [], 0)[0])
+    except Exception:  # a connection we cannot even ask is not worth keeping
+        return True
+
+
+def _seconds(value: object, what: str) -> float:
+    """Return *value* as float if it is a positive, finite number of seconds."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _shown(url: str) -> str:
+    """*url* for repr and messages: no password, neither before the host nor in the query."""
+    return _QUERY_PASSWORD.sub(r"\1***", redact_url(url))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
@@ -33,14 +34,20 @@ __all__ = ["RedisStore"]
 _T = TypeVar("_T")
 _PREFIX: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _BATCH: Final = 500
+_QUERY_PASSWORD: Final = re.compile(r"(?i)([?&]password=)[^&#]*")
 
-# Every script reads the server's clock itself: lease expiry never depends on a client clock.
+# A script that needs the time reads the server's clock: expiry never depends on a client clock.
+# The time travels as exact decimal text: Lua's tostring keeps only 14 digits (0.1 ms here),
+# so a record's updated_at would not equal its index score, and scan(updated_before=...)
+# would disagree with the record it returns. Text with 6 decimals parses to one and the same
+# double in Lua, in Redis (for scores) and in Python.
 _NOW: Final = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local stamp = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local now = tonumber(stamp)
 """
 
-# KEYS: record, namespace index, states set; ARGV: state-index prefix, state, data, expect
+# KEYS: record, namespace index, states set; ARGV: state-index prefix, state, data, expect, member
 _PUT: Final = (
     _NOW
     + """
@@ -49,28 +56,34 @@ local version = tonumber(current[1]) or 0
 local expect = ARGV[4]
 if expect ~= '' and tonumber(expect) ~= version then return nil end
 local member = ARGV[5]
-if current[2] then redis.call('ZREM', ARGV[1] .. current[2], member) end
+if current[2] and current[2] ~= ARGV[2] then
+  local old = ARGV[1] .. current[2]
+  redis.call('ZREM', old, member)
+  if redis.call('ZCARD', old) == 0 then redis.call('SREM', KEYS[3], current[2]) end
+end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'data', ARGV[3], 'version', version + 1,
-           'updated_at', tostring(now))
-redis.call('ZADD', KEYS[2], now, member)
-redis.call('ZADD', ARGV[1] .. ARGV[2], now, member)
+           'updated_at', stamp)
+redis.call('ZADD', KEYS[2], stamp, member)
+redis.call('ZADD', ARGV[1] .. ARGV[2], stamp, member)
 redis.call('SADD', KEYS[3], ARGV[2])
-return {version + 1, tostring(now)}
+return {version + 1, stamp}
 """
 )
 
-# KEYS: record, namespace index; ARGV: state-index prefix, expect, member
+# KEYS: record, namespace index, states set; ARGV: state-index prefix, expect, member
 _DELETE: Final = """
 local current = redis.call('HMGET', KEYS[1], 'version', 'state')
 if not current[1] then return 0 end
 if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= tonumber(current[1]) then return 0 end
+local index = ARGV[1] .. current[2]
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[3])
-redis.call('ZREM', ARGV[1] .. current[2], ARGV[3])
+redis.call('ZREM', index, ARGV[3])
+if redis.call('ZCARD', index) == 0 then redis.call('SREM', KEYS[3], current[2]) end
 return 1
 """
 
-# KEYS: namespace index, state index; ARGV: record-key prefix, cutoff, batch
+# KEYS: namespace index, state index, states set; ARGV: record-key prefix, cutoff, batch, state
 _PRUNE: Final = """
 local members = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2], 'LIMIT', 0,
                             tonumber(ARGV[3]))
@@ -79,7 +92,41 @@ for _, member in ipairs(members) do
   redis.call('ZREM', KEYS[1], member)
   redis.call('ZREM', KEYS[2], member)
 end
+if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[4]) end
 return #members
+"""
+
+# KEYS: index (of the namespace, or of one state); ARGV: record-key prefix, max score, limit.
+# One script, so a scan sees one moment: no record half-way between two states.
+_SCAN: Final = """
+local members
+if ARGV[3] == '' then
+  members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+else
+  members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+end
+local found = {}
+for _, member in ipairs(members) do
+  local fields = redis.call('HMGET', ARGV[1] .. member, 'state', 'data', 'version', 'updated_at')
+  if fields[1] then
+    found[#found + 1] = member
+    for i = 1, 4 do found[#found + 1] = fields[i] end
+  end
+end
+return found
+"""
+
+# KEYS: states set; ARGV: state-index prefix
+_COUNT: Final = """
+local found = {}
+for _, state in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local n = redis.call('ZCARD', ARGV[1] .. state)
+  if n > 0 then
+    found[#found + 1] = state
+    found[#found + 1] = n
+  end
+end
+return found
 """
 
 # KEYS: lease, fence; ARGV: owner, ttl
@@ -89,10 +136,10 @@ _ACQUIRE: Final = (
 local held = redis.call('HMGET', KEYS[1], 'owner', 'expires_at')
 if held[1] and held[1] ~= '' and tonumber(held[2]) > now then return nil end
 local token = redis.call('INCR', KEYS[2])
-local expires = now + tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', token, 'expires_at', tostring(expires),
+local expires = string.format('%.17g', now + tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', token, 'expires_at', expires,
            'ttl', ARGV[2])
-return token .. ' ' .. tostring(expires)
+return token .. ' ' .. expires
 """
 )
 
@@ -102,9 +149,9 @@ _RENEW: Final = (
     + """
 local held = redis.call('HMGET', KEYS[1], 'owner', 'token', 'expires_at')
 if held[1] ~= ARGV[1] or held[2] ~= ARGV[2] or tonumber(held[3]) <= now then return nil end
-local expires = now + tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], 'expires_at', tostring(expires), 'ttl', ARGV[3])
-return tostring(expires)
+local expires = string.format('%.17g', now + tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], 'expires_at', expires, 'ttl', ARGV[3])
+return expires
 """
 )
 
@@ -144,12 +191,20 @@ class RedisStore:
         prefix: The key prefix (overridden by the URL's ``prefix``); separates several
             deployments in one database.
         socket_timeout: Seconds to wait for any answer: a hung server is a StoreError, not
-            a hang.
+            a hang. A command that timed out is not sent again (a retried script could run
+            twice).
         connect_timeout: Seconds to wait for the connection.
 
     Raises:
         ConfigError: the URL or prefix is malformed, or redis-py is not installed.
         SchemaError: the database holds data from a newer mailtether.
+        StoreError: the server cannot be reached.
+
+    Example:
+        >>> from mailtether import store_from_url
+        >>> store = store_from_url("redis://:pw@redis.internal/0?prefix=mail")  # doctest: +SKIP
+        >>> store  # doctest: +SKIP
+        RedisStore('redis://:***@redis.internal/0?prefix=mail', prefix='mail')
     """
 
     def __init__(
@@ -160,7 +215,10 @@ class RedisStore:
         socket_timeout: float = 5.0,
         connect_timeout: float = 5.0,
     ) -> None:
+        socket_timeout = _seconds(socket_timeout, "socket_timeout")
+        connect_timeout = _seconds(connect_timeout, "connect_timeout")
         redis = require("redis", "redis")
+        retry, backoff = require("redis.retry", "redis"), require("redis.backoff", "redis")
         self._redis = redis
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -169,7 +227,7 @@ class RedisStore:
             raise ConfigError(
                 f"Redis prefix {prefix!r} must be 1-64 characters of A-Z a-z 0-9 _ . -"
             )
-        self.url = redact_url(url)
+        self.url = _shown(url)
         """The URL, password hidden."""
         clean = urlunsplit(parts._replace(query=urlencode(query)))
         try:
@@ -178,6 +236,9 @@ class RedisStore:
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=connect_timeout,
                 decode_responses=True,
+                # No retries: a script whose answer was lost may have run; running it again
+                # would turn a won compare-and-set into a reported loss, or write twice.
+                retry=retry.Retry(backoff.NoBackoff(), 0),
             )
         except ValueError as error:
             raise ConfigError(f"cannot use Redis URL {self.url!r}: {error}") from None
@@ -188,6 +249,8 @@ class RedisStore:
                 ("put", _PUT),
                 ("delete", _DELETE),
                 ("prune", _PRUNE),
+                ("scan", _SCAN),
+                ("count", _COUNT),
                 ("acquire", _ACQUIRE),
                 ("renew", _RENEW),
                 ("release", _RELEASE),
@@ -237,7 +300,7 @@ class RedisStore:
     def now(self) -> float:
         """Return the Redis server's time."""
         seconds, micros = self._run("now", self._client.time)
-        return float(seconds) + float(micros) / 1e6
+        return float(f"{seconds}.{micros:06d}")  # parsed as the scripts parse it
 
     # -- records -----------------------------------------------------------------------------------
 
@@ -317,7 +380,11 @@ class RedisStore:
         deleted = self._run(
             "delete",
             lambda: self._scripts["delete"](
-                keys=[self._record_key(namespace, key), self._index(namespace)],
+                keys=[
+                    self._record_key(namespace, key),
+                    self._index(namespace),
+                    self._states(namespace),
+                ],
                 args=[self._state_prefix(namespace), "" if expect is None else expect, key],
             ),
         )
@@ -331,7 +398,7 @@ class RedisStore:
         updated_before: float | None = None,
         limit: int | None = None,
     ) -> list[Record]:
-        """Return matching records, oldest update first."""
+        """Return matching records, oldest update first, in one script."""
         check_namespace(namespace)
         index = (
             self._index(namespace)
@@ -344,48 +411,57 @@ class RedisStore:
             else f"({check_time(updated_before, 'updated_before')!r}"
         )
         check_limit(limit)
-
-        def fetch() -> list[Record]:
-            if limit is None:
-                members = self._client.zrangebyscore(index, "-inf", high)
-            else:
-                members = self._client.zrangebyscore(index, "-inf", high, start=0, num=limit)
-            found = self.get_many(namespace, members) if members else {}
-            records = [found[member] for member in members if member in found]
-            records.sort(key=lambda record: (record.updated_at, record.key))
-            return records
-
-        return self._run("scan", fetch)
+        found = self._run(
+            "scan",
+            lambda: self._scripts["scan"](
+                keys=[index],
+                args=[f"{self._base}:r:{namespace}|", high, "" if limit is None else limit],
+            ),
+        )
+        # Only records that exist, five fields each, oldest first.
+        return [
+            _existing(namespace, found[at], found[at + 1 : at + 5])
+            for at in range(0, len(found), 5)
+        ]
 
     def count(self, namespace: str) -> dict[str, int]:
-        """Return the number of records in each state."""
+        """Return the number of records in each state, in one script."""
         check_namespace(namespace)
-
-        def fetch() -> dict[str, int]:
-            states = sorted(self._client.smembers(self._states(namespace)))
-            pipe = self._client.pipeline(transaction=False)
-            for state in states:
-                pipe.zcard(self._state_prefix(namespace) + state)
-            return {state: int(n) for state, n in zip(states, pipe.execute(), strict=True) if n}
-
-        return self._run("count", fetch)
+        found = self._run(
+            "count",
+            lambda: self._scripts["count"](
+                keys=[self._states(namespace)], args=[self._state_prefix(namespace)]
+            ),
+        )
+        return {found[at]: int(found[at + 1]) for at in range(0, len(found), 2)}
 
     def prune(self, namespace: str, *, state: str, updated_before: float) -> int:
-        """Delete records in *state* older than *updated_before*, in batches of 500."""
+        """Delete records in *state* older than *updated_before*, 500 per script."""
         check_namespace(namespace)
         check_state(state)
         check_time(updated_before, "updated_before")
         removed = 0
         while True:
-            batch = self._run(
-                "prune",
-                lambda: self._scripts["prune"](
-                    keys=[self._index(namespace), self._state_prefix(namespace) + state],
-                    args=[f"{self._base}:r:{namespace}|", repr(float(updated_before)), _BATCH],
-                ),
+            batch = int(
+                self._run(
+                    "prune",
+                    lambda: self._scripts["prune"](
+                        keys=[
+                            self._index(namespace),
+                            self._state_prefix(namespace) + state,
+                            self._states(namespace),
+                        ],
+                        args=[
+                            f"{self._base}:r:{namespace}|",
+                            repr(float(updated_before)),
+                            _BATCH,
+                            state,
+                        ],
+                    ),
+                )
             )
-            removed += int(batch)
-            if int(batch) < _BATCH:
+            removed += batch
+            if batch < _BATCH:
                 return removed
 
     # -- leases ------------------------------------------------------------------------------------
@@ -452,8 +528,28 @@ class RedisStore:
         return f"RedisStore({self.url!r}, prefix={self._base[1:-1]!r})"
 
 
+def _seconds(value: object, what: str) -> float:
+    """Return *value* as float if it is a positive, finite number of seconds."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _shown(url: str) -> str:
+    """*url* for repr and messages: no password, neither before the host nor in the query."""
+    return _QUERY_PASSWORD.sub(r"\1***", redact_url(url))
+
+
 def _record(namespace: str, key: str, fields: list[Any]) -> Record | None:
+    """The record in HMGET's answer (state, data, version, updated_at), or None if missing."""
+    return None if fields[0] is None else _existing(namespace, key, fields)
+
+
+def _existing(namespace: str, key: str, fields: list[Any]) -> Record:
     state, data, version, updated_at = fields
-    if state is None:
-        return None
     return Record(namespace, key, state, decode_data(data), int(version), float(updated_at))
