@@ -157,12 +157,16 @@ def test_half_close_passes_the_fin_and_the_rest_of_the_reply(proxy, echo):
 def test_a_server_that_is_down_resets_the_client():
     with socket.create_server(("127.0.0.1", 0)) as placeholder:
         free_port = placeholder.getsockname()[1]
-    with (
-        FaultProxy(("127.0.0.1", free_port)) as proxy,
-        socket.create_connection(proxy.address, timeout=2) as client,
-    ):
-        assert read_until_closed(client)[0] == b""
+    with FaultProxy(("127.0.0.1", free_port)) as proxy:
+        try:
+            client = socket.create_connection(proxy.address, timeout=2)
+        except ConnectionResetError:
+            pass  # the reset can already arrive while the connection is being set up
+        else:
+            with client:
+                assert read_until_closed(client)[0] == b""
         eventually(lambda: proxy.connections == 0)
+        assert proxy.accepted == 1
 
 
 # -- reset_all ---------------------------------------------------------------------------------
