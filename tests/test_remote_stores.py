@@ -314,3 +314,13 @@ def test_postgres_starting_again_runs_no_ddl(postgres_server):
         with psycopg.connect(postgres_server.dsn, autocommit=True) as connection:
             connection.execute(f"DROP OWNED BY {prefix}_user")
             connection.execute(f"DROP ROLE {prefix}_user")
+
+
+def test_redact_url_hides_every_password_form():
+    from mailtether._store import redact_url
+
+    assert redact_url("redis://:pw1@h:6379/0?password=pw2&prefix=p") == (
+        "redis://:***@h:6379/0?password=***&prefix=p"
+    )
+    assert redact_url("host=h password=pw3 dbname=d") == "host=h password=*** dbname=d"
+    assert redact_url("sqlite:///var/x.db") == "sqlite:///var/x.db"

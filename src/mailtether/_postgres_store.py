@@ -40,7 +40,6 @@ __all__ = ["PostgresStore"]
 
 _T = TypeVar("_T")
 _PREFIX: Final = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
-_QUERY_PASSWORD: Final = re.compile(r"(?i)(password=)[^&#\s]*")
 _BATCH: Final = 1000
 _POOL: Final = 8
 _NOW: Final = "extract(epoch from clock_timestamp())::float8"
@@ -124,7 +123,7 @@ class PostgresStore:
         connect_timeout = _seconds(connect_timeout, "connect_timeout")
         statement_timeout = _seconds(statement_timeout, "statement_timeout")
         self._psycopg = require("psycopg", "postgres")
-        self.url = _shown(url)
+        self.url = redact_url(url)
         """The URL, password hidden."""
         self._password = ""
         parts = urlsplit(url)
@@ -593,8 +592,3 @@ def _seconds(value: object, what: str) -> float:
 
 def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
-
-
-def _shown(url: str) -> str:
-    """*url* for repr and messages: no password, neither before the host nor in the query."""
-    return _QUERY_PASSWORD.sub(r"\1***", redact_url(url))

@@ -34,7 +34,6 @@ __all__ = ["RedisStore"]
 _T = TypeVar("_T")
 _PREFIX: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _BATCH: Final = 500
-_QUERY_PASSWORD: Final = re.compile(r"(?i)([?&]password=)[^&#]*")
 
 # A script that needs the time reads the server's clock: expiry never depends on a client clock.
 # The time travels as exact decimal text: Lua's tostring keeps only 14 digits (0.1 ms here),
@@ -227,7 +226,7 @@ class RedisStore:
             raise ConfigError(
                 f"Redis prefix {prefix!r} must be 1-64 characters of A-Z a-z 0-9 _ . -"
             )
-        self.url = _shown(url)
+        self.url = redact_url(url)
         """The URL, password hidden."""
         clean = urlunsplit(parts._replace(query=urlencode(query)))
         try:
@@ -538,11 +537,6 @@ def _seconds(value: object, what: str) -> float:
     ):
         raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
     return float(value)
-
-
-def _shown(url: str) -> str:
-    """*url* for repr and messages: no password, neither before the host nor in the query."""
-    return _QUERY_PASSWORD.sub(r"\1***", redact_url(url))
 
 
 def _record(namespace: str, key: str, fields: list[Any]) -> Record | None:

@@ -330,9 +330,16 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
+_QUERY_PASSWORD: Final = re.compile(r"(?i)(password=)[^&#\s]*")
+
+
 def redact_url(url: str) -> str:
-    """Return *url* with any password replaced by ``***``, for repr and messages."""
-    return re.sub(r"(?<=://)([^:/@]*):[^@/]*@", r"\1:***@", url)
+    """Return *url* with any password replaced by ``***``, for repr and messages.
+
+    Both places a password can hide are covered: before the host (``user:pw@``) and as a
+    ``password=`` parameter (a URL query, or a libpq ``key=value`` connection string).
+    """
+    return _QUERY_PASSWORD.sub(r"\1***", re.sub(r"(?<=://)([^:/@]*):[^@/]*@", r"\1:***@", url))
 
 
 def require(module: str, extra: str) -> Any:
