@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from backends import BACKENDS, Backend, make_backend
-from mailtether import Lease, LeaseLost, Record, Store, StoreError
+from mailtether import Lease, LeaseLost, Record, Store, StoreError, Write
 
 
 @pytest.fixture(params=BACKENDS)
@@ -125,6 +125,86 @@ def test_get_many_returns_only_existing(store):
     found = store.get_many("guard", wanted)
     assert set(found) == {f"k{index}" for index in range(0, 1200, 2)}
     assert found["k10"].data == {"i": 10}
+
+
+def test_put_many_applies_each_write_as_put_would(store):
+    existing = store.put("guard", "old", "processing", {"n": 0})
+    store.put("guard", "taken", "done", {})
+    results = store.put_many(
+        [
+            Write("guard", "new", "processing", {"n": 1}, expect=0),
+            Write("guard", "taken", "processing", {"n": 2}, expect=0),  # exists: refused
+            Write("guard", "old", "done", {"n": 3}, expect=existing.version),
+            Write("guard", "ghost", "done", {}, expect=7),  # missing: refused
+            Write("guard-content", "c", "done", {"id": "new"}),
+            Write("guard", "new", "done", {"n": 4}, expect=1),  # sees the first write
+        ]
+    )
+    assert [None if r is None else (r.key, r.state, r.version) for r in results] == [
+        ("new", "processing", 1),
+        None,
+        ("old", "done", existing.version + 1),
+        None,
+        ("c", "done", 1),
+        ("new", "done", 2),
+    ]
+    assert store.get("guard", "new") == results[5]
+    assert store.get("guard", "taken").state == "done"
+    assert store.get("guard", "ghost") is None
+    assert store.get("guard-content", "c").data == {"id": "new"}
+    assert results[0].updated_at == pytest.approx(store.now(), abs=5)
+
+
+def test_put_many_of_nothing_and_of_many(store):
+    assert store.put_many([]) == []
+    results = store.put_many(Write("guard", f"k{i}", "done", {"i": i}) for i in range(1200))
+    assert [r.version for r in results] == [1] * 1200
+    assert store.count("guard") == {"done": 1200}
+
+
+@pytest.mark.parametrize(
+    ("writes", "error"),
+    [
+        (Write("guard", "k", "done", {}), TypeError),
+        ([("guard", "k", "done", {})], TypeError),
+        ([Write("guard", "k", "done", {}), Write("guard", "k", "Bad!", {})], ValueError),
+        (
+            [Write("guard", "k", "done", {}), Write("guard", "j", "done", {"x": object()})],
+            ValueError,
+        ),
+        ([Write("guard", "k", "done", {}, expect=-1)], ValueError),
+    ],
+)
+def test_put_many_checks_every_write_before_applying_any(store, writes, error):
+    with pytest.raises(error):
+        store.put_many(writes)
+    assert store.count("guard") == {}
+
+
+def test_only_one_of_many_concurrent_batches_wins_each_key(backend):
+    won: dict[str, list[int]] = {}
+    barrier = threading.Barrier(4)
+    keys = [f"k{i}" for i in range(50)]
+
+    def contend(index: int) -> None:
+        client = backend.other() if index % 2 else backend.store
+        barrier.wait()
+        results = client.put_many(
+            Write("guard", k, "processing", {"by": index}, expect=0) for k in keys
+        )
+        for key, result in zip(keys, results, strict=True):
+            if result is not None:
+                won.setdefault(key, []).append(index)
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(won) == sorted(keys)
+    assert all(len(winners) == 1 for winners in won.values())
+    for key, winners in won.items():
+        assert backend.store.get("guard", key).data == {"by": winners[0]}
 
 
 def test_scan_count_and_prune(backend):

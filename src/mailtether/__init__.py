@@ -55,7 +55,7 @@ from mailtether._status import (
     StatusBoard,
     StatusChange,
 )
-from mailtether._store import SCHEMA_VERSION, Lease, Record, Store, default_owner
+from mailtether._store import SCHEMA_VERSION, Lease, Record, Store, Write, default_owner
 from mailtether._store_url import store_from_url
 from mailtether._strategies import (
     Capped,
@@ -143,6 +143,7 @@ __all__ = [
     "SystemClock",
     "TLSFailure",
     "Tiered",
+    "Write",
     "acquire_lease",
     "check",
     "content_digest",

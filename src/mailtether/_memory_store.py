@@ -13,15 +13,16 @@ from mailtether._errors import StoreError
 from mailtether._store import (
     Lease,
     Record,
+    Write,
     check_expect,
     check_key,
     check_lease,
     check_limit,
     check_namespace,
-    check_put,
     check_state,
     check_time,
     check_ttl,
+    check_writes,
     decode_data,
     encode_data,
     lease_lost,
@@ -134,23 +135,37 @@ class MemoryStore:
         expect: int | None = None,
     ) -> Record | None:
         """Write a record, compare-and-set on its version if *expect* is given."""
-        check_put(namespace, key, state, expect)
-        # Validated and copied exactly as a backend that serialises would keep it.
-        flat = _flat_copy(data) if isinstance(data, dict) else None
-        payload: str | dict[str, Any] = flat if flat is not None else encode_data(data)
+        return self.put_many([Write(namespace, key, state, data, expect)])[0]
+
+    def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
+        """Apply several writes as :meth:`put` would, under one lock."""
+        checked = check_writes(writes)
+        # Validated and copied exactly as a backend that serialises would keep them.
+        payloads: list[str | dict[str, Any]] = []
+        for write in checked:
+            flat = _flat_copy(write.data) if isinstance(write.data, dict) else None
+            payloads.append(flat if flat is not None else encode_data(write.data))
         now = self._clock.time()
+        results: list[Record | None] = []
         with self._lock:
             if self._closed:
                 raise StoreError("MemoryStore is closed")
-            space = self._records.get(namespace)
-            if space is None:
-                space = self._records[namespace] = {}
-            current = space.get(key)
-            version = current.version if current is not None else 0
-            if expect is not None and expect != version:
-                return None
-            space[key] = _Stored(state, payload, version + 1, now)
-        return Record(namespace, key, state, dict(data), version + 1, now)
+            for write, payload in zip(checked, payloads, strict=True):
+                space = self._records.get(write.namespace)
+                if space is None:
+                    space = self._records[write.namespace] = {}
+                current = space.get(write.key)
+                version = current.version if current is not None else 0
+                if write.expect is not None and write.expect != version:
+                    results.append(None)
+                    continue
+                space[write.key] = _Stored(write.state, payload, version + 1, now)
+                results.append(
+                    Record(
+                        write.namespace, write.key, write.state, dict(write.data), version + 1, now
+                    )
+                )
+        return results
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""

@@ -20,6 +20,7 @@ from mailtether._store import (
     SCHEMA_VERSION,
     Lease,
     Record,
+    Write,
     check_expect,
     check_key,
     check_lease,
@@ -29,6 +30,7 @@ from mailtether._store import (
     check_state,
     check_time,
     check_ttl,
+    check_writes,
     decode_data,
     encode_data,
     lease_lost,
@@ -297,34 +299,54 @@ class PostgresStore:
     ) -> Record | None:
         """Write a record, compare-and-set on its version if *expect* is given."""
         check_put(namespace, key, state, expect)
-        text = encode_data(data)
+        row = self._one("put", *self._put_statement(Write(namespace, key, state, data, expect)))
+        if row is None:
+            return None
+        return Record(namespace, key, state, dict(data), int(row[0]), float(row[1]))
+
+    def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
+        """Apply several writes as :meth:`put` would, in one transaction."""
+        checked = check_writes(writes)
+        if not checked:
+            return []
+        statements = [self._put_statement(write) for write in checked]
+
+        def apply(connection: Any) -> list[Any]:
+            with connection.transaction():
+                return [connection.execute(sql, params).fetchone() for sql, params in statements]
+
+        rows = self._run("put_many", apply)
+        return [
+            None
+            if row is None
+            else Record(write.namespace, write.key, write.state, dict(write.data), *_stamp(row))
+            for write, row in zip(checked, rows, strict=True)
+        ]
+
+    def _put_statement(self, write: Write) -> tuple[str, tuple[Any, ...]]:
+        text = encode_data(write.data)
         table = f"{self._p}_records"
-        if expect is None:
+        if write.expect is None:
             sql = (
                 f"INSERT INTO {table} AS r (namespace, key, state, data, version, updated_at) "  # noqa: S608
                 f"VALUES (%s, %s, %s, %s, 1, {_NOW}) ON CONFLICT (namespace, key) DO UPDATE SET "
                 "state = excluded.state, data = excluded.data, version = r.version + 1, "
                 "updated_at = excluded.updated_at RETURNING version, updated_at"
             )
-            params: tuple[Any, ...] = (namespace, key, state, text)
-        elif expect == 0:
+            return sql, (write.namespace, write.key, write.state, text)
+        if write.expect == 0:
             sql = (
                 f"INSERT INTO {table} (namespace, key, state, data, version, updated_at) "  # noqa: S608
                 f"VALUES (%s, %s, %s, %s, 1, {_NOW}) ON CONFLICT (namespace, key) DO NOTHING "
                 "RETURNING version, updated_at"
             )
-            params = (namespace, key, state, text)
-        else:
-            sql = (
-                f"UPDATE {table} SET state = %s, data = %s, version = version + 1, "  # noqa: S608
-                f"updated_at = {_NOW} WHERE namespace = %s AND key = %s AND version = %s "
-                "RETURNING version, updated_at"
-            )
-            params = (state, text, namespace, key, expect)
-        row = self._one("put", sql, params)
-        if row is None:
-            return None
-        return Record(namespace, key, state, dict(data), int(row[0]), float(row[1]))
+            return sql, (write.namespace, write.key, write.state, text)
+        sql = (
+            f"UPDATE {table} SET state = %s, data = %s, version = version + 1, "  # noqa: S608
+            f"updated_at = {_NOW} WHERE namespace = %s AND key = %s AND version = %s "
+            "RETURNING version, updated_at"
+        )
+        return sql, (write.state, text, write.namespace, write.key, write.expect)
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""
@@ -592,3 +614,8 @@ def _seconds(value: object, what: str) -> float:
 
 def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
+
+
+def _stamp(row: Any) -> tuple[int, float]:
+    """The version and ``updated_at`` a write's ``RETURNING`` gave."""
+    return int(row[0]), float(row[1])

@@ -13,15 +13,16 @@ from mailtether._store import (
     SCHEMA_VERSION,
     Lease,
     Record,
+    Write,
     check_expect,
     check_key,
     check_lease,
     check_limit,
     check_namespace,
-    check_put,
     check_state,
     check_time,
     check_ttl,
+    check_writes,
     decode_data,
     encode_data,
     lease_lost,
@@ -347,29 +348,58 @@ class RedisStore:
         expect: int | None = None,
     ) -> Record | None:
         """Write a record, compare-and-set on its version if *expect* is given."""
-        check_put(namespace, key, state, expect)
-        text = encode_data(data)
-        result = self._run(
-            "put",
-            lambda: self._scripts["put"](
-                keys=[
-                    self._record_key(namespace, key),
-                    self._index(namespace),
-                    self._states(namespace),
-                ],
-                args=[
-                    self._state_prefix(namespace),
-                    state,
-                    text,
-                    "" if expect is None else expect,
-                    key,
-                ],
-            ),
-        )
-        if result is None:
-            return None
-        version, updated_at = result
-        return Record(namespace, key, state, dict(data), int(version), float(updated_at))
+        return self.put_many([Write(namespace, key, state, data, expect)])[0]
+
+    def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
+        """Apply several writes as :meth:`put` would, pipelined (each one atomic, by script)."""
+        checked = check_writes(writes)
+        if not checked:
+            return []
+        texts = [encode_data(write.data) for write in checked]
+
+        def apply() -> list[Any]:
+            results: list[Any] = []
+            for start in range(0, len(checked), _BATCH):
+                pipe = self._client.pipeline(transaction=False)
+                for write, text in zip(
+                    checked[start : start + _BATCH], texts[start : start + _BATCH], strict=True
+                ):
+                    self._scripts["put"](
+                        keys=[
+                            self._record_key(write.namespace, write.key),
+                            self._index(write.namespace),
+                            self._states(write.namespace),
+                        ],
+                        args=[
+                            self._state_prefix(write.namespace),
+                            write.state,
+                            text,
+                            "" if write.expect is None else write.expect,
+                            write.key,
+                        ],
+                        client=pipe,
+                    )
+                results.extend(pipe.execute())
+            return results
+
+        records: list[Record | None] = []
+        results = self._run("put_many" if len(checked) > 1 else "put", apply)
+        for write, result in zip(checked, results, strict=True):
+            if result is None:
+                records.append(None)
+                continue
+            version, updated_at = result
+            records.append(
+                Record(
+                    write.namespace,
+                    write.key,
+                    write.state,
+                    dict(write.data),
+                    int(version),
+                    float(updated_at),
+                )
+            )
+        return records
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""

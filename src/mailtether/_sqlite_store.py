@@ -16,6 +16,7 @@ from mailtether._store import (
     SCHEMA_VERSION,
     Lease,
     Record,
+    Write,
     check_expect,
     check_key,
     check_lease,
@@ -25,6 +26,7 @@ from mailtether._store import (
     check_state,
     check_time,
     check_ttl,
+    check_writes,
     decode_data,
     encode_data,
     lease_lost,
@@ -34,6 +36,20 @@ __all__ = ["SQLiteStore"]
 
 _T = TypeVar("_T")
 _BATCH: Final = 500  # well under SQLite's 32 766 host parameters, and fast to plan
+_UPSERT: Final = (
+    "INSERT INTO mailtether_records (namespace, key, state, data, version, updated_at) "
+    "VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (namespace, key) DO UPDATE SET "
+    "state = excluded.state, data = excluded.data, version = version + 1, "
+    "updated_at = excluded.updated_at RETURNING version"
+)
+_INSERT_NEW: Final = (
+    "INSERT INTO mailtether_records (namespace, key, state, data, version, updated_at) "
+    "VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (namespace, key) DO NOTHING RETURNING version"
+)
+_UPDATE_AT: Final = (
+    "UPDATE mailtether_records SET state = ?, data = ?, version = version + 1, "
+    "updated_at = ? WHERE namespace = ? AND key = ? AND version = ? RETURNING version"
+)
 _SELECT_MANY: Final = (
     "SELECT key, state, data, version, updated_at FROM mailtether_records "
     "WHERE namespace = ? AND key IN ({marks})"
@@ -230,33 +246,32 @@ class SQLiteStore:
     ) -> Record | None:
         """Write a record, compare-and-set on its version if *expect* is given."""
         check_put(namespace, key, state, expect)
-        text = encode_data(data)
         now = self._clock.time()
-        if expect is None:
-            sql = (
-                "INSERT INTO mailtether_records (namespace, key, state, data, version, updated_at) "
-                "VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (namespace, key) DO UPDATE SET "
-                "state = excluded.state, data = excluded.data, version = version + 1, "
-                "updated_at = excluded.updated_at RETURNING version"
-            )
-            params: tuple[Any, ...] = (namespace, key, state, text, now)
-        elif expect == 0:
-            sql = (
-                "INSERT INTO mailtether_records (namespace, key, state, data, version, updated_at) "
-                "VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (namespace, key) DO NOTHING "
-                "RETURNING version"
-            )
-            params = (namespace, key, state, text, now)
-        else:
-            sql = (
-                "UPDATE mailtether_records SET state = ?, data = ?, version = version + 1, "
-                "updated_at = ? WHERE namespace = ? AND key = ? AND version = ? RETURNING version"
-            )
-            params = (state, text, now, namespace, key, expect)
+        sql, params = _put_statement(Write(namespace, key, state, data, expect), now)
         row = self._run("put", lambda c: c.execute(sql, params).fetchone())
         if row is None:
             return None
         return Record(namespace, key, state, dict(data), int(row[0]), now)
+
+    def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
+        """Apply several writes as :meth:`put` would, in one transaction."""
+        checked = check_writes(writes)
+        if not checked:
+            return []
+        now = self._clock.time()
+        statements = [_put_statement(write, now) for write in checked]
+
+        def apply(connection: sqlite3.Connection) -> list[Any]:
+            with self._transaction(connection):
+                return [connection.execute(sql, params).fetchone() for sql, params in statements]
+
+        rows = self._run("put_many", apply)
+        return [
+            None
+            if row is None
+            else Record(write.namespace, write.key, write.state, dict(write.data), int(row[0]), now)
+            for write, row in zip(checked, rows, strict=True)
+        ]
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""
@@ -418,3 +433,13 @@ class SQLiteStore:
 def _record(namespace: str, row: tuple[Any, ...]) -> Record:
     key, state, data, version, updated_at = row
     return Record(namespace, key, state, decode_data(data), int(version), float(updated_at))
+
+
+def _put_statement(write: Write, now: float) -> tuple[str, tuple[Any, ...]]:
+    """The SQL and parameters of one put (the arguments are checked already)."""
+    text = encode_data(write.data)
+    if write.expect is None:
+        return _UPSERT, (write.namespace, write.key, write.state, text, now)
+    if write.expect == 0:
+        return _INSERT_NEW, (write.namespace, write.key, write.state, text, now)
+    return _UPDATE_AT, (write.state, text, now, write.namespace, write.key, write.expect)

@@ -38,6 +38,7 @@ __all__ = [
     "Lease",
     "Record",
     "Store",
+    "Write",
     "default_owner",
 ]
 
@@ -71,6 +72,26 @@ class Record:
     data: Mapping[str, Any]
     version: int
     updated_at: float
+
+
+@attrs.frozen
+class Write:
+    """One write for :meth:`Store.put_many`: the arguments :meth:`Store.put` takes.
+
+    Attributes:
+        namespace: The record's namespace.
+        key: Its key.
+        state: Its new state tag.
+        data: Its new JSON document.
+        expect: ``None`` (write unconditionally), ``0`` (only if absent) or the version the
+            record must still have.
+    """
+
+    namespace: str
+    key: str
+    state: str
+    data: Mapping[str, Any]
+    expect: int | None = None
 
 
 @attrs.frozen
@@ -141,6 +162,19 @@ class Store(Protocol):
 
         Returns:
             The new record, or ``None`` if *expect* did not match (nothing was written).
+        """
+        ...
+
+    def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
+        """Apply several writes, each exactly as :meth:`put` would, in order.
+
+        One transaction (SQLite, PostgreSQL) or one pipelined round trip (Redis) for the lot,
+        which is what makes recording a batch of outcomes cheap. Each write's
+        compare-and-set is decided on its own: one that does not match gives ``None`` in its
+        place and the others still apply. Every write is checked before any is applied.
+
+        Returns:
+            The new record or ``None`` for each write, in the order given.
         """
         ...
 
@@ -270,6 +304,19 @@ def check_put(namespace: object, key: object, state: object, expect: object) -> 
     check_key(key)
     check_state(state)
     check_expect(expect)
+
+
+def check_writes(writes: object) -> list[Write]:
+    """Return *writes* as a list after checking every one as ``put`` checks its arguments."""
+    if isinstance(writes, Write | str | bytes | Mapping) or not isinstance(writes, Iterable):
+        raise TypeError(f"put_many takes an iterable of Write, not {type(writes).__name__}")
+    checked: list[Write] = []
+    for write in writes:
+        if not isinstance(write, Write):
+            raise TypeError(f"put_many takes Write objects, not {type(write).__name__}")
+        check_put(write.namespace, write.key, write.state, write.expect)
+        checked.append(write)
+    return checked
 
 
 def lease_lost(lease: Lease) -> LeaseLost:
