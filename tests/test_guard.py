@@ -265,3 +265,107 @@ def test_claim_refuses_a_non_key(backend):
 def test_content_digest_ignores_line_endings():
     assert content_digest(b"a\r\nb\r\n") == content_digest(b"a\nb\n")
     assert content_digest(b"a\r\nb") != content_digest(b"a\r\nc")
+
+
+# -- batches -----------------------------------------------------------------------------------
+
+
+def test_claim_many_decides_as_claim_does(backend):
+    guard = DuplicateGuard(backend.store, repeat="skip", max_failures=2)
+    done_before = key(1, raw=mail(1, "<m1@x>"))
+    with guard.claim(done_before):
+        pass
+    failed_before = key(2, raw=mail(2))
+    with pytest.raises(ValueError, match="boom"), guard.claim(failed_before):
+        raise ValueError("boom")
+    same_content = key(3, raw=mail(1, "<m1@x>"))  # the done mail under a new UID
+    fresh = [key(uid, raw=mail(uid)) for uid in (4, 5, 6)]
+    claims = guard.claim_many([done_before, failed_before, same_content, *fresh])
+    assert [c.key for c in claims] == [done_before, failed_before, same_content, *fresh]
+    assert [c.status for c in claims] == [
+        ClaimStatus.DONE,
+        ClaimStatus.NEW,
+        ClaimStatus.DUPLICATE,
+        ClaimStatus.NEW,
+        ClaimStatus.NEW,
+        ClaimStatus.NEW,
+    ]
+    assert [c.attempt for c in claims if c.acquired] == [2, 1, 1, 1]
+    assert DuplicateGuard(backend.other()).claim(fresh[0]).status is ClaimStatus.BUSY
+    guard.finish_many([(claims[1], "ValueError: again"), (claims[3], None), (claims[4], None)])
+    assert guard.lookup(failed_before).state == "held"
+    assert guard.lookup(fresh[0]).state == "done"
+    assert guard.lookup(fresh[2]).state == "processing"
+    claims[5].done()
+    # The content of the done ones is known: the same mail under yet another UID is a duplicate.
+    again = key(9, raw=mail(4))
+    assert guard.claim(again).status is ClaimStatus.DUPLICATE
+    assert guard.counts() == {"processing": 0, "done": 6, "failed": 0, "held": 1, "dropped": 0}
+
+
+def test_claim_many_gets_each_key_for_only_one_of_many_workers(backend):
+    keys = [key(uid) for uid in range(1, 41)]
+    won: list[MessageKey] = []
+    barrier = threading.Barrier(4)
+
+    def work(index: int) -> None:
+        store = backend.other() if index % 2 else backend.store
+        guard = DuplicateGuard(store, owner=f"w{index}", repeat="skip")
+        barrier.wait()
+        claims = guard.claim_many(keys)
+        mine = [c for c in claims if c.acquired]
+        won.extend(c.key for c in mine)
+        guard.finish_many((c, None) for c in mine)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(k.uid or 0 for k in won) == list(range(1, 41))
+    assert DuplicateGuard(backend.store).counts()["done"] == 40
+
+
+def test_claim_many_gives_back_its_claims_when_a_repeat_blocks(backend):
+    guard = DuplicateGuard(backend.store, repeat="block")
+    with guard.claim(key(2)):
+        pass
+    with pytest.raises(RepeatedMessage):
+        guard.claim_many([key(1), key(2), key(3)])
+    assert guard.lookup(key(1)) is None, "the new claims were undone"
+    assert guard.lookup(key(3)) is None
+    assert guard.claim(key(1)).attempt == 1
+
+
+def test_claim_many_refuses_bad_input(backend):
+    guard = DuplicateGuard(backend.store)
+    with pytest.raises(TypeError, match="MessageKey"):
+        guard.claim_many(["not a key"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="twice"):
+        guard.claim_many([key(1), key(1)])
+    assert guard.claim_many([]) == []
+
+
+def test_finish_many_reports_a_lost_claim_and_records_the_rest(backend):
+    slow = DuplicateGuard(backend.store, claim_ttl=0.3, owner="slow")
+    claims = slow.claim_many([key(1), key(2)])
+    backend.pass_time(0.35)
+    assert DuplicateGuard(backend.other(), claim_ttl=0.3).claim(key(1)).acquired
+    with pytest.raises(ClaimLost, match="handled twice"):
+        slow.finish_many([(claims[0], None), (claims[1], None)])
+    assert slow.lookup(key(2)).state == "done"
+    assert slow.lookup(key(1)).state == "processing", "the other worker's claim stands"
+
+
+def test_finish_many_refuses_a_claim_twice_or_not_yours(backend):
+    guard = DuplicateGuard(backend.store, repeat="skip")
+    claim = guard.claim(key(1))
+    with pytest.raises(RuntimeError, match="twice"):
+        guard.finish_many([(claim, None), (claim, None)])
+    assert guard.lookup(key(1)).state == "processing", "nothing was recorded"
+    claim.done()
+    with pytest.raises(RuntimeError, match="already finished"):
+        guard.finish_many([(claim, None)])
+    skipped = guard.claim(key(1))
+    with pytest.raises(RuntimeError, match="not yours"):
+        guard.finish_many([(skipped, None)])
