@@ -9,7 +9,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from email.message import EmailMessage
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import attrs
 
@@ -19,7 +19,7 @@ from mailtether._errors import (
     ConnectionLost,
     MailServerError,
 )
-from mailtether._guard import ClaimStatus, DuplicateGuard
+from mailtether._guard import Claim, ClaimStatus, DuplicateGuard
 from mailtether._imap_connection import ImapConnection
 from mailtether._imap_settings import ImapSettings
 from mailtether._keepalive import Keepalive
@@ -33,7 +33,12 @@ __all__ = ["Delivery", "ImapListener"]
 
 log = logging.getLogger("mailtether.listener")
 
-_FETCH_BATCH: Final = 50
+# Mails per FETCH: up to _FETCH_MOST, fewer when they are big (about _FETCH_BYTES per batch,
+# by the average size of the last batch), so a mailbox of large mail cannot fill memory.
+_FETCH_FIRST: Final = 50
+_FETCH_LEAST: Final = 5
+_FETCH_MOST: Final = 500
+_FETCH_BYTES: Final = 16 * 2**20
 _CURSORS: Final = "cursor"
 _BACKOFFS: Final = "backoff"
 _OUTBOX: Final = "outbox"
@@ -134,6 +139,11 @@ class ImapListener(_SourceRunner):
             IDLE, as a safety net).
         lease_ttl: The mailbox lease's TTL, renewed by a heartbeat; ``None`` disables the
             lease (one listener per mailbox guaranteed by you).
+        commit_window: Outcomes of fast handlers are recorded together, in one store write,
+            once the handlers behind them have run this many seconds in all (and always
+            before the mailbox is changed); a handler that runs longer has its outcome
+            recorded at once. A hard crash (``kill -9``, power loss) can therefore hand out
+            again at most this much handler work. ``0`` records every outcome on its own.
         name: The source's name in status and logs; default ``user@host/folder``.
         clock: The clock for reconnect waits.
     """
@@ -157,6 +167,7 @@ class ImapListener(_SourceRunner):
         mode: Literal["auto", "poll"] = "auto",
         poll_interval: float = 60.0,
         lease_ttl: float | None = 60.0,
+        commit_window: float = 0.01,
         name: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
@@ -186,6 +197,16 @@ class ImapListener(_SourceRunner):
         if mode not in ("auto", "poll"):
             raise ValueError(f"mode must be 'auto' or 'poll', got {mode!r}")
         self.mode = mode
+        if (
+            isinstance(commit_window, bool)
+            or not isinstance(commit_window, int | float)
+            or not 0 <= commit_window < float("inf")
+        ):
+            raise ValueError(
+                f"commit_window must be a finite number of seconds >= 0, got {commit_window!r}"
+            )
+        self.commit_window = float(commit_window)
+        """Seconds of handler work whose outcomes may wait to be recorded together."""
         self._connection: ImapConnection | None = None
 
     # -- running ---------------------------------------------------------------------------------
@@ -267,26 +288,24 @@ class ImapListener(_SourceRunner):
             self._apply_many(connection, unfinished, self.after)
         todo = sorted(fresh | set(self._retryable_uids(uidvalidity)))
         handled = 0
-        for start in range(0, len(todo), _FETCH_BATCH):
-            batch = todo[start : start + _FETCH_BATCH]
+        size = _FETCH_FIRST
+        start = 0
+        while start < len(todo):
+            batch = todo[start : start + size]
+            start += len(batch)
             check()  # the lease may have been lost during the last batch
             fetched = connection.call(
                 "fetching new mail", client.fetch, batch, ["BODY.PEEK[]", "FLAGS"]
             )
-            finished: list[MessageKey] = []
-            failed = done = 0
+            mails: list[tuple[int, bytes, tuple[bytes, ...]]] = []
             for uid in batch:
                 data = fetched.get(uid)
-                if data is None or b"BODY[]" not in data:
-                    continue  # expunged meanwhile
-                outcome, key = self._deliver(connection, uid, data)
-                if outcome in ("done", "finish"):
-                    finished.append(key)
-                    done += outcome == "done"
-                elif outcome == "failed":
-                    failed += 1
-            # The outcomes are recorded; now the mailbox changes, one command for the batch.
-            self._apply_many(connection, finished, self.after)
+                if data is not None and b"BODY[]" in data:  # else expunged meanwhile
+                    mails.append((uid, bytes(data[b"BODY[]"]), tuple(data.get(b"FLAGS", ()))))
+            if mails:
+                average = sum(len(raw) for _, raw, _ in mails) // len(mails) or 1
+                size = max(_FETCH_LEAST, min(_FETCH_MOST, _FETCH_BYTES // average))
+            done, failed = self._handle(connection, mails, fresh)
             handled += done
             if done or failed:
                 self.status.count(self.name, processed=done, failed=failed)
@@ -298,6 +317,116 @@ class ImapListener(_SourceRunner):
                 _CURSORS, self.name, "active", {"uidvalidity": uidvalidity, "last_uid": uids[-1]}
             )
         return handled
+
+    def _handle(
+        self,
+        connection: ImapConnection,
+        mails: list[tuple[int, bytes, tuple[bytes, ...]]],
+        fresh: set[int],
+    ) -> tuple[int, int]:
+        """Hand one fetched batch over; record the outcomes; change the mailbox.
+
+        Mail the guard has never seen is claimed in one store write and its outcomes are
+        recorded in groups (see *commit_window*); mail it knows (a retry, a claim that
+        expired in a crash) goes one at a time, each outcome recorded at once, so a mail
+        that crashes the process is blamed alone. Returns how many were done and failed.
+        """
+        assert connection.uidvalidity is not None
+        account, folder, uidvalidity = (
+            self.settings.username,
+            self.settings.folder,
+            connection.uidvalidity,
+        )
+        keys = {
+            uid: MessageKey.imap(account, folder, uidvalidity, uid, raw=raw)
+            for uid, raw, _ in mails
+        }
+        claims = {
+            claim.key.uid: claim
+            for claim in self.guard.claim_many(keys[uid] for uid, _, _ in mails if uid in fresh)
+        }
+        finished: list[MessageKey] = []  # recorded as done: the post-action is due
+        poisoned: list[MessageKey] = []
+        pending: list[tuple[Claim, str | None]] = []
+        work = 0.0  # handler seconds behind the pending outcomes
+        claimed_at = self.clock.monotonic()
+        done = failed = 0
+
+        def record() -> None:
+            nonlocal work, done, failed
+            if not pending:
+                return
+            outcomes = pending[:]
+            pending.clear()
+            work = 0.0
+            self.guard.finish_many(outcomes)
+            for claim, error in outcomes:
+                if error is None:
+                    finished.append(claim.key)
+                    done += 1
+                else:
+                    failed += 1
+                    if claim.attempt >= self.guard.max_failures:
+                        poisoned.append(claim.key)
+
+        try:
+            for uid, raw, flags in mails:
+                key = keys[uid]
+                claim = claims.pop(uid, None)
+                if claim is None:  # known to the guard: one at a time, recorded at once
+                    claim = self.guard.claim(key)
+                    outcome = self._after_claim(connection, claim, uid, flags, raw)
+                elif claim.acquired:
+                    if self.clock.monotonic() - claimed_at > self.guard.claim_ttl / 2:
+                        claim.extend()  # slow handlers: the batch's claims must not expire
+                        for waiting in claims.values():
+                            if waiting.acquired:
+                                waiting.extend()
+                        claimed_at = self.clock.monotonic()
+                    began = self.clock.monotonic()
+                    error = self._run_handler(Delivery(key, uid, flags, raw, claim.attempt), claim)
+                    pending.append((claim, error))
+                    work += self.clock.monotonic() - began
+                    if work >= self.commit_window:
+                        record()
+                    continue
+                else:
+                    outcome = self._not_new(connection, claim)
+                if outcome == "done":
+                    finished.append(key)
+                    done += 1
+                elif outcome == "finish":
+                    finished.append(key)
+                elif outcome == "failed":
+                    failed += 1
+        except BaseException:
+            try:
+                record()  # whatever went wrong, what was handled is recorded
+            except Exception as error:  # do not hide the first fault behind this one
+                log.error("%s: could not record the outcomes of handled mail: %s", self.name, error)
+            raise
+        finally:
+            for unstarted in claims.values():
+                if unstarted.acquired:
+                    unstarted._give_back()
+        record()
+        for key in poisoned:
+            self._apply(connection, key, self.on_poison)
+        # The outcomes are recorded; now the mailbox changes, one command for the batch.
+        self._apply_many(connection, finished, self.after)
+        return done, failed
+
+    def _run_handler(self, delivery: Delivery, claim: Claim) -> str | None:
+        """Run the handler; return ``None`` or the error as text (a failed attempt)."""
+        try:
+            self._hand_over(delivery)
+        except Exception as error:
+            log.warning("%s: handler failed on %s: %s", self.name, delivery.key, error)
+            return f"{type(error).__name__}: {error}"
+        except BaseException:  # KeyboardInterrupt, SystemExit: not the mail's fault
+            claim.abandon()
+            raise
+        return None
 
     def _retryable_uids(self, uidvalidity: int) -> Iterable[int]:
         """UIDs of this folder whose last attempt failed, or whose claim expired."""
@@ -312,39 +441,41 @@ class ImapListener(_SourceRunner):
                     continue  # another worker is on it
                 yield MessageKey.from_id(record.key).uid or 0
 
-    def _deliver(
-        self, connection: ImapConnection, uid: int, data: dict[bytes, Any]
-    ) -> tuple[str, MessageKey]:
-        """Claim and handle one mail.
+    def _after_claim(
+        self,
+        connection: ImapConnection,
+        claim: Claim,
+        uid: int,
+        flags: tuple[bytes, ...],
+        raw: bytes,
+    ) -> str:
+        """Handle one claimed mail, its outcome recorded at once.
 
         Returns ``"done"`` (handled now; post-action due), ``"finish"`` (handled before; only
-        the post-action is due), ``"failed"`` or ``"skip"``, with the mail's key.
+        the post-action is due), ``"failed"`` or ``"skip"``.
         """
-        raw = bytes(data[b"BODY[]"])
-        flags = tuple(data.get(b"FLAGS", ()))
-        assert connection.uidvalidity is not None
-        key = MessageKey.imap(
-            self.settings.username, self.settings.folder, connection.uidvalidity, uid, raw=raw
-        )
-        claim = self.guard.claim(key)
-        if claim.status is ClaimStatus.NEW:
-            delivery = Delivery(key, uid, flags, raw, claim.attempt)
-            try:
-                with claim:
-                    self._hand_over(delivery)
-            except Exception as error:
-                log.warning("%s: handler failed on %s: %s", self.name, key, error)
-                entry = self.guard.lookup(key)
-                if entry is not None and entry.state == "held":
-                    self._apply(connection, key, self.on_poison)
-                return "failed", key
-            return "done", key
+        if not claim.acquired:
+            return self._not_new(connection, claim)
+        with claim:
+            error = self._run_handler(Delivery(claim.key, uid, flags, raw, claim.attempt), claim)
+            if error is not None:
+                claim.fail(error)
+        if error is None:
+            return "done"
+        entry = self.guard.lookup(claim.key)
+        if entry is not None and entry.state == "held":
+            self._apply(connection, claim.key, self.on_poison)
+        return "failed"
+
+    def _not_new(self, connection: ImapConnection, claim: Claim) -> str:
+        """What a claim that is not ours to handle asks of the mailbox."""
+        key = claim.key
         if claim.status in (ClaimStatus.DONE, ClaimStatus.DUPLICATE):
             if self.store.get(_OUTBOX, key.id) is not None or claim.status is ClaimStatus.DUPLICATE:
-                return "finish", key
+                return "finish"
         elif claim.status is ClaimStatus.QUARANTINE:
             self._apply(connection, key, self.on_poison)
-        return "skip", key
+        return "skip"
 
     def _hand_over(self, delivery: Delivery) -> None:
         if self.deliver == "message":

@@ -1,0 +1,180 @@
+"""How ImapListener records outcomes of a fetched batch: grouped, never lost, blamed alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailtether import Delivery, DuplicateGuard, ImapListener, ImapSettings, SQLiteStore
+from mailtether.testing import FakeClock
+
+WORKER = Path(__file__).parent / "listener_worker.py"
+
+
+def mail(n: int) -> bytes:
+    head = f"From: a@example.com\r\nMessage-ID: <b{n}@example.com>\r\nSubject: mail {n}\r\n"
+    return f"{head}\r\n{n}\r\n".encode()
+
+
+@pytest.fixture
+def store(tmp_path) -> Iterator[SQLiteStore]:
+    opened = SQLiteStore(tmp_path / "state.db")
+    yield opened
+    opened.close()
+
+
+def settings_for(mailbox) -> ImapSettings:
+    return ImapSettings(
+        "127.0.0.1",
+        mailbox.user,
+        mailbox.password,
+        port=mailbox.server.imap_port,
+        security="plain",
+    )
+
+
+def subject(delivery: Delivery) -> str:
+    return str(delivery.message["Subject"])
+
+
+@pytest.mark.parametrize(
+    ("window", "recorded_when_handling"),
+    [
+        # 4 ms of handler work per mail: with a 10 ms window, every third outcome records
+        # the group; with 0, each outcome is recorded before the next mail is handed out.
+        (0.01, {1: 0, 2: 0, 3: 0, 4: 3, 5: 3, 6: 3, 7: 6}),
+        (0.0, {1: 0, 2: 1, 3: 2, 4: 3, 5: 4, 6: 5, 7: 6}),
+    ],
+)
+def test_outcomes_are_recorded_in_groups_of_at_most_the_window(
+    mailbox, store, window, recorded_when_handling
+):
+    for n in range(1, 8):
+        mailbox.append(mail(n))
+    clock = FakeClock()
+    guard = DuplicateGuard(store)
+    seen: dict[int, int] = {}
+
+    def handler(delivery: Delivery) -> None:
+        seen[delivery.uid] = guard.counts()["done"]
+        clock.advance(0.004)
+
+    listener = ImapListener(
+        settings_for(mailbox),
+        handler,
+        store=store,
+        guard=guard,
+        clock=clock,
+        lease_ttl=None,
+        commit_window=window,
+    )
+    assert listener.poll_once() == 7
+    assert seen == recorded_when_handling
+    assert guard.counts()["done"] == 7
+
+
+def test_a_slow_handler_has_its_outcome_recorded_at_once(mailbox, store):
+    for n in range(1, 4):
+        mailbox.append(mail(n))
+    clock = FakeClock()
+    guard = DuplicateGuard(store)
+    seen: dict[int, int] = {}
+
+    def handler(delivery: Delivery) -> None:
+        seen[delivery.uid] = guard.counts()["done"]
+        clock.advance(0.5)  # slower than the window: nothing waits behind it
+
+    listener = ImapListener(
+        settings_for(mailbox), handler, store=store, guard=guard, clock=clock, lease_ttl=None
+    )
+    listener.poll_once()
+    assert seen == {1: 0, 2: 1, 3: 2}
+
+
+def test_an_interrupt_records_what_was_handled_and_gives_the_rest_back(mailbox, store):
+    for n in range(1, 7):
+        mailbox.append(mail(n))
+    calls: Counter[str] = Counter()
+    guard = DuplicateGuard(store)
+
+    def interrupted(delivery: Delivery) -> None:
+        calls[subject(delivery)] += 1
+        if subject(delivery) == "mail 4":
+            raise KeyboardInterrupt
+
+    listener = ImapListener(
+        settings_for(mailbox),
+        interrupted,
+        store=store,
+        guard=guard,
+        lease_ttl=None,
+        commit_window=60,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        listener.poll_once()
+    assert guard.counts() == {"processing": 0, "done": 3, "failed": 1, "held": 0, "dropped": 0}
+    assert guard.held() == []
+    interrupted_mail = [r for r in store.scan(guard.namespace) if r.state == "failed"]
+    assert len(interrupted_mail) == 1
+    assert interrupted_mail[0].data.get("attempts", 0) == 0, "not the mail's fault"
+
+    def handler(delivery: Delivery) -> None:
+        calls[subject(delivery)] += 1
+
+    listener = ImapListener(
+        settings_for(mailbox), handler, store=store, guard=guard, lease_ttl=None
+    )
+    assert listener.poll_once() == 3
+    assert calls == Counter(
+        {"mail 1": 1, "mail 2": 1, "mail 3": 1, "mail 4": 2, "mail 5": 1, "mail 6": 1}
+    )
+    client = mailbox.client()
+    client.select_folder("INBOX", readonly=True)
+    assert all(b"\\Seen" in f for f in client.get_flags(client.search(["ALL"])).values())
+    client.logout()
+
+
+def run_worker(mailbox, tmp_path: Path, window: float, run: int) -> int:
+    settings = settings_for(mailbox)
+    command = [
+        sys.executable,
+        str(WORKER),
+        settings.host,
+        str(settings.port),
+        settings.username,
+        mailbox.password,
+        str(tmp_path / "state.db"),
+        str(tmp_path / "handled.txt"),
+        "mail 3",
+        str(window),
+        str(run * 1000),  # each run's store clock is past the claims the last one left
+    ]
+    return subprocess.run(command, timeout=60, check=False).returncode
+
+
+@pytest.mark.parametrize("window", [0.0, 0.01])
+def test_a_mail_that_kills_the_process_is_held_alone(mailbox, tmp_path, window):
+    """A hard crash on one mail: it alone is held; the mail after it is handled once."""
+    for n in range(1, 7):
+        mailbox.append(mail(n))
+    codes = [run_worker(mailbox, tmp_path, window, run) for run in range(4)]
+    assert codes == [3, 3, 3, 0], "three crashes, then mail 3 is held and the rest flows"
+    handled = Counter((tmp_path / "handled.txt").read_text().splitlines())
+    assert handled["mail 3"] == 3
+    assert [handled[f"mail {n}"] for n in (4, 5, 6)] == [1, 1, 1]
+    if window == 0:
+        assert handled["mail 1"] == handled["mail 2"] == 1, "recorded before the crash"
+    else:  # handled within the window before the crash: handed out again, once
+        assert handled["mail 1"] == handled["mail 2"] == 2
+    store = SQLiteStore(tmp_path / "state.db")
+    try:
+        guard = DuplicateGuard(store)
+        assert [entry.key.uid for entry in guard.held()] == [3]
+        assert guard.counts()["done"] == 5
+    finally:
+        store.close()
