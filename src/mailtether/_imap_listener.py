@@ -19,6 +19,7 @@ from mailtether._errors import (
     ConnectionLost,
     MailServerError,
 )
+from mailtether._fetch import fetch_mail
 from mailtether._guard import Claim, ClaimStatus, DuplicateGuard
 from mailtether._imap_connection import ImapConnection
 from mailtether._imap_settings import ImapSettings
@@ -294,14 +295,8 @@ class ImapListener(_SourceRunner):
             batch = todo[start : start + size]
             start += len(batch)
             check()  # the lease may have been lost during the last batch
-            fetched = connection.call(
-                "fetching new mail", client.fetch, batch, ["BODY.PEEK[]", "FLAGS"]
-            )
-            mails: list[tuple[int, bytes, tuple[bytes, ...]]] = []
-            for uid in batch:
-                data = fetched.get(uid)
-                if data is not None and b"BODY[]" in data:  # else expunged meanwhile
-                    mails.append((uid, bytes(data[b"BODY[]"]), tuple(data.get(b"FLAGS", ()))))
+            fetched = connection.call("fetching new mail", fetch_mail, client, batch)
+            mails = [(uid, *fetched[uid]) for uid in batch if uid in fetched]  # else expunged
             if mails:
                 average = sum(len(raw) for _, raw, _ in mails) // len(mails) or 1
                 size = max(_FETCH_LEAST, min(_FETCH_MOST, _FETCH_BYTES // average))

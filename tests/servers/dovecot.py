@@ -15,7 +15,7 @@ from pathlib import Path
 import attrs
 from imapclient import IMAPClient
 
-from . import ServerUnavailable, free_port, make_temp_dir, port_open, stop_process, wait_until
+from . import ServerUnavailable, free_ports, make_temp_dir, port_open, stop_process, wait_until
 from .tls import TestCA
 
 _POOL = 1000
@@ -162,8 +162,8 @@ class DovecotServer:
                 (self.root / sub).mkdir(mode=0o755)
             if os.geteuid() == 0:
                 shutil.chown(self.root / "mail", "dovecot", "dovecot")
-            self.imap_port, self.imaps_port = free_port(), free_port()
-            self.pop3_port, self.pop3s_port = free_port(), free_port()
+            ports = free_ports(4)
+            self.imap_port, self.imaps_port, self.pop3_port, self.pop3s_port = ports
             certs = self.root / "certs"
             certs.mkdir(mode=0o755)
             cert, key = certs / "server.pem", certs / "server.key"

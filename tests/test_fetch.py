@@ -1,0 +1,110 @@
+"""fetch_mail: the listener's bulk FETCH gives exactly what imapclient's fetch gives."""
+
+from __future__ import annotations
+
+import pytest
+
+import mailtether._fetch as fetch_module
+from mailtether._fetch import fetch_mail
+
+MAILS = [
+    b"Subject: plain\r\n\r\nbody\r\n",
+    b"Subject: parens\r\n\r\n)\r\n(\r\n) BODY[] {12}\r\n* 3 FETCH (FLAGS ())\r\n",
+    b"Subject: empty body\r\n\r\n",
+    b"Subject: lf only\n\nbody\n",
+    "Subject: 8-bit\r\n\r\nGr\u00fc\u00dfe \u2709\r\n".encode(),
+    b"Subject: big\r\n\r\n" + b"x" * 70 + b"\r\n" * 20000,
+    b"Subject: nul-free binary-ish\r\n\r\n" + bytes(range(1, 256)) + b"\r\n",
+]
+FLAGS = [
+    [],
+    ["\\Seen"],
+    ["\\Flagged", "\\Answered", "$Label1"],
+    ["\\Draft", "Junk", "$Forwarded"],
+    ["\\Seen", "$MDNSent"],
+    [],
+    ["custom_kw-1.x"],
+]
+
+
+def imapclient_view(client, uids):
+    answer = client.fetch(uids, ["BODY.PEEK[]", "FLAGS"])
+    return {
+        uid: (bytes(items[b"BODY[]"]), tuple(items[b"FLAGS"]))
+        for uid, items in answer.items()
+        if b"BODY[]" in items
+    }
+
+
+@pytest.fixture
+def filled(mailbox):
+    client = mailbox.client()
+    for raw, flags in zip(MAILS, FLAGS, strict=True):
+        client.append("INBOX", raw, flags=flags)
+    client.select_folder("INBOX")
+    yield client
+    client.logout()
+
+
+def test_the_same_as_imapclient_and_by_the_fast_path(filled, monkeypatch):
+    uids = filled.search(["ALL"])
+    expected = imapclient_view(filled, uids)
+    assert len(expected) == len(MAILS)
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the usual answer went to imapclient's parser")
+
+    monkeypatch.setattr(fetch_module, "parse_fetch_response", no_fallback)
+    assert fetch_mail(filled, uids) == expected
+    assert fetch_mail(filled, uids[2:4]) == {uid: expected[uid] for uid in uids[2:4]}
+    assert fetch_mail(filled, []) == {}
+    assert not any(b"\\Seen" in flags for flags in (expected[uids[0]][1],)), "PEEK: not seen"
+    assert b"\\Seen" not in imapclient_view(filled, [uids[0]])[uids[0]][1]
+
+
+def test_gone_mail_is_missing_not_an_error(filled):
+    uids = filled.search(["ALL"])
+    filled.delete_messages([uids[0]])
+    filled.expunge()
+    fetched = fetch_mail(filled, uids)
+    assert sorted(fetched) == uids[1:]
+    assert fetch_mail(filled, [uids[0]]) == {}
+
+
+def test_unsolicited_answers_go_to_imapclients_parser(filled, mailbox, monkeypatch):
+    uids = filled.search(["ALL"])
+    other = mailbox.client()
+    other.select_folder("INBOX")
+    other.add_flags([uids[0]], [b"$ChangedElsewhere"])  # announced to the first session
+    other.logout()
+    calls = []
+    real = fetch_module.parse_fetch_response
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fetch_module, "parse_fetch_response", counted)
+    fetched = fetch_mail(filled, uids[1:3])
+    assert calls, "an unsolicited FETCH is not the usual shape"
+    assert sorted(fetched) == uids[1:3], "the mail not asked for is left out"
+    assert fetched == imapclient_view(filled, uids[1:3])
+
+
+def test_a_strange_answer_falls_back(monkeypatch):
+    """Shapes the fast path must refuse (checked on recorded imaplib data)."""
+    raw = b"Subject: x\r\n\r\n"
+    usual = [(b"1 (UID 7 FLAGS (\\Seen) BODY[] {14}", raw), b")"]
+    assert fetch_module._usual(usual) == {7: (raw, (b"\\Seen",))}
+    assert fetch_module._usual([None]) == {}
+    strange = [
+        [(b"1 (FLAGS (\\Seen) UID 7 BODY[] {14}", raw), b")"],  # another order
+        [(b"1 (UID 7 FLAGS (\\Seen) BODY[] {15}", raw), b")"],  # length disagrees
+        [(b"1 (UID 7 FLAGS (\\Seen) BODY[] {14}", raw), b" MODSEQ (4))"],  # more items
+        [(b'1 (UID 7 FLAGS ("odd") BODY[] {14}', raw), b")"],  # not an atom
+        [(b"1 (UID 7 FLAGS (\\Seen) BODY[] {14}", raw)],  # no closing
+        [b"2 (UID 8 FLAGS (\\Seen))", (b"1 (UID 7 FLAGS () BODY[] {14}", raw), b")"],
+        [(b"1 (UID 7 FLAGS () BODY[] {14}", raw), b")"] * 2,  # the same UID twice
+    ]
+    for data in strange:
+        assert fetch_module._usual(data) is None, data
