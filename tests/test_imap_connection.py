@@ -58,6 +58,21 @@ def test_open_logs_in_and_selects(mailbox):
     assert not connection.alive
 
 
+def test_imaplib_trace_only_when_someone_listens(mailbox, caplog):
+    """imaplib's per-line debug formatting (mail bodies too) is off unless its log is on."""
+    mailbox.append(MAIL)
+    with ImapConnection.open(plain(mailbox)) as connection:
+        assert connection.client._imap.debug == 0
+        caplog.clear()
+        connection.client.fetch([1], ["BODY.PEEK[]"])
+        assert not [r for r in caplog.records if r.name == "imapclient.imaplib"]
+    with caplog.at_level(logging.DEBUG, logger="imapclient.imaplib"):
+        with ImapConnection.open(plain(mailbox)) as connection:
+            caplog.clear()
+            connection.client.fetch([1], ["BODY.PEEK[]"])
+        assert [r for r in caplog.records if r.name == "imapclient.imaplib"], "trace kept"
+
+
 def test_implicit_tls_verified_by_default_context(mailbox, tls_ca):
     settings = ImapSettings(
         "127.0.0.1",
