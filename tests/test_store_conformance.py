@@ -155,6 +155,22 @@ def test_put_many_applies_each_write_as_put_would(store):
     assert results[0].updated_at == pytest.approx(store.now(), abs=5)
 
 
+def test_put_many_writes_to_one_key_apply_in_order(store):
+    results = store.put_many(
+        [
+            Write("guard", "k", "processing", {"n": 1}),
+            Write("guard", "k", "done", {"n": 2}),
+            Write("guard", "j", "processing", {}, expect=0),
+            Write("guard", "j", "done", {}, expect=0),  # j exists by now
+            Write("guard", "k", "failed", {"n": 3}, expect=2),
+            Write("guard", "k", "held", {"n": 4}, expect=2),  # k is at 3 by now
+        ]
+    )
+    assert [None if r is None else r.version for r in results] == [1, 2, 1, None, 3, None]
+    assert store.get("guard", "k").state == "failed"
+    assert store.get("guard", "j").state == "processing"
+
+
 def test_put_many_of_nothing_and_of_many(store):
     assert store.put_many([]) == []
     results = store.put_many(Write("guard", f"k{i}", "done", {"i": i}) for i in range(1200))

@@ -50,6 +50,25 @@ _UPDATE_AT: Final = (
     "UPDATE mailtether_records SET state = ?, data = ?, version = version + 1, "
     "updated_at = ? WHERE namespace = ? AND key = ? AND version = ? RETURNING version"
 )
+# Multi-row forms for put_many; only "?" placeholders are formatted in.
+_COLUMNS: Final = (
+    "INSERT INTO mailtether_records (namespace, key, state, data, version, updated_at) "
+)
+_UPSERT_MANY: Final = (
+    _COLUMNS + "VALUES {rows} ON CONFLICT (namespace, key) DO UPDATE SET "
+    "state = excluded.state, data = excluded.data, version = version + 1, "
+    "updated_at = excluded.updated_at RETURNING key, version"
+)
+_CREATE_MANY: Final = (
+    _COLUMNS + "VALUES {rows} ON CONFLICT (namespace, key) DO NOTHING RETURNING key, version"
+)
+_UPDATE_MANY: Final = (
+    "UPDATE mailtether_records SET state = v.column3, data = v.column4, "
+    "version = mailtether_records.version + 1, updated_at = ? FROM (VALUES {rows}) AS v "
+    "WHERE mailtether_records.namespace = ? AND mailtether_records.key = v.column1 "
+    "AND mailtether_records.version = v.column2 "
+    "RETURNING mailtether_records.key, mailtether_records.version"
+)
 _SELECT_MANY: Final = (
     "SELECT key, state, data, version, updated_at FROM mailtether_records "
     "WHERE namespace = ? AND key IN ({marks})"
@@ -254,23 +273,36 @@ class SQLiteStore:
         return Record(namespace, key, state, dict(data), int(row[0]), now)
 
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
-        """Apply several writes as :meth:`put` would, in one transaction."""
+        """Apply several writes as :meth:`put` would, in one transaction.
+
+        Runs of writes of one kind (unconditional, create-only, compare-and-set) to distinct
+        keys of one namespace go in one multi-row statement each, up to 100 rows.
+        """
         checked = check_writes(writes)
         if not checked:
             return []
         now = self._clock.time()
-        statements = [_put_statement(write, now) for write in checked]
+        texts = [encode_data(write.data) for write in checked]
+        groups = _group(checked)
 
-        def apply(connection: sqlite3.Connection) -> list[Any]:
+        def apply(connection: sqlite3.Connection) -> list[int | None]:
+            versions: list[int | None] = [None] * len(checked)
             with self._transaction(connection):
-                return [connection.execute(sql, params).fetchone() for sql, params in statements]
+                for kind, indexes in groups:
+                    sql, params = _many_statement(
+                        kind, [checked[i] for i in indexes], [texts[i] for i in indexes], now
+                    )
+                    found = dict(connection.execute(sql, params).fetchall())
+                    for index in indexes:
+                        versions[index] = found.get(checked[index].key)
+            return versions
 
-        rows = self._run("put_many", apply)
+        versions = self._run("put_many", apply)
         return [
             None
-            if row is None
-            else Record(write.namespace, write.key, write.state, dict(write.data), int(row[0]), now)
-            for write, row in zip(checked, rows, strict=True)
+            if version is None
+            else Record(write.namespace, write.key, write.state, dict(write.data), version, now)
+            for write, version in zip(checked, versions, strict=True)
         ]
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
@@ -443,3 +475,44 @@ def _put_statement(write: Write, now: float) -> tuple[str, tuple[Any, ...]]:
     if write.expect == 0:
         return _INSERT_NEW, (write.namespace, write.key, write.state, text, now)
     return _UPDATE_AT, (write.state, text, now, write.namespace, write.key, write.expect)
+
+
+_GROUP_ROWS: Final = 100
+
+
+def _group(writes: list[Write]) -> list[tuple[str, list[int]]]:
+    """Split *writes* into runs of one kind, one namespace and distinct keys, in order."""
+    groups: list[tuple[str, list[int]]] = []
+    keys: set[str] = set()
+    current: tuple[str, str] | None = None
+    for index, write in enumerate(writes):
+        kind = "upsert" if write.expect is None else "create" if write.expect == 0 else "update"
+        if (
+            current != (kind, write.namespace)
+            or write.key in keys
+            or len(groups[-1][1]) >= _GROUP_ROWS
+        ):
+            groups.append((kind, []))
+            keys = set()
+            current = (kind, write.namespace)
+        groups[-1][1].append(index)
+        keys.add(write.key)
+    return groups
+
+
+def _many_statement(
+    kind: str, writes: list[Write], texts: list[str], now: float
+) -> tuple[str, list[Any]]:
+    """One statement for a run of writes of one *kind* to distinct keys of one namespace."""
+    if kind == "update":
+        rows = ",".join(["(?, ?, ?, ?)"] * len(writes))
+        params: list[Any] = [now]
+        for write, text in zip(writes, texts, strict=True):
+            params += (write.key, write.expect, write.state, text)
+        params.append(writes[0].namespace)
+        return _UPDATE_MANY.format(rows=rows), params
+    rows = ",".join(["(?, ?, ?, ?, 1, ?)"] * len(writes))
+    params = []
+    for write, text in zip(writes, texts, strict=True):
+        params += (write.namespace, write.key, write.state, text, now)
+    return (_UPSERT_MANY if kind == "upsert" else _CREATE_MANY).format(rows=rows), params
