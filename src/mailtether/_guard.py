@@ -351,6 +351,7 @@ class DuplicateGuard:
         content_ids = [key.content_id for key in keys if key.content_id is not None]
         done_content = store.get_many(self.content_namespace, content_ids) if content_ids else {}
         writes: list[Write] = []
+        claimed = {"owner": self.owner, "expires_at": now + self.claim_ttl}  # one for all
         for key in keys:
             content = done_content.get(key.content_id) if key.content_id is not None else None
             first = str(content.data.get("id", "")) if content is not None else ""
@@ -358,8 +359,7 @@ class DuplicateGuard:
                 data: dict[str, Any] = {"duplicate_of": first, **_content(key)}
                 writes.append(Write(self.namespace, key.id, DONE, data, expect=0))
             else:
-                data = {"owner": self.owner, "expires_at": now + self.claim_ttl}
-                writes.append(Write(self.namespace, key.id, PROCESSING, data, expect=0))
+                writes.append(Write(self.namespace, key.id, PROCESSING, claimed, expect=0))
         claims: list[Claim | None] = []
         for key, write, written in zip(keys, writes, store.put_many(writes), strict=True):
             if written is None:

@@ -282,7 +282,13 @@ class SQLiteStore:
         if not checked:
             return []
         now = self._clock.time()
-        texts = [encode_data(write.data) for write in checked]
+        encoded: dict[int, str] = {}  # one document shared by many writes is encoded once
+        texts = []
+        for write in checked:
+            text = encoded.get(id(write.data))
+            if text is None:
+                text = encoded[id(write.data)] = encode_data(write.data)
+            texts.append(text)
         groups = _group(checked)
 
         def apply(connection: sqlite3.Connection) -> list[int | None]:
