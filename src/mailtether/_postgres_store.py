@@ -32,7 +32,9 @@ from mailtether._store import (
     check_ttl,
     check_writes,
     decode_data,
+    encode_all,
     encode_data,
+    group_writes,
     lease_lost,
     redact_url,
     require,
@@ -305,15 +307,33 @@ class PostgresStore:
         return Record(namespace, key, state, dict(data), int(row[0]), float(row[1]))
 
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
-        """Apply several writes as :meth:`put` would, in one transaction."""
+        """Apply several writes as :meth:`put` would, in one transaction.
+
+        Runs of writes of one kind (unconditional, create-only, compare-and-set) to distinct
+        keys of one namespace go in one multi-row statement each, up to 500 rows.
+        """
         checked = check_writes(writes)
         if not checked:
             return []
-        statements = [self._put_statement(write) for write in checked]
+        texts = encode_all(checked)
+        statements = [
+            (
+                indexes,
+                self._many_statement(
+                    kind, [checked[i] for i in indexes], [texts[i] for i in indexes]
+                ),
+            )
+            for kind, indexes in group_writes(checked, _GROUP_ROWS)
+        ]
 
         def apply(connection: Any) -> list[Any]:
+            rows: list[Any] = [None] * len(checked)
             with connection.transaction():
-                return [connection.execute(sql, params).fetchone() for sql, params in statements]
+                for indexes, (sql, params) in statements:
+                    found = {row[0]: row[1:] for row in connection.execute(sql, params).fetchall()}
+                    for index in indexes:
+                        rows[index] = found.get(checked[index].key)
+            return rows
 
         rows = self._run("put_many", apply)
         return [
@@ -322,6 +342,40 @@ class PostgresStore:
             else Record(write.namespace, write.key, write.state, dict(write.data), *_stamp(row))
             for write, row in zip(checked, rows, strict=True)
         ]
+
+    def _many_statement(
+        self, kind: str, writes: list[Write], texts: list[str]
+    ) -> tuple[str, list[Any]]:
+        """One statement for a run of writes of one *kind* to distinct keys of one namespace."""
+        table = f"{self._p}_records"
+        params: list[Any] = []
+        if kind == "update":
+            for write, text in zip(writes, texts, strict=True):
+                params += (write.key, write.expect, write.state, text)
+            params.append(writes[0].namespace)
+            rows = ",".join(["(%s, %s::bigint, %s, %s)"] * len(writes))
+            sql = (
+                f"UPDATE {table} AS r SET state = v.state, data = v.data, "  # noqa: S608
+                f"version = r.version + 1, updated_at = {_NOW} FROM (VALUES {rows}) "
+                "AS v (key, version, state, data) WHERE r.namespace = %s AND r.key = v.key "
+                "AND r.version = v.version RETURNING r.key, r.version, r.updated_at"
+            )
+            return sql, params
+        for write, text in zip(writes, texts, strict=True):
+            params += (write.namespace, write.key, write.state, text)
+        rows = ",".join([f"(%s, %s, %s, %s, 1, {_NOW})"] * len(writes))
+        conflict = (
+            "DO NOTHING"
+            if kind == "create"
+            else "DO UPDATE SET state = excluded.state, data = excluded.data, "
+            "version = r.version + 1, updated_at = excluded.updated_at"
+        )
+        sql = (
+            f"INSERT INTO {table} AS r (namespace, key, state, data, version, updated_at) "  # noqa: S608
+            f"VALUES {rows} ON CONFLICT (namespace, key) {conflict} "
+            "RETURNING key, version, updated_at"
+        )
+        return sql, params
 
     def _put_statement(self, write: Write) -> tuple[str, tuple[Any, ...]]:
         text = encode_data(write.data)
@@ -614,6 +668,9 @@ def _seconds(value: object, what: str) -> float:
 
 def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
+
+
+_GROUP_ROWS: Final = 500
 
 
 def _stamp(row: Any) -> tuple[int, float]:

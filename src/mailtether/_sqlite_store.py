@@ -28,7 +28,9 @@ from mailtether._store import (
     check_ttl,
     check_writes,
     decode_data,
+    encode_all,
     encode_data,
+    group_writes,
     lease_lost,
 )
 
@@ -282,14 +284,8 @@ class SQLiteStore:
         if not checked:
             return []
         now = self._clock.time()
-        encoded: dict[int, str] = {}  # one document shared by many writes is encoded once
-        texts = []
-        for write in checked:
-            text = encoded.get(id(write.data))
-            if text is None:
-                text = encoded[id(write.data)] = encode_data(write.data)
-            texts.append(text)
-        groups = _group(checked)
+        texts = encode_all(checked)
+        groups = group_writes(checked, _GROUP_ROWS)
 
         def apply(connection: sqlite3.Connection) -> list[int | None]:
             versions: list[int | None] = [None] * len(checked)
@@ -484,26 +480,6 @@ def _put_statement(write: Write, now: float) -> tuple[str, tuple[Any, ...]]:
 
 
 _GROUP_ROWS: Final = 100
-
-
-def _group(writes: list[Write]) -> list[tuple[str, list[int]]]:
-    """Split *writes* into runs of one kind, one namespace and distinct keys, in order."""
-    groups: list[tuple[str, list[int]]] = []
-    keys: set[str] = set()
-    current: tuple[str, str] | None = None
-    for index, write in enumerate(writes):
-        kind = "upsert" if write.expect is None else "create" if write.expect == 0 else "update"
-        if (
-            current != (kind, write.namespace)
-            or write.key in keys
-            or len(groups[-1][1]) >= _GROUP_ROWS
-        ):
-            groups.append((kind, []))
-            keys = set()
-            current = (kind, write.namespace)
-        groups[-1][1].append(index)
-        keys.add(write.key)
-    return groups
 
 
 def _many_statement(

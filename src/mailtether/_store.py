@@ -319,6 +319,39 @@ def check_writes(writes: object) -> list[Write]:
     return checked
 
 
+def group_writes(writes: list[Write], most: int) -> list[tuple[str, list[int]]]:
+    """Split *writes* into runs for multi-row statements: ``(kind, indexes)`` in order.
+
+    A run holds writes of one kind (``upsert``: no *expect*; ``create``: *expect* 0;
+    ``update``: *expect* a version), to one namespace, to distinct keys, at most *most* of
+    them; so running the runs in order applies every write as ``put`` would, in order.
+    """
+    groups: list[tuple[str, list[int]]] = []
+    keys: set[str] = set()
+    current: tuple[str, str] | None = None
+    for index, write in enumerate(writes):
+        kind = "upsert" if write.expect is None else "create" if write.expect == 0 else "update"
+        if current != (kind, write.namespace) or write.key in keys or len(groups[-1][1]) >= most:
+            groups.append((kind, []))
+            keys = set()
+            current = (kind, write.namespace)
+        groups[-1][1].append(index)
+        keys.add(write.key)
+    return groups
+
+
+def encode_all(writes: list[Write]) -> list[str]:
+    """Each write's document as JSON; a document shared by several writes is encoded once."""
+    encoded: dict[int, str] = {}
+    texts = []
+    for write in writes:
+        text = encoded.get(id(write.data))
+        if text is None:
+            text = encoded[id(write.data)] = encode_data(write.data)
+        texts.append(text)
+    return texts
+
+
 def lease_lost(lease: Lease) -> LeaseLost:
     """The error every backend raises when a renewal finds the lease no longer held."""
     return LeaseLost(
