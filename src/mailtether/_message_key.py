@@ -20,6 +20,29 @@ _MAX_MESSAGE_ID: Final = 512
 _ENCODE: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # Control characters and lone surrogates (undecodable 8-bit bytes): not a real Message-ID.
 _UNUSABLE: Final = re.compile("[\x00-\x20\x7f\ud800-\udfff]")
+# A tuple, not a union: isinstance() with "bytes | bytearray | memoryview" builds the union
+# on every call (0.2 µs, a tenth of message_id_of on a small message).
+_BYTES_LIKE: Final = (bytes, bytearray, memoryview)
+# Only the first 64 KiB of a message are searched for its Message-ID.
+_HEAD_LIMIT: Final = 65536
+_MESSAGE_ID_NAME: Final = rb"[Mm][Ee][Ss][Ss][Aa][Gg][Ee]-[Ii][Dd]:"
+# The fast path of message_id_of, exact for the header blocks it matches. email.feedparser
+# splits lines at CRLF, CR or LF and reads header lines up to the first line that is
+# neither "name:" (visible ASCII but ":"), "From " nor a continuation (a space or tab
+# first); Message.get() returns the first header named Message-ID in any case: the rest of
+# its line after the colon plus its continuation lines. This pattern walks ordinary header
+# lines (a name, a colon, anything but LF: 8-bit values are common and change none of the
+# above) with their continuation lines, up to the first Message-ID header (group 1: its
+# value, up to the LF that ends it) or the blank line that ends the block (group 1: None).
+# Every CR in the match must be that of a CRLF (_LONE_CR), so its lines are the parser's.
+# Anything else goes to the parser: a "From " envelope line, a line without a colon or
+# with an empty or 8-bit name, a continuation line first, a lone CR, a Message-ID or
+# blank line the 64 KiB limit cuts off.
+_ORDINARY_HEADERS: Final = re.compile(
+    rb"(?:(?!" + _MESSAGE_ID_NAME + rb")[\x21-\x39\x3b-\x7e]++:[^\n]*+\n(?:[ \t][^\n]*+\n)*+)*+"
+    rb"(?:" + _MESSAGE_ID_NAME + rb"([^\n]*+(?:\n[ \t][^\n]*+)*+)\n|\r?\n)"
+)
+_LONE_CR: Final = re.compile(rb"\r(?!\n)")
 
 
 def content_digest(raw: bytes) -> str:
@@ -40,15 +63,66 @@ def content_digest(raw: bytes) -> str:
 
 
 def message_id_of(raw: bytes) -> str | None:
-    """Return the Message-ID header of a raw message, or ``None`` if it has no usable one.
+    r"""Return the Message-ID header of a raw message, or ``None`` if it has no usable one.
 
     Never raises on malformed mail: 8-bit garbage, control characters, missing or empty
     headers give ``None``.
-    Folded whitespace is removed; a value over 512 characters is ignored as bogus.
+    Folded whitespace is removed; a value over 512 characters is ignored as bogus. Only the
+    first 64 KiB of the message are read.
+
+    The result is exactly what :class:`email.parser.BytesHeaderParser` (policy ``compat32``)
+    finds as the first Message-ID header. Ordinary header blocks are read by one regular
+    expression in a few microseconds; anything unusual (a lone CR, an envelope ``From``
+    line, a malformed header line, 8-bit bytes in the Message-ID, a header block that
+    reaches neither its Message-ID nor its blank line within the first 64 KiB) goes to
+    that parser itself.
+
+    Args:
+        raw: The message as the server sent it.
+
+    Returns:
+        The Message-ID without any whitespace, or ``None``.
+
+    Raises:
+        TypeError: *raw* is not bytes-like.
+
+    Example:
+        >>> from mailtether import message_id_of
+        >>> message_id_of(b"Subject: hi\r\nMessage-ID:\r\n <a.1@example.com>\r\n\r\nbody\r\n")
+        '<a.1@example.com>'
+        >>> message_id_of(b"Subject: no id\r\n\r\nbody\r\n") is None
+        True
     """
-    if not isinstance(raw, bytes | bytearray | memoryview):
+    if not isinstance(raw, _BYTES_LIKE):
         raise TypeError(f"raw must be bytes, not {type(raw).__name__}")
-    header_end = bytes(raw[:65536])
+    head, limit = raw, _HEAD_LIMIT
+    if type(raw) is not bytes:  # bytes are read in place, without a 64 KiB copy
+        head = bytes(raw[:_HEAD_LIMIT])
+        limit = len(head)
+    found = _ORDINARY_HEADERS.match(head, 0, limit)
+    if found is None or _LONE_CR.search(head, 0, found.end()):
+        return _message_id_by_parser(raw)
+    value = found.group(1)
+    if value is None:  # the blank line came first
+        return None
+    if not value.isascii():  # the parser turns 8-bit bytes into U+FFFD: let it
+        return _message_id_by_parser(raw)
+    return _usable_message_id(value.decode("ascii"))
+
+
+def _message_id_by_parser(raw: bytes) -> str | None:
+    """Return the Message-ID the way :func:`message_id_of` did before its fast path.
+
+    The reference for the fast path (and its fallback): the stdlib header parser on the
+    first 64 KiB, then the first Message-ID header. Never raises on malformed mail.
+
+    Args:
+        raw: The message as the server sent it (bytes-like).
+
+    Returns:
+        The Message-ID without any whitespace, or ``None``.
+    """
+    header_end = bytes(raw[:_HEAD_LIMIT])
     try:
         headers = BytesHeaderParser(policy=compat32).parsebytes(header_end)
         value = headers.get("Message-ID")
@@ -56,7 +130,12 @@ def message_id_of(raw: bytes) -> str | None:
         return None
     if value is None:
         return None
-    text = "".join(str(value).split())
+    return _usable_message_id(str(value))
+
+
+def _usable_message_id(value: str) -> str | None:
+    """Return *value* without whitespace, or ``None`` if empty, too long or unusable."""
+    text = "".join(value.split())
     if not text or len(text) > _MAX_MESSAGE_ID or _UNUSABLE.search(text):
         return None
     return text
