@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -359,3 +360,30 @@ def test_the_64_kib_limit_cuts_where_the_parser_cuts(offset: int, tail: bytes) -
     raw = b"X-Pad: " + b"p" * (_LIMIT - 9 - len(tail) + offset) + b"\r\n" + tail + b"body"
     assert message_id_of(raw) == _message_id_by_parser(raw)
     assert message_id_of(bytearray(raw)) == _message_id_by_parser(raw)  # type: ignore[arg-type]
+
+
+_texts = st.text(min_size=1, max_size=40).filter(lambda t: "\x00" not in t)
+
+
+@given(
+    account=_texts,
+    folder=_texts,
+    uidvalidity=st.integers(1, 2**32 - 1),
+    uid=st.integers(1, 2**32 - 1),
+    message_id=st.none() | _texts,
+    digest=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
+)
+def test_ids_are_the_json_of_their_parts(
+    account: str,
+    folder: str,
+    uidvalidity: int,
+    uid: int,
+    message_id: str | None,
+    digest: str | None,
+) -> None:
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    key = MessageKey.imap(account, folder, uidvalidity, uid, message_id=message_id, digest=digest)
+    assert key.id == encode(["imap", account, folder, uidvalidity, uid])
+    assert MessageKey.from_id(key.id) == MessageKey.imap(account, folder, uidvalidity, uid)
+    expected = None if digest is None else encode([account, folder, message_id or "", digest])
+    assert key.content_id == expected

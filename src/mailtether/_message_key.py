@@ -141,6 +141,19 @@ def _usable_message_id(value: str) -> str | None:
     return text
 
 
+_encode_string: Final = json.encoder.encode_basestring  # what _ENCODE uses for a str
+
+
+@functools.lru_cache(maxsize=256)
+def _imap_prefix(account: str, folder: str, uidvalidity: int) -> str:
+    return _ENCODE(["imap", account, folder, uidvalidity])[:-1]
+
+
+@functools.lru_cache(maxsize=256)
+def _content_prefix(account: str, folder: str) -> str:
+    return _ENCODE([account, folder])[:-1]
+
+
 def _text(name: str) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if value is None:
@@ -259,17 +272,20 @@ class MessageKey:
     def id(self) -> str:
         """The position key: unique per mailbox slot, stable across restarts."""
         if self.protocol == "imap":
-            parts: list[Any] = ["imap", self.account, self.folder, self.uidvalidity, self.uid]
-        else:
-            parts = ["pop3", self.account, self.uidl]
-        return _ENCODE(parts)
+            # The JSON of ["imap", account, folder, uidvalidity, uid], its prefix cached.
+            assert self.folder is not None
+            assert self.uidvalidity is not None
+            return f"{_imap_prefix(self.account, self.folder, self.uidvalidity)},{self.uid}]"
+        return _ENCODE(["pop3", self.account, self.uidl])
 
     @functools.cached_property
     def content_id(self) -> str | None:
         """The content key (account, folder, Message-ID, digest), or ``None`` without a digest."""
         if self.digest is None:
             return None
-        return _ENCODE([self.account, self.folder or "", self.message_id or "", self.digest])
+        # The JSON of [account, folder or "", message_id or "", digest], its prefix cached.
+        message_id = _encode_string(self.message_id or "")
+        return f'{_content_prefix(self.account, self.folder or "")},{message_id},"{self.digest}"]'
 
     @classmethod
     def from_id(
