@@ -387,3 +387,21 @@ def test_ids_are_the_json_of_their_parts(
     assert MessageKey.from_id(key.id) == MessageKey.imap(account, folder, uidvalidity, uid)
     expected = None if digest is None else encode([account, folder, message_id or "", digest])
     assert key.content_id == expected
+
+
+def test_derive_is_the_key_imap_would_make() -> None:
+    raw = b"Message-ID: <d@x>\r\nSubject: s\r\n\r\nbody\r\n"
+    base = MessageKey.imap("support@example.com", "INBOX", 7, 1)
+    derived = base._derive(42, message_id=message_id_of(raw), digest=content_digest(raw))
+    made = MessageKey.imap("support@example.com", "INBOX", 7, 42, raw=raw)
+    assert derived == made
+    assert hash(derived) == hash(made)
+    assert (derived.id, derived.content_id) == (made.id, made.content_id)
+    assert base._derive(5) == MessageKey.imap("support@example.com", "INBOX", 7, 5)
+    for bad in (0, 2**32, -1):
+        with pytest.raises(ValueError, match="between 1 and"):
+            base._derive(bad)
+    with pytest.raises(TypeError):
+        base._derive(True)
+    with pytest.raises(TypeError):
+        MessageKey.pop3("a", "uidl-1")._derive(3)

@@ -24,7 +24,7 @@ from mailtether._guard import Claim, ClaimStatus, DuplicateGuard
 from mailtether._imap_connection import ImapConnection
 from mailtether._imap_settings import ImapSettings
 from mailtether._keepalive import Keepalive
-from mailtether._message_key import MessageKey
+from mailtether._message_key import MessageKey, content_digest, message_id_of
 from mailtether._source import _SourceRunner, either
 from mailtether._status import StatusBoard
 from mailtether._store import Store
@@ -273,8 +273,8 @@ class ImapListener(_SourceRunner):
         found = connection.call("searching for new mail", client.search, criteria)
         # "UID n:*" always matches the newest mail, even when n is past the end.
         uids = sorted(uid for uid in found if uid > last_uid)
-        account, folder = self.settings.username, self.settings.folder
-        keys = {uid: MessageKey.imap(account, folder, uidvalidity, uid) for uid in uids}
+        base = MessageKey.imap(self.settings.username, self.settings.folder, uidvalidity, 1)
+        keys = {uid: base._derive(uid) for uid in uids}
         fresh = {key.uid for key in self.guard.filter_new(keys.values()) if key.uid is not None}
         # Mail the guard already finished but that is still here past the cursor: a crash came
         # between recording the outcome and changing the mailbox. Finish the change.
@@ -300,7 +300,7 @@ class ImapListener(_SourceRunner):
             if mails:
                 average = sum(len(raw) for _, raw, _ in mails) // len(mails) or 1
                 size = max(_FETCH_LEAST, min(_FETCH_MOST, _FETCH_BYTES // average))
-            done, failed = self._handle(connection, mails, fresh)
+            done, failed = self._handle(connection, base, mails, fresh)
             handled += done
             if done or failed:
                 self.status.count(self.name, processed=done, failed=failed)
@@ -316,6 +316,7 @@ class ImapListener(_SourceRunner):
     def _handle(
         self,
         connection: ImapConnection,
+        base: MessageKey,
         mails: list[tuple[int, bytes, tuple[bytes, ...]]],
         fresh: set[int],
     ) -> tuple[int, int]:
@@ -326,14 +327,8 @@ class ImapListener(_SourceRunner):
         expired in a crash) goes one at a time, each outcome recorded at once, so a mail
         that crashes the process is blamed alone. Returns how many were done and failed.
         """
-        assert connection.uidvalidity is not None
-        account, folder, uidvalidity = (
-            self.settings.username,
-            self.settings.folder,
-            connection.uidvalidity,
-        )
         keys = {
-            uid: MessageKey.imap(account, folder, uidvalidity, uid, raw=raw)
+            uid: base._derive(uid, message_id=message_id_of(raw), digest=content_digest(raw))
             for uid, raw, _ in mails
         }
         claims = {

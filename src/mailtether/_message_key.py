@@ -268,6 +268,33 @@ class MessageKey:
             digest = digest if digest is not None else content_digest(raw)
         return cls("pop3", account, None, None, None, uidl, message_id, digest)
 
+    def _derive(
+        self, uid: int, *, message_id: str | None = None, digest: str | None = None
+    ) -> MessageKey:
+        """This IMAP key for another *uid*, with content fields, built without the validators.
+
+        For the listener's hot path: the account, folder and UIDVALIDITY were checked when
+        this key was made, the UID is checked here, and *message_id* and *digest* must come
+        from :func:`message_id_of` and :func:`content_digest` (which only return valid ones).
+        """
+        if self.protocol != "imap" or isinstance(uid, bool) or not isinstance(uid, int):
+            raise TypeError("_derive makes IMAP keys from an int UID")
+        if not 1 <= uid < 2**32:
+            raise ValueError(f"MessageKey.uid must be between 1 and 2**32 - 1, got {uid}")
+        derived: MessageKey = object.__new__(MessageKey)
+        for name, value in (
+            ("protocol", "imap"),
+            ("account", self.account),
+            ("folder", self.folder),
+            ("uidvalidity", self.uidvalidity),
+            ("uid", uid),
+            ("uidl", None),
+            ("message_id", message_id),
+            ("digest", digest),
+        ):
+            object.__setattr__(derived, name, value)
+        return derived
+
     @functools.cached_property
     def id(self) -> str:
         """The position key: unique per mailbox slot, stable across restarts."""
