@@ -451,7 +451,7 @@ class DuplicateGuard:
         """Record the outcomes of several claims at once.
 
         Each outcome is ``(claim, None)`` for done or ``(claim, "error text")`` for a failed
-        attempt. One store write for the lot (plus one for the content of the done ones), which is
+        attempt. One store write for the lot (the content of the done ones included), which is
         what makes a batch of fast handlers cheap. Record each outcome as soon as you can: a
         process killed before its outcomes are recorded gets those mails handed out again.
 
@@ -466,22 +466,23 @@ class DuplicateGuard:
         store = self.store
         now = store.now()
         writes: list[Write] = []
+        contents: list[Write] = []
         for claim, record, reason in finishing:
             claim._finished = True
-            writes.append(self._outcome(claim.key, record, reason, now))
-        results = store.put_many(writes)
+            write = self._outcome(claim.key, record, reason, now)
+            writes.append(write)
+            # The content is recorded in the same write: handled is handled, even when the
+            # claim turns out to be lost (the mail may then have been handled twice, not never).
+            if write.state == DONE and claim.key.content_id is not None:
+                contents.append(
+                    Write(self.content_namespace, claim.key.content_id, DONE, {"id": claim.key.id})
+                )
+        results = store.put_many(writes + contents)[: len(writes)]
         lost = [
             claim.key
             for (claim, _, _), result in zip(finishing, results, strict=True)
             if result is None
         ]
-        contents = [
-            Write(self.content_namespace, claim.key.content_id, DONE, {"id": claim.key.id})
-            for (claim, _, _), write, result in zip(finishing, writes, results, strict=True)
-            if result is not None and write.state == DONE and claim.key.content_id is not None
-        ]
-        if contents:
-            store.put_many(contents)
         for write, result in zip(writes, results, strict=True):
             if result is not None and write.state == HELD:
                 log.warning(
