@@ -153,9 +153,7 @@ def test_smtp_notifier_mails_the_admins(smtp_server, board):
     board.notifiers.append(notifier)
     board.set("support@example.com/INBOX", SourceState.ONLINE)
     board.set("support@example.com/INBOX", SourceState.BLOCKED, reason="credentials rejected")
-    deadline = time.monotonic() + 10
-    while not received and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert notifier.flush(timeout=10)
     assert len(received) == 1, "only the change into BLOCKED is mailed"
     message = received[0]
     assert message["Subject"] == "[mailtether] support@example.com/INBOX is blocked"
@@ -170,3 +168,34 @@ def test_smtp_notifier_needs_recipients():
 
     with pytest.raises(ConfigError, match="recipient"):
         SmtpNotifier("localhost", "a@example.com", [])
+
+
+def test_a_silent_mail_server_never_holds_up_the_source(smtp_server, board, caplog):
+    """The admins' mail server is down in the same outage: the listener must not wait for it."""
+    from mailtether.testing import FaultProxy
+
+    controller, received = smtp_server
+    with FaultProxy(("127.0.0.1", controller.port)) as proxy:
+        proxy.drop_new()  # connections accepted, then silence
+        notifier = SmtpNotifier(
+            "127.0.0.1",
+            "m@example.com",
+            ["admin@example.com"],
+            port=proxy.port,
+            security="plain",
+            timeout=1.0,
+        )
+        board.notifiers.append(notifier)
+        started = time.monotonic()
+        board.set("a", SourceState.RETRYING, reason="reset")
+        board.set("a", SourceState.BLOCKED, reason="credentials rejected")
+        assert time.monotonic() - started < 0.5, "set() returned before any mail was sent"
+        assert not notifier.flush(timeout=0.2), "still trying"
+        with caplog.at_level("WARNING", logger="mailtether.status"):
+            assert notifier.flush(timeout=10)
+        failures = [r for r in caplog.records if "could not mail" in r.getMessage()]
+        assert len(failures) == 2
+        proxy.pass_through()
+        board.set("a", SourceState.ONLINE)
+        assert notifier.flush(timeout=10)
+    assert [m["Subject"] for m in received] == ["[mailtether] a is online"]

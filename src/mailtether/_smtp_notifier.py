@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import queue
 import smtplib
 import ssl
+import threading
+import time
 from collections.abc import Iterable
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -14,14 +18,20 @@ from mailtether._status import StatusChange
 
 __all__ = ["SmtpNotifier"]
 
+log = logging.getLogger("mailtether.status")
+
+_QUEUE: int = 100
+
 
 class SmtpNotifier:
     """E-mails every status change it is given to *recipients*, through an SMTP server.
 
     Use it among a :class:`~mailtether.StatusBoard`'s notifiers; the board already holds back
-    repeats (a flapping source does not flood the admins). Sending failures are raised to
-    the board, which logs them and carries on: a broken mail server must not stop a
-    listener.
+    repeats (a flapping source does not flood the admins). Mail is sent by a background
+    thread, in order: a slow or unreachable mail server (often down in the same outage) never
+    delays a listener's reconnect. Sending failures are logged (``mailtether.status``) and
+    the next change is tried afresh; at most 100 changes wait, further ones are logged and
+    dropped. :meth:`flush` waits for the queue to drain.
 
     Args:
         host: The SMTP server.
@@ -66,9 +76,14 @@ class SmtpNotifier:
         self.timeout = timeout
         self.ssl_context = ssl_context
         self.only = None if only is None else {state.lower() for state in only}
+        self._queue: queue.Queue[EmailMessage] = queue.Queue(_QUEUE)
+        self._idle = threading.Condition()
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
     def __call__(self, change: StatusChange) -> None:
-        """Send one e-mail about *change* (unless filtered out by *only*)."""
+        """Queue one e-mail about *change* (unless filtered out by *only*); returns at once."""
         if self.only is not None and change.current.state.value not in self.only:
             return
         message = EmailMessage()
@@ -94,6 +109,55 @@ class SmtpNotifier:
                 f"{status.source!r}",
             ]
         message.set_content("\n".join(lines) + "\n")
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._sender, name="mailtether-smtp-notifier", daemon=True
+                )
+                self._thread.start()
+        with self._idle:
+            self._pending += 1
+        try:
+            self._queue.put_nowait(message)
+        except queue.Full:
+            self._done()
+            log.warning(
+                "SMTP notifier: %d changes wait already; not mailed: %s", _QUEUE, change.sentence()
+            )
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued change is mailed (or failed); ``False`` at the timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def _sender(self) -> None:
+        while True:
+            message = self._queue.get()
+            try:
+                self._send(message)
+            except Exception as error:  # never the password: smtplib does not echo it
+                log.warning(
+                    "SMTP notifier: could not mail %r to %s:%d: %s",
+                    message["Subject"],
+                    self.host,
+                    self.port,
+                    error,
+                )
+            finally:
+                self._done()
+
+    def _done(self) -> None:
+        with self._idle:
+            self._pending -= 1
+            self._idle.notify_all()
+
+    def _send(self, message: EmailMessage) -> None:
         context = self.ssl_context or ssl.create_default_context()
         smtp: smtplib.SMTP
         if self.security == "tls":
