@@ -136,7 +136,9 @@ class StatusBoard:
 
     Args:
         store: Where statuses live (so ``mailtether status`` in another process sees them).
-        notifiers: Who is told; default a :class:`LoggingNotifier`.
+        notifiers: Who is told; default a :class:`LoggingNotifier`. They run in the thread that
+            changes the state (a listener, before it reconnects): keep them quick, or hand the
+            work to a thread as :class:`~mailtether.SmtpNotifier` does.
         offline_after: A source retrying for longer than this is OFFLINE.
         quiet_period: Seconds in which a repeated (source, state) notification is held back.
         clock: Wall-clock time for ``since``.
