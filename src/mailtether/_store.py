@@ -311,10 +311,20 @@ def check_writes(writes: object) -> list[Write]:
     if isinstance(writes, Write | str | bytes | Mapping) or not isinstance(writes, Iterable):
         raise TypeError(f"put_many takes an iterable of Write, not {type(writes).__name__}")
     checked: list[Write] = []
+    namespaces, states = _SEEN_NAMESPACES, _SEEN_STATES
     for write in writes:
         if not isinstance(write, Write):
             raise TypeError(f"put_many takes Write objects, not {type(write).__name__}")
-        check_put(write.namespace, write.key, write.state, write.expect)
+        key, expect = write.key, write.expect
+        if not (  # the common case in one expression; anything else gets check_put's errors
+            write.namespace in namespaces
+            and write.state in states
+            and type(key) is str
+            and 0 < len(key) <= MAX_KEY_LENGTH
+            and "\x00" not in key
+            and (expect is None or (type(expect) is int and expect >= 0))
+        ):
+            check_put(write.namespace, key, write.state, expect)
         checked.append(write)
     return checked
 
@@ -345,9 +355,12 @@ def encode_all(writes: list[Write]) -> list[str]:
     encoded: dict[int, str] = {}
     texts = []
     for write in writes:
-        text = encoded.get(id(write.data))
+        data = write.data
+        text = encoded.get(id(data))
         if text is None:
-            text = encoded[id(write.data)] = encode_data(write.data)
+            text = encoded[id(data)] = (
+                "{}" if type(data) is dict and not data else encode_data(data)
+            )
         texts.append(text)
     return texts
 
