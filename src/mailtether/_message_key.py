@@ -282,17 +282,15 @@ class MessageKey:
         if not 1 <= uid < 2**32:
             raise ValueError(f"MessageKey.uid must be between 1 and 2**32 - 1, got {uid}")
         derived: MessageKey = object.__new__(MessageKey)
-        for name, value in (
-            ("protocol", "imap"),
-            ("account", self.account),
-            ("folder", self.folder),
-            ("uidvalidity", self.uidvalidity),
-            ("uid", uid),
-            ("uidl", None),
-            ("message_id", message_id),
-            ("digest", digest),
-        ):
-            object.__setattr__(derived, name, value)
+        assign = object.__setattr__
+        assign(derived, "protocol", "imap")
+        assign(derived, "account", self.account)
+        assign(derived, "folder", self.folder)
+        assign(derived, "uidvalidity", self.uidvalidity)
+        assign(derived, "uid", uid)
+        assign(derived, "uidl", None)
+        assign(derived, "message_id", message_id)
+        assign(derived, "digest", digest)
         return derived
 
     @functools.cached_property
