@@ -73,6 +73,39 @@ def test_imaplib_trace_only_when_someone_listens(mailbox, caplog):
         assert [r for r in caplog.records if r.name == "imapclient.imaplib"], "trace kept"
 
 
+def test_a_command_sent_ahead_is_read_before_the_next_one(mailbox):
+    from mailtether._fetch import send_fetch
+
+    for _ in range(3):
+        mailbox.append(MAIL)
+    with ImapConnection.open(plain(mailbox)) as connection:
+        client = connection.client
+        answer = connection.call_ahead("fetching", send_fetch, client, [1, 2])
+        # Another command meanwhile: the answer on its way is read first, not mistaken.
+        assert (
+            b"\\Seen" not in connection.call("fetching", client.fetch, [3], ["FLAGS"])[3][b"FLAGS"]
+        )
+        fetched = answer()
+        assert sorted(fetched) == [1, 2]
+        assert fetched[1][0] == MAIL
+        assert answer() is fetched, "read once, kept"
+        later = connection.call_ahead("fetching", send_fetch, client, [3])
+        assert later()[3][0] == MAIL
+
+
+def test_an_answer_ahead_lost_with_the_connection_raises_connection_lost(mailbox, proxy):
+    from mailtether._fetch import send_fetch
+
+    mailbox.append(MAIL)
+    with ImapConnection.open(plain(mailbox, port=proxy.port), keepalive=FAST) as connection:
+        proxy.blackhole()
+        answer = connection.call_ahead("fetching new mail", send_fetch, connection.client, [1])
+        with pytest.raises(ConnectionLost, match="fetching new mail"):
+            answer()
+        with pytest.raises(ConnectionLost):
+            connection.call("searching", connection.client.search, ["ALL"])
+
+
 def test_implicit_tls_verified_by_default_context(mailbox, tls_ca):
     settings = ImapSettings(
         "127.0.0.1",

@@ -178,3 +178,37 @@ def test_a_mail_that_kills_the_process_is_held_alone(mailbox, tmp_path, window):
         assert guard.counts()["done"] == 5
     finally:
         store.close()
+
+
+def test_the_next_batch_is_asked_for_while_this_one_is_handled(mailbox, store, monkeypatch):
+    """Pipelined batches: every mail once, in order, each batch's changes after its outcomes."""
+    import mailtether._imap_listener as listener_module
+
+    monkeypatch.setattr(listener_module, "_FETCH_FIRST", 7)
+    monkeypatch.setattr(listener_module, "_FETCH_MOST", 10)
+    client = mailbox.client()
+    for n in range(1, 41):
+        client.append("INBOX", mail(n))
+    client.logout()
+    order: list[int] = []
+    guard = DuplicateGuard(store, max_failures=1)
+
+    def handler(delivery: Delivery) -> None:
+        order.append(delivery.uid)
+        if subject(delivery) == "mail 12":  # held at once: flagged mid-batch, next batch in flight
+            raise ValueError("poison")
+
+    listener = ImapListener(
+        settings_for(mailbox), handler, store=store, guard=guard, lease_ttl=None, on_poison="flag"
+    )
+    assert listener.poll_once() == 39
+    assert order == sorted(order)
+    assert len(order) == 40
+    assert len(set(order)) == 40
+    client = mailbox.client()
+    client.select_folder("INBOX", readonly=True)
+    flags = client.get_flags(client.search(["ALL"]))
+    client.logout()
+    assert sum(b"\\Seen" in f for f in flags.values()) == 39
+    assert [uid for uid, f in flags.items() if b"\\Flagged" in f] == [order[11]]
+    assert listener.poll_once() == 0, "nothing is handed out again"

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import imaplib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 from imapclient.response_parser import parse_fetch_response
 
-__all__ = ["fetch_mail"]
+__all__ = ["fetch_mail", "send_fetch"]
 
 FetchedMail = tuple[bytes, tuple[bytes, ...]]
 """A fetched mail: its raw bytes and its flags."""
@@ -46,25 +46,42 @@ def fetch_mail(client: IMAPClient, uids: Sequence[int]) -> dict[int, FetchedMail
     answers about mails not asked for. Errors are imapclient's and imaplib's, as from
     :meth:`IMAPClient.fetch`.
     """
-    if not uids:
-        return {}
+    return send_fetch(client, uids)()
+
+
+def send_fetch(client: IMAPClient, uids: Sequence[int]) -> Callable[[], dict[int, FetchedMail]]:
+    """Send the ``FETCH`` of :func:`fetch_mail` now; return the function that reads its answer.
+
+    Between the two, the server prepares and sends the answer while the caller does other
+    work (IMAP pipelining). No other command may be sent on *client* until the answer is
+    read; call the returned function exactly once.
+    """
+    wanted = list(uids)
+    if not wanted:
+        return dict
     imap = getattr(client, "_imap", None)
     if (
         not client.use_uid
         or not isinstance(imap, imaplib.IMAP4)
         or not all(callable(getattr(imap, part, None)) for part in _IMAPLIB_PARTS)
-    ):  # not the imapclient this was written against: take its public road
-        return _from_imapclient(client.fetch(list(uids), _ITEMS), uids)
-    tag = imap._command("UID", "FETCH", ",".join(str(uid) for uid in uids), "(BODY.PEEK[] FLAGS)")
-    typ, data = imap._command_complete("FETCH", tag)
-    if typ != "OK":
-        raise IMAPClientError(f"fetch failed: {_text(data)}")
-    typ, data = imap._untagged_response(typ, data, "FETCH")
-    fetched = _usual(data)
-    if fetched is None:
-        fetched = _from_imapclient(parse_fetch_response(data, client.normalise_times, True), uids)
-    wanted = set(uids)
-    return {uid: mail for uid, mail in fetched.items() if uid in wanted}
+    ):  # not the imapclient this was written against: take its public road, at read time
+        return lambda: _from_imapclient(client.fetch(wanted, _ITEMS), wanted)
+    tag = imap._command("UID", "FETCH", ",".join(map(str, wanted)), "(BODY.PEEK[] FLAGS)")
+
+    def read() -> dict[int, FetchedMail]:
+        typ, data = imap._command_complete("FETCH", tag)
+        if typ != "OK":
+            raise IMAPClientError(f"fetch failed: {_text(data)}")
+        typ, data = imap._untagged_response(typ, data, "FETCH")
+        fetched = _usual(data)
+        if fetched is None:
+            return _from_imapclient(
+                parse_fetch_response(data, client.normalise_times, True), wanted
+            )
+        asked = set(wanted)
+        return {uid: mail for uid, mail in fetched.items() if uid in asked}
+
+    return read
 
 
 def _usual(data: list[Any]) -> dict[int, FetchedMail] | None:

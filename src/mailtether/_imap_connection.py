@@ -133,6 +133,7 @@ class ImapConnection:
         """The clock for keepalive scheduling."""
         self._client: IMAPClient | None = None
         self._lock = threading.RLock()
+        self._ahead: _Ahead | None = None
         self._dead: MailServerError | None = None
         self._last_activity = 0.0
         self.capabilities: frozenset[bytes] = frozenset()
@@ -273,6 +274,33 @@ class ImapConnection:
         """
         return self._call(doing, function, *args, **kwargs)
 
+    def call_ahead(
+        self, doing: str, send: Callable[..., Callable[[], _T]], *args: Any
+    ) -> Callable[[], _T]:
+        """Send a command now and read its answer later (IMAP pipelining).
+
+        ``send(*args)`` sends the command and returns the function that reads its answer.
+        The answer is read when the returned function is called, or before the next command
+        on this connection, whichever comes first; errors are translated as :meth:`call`
+        translates them, and raised by the returned function.
+        """
+        with self._lock:
+            ahead = _Ahead(doing, self._call(doing, send, *args))
+            self._ahead = ahead
+        return lambda: self._read_ahead(ahead)
+
+    def _read_ahead(self, ahead: _Ahead) -> Any:
+        with self._lock:
+            if self._ahead is ahead:
+                self._ahead = None
+                try:
+                    ahead.value = self._call(ahead.doing, ahead.read)
+                except MailServerError as error:
+                    ahead.error = error
+            if ahead.error is not None:
+                raise ahead.error
+            return ahead.value
+
     def _require(self) -> IMAPClient:
         if self._dead is not None:
             raise ConnectionLost(
@@ -285,6 +313,10 @@ class ImapConnection:
     def _call(self, doing: str, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         with self._lock:
             self._require()
+            if self._ahead is not None:  # an answer still on its way comes first
+                with contextlib.suppress(MailServerError):  # its reader will raise it
+                    self._read_ahead(self._ahead)
+                self._require()
             try:
                 result = function(*args, **kwargs)
             except BaseException as error:
@@ -461,3 +493,13 @@ def _readable_now(client: IMAPClient) -> bool:
     except (OSError, ValueError):
         return True  # a closed socket: as good as EOF
     return bool(ready)
+
+
+class _Ahead:
+    """A command sent by :meth:`ImapConnection.call_ahead` whose answer is not yet used."""
+
+    def __init__(self, doing: str, read: Callable[[], Any]) -> None:
+        self.doing = doing
+        self.read = read
+        self.value: Any = None
+        self.error: MailServerError | None = None

@@ -19,7 +19,7 @@ from mailtether._errors import (
     ConnectionLost,
     MailServerError,
 )
-from mailtether._fetch import fetch_mail
+from mailtether._fetch import FetchedMail, send_fetch
 from mailtether._guard import Claim, ClaimStatus, DuplicateGuard
 from mailtether._imap_connection import ImapConnection
 from mailtether._imap_settings import ImapSettings
@@ -291,21 +291,33 @@ class ImapListener(_SourceRunner):
         handled = 0
         size = _FETCH_FIRST
         start = 0
-        while start < len(todo):
-            batch = todo[start : start + size]
-            start += len(batch)
+
+        def ask(batch: list[int]) -> Callable[[], dict[int, FetchedMail]]:
             check()  # the lease may have been lost during the last batch
-            fetched = connection.call("fetching new mail", fetch_mail, client, batch)
+            return connection.call_ahead("fetching new mail", send_fetch, client, batch)
+
+        batch = todo[:size]
+        answer = ask(batch) if batch else None
+        while answer is not None:
+            fetched = answer()
             mails = [(uid, *fetched[uid]) for uid in batch if uid in fetched]  # else expunged
             if mails:
                 average = sum(len(raw) for _, raw, _ in mails) // len(mails) or 1
                 size = max(_FETCH_LEAST, min(_FETCH_MOST, _FETCH_BYTES // average))
+            # Ask for the next batch before handling this one: the server reads and sends it
+            # while the handler runs (it is read before the next command goes out).
+            current, start = batch, start + len(batch)
+            batch = todo[start : start + size]
+            answer = ask(batch) if batch else None
             done, failed = self._handle(connection, base, mails, fresh)
             handled += done
             if done or failed:
                 self.status.count(self.name, processed=done, failed=failed)
             self.store.put(
-                _CURSORS, self.name, "active", {"uidvalidity": uidvalidity, "last_uid": batch[-1]}
+                _CURSORS,
+                self.name,
+                "active",
+                {"uidvalidity": uidvalidity, "last_uid": current[-1]},
             )
         if uids:
             self.store.put(
