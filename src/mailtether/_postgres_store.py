@@ -21,6 +21,7 @@ from mailtether._store import (
     Lease,
     Record,
     Write,
+    WriteRun,
     check_expect,
     check_key,
     check_lease,
@@ -30,14 +31,13 @@ from mailtether._store import (
     check_state,
     check_time,
     check_ttl,
-    check_writes,
     decode_data,
-    encode_all,
     encode_data,
-    group_writes,
     lease_lost,
+    plan_writes,
     redact_url,
     require,
+    written_records,
 )
 
 __all__ = ["PostgresStore"]
@@ -312,43 +312,25 @@ class PostgresStore:
         Runs of writes of one kind (unconditional, create-only, compare-and-set) to distinct
         keys of one namespace go in one multi-row statement each, up to 500 rows.
         """
-        checked = check_writes(writes)
-        if not checked:
+        runs = plan_writes(writes, _GROUP_ROWS)
+        if not runs:
             return []
-        texts = encode_all(checked)
-        statements = [
-            (
-                indexes,
-                self._many_statement(
-                    kind, [checked[i] for i in indexes], [texts[i] for i in indexes]
-                ),
-            )
-            for kind, indexes in group_writes(checked, _GROUP_ROWS)
-        ]
+        statements = [self._many_statement(run) for run in runs]
 
-        def apply(connection: Any) -> list[Any]:
-            rows: list[Any] = [None] * len(checked)
+        def apply(connection: Any) -> list[dict[str, tuple[int, float]]]:
             with connection.transaction():
-                for indexes, (sql, params) in statements:
-                    found = {row[0]: row[1:] for row in connection.execute(sql, params).fetchall()}
-                    for index in indexes:
-                        rows[index] = found.get(checked[index].key)
-            return rows
+                return [
+                    {row[0]: _stamp(row[1:]) for row in connection.execute(sql, params)}
+                    for sql, params in statements
+                ]
 
-        rows = self._run("put_many", apply)
-        return [
-            None
-            if row is None
-            else Record(write.namespace, write.key, write.state, dict(write.data), *_stamp(row))
-            for write, row in zip(checked, rows, strict=True)
-        ]
+        return written_records(runs, self._run("put_many", apply))
 
-    def _many_statement(
-        self, kind: str, writes: list[Write], texts: list[str]
-    ) -> tuple[str, list[Any]]:
-        """One statement for a run of writes of one *kind* to distinct keys of one namespace."""
+    def _many_statement(self, run: WriteRun) -> tuple[str, list[Any]]:
+        """One statement for a run of writes of one kind to distinct keys of one namespace."""
         table = f"{self._p}_records"
         params: list[Any] = []
+        kind, writes, texts = run
         if kind == "update":
             for write, text in zip(writes, texts, strict=True):
                 params += (write.key, write.expect, write.state, text)

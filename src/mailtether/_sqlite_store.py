@@ -17,6 +17,7 @@ from mailtether._store import (
     Lease,
     Record,
     Write,
+    WriteRun,
     check_expect,
     check_key,
     check_lease,
@@ -26,12 +27,11 @@ from mailtether._store import (
     check_state,
     check_time,
     check_ttl,
-    check_writes,
     decode_data,
-    encode_all,
     encode_data,
-    group_writes,
     lease_lost,
+    plan_writes,
+    written_records,
 )
 
 __all__ = ["SQLiteStore"]
@@ -280,32 +280,22 @@ class SQLiteStore:
         Runs of writes of one kind (unconditional, create-only, compare-and-set) to distinct
         keys of one namespace go in one multi-row statement each, up to 100 rows.
         """
-        checked = check_writes(writes)
-        if not checked:
+        runs = plan_writes(writes, _GROUP_ROWS)
+        if not runs:
             return []
         now = self._clock.time()
-        texts = encode_all(checked)
-        groups = group_writes(checked, _GROUP_ROWS)
 
-        def apply(connection: sqlite3.Connection) -> list[int | None]:
-            versions: list[int | None] = [None] * len(checked)
+        def apply(connection: sqlite3.Connection) -> list[dict[str, tuple[int, float]]]:
             with self._transaction(connection):
-                for kind, indexes in groups:
-                    sql, params = _many_statement(
-                        kind, [checked[i] for i in indexes], [texts[i] for i in indexes], now
-                    )
-                    found = dict(connection.execute(sql, params).fetchall())
-                    for index in indexes:
-                        versions[index] = found.get(checked[index].key)
-            return versions
+                return [
+                    {
+                        key: (int(version), now)
+                        for key, version in connection.execute(*_many_statement(run, now))
+                    }
+                    for run in runs
+                ]
 
-        versions = self._run("put_many", apply)
-        return [
-            None
-            if version is None
-            else Record(write.namespace, write.key, write.state, dict(write.data), version, now)
-            for write, version in zip(checked, versions, strict=True)
-        ]
+        return written_records(runs, self._run("put_many", apply))
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""
@@ -482,19 +472,17 @@ def _put_statement(write: Write, now: float) -> tuple[str, tuple[Any, ...]]:
 _GROUP_ROWS: Final = 100
 
 
-def _many_statement(
-    kind: str, writes: list[Write], texts: list[str], now: float
-) -> tuple[str, list[Any]]:
-    """One statement for a run of writes of one *kind* to distinct keys of one namespace."""
-    if kind == "update":
-        rows = ",".join(["(?, ?, ?, ?)"] * len(writes))
-        params: list[Any] = [now]
-        for write, text in zip(writes, texts, strict=True):
+def _many_statement(run: WriteRun, now: float) -> tuple[str, list[Any]]:
+    """One statement for a run of writes of one kind to distinct keys of one namespace."""
+    params: list[Any] = []
+    if run.kind == "update":
+        params.append(now)
+        for write, text in zip(run.writes, run.texts, strict=True):
             params += (write.key, write.expect, write.state, text)
-        params.append(writes[0].namespace)
+        params.append(run.writes[0].namespace)
+        rows = ",".join(["(?, ?, ?, ?)"] * len(run.writes))
         return _UPDATE_MANY.format(rows=rows), params
-    rows = ",".join(["(?, ?, ?, ?, 1, ?)"] * len(writes))
-    params = []
-    for write, text in zip(writes, texts, strict=True):
+    for write, text in zip(run.writes, run.texts, strict=True):
         params += (write.namespace, write.key, write.state, text, now)
-    return (_UPSERT_MANY if kind == "upsert" else _CREATE_MANY).format(rows=rows), params
+    rows = ",".join(["(?, ?, ?, ?, 1, ?)"] * len(run.writes))
+    return (_UPSERT_MANY if run.kind == "upsert" else _CREATE_MANY).format(rows=rows), params

@@ -27,7 +27,7 @@ import re
 import secrets
 import socket
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, NamedTuple, Protocol, runtime_checkable
 
 import attrs
 
@@ -363,6 +363,46 @@ def encode_all(writes: list[Write]) -> list[str]:
             )
         texts.append(text)
     return texts
+
+
+class WriteRun(NamedTuple):
+    """Writes that one multi-row statement applies (see :func:`plan_writes`)."""
+
+    kind: str
+    """``upsert`` (no *expect*), ``create`` (*expect* 0) or ``update`` (*expect* a version)."""
+    writes: list[Write]
+    texts: list[str]
+    """Each write's document as JSON."""
+
+
+def plan_writes(writes: Iterable[Write], most: int) -> list[WriteRun]:
+    """Check *writes* and split them into runs of at most *most*, in order (see put_many)."""
+    checked = check_writes(writes)
+    texts = encode_all(checked)
+    return [
+        WriteRun(kind, [checked[i] for i in indexes], [texts[i] for i in indexes])
+        for kind, indexes in group_writes(checked, most)
+    ]
+
+
+def written_records(
+    runs: list[WriteRun], answers: list[dict[str, tuple[int, float]]]
+) -> list[Record | None]:
+    """Return put_many's result: per write, in order, its new record or ``None``.
+
+    Each run's answer maps the keys it wrote to their version and ``updated_at``; a key
+    missing from it is a write the compare-and-set refused.
+    """
+    records: list[Record | None] = []
+    for run, answer in zip(runs, answers, strict=True):
+        for write in run.writes:
+            stamp = answer.get(write.key)
+            records.append(
+                None
+                if stamp is None
+                else Record(write.namespace, write.key, write.state, dict(write.data), *stamp)
+            )
+    return records
 
 
 def lease_lost(lease: Lease) -> LeaseLost:
