@@ -196,3 +196,42 @@ def test_the_next_batch_is_asked_for_while_this_one_is_handled(mailbox, store, m
     assert sum(b"\\Seen" in f for f in flags.values()) == 39
     assert [uid for uid, f in flags.items() if b"\\Flagged" in f] == [order[11]]
     assert listener.poll_once() == 0, "nothing is handed out again"
+
+
+@pytest.mark.parametrize(("seconds_per_mail", "ahead"), [(0.001, True), (10.0, False)])
+def test_the_next_batch_is_asked_for_ahead_only_when_handling_is_quick(
+    mailbox, store, monkeypatch, seconds_per_mail, ahead
+):
+    """A server drops a client that leaves an answer unread for minutes: slow handlers wait."""
+    import mailtether._imap_listener as listener_module
+
+    monkeypatch.setattr(listener_module, "_FETCH_FIRST", 10)
+    monkeypatch.setattr(listener_module, "_FETCH_MOST", 10)
+    events: list[str] = []
+    real_send = listener_module.send_fetch
+
+    def send(client, uids):  # type: ignore[no-untyped-def]
+        events.append(f"fetch {uids[0]}")
+        return real_send(client, uids)
+
+    monkeypatch.setattr(listener_module, "send_fetch", send)
+    client = mailbox.client()
+    for n in range(1, 31):
+        client.append("INBOX", mail(n))
+    client.logout()
+    clock = FakeClock()
+
+    def handler(delivery: Delivery) -> None:
+        events.append(f"mail {delivery.uid}")
+        clock.advance(seconds_per_mail)
+
+    listener = ImapListener(
+        settings_for(mailbox), handler, store=store, clock=clock, lease_ttl=None
+    )
+    assert listener.poll_once() == 30
+    # The first batch is handled before anything is known about the handler's speed.
+    assert events.index("fetch 11") > events.index("mail 10")
+    if ahead:  # the third batch is on its way while the second is handled
+        assert events.index("fetch 21") < events.index("mail 11")
+    else:
+        assert events.index("fetch 21") > events.index("mail 20")

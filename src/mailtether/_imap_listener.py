@@ -40,6 +40,8 @@ _FETCH_FIRST: Final = 50
 _FETCH_LEAST: Final = 5
 _FETCH_MOST: Final = 500
 _FETCH_BYTES: Final = 16 * 2**20
+# The next batch is asked for ahead only when handling this one should take less than this.
+_AHEAD_SECONDS: Final = 60.0
 _CURSORS: Final = "cursor"
 _BACKOFFS: Final = "backoff"
 _OUTBOX: Final = "outbox"
@@ -298,18 +300,25 @@ class ImapListener(_SourceRunner):
 
         batch = todo[:size]
         answer = ask(batch) if batch else None
+        per_mail: float | None = None  # seconds of handling per mail, once measured
         while answer is not None:
             fetched = answer()
             mails = [(uid, *fetched[uid]) for uid in batch if uid in fetched]  # else expunged
             if mails:
                 average = sum(len(raw) for _, raw, _ in mails) // len(mails) or 1
                 size = max(_FETCH_LEAST, min(_FETCH_MOST, _FETCH_BYTES // average))
-            # Ask for the next batch before handling this one: the server reads and sends it
-            # while the handler runs (it is read before the next command goes out).
             current, start = batch, start + len(batch)
             batch = todo[start : start + size]
-            answer = ask(batch) if batch else None
+            answer = None
+            # Ask for the next batch before handling this one, so the server reads and sends
+            # it meanwhile — when handling is known to be quick: a server drops a client that
+            # leaves its answer unread for long (Dovecot: after 5 minutes).
+            if batch and per_mail is not None and per_mail * len(mails) < _AHEAD_SECONDS:
+                answer = ask(batch)
+            began = self.clock.monotonic()
             done, failed = self._handle(connection, base, mails, fresh)
+            if mails:
+                per_mail = (self.clock.monotonic() - began) / len(mails)
             handled += done
             if done or failed:
                 self.status.count(self.name, processed=done, failed=failed)
@@ -319,6 +328,8 @@ class ImapListener(_SourceRunner):
                 "active",
                 {"uidvalidity": uidvalidity, "last_uid": current[-1]},
             )
+            if batch and answer is None:
+                answer = ask(batch)
         if uids:
             self.store.put(
                 _CURSORS, self.name, "active", {"uidvalidity": uidvalidity, "last_uid": uids[-1]}
