@@ -3,12 +3,13 @@
 Run: ``.venv/bin/python benchmarks/listener.py [a] [b] [c] [d]`` (as root, or where Dovecot
 can run); no argument runs all four.
 
-(a) recovery: a server-side kick (BYE) until the listener is ONLINE again, beside plain
-    connect + LOGIN + SELECT + IDLE (target <= 1.2x);
+(a) recovery: a server-side kick (BYE) until the listener is in IDLE again, beside plain
+    connect + LOGIN + SELECT + IDLE, interleaved (target <= 1.2x);
 (b) push latency: APPEND until the handler runs, beside a plain ``idle_check`` + FETCH loop
     (target <= 1.05x; Dovecot's own ~0.5 s notification delay dominates);
 (c) first sync of N small messages through the guard (SQLite) + mark seen, messages/s,
-    beside a plain batched imapclient FETCH + STORE and imap_tools (target >= 0.8x);
+    beside a plain batched imapclient FETCH + STORE and imap_tools (target >= 0.8x); with the
+    default commit_window and with commit_window=0 (every outcome its own commit);
 (d) resident memory of the process with one idle listener.
 """
 
