@@ -235,3 +235,45 @@ def test_the_next_batch_is_asked_for_ahead_only_when_handling_is_quick(
         assert events.index("fetch 21") < events.index("mail 11")
     else:
         assert events.index("fetch 21") > events.index("mail 20")
+
+
+def test_a_connection_lost_while_the_next_batch_is_on_its_way(mailbox, store, monkeypatch):
+    """The reset comes in the middle of a batch asked for ahead: each mail still once, all seen."""
+    import mailtether._imap_listener as listener_module
+    from mailtether import Fixed, Keepalive
+    from mailtether.testing import FaultProxy
+
+    monkeypatch.setattr(listener_module, "_FETCH_FIRST", 10)
+    monkeypatch.setattr(listener_module, "_FETCH_MOST", 10)
+    client = mailbox.client()
+    for n in range(1, 41):
+        client.append("INBOX", mail(n))
+    client.logout()
+    calls: Counter[str] = Counter()
+
+    def handler(delivery: Delivery) -> None:
+        calls[subject(delivery)] += 1
+
+    with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
+        proxy.cut_on(b"Subject: mail 25\r\n")  # inside the third batch, fetched ahead
+        settings = ImapSettings(
+            "127.0.0.1", mailbox.user, mailbox.password, port=proxy.port, security="plain"
+        )
+        listener = ImapListener(
+            settings,
+            handler,
+            store=store,
+            lease_ttl=None,
+            reconnect=Fixed(0.05),
+            keepalive=Keepalive(noop_interval=1, idle_renewal=1, response_timeout=2),
+            poll_interval=1,
+        )
+        with pytest.raises(Exception, match="fetching new mail"):
+            listener.poll_once()
+        proxy.pass_through()
+        listener.poll_once()
+    assert calls == Counter({f"mail {n}": 1 for n in range(1, 41)})
+    client = mailbox.client()
+    client.select_folder("INBOX", readonly=True)
+    assert all(b"\\Seen" in f for f in client.get_flags(client.search(["ALL"])).values())
+    client.logout()
