@@ -229,12 +229,16 @@ def test_the_next_batch_is_asked_for_ahead_only_when_handling_is_quick(
         settings_for(mailbox), handler, store=store, clock=clock, lease_ttl=None
     )
     assert listener.poll_once() == 30
+    starts = [int(event.split()[1]) for event in events if event.startswith("fetch")]
     # The first batch is handled before anything is known about the handler's speed.
     assert events.index("fetch 11") > events.index("mail 10")
     if ahead:  # the third batch is on its way while the second is handled
+        assert starts == [1, 11, 21]
         assert events.index("fetch 21") < events.index("mail 11")
-    else:
-        assert events.index("fetch 21") > events.index("mail 20")
+    else:  # a minute of handling a batch at most, each asked for once the last is done
+        assert starts == [1, 11, 21, 27]  # sized down once the speed is known
+        for start in starts[1:]:
+            assert events.index(f"fetch {start}") > events.index(f"mail {start - 1}")
 
 
 def test_a_connection_lost_while_the_next_batch_is_on_its_way(mailbox, store, monkeypatch):

@@ -40,8 +40,9 @@ _FETCH_FIRST: Final = 50
 _FETCH_LEAST: Final = 5
 _FETCH_MOST: Final = 500
 _FETCH_BYTES: Final = 16 * 2**20
-# The next batch is asked for ahead only when handling this one should take less than this.
-_AHEAD_SECONDS: Final = 60.0
+# Seconds of handling a batch should take at most: batches of slow mail are made smaller, and
+# the next batch is asked for ahead only when handling this one should take less than this.
+_BATCH_SECONDS: Final = 60.0
 _CURSORS: Final = "cursor"
 _BACKOFFS: Final = "backoff"
 _OUTBOX: Final = "outbox"
@@ -307,13 +308,16 @@ class ImapListener(_SourceRunner):
             if mails:
                 average = sum(len(raw) for _, raw, _ in mails) // len(mails) or 1
                 size = max(_FETCH_LEAST, min(_FETCH_MOST, _FETCH_BYTES // average))
+            if per_mail:  # and about a minute of handling at most: a server that hears
+                # nothing from its client for long logs it out (RFC 9051: 30 minutes at least)
+                size = max(1, min(size, int(_BATCH_SECONDS / per_mail)))
             current, start = batch, start + len(batch)
             batch = todo[start : start + size]
             answer = None
             # Ask for the next batch before handling this one, so the server reads and sends
             # it meanwhile — when handling is known to be quick: a server drops a client that
             # leaves its answer unread for long (Dovecot: after 5 minutes).
-            if batch and per_mail is not None and per_mail * len(mails) < _AHEAD_SECONDS:
+            if batch and per_mail is not None and per_mail * len(mails) < _BATCH_SECONDS:
                 answer = ask(batch)
             began = self.clock.monotonic()
             done, failed = self._handle(connection, base, mails, fresh)
