@@ -154,17 +154,21 @@ def test_half_close_passes_the_fin_and_the_rest_of_the_reply(proxy, echo):
     eventually(lambda: proxy.connections == 0)
 
 
+def connect_and_read(proxy: FaultProxy) -> tuple[bytes, str]:
+    """Connect and read until closed; a reset while connecting counts as ``(b"", "reset")``."""
+    try:
+        client = socket.create_connection(proxy.address, timeout=5)
+    except ConnectionResetError:  # the reset can already arrive during connection set-up
+        return b"", "reset"
+    with client:
+        return read_until_closed(client)
+
+
 def test_a_server_that_is_down_resets_the_client():
     with socket.create_server(("127.0.0.1", 0)) as placeholder:
         free_port = placeholder.getsockname()[1]
     with FaultProxy(("127.0.0.1", free_port)) as proxy:
-        try:
-            client = socket.create_connection(proxy.address, timeout=2)
-        except ConnectionResetError:
-            pass  # the reset can already arrive while the connection is being set up
-        else:
-            with client:
-                assert read_until_closed(client)[0] == b""
+        assert connect_and_read(proxy) == (b"", "reset")
         eventually(lambda: proxy.connections == 0)
         assert proxy.accepted == 1
 
@@ -322,13 +326,7 @@ def test_cut_after_forwards_exactly_n_bytes_then_resets(proxy, echo):
 
 def test_cut_after_zero_cuts_before_the_greeting(proxy):
     proxy.cut_after(0)
-    try:
-        client = socket.create_connection(proxy.address, timeout=5)
-    except ConnectionResetError:
-        pass  # the reset can already arrive while the connection is being set up
-    else:
-        with client:
-            assert read_until_closed(client) == (b"", "reset")
+    assert connect_and_read(proxy) == (b"", "reset")
     eventually(lambda: proxy.accepted == 1)
 
 

@@ -42,6 +42,34 @@ def subject(delivery: Delivery) -> str:
     return str(delivery.message["Subject"])
 
 
+def fill(mailbox, count: int) -> None:
+    """Append mails 1..count in one session."""
+    client = mailbox.client()
+    for n in range(1, count + 1):
+        client.append("INBOX", mail(n))
+    client.logout()
+
+
+def flags_of(mailbox) -> dict[int, tuple[bytes, ...]]:
+    client = mailbox.client()
+    client.select_folder("INBOX", readonly=True)
+    flags = client.get_flags(client.search(["ALL"]))
+    client.logout()
+    return dict(flags)
+
+
+@pytest.fixture
+def batches_of(monkeypatch):
+    """Make the listener's batches small: the first of *first* mails, then at most *most*."""
+    import mailtether._imap_listener as listener_module
+
+    def set_sizes(first: int, most: int) -> None:
+        monkeypatch.setattr(listener_module, "_FETCH_FIRST", first)
+        monkeypatch.setattr(listener_module, "_FETCH_MOST", most)
+
+    return set_sizes
+
+
 @pytest.mark.parametrize(
     ("window", "work", "recorded_when_handling"),
     [
@@ -117,10 +145,7 @@ def test_an_interrupt_records_what_was_handled_and_gives_the_rest_back(mailbox, 
     assert calls == Counter(
         {"mail 1": 1, "mail 2": 1, "mail 3": 1, "mail 4": 2, "mail 5": 1, "mail 6": 1}
     )
-    client = mailbox.client()
-    client.select_folder("INBOX", readonly=True)
-    assert all(b"\\Seen" in f for f in client.get_flags(client.search(["ALL"])).values())
-    client.logout()
+    assert all(b"\\Seen" in f for f in flags_of(mailbox).values())
 
 
 def run_worker(mailbox, tmp_path: Path, window: float, run: int) -> int:
@@ -164,16 +189,10 @@ def test_a_mail_that_kills_the_process_is_held_alone(mailbox, tmp_path, window):
         store.close()
 
 
-def test_the_next_batch_is_asked_for_while_this_one_is_handled(mailbox, store, monkeypatch):
+def test_the_next_batch_is_asked_for_while_this_one_is_handled(mailbox, store, batches_of):
     """Pipelined batches: every mail once, in order, each batch's changes after its outcomes."""
-    import mailtether._imap_listener as listener_module
-
-    monkeypatch.setattr(listener_module, "_FETCH_FIRST", 7)
-    monkeypatch.setattr(listener_module, "_FETCH_MOST", 10)
-    client = mailbox.client()
-    for n in range(1, 41):
-        client.append("INBOX", mail(n))
-    client.logout()
+    batches_of(7, 10)
+    fill(mailbox, 40)
     order: list[int] = []
     guard = DuplicateGuard(store, max_failures=1)
 
@@ -189,10 +208,7 @@ def test_the_next_batch_is_asked_for_while_this_one_is_handled(mailbox, store, m
     assert order == sorted(order)
     assert len(order) == 40
     assert len(set(order)) == 40
-    client = mailbox.client()
-    client.select_folder("INBOX", readonly=True)
-    flags = client.get_flags(client.search(["ALL"]))
-    client.logout()
+    flags = flags_of(mailbox)
     assert sum(b"\\Seen" in f for f in flags.values()) == 39
     assert [uid for uid, f in flags.items() if b"\\Flagged" in f] == [order[11]]
     assert listener.poll_once() == 0, "nothing is handed out again"
@@ -200,13 +216,12 @@ def test_the_next_batch_is_asked_for_while_this_one_is_handled(mailbox, store, m
 
 @pytest.mark.parametrize(("seconds_per_mail", "ahead"), [(0.001, True), (10.0, False)])
 def test_the_next_batch_is_asked_for_ahead_only_when_handling_is_quick(
-    mailbox, store, monkeypatch, seconds_per_mail, ahead
+    mailbox, store, monkeypatch, batches_of, seconds_per_mail, ahead
 ):
     """A server drops a client that leaves an answer unread for minutes: slow handlers wait."""
     import mailtether._imap_listener as listener_module
 
-    monkeypatch.setattr(listener_module, "_FETCH_FIRST", 10)
-    monkeypatch.setattr(listener_module, "_FETCH_MOST", 10)
+    batches_of(10, 10)
     events: list[str] = []
     real_send = listener_module.send_fetch
 
@@ -215,10 +230,7 @@ def test_the_next_batch_is_asked_for_ahead_only_when_handling_is_quick(
         return real_send(client, uids)
 
     monkeypatch.setattr(listener_module, "send_fetch", send)
-    client = mailbox.client()
-    for n in range(1, 31):
-        client.append("INBOX", mail(n))
-    client.logout()
+    fill(mailbox, 30)
     clock = FakeClock()
 
     def handler(delivery: Delivery) -> None:
@@ -241,18 +253,13 @@ def test_the_next_batch_is_asked_for_ahead_only_when_handling_is_quick(
             assert events.index(f"fetch {start}") > events.index(f"mail {start - 1}")
 
 
-def test_a_connection_lost_while_the_next_batch_is_on_its_way(mailbox, store, monkeypatch):
+def test_a_connection_lost_while_the_next_batch_is_on_its_way(mailbox, store, batches_of):
     """The reset comes in the middle of a batch asked for ahead: each mail still once, all seen."""
-    import mailtether._imap_listener as listener_module
     from mailtether import Fixed, Keepalive
     from mailtether.testing import FaultProxy
 
-    monkeypatch.setattr(listener_module, "_FETCH_FIRST", 10)
-    monkeypatch.setattr(listener_module, "_FETCH_MOST", 10)
-    client = mailbox.client()
-    for n in range(1, 41):
-        client.append("INBOX", mail(n))
-    client.logout()
+    batches_of(10, 10)
+    fill(mailbox, 40)
     calls: Counter[str] = Counter()
 
     def handler(delivery: Delivery) -> None:
@@ -277,7 +284,4 @@ def test_a_connection_lost_while_the_next_batch_is_on_its_way(mailbox, store, mo
         proxy.pass_through()
         listener.poll_once()
     assert calls == Counter({f"mail {n}": 1 for n in range(1, 41)})
-    client = mailbox.client()
-    client.select_folder("INBOX", readonly=True)
-    assert all(b"\\Seen" in f for f in client.get_flags(client.search(["ALL"])).values())
-    client.logout()
+    assert all(b"\\Seen" in f for f in flags_of(mailbox).values())
