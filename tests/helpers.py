@@ -37,3 +37,12 @@ def eventually(condition: Callable[[], object], timeout: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.05)
+
+
+def flags_of(mailbox) -> dict[int, tuple[bytes, ...]]:  # type: ignore[no-untyped-def]
+    """The flags of every mail in the mailbox's INBOX, by UID (read-only: nothing changes)."""
+    client = mailbox.client()
+    client.select_folder("INBOX", readonly=True)
+    flags = client.get_flags(client.search(["ALL"]))
+    client.logout()
+    return dict(flags)

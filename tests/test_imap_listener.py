@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Collector, eventually
+from helpers import Collector, eventually, flags_of
 from mailtether import (
     Delivery,
     DuplicateGuard,
@@ -71,14 +71,6 @@ def start(store):
     yield make
     for listener in started:
         listener.stop()
-
-
-def flags_of(mailbox) -> dict[int, tuple[bytes, ...]]:
-    client = mailbox.client()
-    client.select_folder("INBOX", readonly=True)
-    flags = client.get_flags(client.search(["ALL"]))
-    client.logout()
-    return flags
 
 
 def state_of(listener: ImapListener) -> SourceState | None:

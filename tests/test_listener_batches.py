@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import flags_of
 from mailtether import Delivery, DuplicateGuard, ImapListener, ImapSettings, SQLiteStore
 from mailtether.testing import FakeClock
 
@@ -48,14 +49,6 @@ def fill(mailbox, count: int) -> None:
     for n in range(1, count + 1):
         client.append("INBOX", mail(n))
     client.logout()
-
-
-def flags_of(mailbox) -> dict[int, tuple[bytes, ...]]:
-    client = mailbox.client()
-    client.select_folder("INBOX", readonly=True)
-    flags = client.get_flags(client.search(["ALL"]))
-    client.logout()
-    return dict(flags)
 
 
 @pytest.fixture
