@@ -27,12 +27,10 @@ from mailtether._store import (
     check_lease,
     check_limit,
     check_namespace,
-    check_put,
     check_state,
     check_time,
     check_ttl,
     decode_data,
-    encode_data,
     lease_lost,
     plan_writes,
     redact_url,
@@ -300,11 +298,7 @@ class PostgresStore:
         expect: int | None = None,
     ) -> Record | None:
         """Write a record, compare-and-set on its version if *expect* is given."""
-        check_put(namespace, key, state, expect)
-        row = self._one("put", *self._put_statement(Write(namespace, key, state, data, expect)))
-        if row is None:
-            return None
-        return Record(namespace, key, state, dict(data), int(row[0]), float(row[1]))
+        return self.put_many([Write(namespace, key, state, data, expect)])[0]
 
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
         """Apply several writes as :meth:`put` would, in one transaction.
@@ -317,14 +311,17 @@ class PostgresStore:
             return []
         statements = [self._many_statement(run) for run in runs]
 
-        def apply(connection: Any) -> list[dict[str, tuple[int, float]]]:
-            with connection.transaction():
-                return [
-                    {row[0]: _stamp(row[1:]) for row in connection.execute(sql, params)}
-                    for sql, params in statements
-                ]
+        def answer(connection: Any, sql: str, params: list[Any]) -> dict[str, tuple[int, float]]:
+            return {row[0]: _stamp(row[1:]) for row in connection.execute(sql, params)}
 
-        return written_records(runs, self._run("put_many", apply))
+        def apply(connection: Any) -> list[dict[str, tuple[int, float]]]:
+            if len(statements) == 1:  # one statement is atomic on its own
+                return [answer(connection, *statements[0])]
+            with connection.transaction():
+                return [answer(connection, *statement) for statement in statements]
+
+        what = "put" if len(statements) == 1 else "put_many"
+        return written_records(runs, self._run(what, apply))
 
     def _many_statement(self, run: WriteRun) -> tuple[str, list[Any]]:
         """One statement for a run of writes of one kind to distinct keys of one namespace."""
@@ -358,31 +355,6 @@ class PostgresStore:
             "RETURNING key, version, updated_at"
         )
         return sql, params
-
-    def _put_statement(self, write: Write) -> tuple[str, tuple[Any, ...]]:
-        text = encode_data(write.data)
-        table = f"{self._p}_records"
-        if write.expect is None:
-            sql = (
-                f"INSERT INTO {table} AS r (namespace, key, state, data, version, updated_at) "  # noqa: S608
-                f"VALUES (%s, %s, %s, %s, 1, {_NOW}) ON CONFLICT (namespace, key) DO UPDATE SET "
-                "state = excluded.state, data = excluded.data, version = r.version + 1, "
-                "updated_at = excluded.updated_at RETURNING version, updated_at"
-            )
-            return sql, (write.namespace, write.key, write.state, text)
-        if write.expect == 0:
-            sql = (
-                f"INSERT INTO {table} (namespace, key, state, data, version, updated_at) "  # noqa: S608
-                f"VALUES (%s, %s, %s, %s, 1, {_NOW}) ON CONFLICT (namespace, key) DO NOTHING "
-                "RETURNING version, updated_at"
-            )
-            return sql, (write.namespace, write.key, write.state, text)
-        sql = (
-            f"UPDATE {table} SET state = %s, data = %s, version = version + 1, "  # noqa: S608
-            f"updated_at = {_NOW} WHERE namespace = %s AND key = %s AND version = %s "
-            "RETURNING version, updated_at"
-        )
-        return sql, (write.state, text, write.namespace, write.key, write.expect)
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""

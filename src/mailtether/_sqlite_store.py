@@ -23,12 +23,10 @@ from mailtether._store import (
     check_lease,
     check_limit,
     check_namespace,
-    check_put,
     check_state,
     check_time,
     check_ttl,
     decode_data,
-    encode_data,
     lease_lost,
     plan_writes,
     written_records,
@@ -38,21 +36,7 @@ __all__ = ["SQLiteStore"]
 
 _T = TypeVar("_T")
 _BATCH: Final = 500  # well under SQLite's 32 766 host parameters, and fast to plan
-_UPSERT: Final = (
-    "INSERT INTO mailtether_records (namespace, key, state, data, version, updated_at) "
-    "VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (namespace, key) DO UPDATE SET "
-    "state = excluded.state, data = excluded.data, version = version + 1, "
-    "updated_at = excluded.updated_at RETURNING version"
-)
-_INSERT_NEW: Final = (
-    "INSERT INTO mailtether_records (namespace, key, state, data, version, updated_at) "
-    "VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (namespace, key) DO NOTHING RETURNING version"
-)
-_UPDATE_AT: Final = (
-    "UPDATE mailtether_records SET state = ?, data = ?, version = version + 1, "
-    "updated_at = ? WHERE namespace = ? AND key = ? AND version = ? RETURNING version"
-)
-# Multi-row forms for put_many; only "?" placeholders are formatted in.
+# The writes of put and put_many, a run of rows each; only "?" placeholders are formatted in.
 _COLUMNS: Final = (
     "INSERT INTO mailtether_records (namespace, key, state, data, version, updated_at) "
 )
@@ -266,13 +250,7 @@ class SQLiteStore:
         expect: int | None = None,
     ) -> Record | None:
         """Write a record, compare-and-set on its version if *expect* is given."""
-        check_put(namespace, key, state, expect)
-        now = self._clock.time()
-        sql, params = _put_statement(Write(namespace, key, state, data, expect), now)
-        row = self._run("put", lambda c: c.execute(sql, params).fetchone())
-        if row is None:
-            return None
-        return Record(namespace, key, state, dict(data), int(row[0]), now)
+        return self.put_many([Write(namespace, key, state, data, expect)])[0]
 
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
         """Apply several writes as :meth:`put` would, in one transaction.
@@ -285,17 +263,17 @@ class SQLiteStore:
             return []
         now = self._clock.time()
 
-        def apply(connection: sqlite3.Connection) -> list[dict[str, tuple[int, float]]]:
-            with self._transaction(connection):
-                return [
-                    {
-                        key: (int(version), now)
-                        for key, version in connection.execute(*_many_statement(run, now))
-                    }
-                    for run in runs
-                ]
+        def answer(connection: sqlite3.Connection, run: WriteRun) -> dict[str, tuple[int, float]]:
+            rows = connection.execute(*_many_statement(run, now))
+            return {key: (int(version), now) for key, version in rows}
 
-        return written_records(runs, self._run("put_many", apply))
+        def apply(connection: sqlite3.Connection) -> list[dict[str, tuple[int, float]]]:
+            if len(runs) == 1:  # one statement is atomic on its own
+                return [answer(connection, runs[0])]
+            with self._transaction(connection):
+                return [answer(connection, run) for run in runs]
+
+        return written_records(runs, self._run("put" if len(runs) == 1 else "put_many", apply))
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""
@@ -457,16 +435,6 @@ class SQLiteStore:
 def _record(namespace: str, row: tuple[Any, ...]) -> Record:
     key, state, data, version, updated_at = row
     return Record(namespace, key, state, decode_data(data), int(version), float(updated_at))
-
-
-def _put_statement(write: Write, now: float) -> tuple[str, tuple[Any, ...]]:
-    """The SQL and parameters of one put (the arguments are checked already)."""
-    text = encode_data(write.data)
-    if write.expect is None:
-        return _UPSERT, (write.namespace, write.key, write.state, text, now)
-    if write.expect == 0:
-        return _INSERT_NEW, (write.namespace, write.key, write.state, text, now)
-    return _UPDATE_AT, (write.state, text, now, write.namespace, write.key, write.expect)
 
 
 _GROUP_ROWS: Final = 100
