@@ -292,7 +292,10 @@ def test_claim_many_decides_as_claim_does(backend):
     ]
     assert [c.attempt for c in claims if c.acquired] == [2, 1, 1, 1]
     assert DuplicateGuard(backend.other()).claim(fresh[0]).status is ClaimStatus.BUSY
-    guard.finish_many([(claims[1], "ValueError: again"), (claims[3], None), (claims[4], None)])
+    held = guard.finish_many(
+        [(claims[1], "ValueError: again"), (claims[3], None), (claims[4], None)]
+    )
+    assert held == [failed_before], "its second failure held it"
     assert guard.lookup(failed_before).state == "held"
     assert guard.lookup(fresh[0]).state == "done"
     assert guard.lookup(fresh[2]).state == "processing"

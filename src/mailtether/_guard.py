@@ -447,13 +447,17 @@ class DuplicateGuard:
         written = self.store.put(self.namespace, key.id, PROCESSING, data, expect=record.version)
         return None if written is None else Claim(self, key, ClaimStatus.NEW, written)
 
-    def finish_many(self, outcomes: Iterable[tuple[Claim, str | None]]) -> None:
-        """Record the outcomes of several claims at once.
+    def finish_many(self, outcomes: Iterable[tuple[Claim, str | None]]) -> list[MessageKey]:
+        """Record the outcomes of several claims at once; return the keys now held.
 
         Each outcome is ``(claim, None)`` for done or ``(claim, "error text")`` for a failed
         attempt. One store write for the lot (the content of the done ones included), which is
         what makes a batch of fast handlers cheap. Record each outcome as soon as you can: a
         process killed before its outcomes are recorded gets those mails handed out again.
+
+        Returns:
+            The keys whose failure was their ``max_failures``-th: held from now on (put them
+            aside, e.g. flag or move the mail).
 
         Raises:
             ClaimLost: a claim expired and was taken over before its outcome was recorded
@@ -483,8 +487,10 @@ class DuplicateGuard:
             for (claim, _, _), result in zip(finishing, results, strict=True)
             if result is None
         ]
-        for write, result in zip(writes, results, strict=True):
+        held = []
+        for (claim, _, _), write, result in zip(finishing, writes, results, strict=True):
             if result is not None and write.state == HELD:
+                held.append(claim.key)
                 log.warning(
                     "%s: held after %d failed attempts: %s",
                     write.key,
@@ -497,6 +503,7 @@ class DuplicateGuard:
                 "expired and was taken over before its outcome was recorded: it may have been "
                 "handled twice; raise claim_ttl"
             )
+        return held
 
     def _outcome(self, key: MessageKey, record: Record, reason: str | None, now: float) -> Write:
         """The write that records a claim's outcome: done (*reason* ``None``) or failed."""

@@ -376,15 +376,13 @@ class ImapListener(_SourceRunner):
             outcomes = pending[:]
             pending.clear()
             work = 0.0
-            self.guard.finish_many(outcomes)
+            poisoned.extend(self.guard.finish_many(outcomes))
             for claim, error in outcomes:
                 if error is None:
                     finished.append(claim.key)
                     done += 1
                 else:
                     failed += 1
-                    if claim.attempt >= self.guard.max_failures:
-                        poisoned.append(claim.key)
 
         try:
             for uid, raw, flags in mails:
@@ -473,16 +471,10 @@ class ImapListener(_SourceRunner):
         """
         if not claim.acquired:
             return self._not_new(connection, claim)
-        with claim:
-            error = self._run_handler(Delivery(claim.key, uid, flags, raw, claim.attempt), claim)
-            if error is not None:
-                claim.fail(error)
-        if error is None:
-            return "done"
-        entry = self.guard.lookup(claim.key)
-        if entry is not None and entry.state == "held":
-            self._apply(connection, claim.key, self.on_poison)
-        return "failed"
+        error = self._run_handler(Delivery(claim.key, uid, flags, raw, claim.attempt), claim)
+        for held in self.guard.finish_many([(claim, error)]):
+            self._apply(connection, held, self.on_poison)
+        return "done" if error is None else "failed"
 
     def _not_new(self, connection: ImapConnection, claim: Claim) -> str:
         """What a claim that is not ours to handle asks of the mailbox."""
