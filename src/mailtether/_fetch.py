@@ -65,7 +65,7 @@ def send_fetch(client: IMAPClient, uids: Sequence[int]) -> Callable[[], dict[int
         or not isinstance(imap, imaplib.IMAP4)
         or not all(callable(getattr(imap, part, None)) for part in _IMAPLIB_PARTS)
     ):  # not the imapclient this was written against: take its public road, at read time
-        return lambda: _from_imapclient(client.fetch(wanted, _ITEMS), wanted)
+        return lambda: _asked(_from_imapclient(client.fetch(wanted, _ITEMS)), wanted)
     tag = imap._command("UID", "FETCH", ",".join(map(str, wanted)), "(BODY.PEEK[] FLAGS)")
 
     def read() -> dict[int, FetchedMail]:
@@ -75,11 +75,8 @@ def send_fetch(client: IMAPClient, uids: Sequence[int]) -> Callable[[], dict[int
         typ, data = imap._untagged_response(typ, data, "FETCH")
         fetched = _usual(data)
         if fetched is None:
-            return _from_imapclient(
-                parse_fetch_response(data, client.normalise_times, True), wanted
-            )
-        asked = set(wanted)
-        return {uid: mail for uid, mail in fetched.items() if uid in asked}
+            fetched = _from_imapclient(parse_fetch_response(data, client.normalise_times, True))
+        return _asked(fetched, wanted)
 
     return read
 
@@ -107,16 +104,19 @@ def _usual(data: list[Any]) -> dict[int, FetchedMail] | None:
     return fetched
 
 
-def _from_imapclient(
-    response: dict[int, dict[bytes, Any]], uids: Sequence[int]
-) -> dict[int, FetchedMail]:
-    wanted = set(uids)
-    fetched: dict[int, FetchedMail] = {}
-    for uid, items in response.items():
-        body = items.get(b"BODY[]")
-        if uid in wanted and body is not None:
-            fetched[uid] = (bytes(body), tuple(items.get(b"FLAGS", ())))
-    return fetched
+def _from_imapclient(response: dict[int, dict[bytes, Any]]) -> dict[int, FetchedMail]:
+    """The mails in an answer imapclient parsed (answers without a body left out)."""
+    return {
+        uid: (bytes(items[b"BODY[]"]), tuple(items.get(b"FLAGS", ())))
+        for uid, items in response.items()
+        if items.get(b"BODY[]") is not None
+    }
+
+
+def _asked(fetched: dict[int, FetchedMail], uids: list[int]) -> dict[int, FetchedMail]:
+    """Only the mails asked for: unsolicited answers about others are dropped."""
+    asked = set(uids)
+    return {uid: mail for uid, mail in fetched.items() if uid in asked}
 
 
 def _text(data: list[Any]) -> str:
