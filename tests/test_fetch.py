@@ -108,3 +108,20 @@ def test_a_strange_answer_falls_back(monkeypatch):
     ]
     for data in strange:
         assert fetch_module._usual(data) is None, data
+
+
+def test_a_mail_not_asked_for_is_left_out(filled, monkeypatch):
+    """A server that answers with more than was asked for: only the asked-for mails come back."""
+    uids = filled.search(["ALL"])
+    imap = filled._imap
+    real = imap._untagged_response
+    extra = [(b"9 (UID 999 FLAGS () BODY[] {14}", b"Subject: x\r\n\r\n"), b")"]
+
+    def with_extra(typ, data, name):  # type: ignore[no-untyped-def]
+        typ, answer = real(typ, data, name)
+        return typ, [*answer, *extra]
+
+    monkeypatch.setattr(imap, "_untagged_response", with_extra)
+    assert sorted(fetch_mail(filled, uids[:2])) == uids[:2]
+    monkeypatch.setattr(fetch_module, "_usual", lambda data: None)  # imapclient's parser too
+    assert sorted(fetch_mail(filled, uids[:2])) == uids[:2]
