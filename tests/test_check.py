@@ -8,7 +8,7 @@ import json
 import pytest
 
 from mailtether import check
-from mailtether._cli import main
+from mailtether.cli._main import main
 from mailtether.testing import FaultProxy
 
 

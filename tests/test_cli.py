@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from mailtether import DuplicateGuard, MessageKey, SourceState, SQLiteStore, StatusBoard
-from mailtether._cli import main
+from mailtether.cli._main import main
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_json_on_every_command(url):
 
 
 def test_unexpected_errors_are_one_line_unless_debug(tmp_path, monkeypatch):
-    import mailtether._cli as cli
+    import mailtether.cli._main as cli
 
     def explode(*args, **kwargs):
         raise RuntimeError("boom")

@@ -2,7 +2,7 @@
 
 import io
 
-from mailtether._cli import main
+from mailtether.cli._main import main
 
 
 def test_demo_runs_and_loses_nothing():

@@ -36,13 +36,21 @@ def test_every_public_name_has_a_docstring(module):
     assert undocumented == []
 
 
+def _all_modules():
+    for info in pkgutil.walk_packages(mailtether.__path__, "mailtether."):
+        if info.name.rsplit(".", 1)[-1] != "__main__":
+            yield info.name
+
+
 def test_private_modules_declare_all():
-    for package in (mailtether, mailtether.testing):
-        for info in pkgutil.iter_modules(package.__path__):
-            if info.name.startswith("_") and info.name != "__main__" and not info.ispkg:
-                name = f"{package.__name__}.{info.name}"
-                module = importlib.import_module(name)
-                assert hasattr(module, "__all__"), name
+    missing = [name for name in _all_modules() if not hasattr(importlib.import_module(name), "__all__")]
+    assert missing == []
+
+
+def test_subpackages_export_nothing_of_their_own():
+    # The public names live in mailtether and mailtether.testing only.
+    for name in ("mailtether.stores", "mailtether.imap", "mailtether.pop3", "mailtether.cli"):
+        assert importlib.import_module(name).__all__ == [], name
 
 
 def test_import_pulls_in_no_optional_dependency():

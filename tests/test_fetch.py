@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import mailtether._fetch as fetch_module
-from mailtether._fetch import fetch_mail
+import mailtether.imap._fetch as fetch_module
+from mailtether.imap._fetch import fetch_mail
 
 MAILS = [
     b"Subject: plain\r\n\r\nbody\r\n",

@@ -74,7 +74,7 @@ def test_imaplib_trace_only_when_someone_listens(mailbox, caplog):
 
 
 def test_a_command_sent_ahead_is_read_before_the_next_one(mailbox):
-    from mailtether._fetch import send_fetch
+    from mailtether.imap._fetch import send_fetch
 
     for _ in range(3):
         mailbox.append(MAIL)
@@ -94,7 +94,7 @@ def test_a_command_sent_ahead_is_read_before_the_next_one(mailbox):
 
 
 def test_an_answer_ahead_lost_with_the_connection_raises_connection_lost(mailbox, proxy):
-    from mailtether._fetch import send_fetch
+    from mailtether.imap._fetch import send_fetch
 
     mailbox.append(MAIL)
     with ImapConnection.open(plain(mailbox, port=proxy.port), keepalive=FAST) as connection:

@@ -54,7 +54,7 @@ def fill(mailbox, count: int) -> None:
 @pytest.fixture
 def batches_of(monkeypatch):
     """Make the listener's batches small: the first of *first* mails, then at most *most*."""
-    import mailtether._imap_listener as listener_module
+    import mailtether.imap._listener as listener_module
 
     def set_sizes(first: int, most: int) -> None:
         monkeypatch.setattr(listener_module, "_FETCH_FIRST", first)
@@ -212,7 +212,7 @@ def test_the_next_batch_is_asked_for_ahead_only_when_handling_is_quick(
     mailbox, store, monkeypatch, batches_of, seconds_per_mail, ahead
 ):
     """A server drops a client that leaves an answer unread for minutes: slow handlers wait."""
-    import mailtether._imap_listener as listener_module
+    import mailtether.imap._listener as listener_module
 
     batches_of(10, 10)
     events: list[str] = []

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from mailtether._cli import main
+from mailtether.cli._main import main
 
 HANDLER = """
 from pathlib import Path

@@ -35,18 +35,11 @@ from mailtether._guard import (
     RepeatedMessage,
     RepeatPolicy,
 )
-from mailtether._imap_connection import ImapConnection
-from mailtether._imap_listener import Delivery, ImapListener
-from mailtether._imap_settings import ImapSettings, Security
 from mailtether._keepalive import Keepalive
 from mailtether._leases import ProcessLock, acquire_lease
-from mailtether._memory_store import MemoryStore
 from mailtether._message_key import MessageKey, content_digest, message_id_of
-from mailtether._pop3_poller import MailboxInUse, Pop3Poller
-from mailtether._postgres_store import PostgresStore
-from mailtether._redis_store import RedisStore
+from mailtether._settings import ImapSettings, Security
 from mailtether._smtp_notifier import SmtpNotifier
-from mailtether._sqlite_store import SQLiteStore
 from mailtether._status import (
     LoggingNotifier,
     Notifier,
@@ -55,8 +48,6 @@ from mailtether._status import (
     StatusBoard,
     StatusChange,
 )
-from mailtether._store import SCHEMA_VERSION, Lease, Record, Store, Write, default_owner
-from mailtether._store_url import store_from_url
 from mailtether._strategies import (
     Capped,
     Chain,
@@ -68,7 +59,16 @@ from mailtether._strategies import (
     ReconnectStrategy,
     Tiered,
 )
-from mailtether._watchdog import KeepaliveWatchdog
+from mailtether.imap._connection import ImapConnection
+from mailtether.imap._listener import Delivery, ImapListener
+from mailtether.imap._watchdog import KeepaliveWatchdog
+from mailtether.pop3._poller import MailboxInUse, Pop3Poller
+from mailtether.stores._memory import MemoryStore
+from mailtether.stores._postgres import PostgresStore
+from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Store, Write, default_owner
+from mailtether.stores._redis import RedisStore
+from mailtether.stores._sqlite import SQLiteStore
+from mailtether.stores._url import store_from_url
 
 __all__ = [
     "DAY",

@@ -1,6 +1,6 @@
 """``python -m mailtether``: the command line."""
 
-from mailtether._cli import run
+from mailtether.cli._main import run
 
 if __name__ == "__main__":
     run()

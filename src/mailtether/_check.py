@@ -11,7 +11,7 @@ from typing import Any, Final
 
 import attrs
 
-from mailtether._imap_settings import ImapSettings
+from mailtether._settings import ImapSettings
 
 __all__ = ["CheckReport", "CheckStep", "check"]
 

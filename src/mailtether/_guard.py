@@ -12,7 +12,7 @@ import attrs
 
 from mailtether._errors import MailtetherError
 from mailtether._message_key import MessageKey
-from mailtether._store import Record, Store, Write, check_namespace, default_owner
+from mailtether.stores._protocol import Record, Store, Write, check_namespace, default_owner
 
 __all__ = [
     "Claim",

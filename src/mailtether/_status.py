@@ -12,7 +12,7 @@ import attrs
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._durations import HOUR
-from mailtether._store import Store
+from mailtether.stores._protocol import Store
 
 __all__ = [
     "LoggingNotifier",

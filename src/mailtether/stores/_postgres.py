@@ -16,7 +16,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from mailtether._errors import ConfigError, SchemaError, StoreError
-from mailtether._store import (
+from mailtether.stores._protocol import (
     SCHEMA_VERSION,
     Lease,
     Record,

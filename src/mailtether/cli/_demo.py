@@ -24,12 +24,12 @@ from typing import TextIO
 
 from mailtether._errors import ConfigError
 from mailtether._guard import DuplicateGuard
-from mailtether._imap_listener import Delivery, ImapListener
-from mailtether._imap_settings import ImapSettings
 from mailtether._keepalive import Keepalive
-from mailtether._sqlite_store import SQLiteStore
+from mailtether._settings import ImapSettings
 from mailtether._status import SourceState, StatusBoard, StatusChange
 from mailtether._strategies import Exponential
+from mailtether.imap._listener import Delivery, ImapListener
+from mailtether.stores._sqlite import SQLiteStore
 from mailtether.testing import FaultProxy
 
 __all__ = ["run_demo"]

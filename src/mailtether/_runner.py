@@ -26,10 +26,10 @@ from mailtether._errors import (
 )
 from mailtether._guard import DuplicateGuard, RepeatedMessage
 from mailtether._leases import ProcessLock
-from mailtether._memory_store import MemoryStore
 from mailtether._status import SourceState, StatusBoard
-from mailtether._store import Store
 from mailtether._strategies import Exponential, ReconnectStrategy
+from mailtether.stores._memory import MemoryStore
+from mailtether.stores._protocol import Store
 
 __all__: list[str] = []
 

@@ -18,14 +18,14 @@ from mailtether._errors import (
     TLSFailure,
 )
 from mailtether._guard import ClaimStatus, DuplicateGuard
-from mailtether._imap_connection import translate_error
-from mailtether._imap_listener import Delivery
-from mailtether._imap_settings import ImapSettings
 from mailtether._message_key import MessageKey, content_digest
-from mailtether._source import _SourceRunner, either
+from mailtether._runner import _SourceRunner, either
+from mailtether._settings import ImapSettings
 from mailtether._status import StatusBoard
-from mailtether._store import Store
 from mailtether._strategies import ReconnectStrategy
+from mailtether.imap._connection import translate_error
+from mailtether.imap._listener import Delivery
+from mailtether.stores._protocol import Store
 
 __all__ = ["MailboxInUse", "Pop3Poller"]
 

@@ -14,8 +14,8 @@ from mailtether._check import check
 from mailtether._errors import MailtetherError
 from mailtether._guard import DuplicateGuard, GuardEntry
 from mailtether._status import SourceStatus, StatusBoard
-from mailtether._store_url import store_from_url
-from mailtether._watch import add_watch_arguments, run_watch
+from mailtether.cli._watch import add_watch_arguments, run_watch
+from mailtether.stores._url import store_from_url
 
 __all__ = ["main"]
 
@@ -143,7 +143,7 @@ def _main(argv: Sequence[str] | None, out: TextIO) -> int:
             out.write(f"mailtether: {error}\n")
             return EXIT_USAGE
     if args.command == "demo":
-        from mailtether._demo import run_demo
+        from mailtether.cli._demo import run_demo
 
         try:
             return run_demo(out)

@@ -12,7 +12,7 @@ from typing import Any, Final, TypeVar
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import ConfigError, SchemaError, StoreError
-from mailtether._store import (
+from mailtether.stores._protocol import (
     SCHEMA_VERSION,
     Lease,
     Record,

@@ -6,9 +6,9 @@ from urllib.parse import urlsplit
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import ConfigError
-from mailtether._memory_store import MemoryStore
-from mailtether._sqlite_store import SQLiteStore
-from mailtether._store import Store, redact_url
+from mailtether.stores._memory import MemoryStore
+from mailtether.stores._protocol import Store, redact_url
+from mailtether.stores._sqlite import SQLiteStore
 
 __all__ = ["store_from_url"]
 
@@ -47,11 +47,11 @@ def store_from_url(url: str, *, clock: Clock = SYSTEM_CLOCK) -> Store:
             )
         return SQLiteStore(path, clock=clock)
     if scheme in ("redis", "rediss", "unix"):
-        from mailtether._redis_store import RedisStore
+        from mailtether.stores._redis import RedisStore
 
         return RedisStore(url)
     if scheme in ("postgres", "postgresql"):
-        from mailtether._postgres_store import PostgresStore
+        from mailtether.stores._postgres import PostgresStore
 
         return PostgresStore(url)
     raise ConfigError(

@@ -12,8 +12,8 @@ from typing import Any, Self
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import ConnectionLost, MailServerError
-from mailtether._imap_connection import translate_error
 from mailtether._keepalive import Keepalive
+from mailtether.imap._connection import translate_error
 
 __all__ = ["KeepaliveWatchdog"]
 

@@ -36,8 +36,8 @@ from mailtether._errors import (
     ServerUnreachable,
     TLSFailure,
 )
-from mailtether._imap_settings import ImapSettings
 from mailtether._keepalive import Keepalive
+from mailtether._settings import ImapSettings
 
 __all__ = ["ImapConnection", "translate_error"]
 

@@ -19,16 +19,16 @@ from mailtether._errors import (
     ConnectionLost,
     MailServerError,
 )
-from mailtether._fetch import FetchedMail, send_fetch
 from mailtether._guard import Claim, ClaimStatus, DuplicateGuard
-from mailtether._imap_connection import ImapConnection
-from mailtether._imap_settings import ImapSettings
 from mailtether._keepalive import Keepalive
 from mailtether._message_key import MessageKey, content_digest, message_id_of
-from mailtether._source import _SourceRunner, either
+from mailtether._runner import _SourceRunner, either
+from mailtether._settings import ImapSettings
 from mailtether._status import StatusBoard
-from mailtether._store import Store
 from mailtether._strategies import ReconnectStrategy
+from mailtether.imap._connection import ImapConnection
+from mailtether.imap._fetch import FetchedMail, send_fetch
+from mailtether.stores._protocol import Store
 
 __all__ = ["Delivery", "ImapListener"]
 

@@ -10,7 +10,7 @@ import attrs
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import StoreError
-from mailtether._store import (
+from mailtether.stores._protocol import (
     Lease,
     Record,
     Write,
