@@ -330,6 +330,14 @@ class ImapConnection:
     def _touch(self) -> None:
         self._last_activity = self.clock.monotonic()
 
+    def abort(self, reason: str) -> None:
+        """Break the connection now, from any thread; every call then raises ConnectionLost.
+
+        A call blocked on the socket in another thread returns at once. Use it when the
+        connection must not be used any more (a lost lease, a shutdown).
+        """
+        self._mark_dead(ConnectionLost(reason))
+
     def _mark_dead(self, error: MailServerError) -> None:
         if self._dead is None:
             self._dead = error

@@ -16,7 +16,6 @@ import attrs
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import (
     CommandFailed,
-    ConnectionLost,
     MailServerError,
 )
 from mailtether._guard import Claim, ClaimStatus, DuplicateGuard
@@ -237,7 +236,7 @@ class ImapListener(_SourceRunner):
     def _drop_connection(self) -> None:
         connection = self._connection
         if connection is not None:
-            connection._mark_dead(ConnectionLost("the mailbox lease was lost"))
+            connection.abort("the mailbox lease was lost")
 
     def _session(self, stop: threading.Event) -> None:
         with self._lease() as lease:
