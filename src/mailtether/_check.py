@@ -1,24 +1,36 @@
-"""``check``: walk a connection step by step and say, in one sentence, what is wrong."""
+"""``check``: walk a connection step by step and say, in one sentence, what is wrong.
+
+:func:`check` runs a probe: :class:`Probe` holds what every protocol shares (DNS, TCP, TLS,
+a deadline per step, timing, the report); ``ImapProbe`` (:mod:`mailtether.imap._probe`) and
+``Pop3Probe`` (:mod:`mailtether.pop3._probe`) add the greeting, capabilities, STARTTLS, login
+and the mailbox in their protocol's words. This module imports them only inside
+:func:`check`, so they can build on it.
+"""
 
 from __future__ import annotations
 
-import base64
+import abc
+import contextlib
 import socket
 import ssl
-import time
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Final, TypeAlias
 
 import attrs
 
+from mailtether._clock import SYSTEM_CLOCK, Clock
+from mailtether._errors import ConnectionLost, MailServerError, ResponseTimeout
+from mailtether._lines import LineReader, LineTooLong
 from mailtether._settings import ImapSettings
 
-__all__ = ["CheckReport", "CheckStep", "check"]
+__all__ = ["CheckReport", "CheckStep", "Probe", "Step", "StepFailed", "check"]
 
 # Exit codes of `mailtether check`.
 OK: Final = 0
 UNREACHABLE: Final = 4
 MISCONFIGURED: Final = 5
+
+_VERIFY_NAME_MISMATCH: Final = (62, 64)  # X509_V_ERR_HOSTNAME / IP_ADDRESS_MISMATCH
 
 
 @attrs.frozen
@@ -65,7 +77,15 @@ class CheckReport:
         }
 
 
-class _Failed(Exception):
+class StepFailed(Exception):
+    """A step of a check failed: what to tell a person, and whether the server was reached.
+
+    Args:
+        sentence: The cause and what to do, without the step's name (the runner adds it).
+        reachable: ``False`` when the server could not be reached at all.
+        detail: What the failed step shows beside its name.
+    """
+
     def __init__(self, sentence: str, *, reachable: bool, detail: str = "") -> None:
         super().__init__(sentence)
         self.sentence = sentence
@@ -73,44 +93,297 @@ class _Failed(Exception):
         self.detail = detail
 
 
-class _Wire:
-    """The smallest IMAP client: lines and tagged responses, with a deadline on each read."""
-
-    def __init__(self, sock: socket.socket | ssl.SSLSocket) -> None:
-        self.sock = sock
-        self.buffer = b""
-        self.tag = 0
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError
-            self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\r\n")
-        return line
-
-    def command(self, text: bytes) -> tuple[str, list[bytes]]:
-        self.tag += 1
-        tag = b"c%d" % self.tag
-        self.sock.sendall(tag + b" " + text + b"\r\n")
-        return self.until(tag)
-
-    def until(self, tag: bytes) -> tuple[str, list[bytes]]:
-        untagged: list[bytes] = []
-        while True:
-            line = self.line()
-            if line.startswith(tag + b" "):
-                status = line[len(tag) + 1 :].split(b" ", 1)[0].decode("ascii", "replace")
-                untagged.append(line)
-                return status, untagged
-            if line.startswith(b"+"):
-                return "+", [line]
-            untagged.append(line)
+Step: TypeAlias = tuple[str, Callable[[], str]]
+"""A step of a probe: its name, and the method that takes it and returns its detail."""
 
 
-def _quoted(text: str) -> bytes:
-    return b'"' + text.encode("utf-8").replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+class Probe(abc.ABC):
+    """One connection check: DNS, TCP, TLS, then a protocol's steps, each timed and bounded.
+
+    A subclass speaks one protocol: it names the server (:attr:`server_kind`), says what
+    was checked (:attr:`target`), and takes the steps :meth:`plan` lists. Each step is a
+    method that returns its detail or raises :class:`StepFailed`; each runs against its own
+    deadline, *timeout* seconds from its start, held across every read it makes.
+
+    Args:
+        settings: Where to connect and how to log in.
+        timeout: Seconds each step may take.
+        ssl_context: Certificate verification (default: the settings', else the system's).
+        clock: Where step times and deadlines are read.
+    """
+
+    server_kind: ClassVar[str]
+    """The server in a sentence: ``"an IMAP server"``."""
+
+    def __init__(
+        self,
+        settings: ImapSettings,
+        *,
+        timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.settings = settings
+        self.timeout = timeout
+        self.context = ssl_context or settings.ssl_context or ssl.create_default_context()
+        self.clock = clock
+        self.where = f"{settings.host}:{settings.port}"
+        self.steps: list[CheckStep] = []
+        self.deadline = clock.monotonic() + timeout
+        self.address: tuple[str, int] | None = None
+        self.offered: frozenset[bytes] = frozenset()
+        """The capabilities the server listed, upper case."""
+        self._sock: socket.socket | None = None
+        self._reader: LineReader | None = None
+
+    @property
+    @abc.abstractmethod
+    def target(self) -> str:
+        """What is checked, for the report (never the password)."""
+
+    @abc.abstractmethod
+    def greeting(self) -> str:
+        """Read the server's greeting; fail if it is not this protocol's."""
+
+    @abc.abstractmethod
+    def capabilities(self) -> str:
+        """Ask what the server offers; set :attr:`offered`."""
+
+    @abc.abstractmethod
+    def starttls(self) -> str:
+        """Upgrade the connection to TLS (see :meth:`upgrade`)."""
+
+    @abc.abstractmethod
+    def login(self) -> str:
+        """Log in with the settings' credentials."""
+
+    @abc.abstractmethod
+    def mailbox_step(self) -> Step:
+        """The last step, which opens the mailbox: ``select`` or ``stat``."""
+
+    @abc.abstractmethod
+    def goodbye(self) -> None:
+        """End the session politely (after every step passed)."""
+
+    def plan(self) -> Iterator[Step]:
+        """The steps, in order, as the settings' security asks."""
+        yield "dns", self.dns
+        yield "tcp", self.tcp
+        if self.settings.security == "tls":
+            yield "tls", self.tls
+        yield "greeting", self.greeting
+        yield "capabilities", self.capabilities
+        if self.settings.security == "starttls":
+            yield "starttls", self.starttls
+        yield "login", self.login
+        yield self.mailbox_step()
+
+    def run(self) -> CheckReport:
+        """Take every step until one fails, and report; never raises for a server problem."""
+        try:
+            for name, action in self.plan():
+                self._step(name, action)
+            self._say_goodbye()
+        except StepFailed as failure:
+            return self._report(False, failure.sentence, reachable=failure.reachable)
+        finally:
+            if self._sock is not None:
+                self._sock.close()
+        total = sum(step.seconds for step in self.steps)
+        return self._report(
+            True, f"all well: {self.target} answered every step in {total * 1000:.0f} ms"
+        )
+
+    # -- the steps every protocol shares -----------------------------------------------------
+
+    def dns(self) -> str:
+        """Resolve the host name."""
+        host, port = self.settings.host, self.settings.port
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as error:
+            raise StepFailed(
+                f"the host name {host!r} cannot be resolved ({error.strerror}); check its "
+                "spelling and your DNS",
+                reachable=False,
+            ) from None
+        address = infos[0][4]
+        self.address = (str(address[0]), int(address[1]))
+        return self.address[0]
+
+    def tcp(self) -> str:
+        """Connect to the address DNS gave."""
+        if self.address is None:
+            raise RuntimeError("the tcp step needs the dns step first")
+        try:
+            sock = socket.create_connection(self.address, timeout=self.timeout)
+        except ConnectionRefusedError:
+            raise StepFailed(
+                f"connection refused by {self.where}: nothing listens there (wrong port, or the "
+                "server is down); check the port and that the server runs",
+                reachable=False,
+            ) from None
+        except TimeoutError:
+            raise StepFailed(
+                f"connecting to {self.where} timed out: a firewall probably drops the packets, "
+                "or the host is down; check firewalls on both sides",
+                reachable=False,
+            ) from None
+        except OSError as error:
+            raise StepFailed(f"cannot connect to {self.where} ({error})", reachable=False) from None
+        self._use(sock)
+        return "connected"
+
+    def tls(self) -> str:
+        """Do the TLS handshake on the connection (implicit TLS, or after STARTTLS)."""
+        host = self.settings.host
+        sock = self.sock
+        try:
+            sock.settimeout(self._remaining())
+            wrapped = self.context.wrap_socket(sock, server_hostname=host)
+        except ssl.SSLCertVerificationError as error:
+            if error.verify_code in _VERIFY_NAME_MISMATCH:
+                sentence = (
+                    f"the certificate is for another host name than {host!r} "
+                    f"({error.verify_message}); connect with the name in the certificate"
+                )
+            else:
+                sentence = (
+                    f"the server's certificate is not trusted ({error.verify_message}); give "
+                    "its CA (--cafile) or fix the server's certificate chain"
+                )
+            raise StepFailed(sentence, reachable=True) from None
+        except (ssl.SSLError, OSError) as error:
+            raise StepFailed(
+                f"the TLS handshake failed ({error}); is this a TLS port? (993 is implicit "
+                "TLS, 143 is STARTTLS)",
+                reachable=True,
+            ) from None
+        self._use(wrapped)
+        return str(wrapped.version())
+
+    # -- what the protocols' steps build on ---------------------------------------------------
+
+    @property
+    def sock(self) -> socket.socket:
+        """The connection (plain or TLS), once the tcp step has made it."""
+        if self._sock is None:
+            raise RuntimeError("no connection yet: the tcp step comes first")
+        return self._sock
+
+    @property
+    def reader(self) -> LineReader:
+        """The line reader on :attr:`sock`; a new one after each TLS handshake."""
+        if self._reader is None:
+            raise RuntimeError("no connection yet: the tcp step comes first")
+        return self._reader
+
+    def readline(self) -> bytes:
+        """The server's next line, by this step's deadline."""
+        return self.reader.readline(self.deadline)
+
+    def send(self, data: bytes) -> None:
+        """Send *data*, by this step's deadline."""
+        self.sock.settimeout(self._remaining())
+        self.sock.sendall(data)
+
+    def read_greeting(self) -> bytes:
+        """The server's first line; fail, in words, if it never comes."""
+        try:
+            return self.readline()
+        except ResponseTimeout:
+            raise StepFailed(
+                f"connected to {self.where}, but the server never greeted within "
+                f"{self.timeout:g} s: a firewall or proxy that accepts but forwards nothing, or "
+                "an overloaded server",
+                reachable=False,
+            ) from None
+        except LineTooLong:
+            raise StepFailed(
+                f"this does not look like {self.server_kind}: its first line is longer than "
+                f"{self.reader.max_line} bytes",
+                reachable=True,
+            ) from None
+        except ConnectionLost:
+            raise StepFailed(
+                "the server closed the connection before greeting (too many connections, your "
+                f"address blocked, or not {self.server_kind}); check the server's limits and "
+                "logs",
+                reachable=True,
+            ) from None
+
+    def foreign(self, line: bytes) -> StepFailed:
+        """The failure for a greeting that is not this protocol's, quoting its start."""
+        text = line[:80].decode("utf-8", "replace")
+        return StepFailed(f"this does not look like {self.server_kind}: {text!r}", reachable=True)
+
+    @contextlib.contextmanager
+    def answering(self, command: str) -> Iterator[None]:
+        """Turn a broken exchange inside the block into the step's sentence about *command*."""
+        try:
+            yield
+        except (ResponseTimeout, TimeoutError):
+            raise StepFailed(
+                f"the server did not answer {command} in time", reachable=True
+            ) from None
+        except LineTooLong:
+            raise StepFailed(
+                f"the server answered {command} with a line longer than "
+                f"{self.reader.max_line} bytes: it does not speak the protocol, or something on "
+                "the way garbles the stream",
+                reachable=True,
+            ) from None
+        except (ConnectionLost, OSError):
+            raise StepFailed(
+                f"the server closed the connection during {command}", reachable=True
+            ) from None
+
+    def upgrade(self, word: str, secure: str, accepted: Callable[[], bool]) -> None:
+        """STARTTLS (or POP3's STLS): insist it is offered, ask for it, shake hands.
+
+        Args:
+            word: The command, as the capabilities name it.
+            secure: The implicit-TLS way to connect instead, for the sentence.
+            accepted: Sends the command; whether the server agreed.
+        """
+        if word.encode("ascii") not in self.offered:
+            raise StepFailed(
+                f"{self.settings.host} does not offer {word}, so the password would travel in "
+                f"clear: use {secure}, or find what strips {word} on the way",
+                reachable=True,
+            )
+        if not accepted():
+            raise StepFailed(f"the server refused {word}", reachable=True)
+        self.tls()
+
+    # -- running ------------------------------------------------------------------------------
+
+    def _step(self, name: str, action: Callable[[], str]) -> None:
+        started = self.clock.monotonic()
+        self.deadline = started + self.timeout
+        try:
+            detail = action()
+        except StepFailed as failure:
+            seconds = self.clock.monotonic() - started
+            self.steps.append(CheckStep(name, False, seconds, failure.detail))
+            raise StepFailed(f"{name}: {failure.sentence}", reachable=failure.reachable) from None
+        self.steps.append(CheckStep(name, True, self.clock.monotonic() - started, detail))
+
+    def _use(self, sock: socket.socket) -> None:
+        # A new reader after the TLS handshake drops whatever came in clear before it.
+        self._sock = sock
+        self._reader = LineReader(sock, clock=self.clock)
+
+    def _remaining(self) -> float:
+        return max(self.deadline - self.clock.monotonic(), 1e-3)
+
+    def _say_goodbye(self) -> None:
+        self.deadline = self.clock.monotonic() + self.timeout
+        with contextlib.suppress(OSError, MailServerError, StepFailed):
+            self.goodbye()
+
+    def _report(self, ok: bool, sentence: str, *, reachable: bool = True) -> CheckReport:
+        return CheckReport(self.target, tuple(self.steps), ok, sentence, reachable)
 
 
 def check(
@@ -135,293 +408,13 @@ def check(
         >>> print(report.sentence)
         tcp: connection refused by 127.0.0.1:9: nothing listens there (wrong port, or the server is down); check the port and that the server runs
     """  # noqa: E501
-    pop3 = isinstance(target, str) and target.lower().startswith(("pop3://", "pop3s://"))
-    if isinstance(target, ImapSettings):
-        settings = target
-    else:
-        settings = ImapSettings.from_pop3_url(target) if pop3 else ImapSettings.from_url(target)
-    context = ssl_context or settings.ssl_context or ssl.create_default_context()
-    where = f"{settings.host}:{settings.port}"
-    shown = f"{settings.security} {settings.username}@{where}/{settings.folder}"
-    if pop3:
-        shown = f"pop3 {settings.security} {settings.username}@{where}"
-    steps: list[CheckStep] = []
-    state: dict[str, Any] = {}
+    # The probes build on this module, so they are imported here, not at its top.
+    if isinstance(target, str) and target.lower().startswith(("pop3://", "pop3s://")):
+        from mailtether.pop3._probe import Pop3Probe
 
-    def step(name: str, action: Callable[[], str]) -> None:
-        started = time.perf_counter()
-        try:
-            detail = action()
-        except _Failed as failure:
-            steps.append(CheckStep(name, False, time.perf_counter() - started, failure.detail))
-            raise _Failed(f"{name}: {failure.sentence}", reachable=failure.reachable) from None
-        steps.append(CheckStep(name, True, time.perf_counter() - started, detail))
+        settings = ImapSettings.from_pop3_url(target)
+        return Pop3Probe(settings, timeout=timeout, ssl_context=ssl_context).run()
+    from mailtether.imap._probe import ImapProbe
 
-    def dns() -> str:
-        try:
-            infos = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
-        except socket.gaierror as error:
-            raise _Failed(
-                f"the host name {settings.host!r} cannot be resolved ({error.strerror}); check "
-                "its spelling and your DNS",
-                reachable=False,
-            ) from None
-        state["address"] = infos[0][4]
-        return str(infos[0][4][0])
-
-    def tcp() -> str:
-        try:
-            sock = socket.create_connection(state["address"][:2], timeout=timeout)
-        except ConnectionRefusedError:
-            raise _Failed(
-                f"connection refused by {where}: nothing listens there (wrong port, or the "
-                "server is down); check the port and that the server runs",
-                reachable=False,
-            ) from None
-        except TimeoutError:
-            raise _Failed(
-                f"connecting to {where} timed out: a firewall probably drops the packets, or "
-                "the host is down; check firewalls on both sides",
-                reachable=False,
-            ) from None
-        except OSError as error:
-            raise _Failed(f"cannot connect to {where} ({error})", reachable=False) from None
-        sock.settimeout(timeout)
-        state["sock"] = sock
-        return "connected"
-
-    def wrap() -> str:
-        try:
-            state["sock"] = context.wrap_socket(state["sock"], server_hostname=settings.host)
-        except ssl.SSLCertVerificationError as error:
-            if error.verify_code in (62, 64):  # X509_V_ERR_HOSTNAME / IP_ADDRESS_MISMATCH
-                sentence = (
-                    f"the certificate is for another host name than {settings.host!r} "
-                    f"({error.verify_message}); connect with the name in the certificate"
-                )
-            else:
-                sentence = (
-                    f"the server's certificate is not trusted ({error.verify_message}); give "
-                    "its CA (--cafile) or fix the server's certificate chain"
-                )
-            raise _Failed(sentence, reachable=True) from None
-        except (ssl.SSLError, OSError) as error:
-            raise _Failed(
-                f"the TLS handshake failed ({error}); is this a TLS port? (993 is implicit "
-                "TLS, 143 is STARTTLS)",
-                reachable=True,
-            ) from None
-        return str(state["sock"].version())
-
-    def read_greeting(protocol: str) -> bytes:
-        article = "an" if protocol == "IMAP" else "a"
-        wire = state["wire"] = _Wire(state["sock"])
-        try:
-            return wire.line()
-        except TimeoutError:
-            raise _Failed(
-                f"connected to {where}, but the server never greeted within {timeout:g} s: a "
-                "firewall or proxy that accepts but forwards nothing, or an overloaded server",
-                reachable=False,
-            ) from None
-        except (EOFError, ConnectionError):
-            raise _Failed(
-                "the server closed the connection before greeting (too many connections, your "
-                f"address blocked, or not {article} {protocol} server); check the server's "
-                "limits and logs",
-                reachable=True,
-            ) from None
-
-    def greeting() -> str:
-        line = read_greeting("IMAP")
-        text = line.decode("utf-8", "replace")
-        if line.startswith(b"* BYE"):
-            raise _Failed(f"the server refused the session: {text}", reachable=True)
-        if not line.startswith((b"* OK", b"* PREAUTH")):
-            raise _Failed(f"this does not look like an IMAP server: {text[:80]!r}", reachable=True)
-        return text[:80]
-
-    def capabilities() -> str:
-        _, lines = _talk(state["wire"], b"CAPABILITY")
-        words = b" ".join(line for line in lines if line.startswith(b"* CAPABILITY")).split()
-        state["caps"] = {word.upper() for word in words}
-        return " ".join(sorted(word.decode() for word in state["caps"] - {b"*", b"CAPABILITY"}))
-
-    def starttls() -> str:
-        if b"STARTTLS" not in state["caps"]:
-            raise _Failed(
-                f"{settings.host} does not offer STARTTLS, so the password would travel in "
-                "clear: use imaps:// (port 993), or find what strips STARTTLS on the way",
-                reachable=True,
-            )
-        status, _ = _talk(state["wire"], b"STARTTLS")
-        if status != "OK":
-            raise _Failed("the server refused STARTTLS", reachable=True)
-        wrap()
-        state["wire"] = _Wire(state["sock"])
-        capabilities()
-        return "upgraded"
-
-    def login() -> str:
-        wire: _Wire = state["wire"]
-        if settings.auth == "xoauth2":
-            secret = f"user={settings.username}\x01auth=Bearer {settings.password}\x01\x01"
-            mechanism = b"XOAUTH2"
-        else:
-            secret = f"\x00{settings.username}\x00{settings.password}"
-            mechanism = b"PLAIN"
-        payload = base64.b64encode(secret.encode("utf-8"))
-        status, lines = _talk(wire, b"AUTHENTICATE " + mechanism)
-        if status == "+":
-            wire.sock.sendall(payload + b"\r\n")
-            status, lines = wire.until(b"c%d" % wire.tag)
-            if status == "+":  # XOAUTH2 error challenge: send an empty line to finish
-                wire.sock.sendall(b"\r\n")
-                status, lines = wire.until(b"c%d" % wire.tag)
-        if status != "OK":
-            said = lines[-1].decode("utf-8", "replace").split(" ", 2)[-1] if lines else ""
-            raise _Failed(
-                f"the server rejected the credentials of {settings.username!r} ({said}); check "
-                "the user name and password (or token); a locked or expired account says the same",
-                reachable=True,
-            )
-        return f"{mechanism.decode()} as {settings.username}"
-
-    def select() -> str:
-        status, lines = _talk(state["wire"], b"SELECT " + _quoted(settings.folder))
-        if status != "OK":
-            said = lines[-1].decode("utf-8", "replace").split(" ", 2)[-1] if lines else ""
-            raise _Failed(
-                f"folder {settings.folder!r} cannot be selected ({said}); create it or fix its "
-                "name (folder names are case-sensitive)",
-                reachable=True,
-            )
-        exists = next(
-            (line.split()[1].decode() for line in lines if line.endswith(b" EXISTS")), "?"
-        )
-        return f"{exists} messages"
-
-    def pop3_greeting() -> str:
-        line = read_greeting("POP3")
-        if not line.startswith(b"+OK"):
-            raise _Failed(
-                f"this does not look like a POP3 server: {line[:80].decode('utf-8', 'replace')!r}",
-                reachable=True,
-            )
-        return line[:80].decode("utf-8", "replace")
-
-    def pop3_send(command: bytes, multiline: bool = False) -> list[bytes]:
-        wire: _Wire = state["wire"]
-        try:
-            wire.sock.sendall(command + b"\r\n")
-            lines = [wire.line()]
-            if multiline and lines[0].startswith(b"+OK"):
-                while lines[-1] != b".":
-                    lines.append(wire.line())
-        except TimeoutError:
-            raise _Failed(
-                f"the server did not answer {command.split()[0].decode()} in time", reachable=True
-            ) from None
-        except (EOFError, ConnectionError, ssl.SSLError):
-            raise _Failed(
-                f"the server closed the connection during {command.split()[0].decode()}",
-                reachable=True,
-            ) from None
-        return lines
-
-    def pop3_capabilities() -> str:
-        lines = pop3_send(b"CAPA", multiline=True)
-        state["caps"] = {line.split()[0].upper() for line in lines[1:-1] if line.strip()}
-        return " ".join(sorted(word.decode() for word in state["caps"]))
-
-    def pop3_stls() -> str:
-        if b"STLS" not in state["caps"]:
-            raise _Failed(
-                f"{settings.host} does not offer STLS, so the password would travel in clear: "
-                "use pop3s:// (port 995), or find what strips STLS on the way",
-                reachable=True,
-            )
-        if not pop3_send(b"STLS")[0].startswith(b"+OK"):
-            raise _Failed("the server refused STLS", reachable=True)
-        wrap()
-        state["wire"] = _Wire(state["sock"])
-        return "upgraded"
-
-    def pop3_login() -> str:
-        if not pop3_send(b"USER " + settings.username.encode("utf-8"))[0].startswith(
-            b"+OK"
-        ) or not (answer := pop3_send(b"PASS " + settings.password.encode("utf-8"))[0]).startswith(
-            b"+OK"
-        ):
-            raise _Failed(
-                f"the server rejected the credentials of {settings.username!r}; check the user "
-                "name and password; a locked or expired account says the same",
-                reachable=True,
-            )
-        return answer[:60].decode("utf-8", "replace")
-
-    def pop3_stat() -> str:
-        answer = pop3_send(b"STAT")[0]
-        if not answer.startswith(b"+OK"):
-            raise _Failed(
-                f"the mailbox cannot be opened ({answer.decode('utf-8', 'replace')})",
-                reachable=True,
-            )
-        return f"{answer.split()[1].decode()} messages"
-
-    try:
-        try:
-            step("dns", dns)
-            step("tcp", tcp)
-            if settings.security == "tls":
-                step("tls", wrap)
-            if pop3:
-                step("greeting", pop3_greeting)
-                step("capabilities", pop3_capabilities)
-                if settings.security == "starttls":
-                    step("starttls", pop3_stls)
-                step("login", pop3_login)
-                step("stat", pop3_stat)
-            else:
-                step("greeting", greeting)
-                step("capabilities", capabilities)
-                if settings.security == "starttls":
-                    step("starttls", starttls)
-                step("login", login)
-                step("select", select)
-        finally:
-            sock = state.get("sock")
-            if sock is not None:
-                try:
-                    if "wire" in state and steps and steps[-1].ok:
-                        if pop3:
-                            state["wire"].sock.sendall(b"QUIT\r\n")
-                        else:
-                            state["wire"].command(b"LOGOUT")
-                except (OSError, EOFError):
-                    pass
-                sock.close()
-    except _Failed as failure:
-        return CheckReport(shown, tuple(steps), False, failure.sentence, failure.reachable)
-    total = sum(step.seconds for step in steps)
-    return CheckReport(
-        shown,
-        tuple(steps),
-        True,
-        f"all well: {shown} answered every step in {total * 1000:.0f} ms",
-        True,
-    )
-
-
-def _talk(wire: _Wire, command: bytes) -> tuple[str, list[bytes]]:
-    try:
-        return wire.command(command)
-    except TimeoutError:
-        raise _Failed(
-            f"the server did not answer {command.split()[0].decode()} in time", reachable=True
-        ) from None
-    except (EOFError, ConnectionError, ssl.SSLError):
-        raise _Failed(
-            f"the server closed the connection during {command.split()[0].decode()}",
-            reachable=True,
-        ) from None
+    settings = target if isinstance(target, ImapSettings) else ImapSettings.from_url(target)
+    return ImapProbe(settings, timeout=timeout, ssl_context=ssl_context).run()
