@@ -1,6 +1,17 @@
-"""Stores: the Store protocol, shared helpers, and one module per backend.
+"""Stores: the Store protocol, what the backends share, and one module per backend.
+
+- ``_protocol``: the :class:`~mailtether.Store` protocol and its value types;
+- ``_shared``: argument checks, write planning and helpers every backend uses;
+- ``_pool``: the connection pool of the SQL backends;
+- ``_memory``, ``_sqlite``, ``_redis`` (its Lua scripts in ``_redis_scripts``),
+  ``_postgres`` (its call watchdog in ``_postgres_watchdog``): one module per backend;
+- ``_url``: :func:`~mailtether.store_from_url`.
 
 Internal: the public names are re-exported from :mod:`mailtether`.
 """
+
+# _protocol is loaded first, whichever module is asked for: it still re-exports the helpers
+# of _shared, which imports the types _protocol defines. (Drop this line with that re-export.)
+from mailtether.stores import _protocol as _protocol
 
 __all__: list[str] = []

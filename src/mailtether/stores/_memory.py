@@ -10,10 +10,8 @@ import attrs
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import StoreError
-from mailtether.stores._protocol import (
-    Lease,
-    Record,
-    Write,
+from mailtether.stores._protocol import Lease, Record, Write
+from mailtether.stores._shared import (
     check_expect,
     check_key,
     check_lease,

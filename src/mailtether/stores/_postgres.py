@@ -16,11 +16,8 @@ from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from mailtether._errors import ConfigError, SchemaError, StoreError
-from mailtether.stores._protocol import (
-    SCHEMA_VERSION,
-    Lease,
-    Record,
-    Write,
+from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
+from mailtether.stores._shared import (
     WriteRun,
     check_expect,
     check_key,

@@ -20,18 +20,13 @@ Layout, for every backend (schema version :data:`SCHEMA_VERSION`):
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import re
 import secrets
 import socket
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import attrs
-
-from mailtether._errors import ConfigError, LeaseLost
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -44,12 +39,6 @@ __all__ = [
 
 SCHEMA_VERSION: Final = 1
 """The layout version every store writes; a store refuses data from a newer one."""
-
-MAX_KEY_LENGTH: Final = 1024
-_NAMESPACE: Final = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
-_STATE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-MIN_TTL: Final = 0.001
-_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 @attrs.frozen
@@ -229,231 +218,6 @@ class Store(Protocol):
         ...
 
 
-# -- argument checks shared by every backend ----------------------------------------------------
-
-
-_SEEN_NAMESPACES: set[str] = set()
-_SEEN_STATES: set[str] = set()
-
-
-def check_namespace(namespace: object) -> str:
-    """Return *namespace* if it is a valid namespace, else raise ValueError/TypeError."""
-    if namespace in _SEEN_NAMESPACES:  # a handful of names, checked millions of times
-        return namespace
-    if not isinstance(namespace, str):
-        raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
-    if not _NAMESPACE.match(namespace):
-        raise ValueError(
-            f"namespace {namespace!r} is not valid: use 1-64 characters of a-z, 0-9, _ . : - "
-            "starting with a letter or digit"
-        )
-    if len(_SEEN_NAMESPACES) < 1024:
-        _SEEN_NAMESPACES.add(namespace)
-    return namespace
-
-
-def check_key(key: object, what: str = "key") -> str:
-    """Return *key* if it is non-empty text without NUL, at most 1024 characters."""
-    if not isinstance(key, str):
-        raise TypeError(f"{what} must be a str, not {type(key).__name__}")
-    if not key or len(key) > MAX_KEY_LENGTH or "\x00" in key:
-        raise ValueError(
-            f"{what} must be 1-{MAX_KEY_LENGTH} characters without NUL, got {key[:80]!r}"
-        )
-    return key
-
-
-def check_state(state: object) -> str:
-    """Return *state* if it is a valid state tag (a-z, 0-9, _ -; up to 32 characters)."""
-    if state in _SEEN_STATES:
-        return state
-    if not isinstance(state, str):
-        raise TypeError(f"state must be a str, not {type(state).__name__}")
-    if not _STATE.match(state):
-        raise ValueError(
-            f"state {state!r} is not valid: use 1-32 characters of a-z, 0-9, _ - "
-            "starting with a letter"
-        )
-    if len(_SEEN_STATES) < 1024:
-        _SEEN_STATES.add(state)
-    return state
-
-
-def check_expect(expect: object) -> int | None:
-    """Return *expect* if it is ``None`` or an int >= 0."""
-    if expect is None:
-        return None
-    if isinstance(expect, bool) or not isinstance(expect, int) or expect < 0:
-        raise ValueError(f"expect must be None or an int >= 0, got {expect!r}")
-    return expect
-
-
-def check_ttl(ttl: object) -> float:
-    """Return *ttl* as float seconds if it is finite and at least 1 ms."""
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
-        raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
-    ttl = float(ttl)
-    if not math.isfinite(ttl) or ttl < MIN_TTL:
-        raise ValueError(f"ttl must be finite and at least {MIN_TTL} s, got {ttl!r}")
-    return ttl
-
-
-def check_put(namespace: object, key: object, state: object, expect: object) -> None:
-    """Check the arguments every backend's ``put`` takes."""
-    check_namespace(namespace)
-    check_key(key)
-    check_state(state)
-    check_expect(expect)
-
-
-def check_writes(writes: object) -> list[Write]:
-    """Return *writes* as a list after checking every one as ``put`` checks its arguments."""
-    if isinstance(writes, Write | str | bytes | Mapping) or not isinstance(writes, Iterable):
-        raise TypeError(f"put_many takes an iterable of Write, not {type(writes).__name__}")
-    checked: list[Write] = []
-    namespaces, states = _SEEN_NAMESPACES, _SEEN_STATES
-    for write in writes:
-        if not isinstance(write, Write):
-            raise TypeError(f"put_many takes Write objects, not {type(write).__name__}")
-        key, expect = write.key, write.expect
-        if not (  # the common case in one expression; anything else gets check_put's errors
-            write.namespace in namespaces
-            and write.state in states
-            and type(key) is str
-            and 0 < len(key) <= MAX_KEY_LENGTH
-            and "\x00" not in key
-            and (expect is None or (type(expect) is int and expect >= 0))
-        ):
-            check_put(write.namespace, key, write.state, expect)
-        checked.append(write)
-    return checked
-
-
-def group_writes(writes: list[Write], most: int) -> list[tuple[str, list[int]]]:
-    """Split *writes* into runs for multi-row statements: ``(kind, indexes)`` in order.
-
-    A run holds writes of one kind (``upsert``: no *expect*; ``create``: *expect* 0;
-    ``update``: *expect* a version), to one namespace, to distinct keys, at most *most* of
-    them; so running the runs in order applies every write as ``put`` would, in order.
-    """
-    groups: list[tuple[str, list[int]]] = []
-    keys: set[str] = set()
-    current: tuple[str, str] | None = None
-    for index, write in enumerate(writes):
-        kind = "upsert" if write.expect is None else "create" if write.expect == 0 else "update"
-        if current != (kind, write.namespace) or write.key in keys or len(groups[-1][1]) >= most:
-            groups.append((kind, []))
-            keys = set()
-            current = (kind, write.namespace)
-        groups[-1][1].append(index)
-        keys.add(write.key)
-    return groups
-
-
-def encode_all(writes: list[Write]) -> list[str]:
-    """Each write's document as JSON; a document shared by several writes is encoded once."""
-    encoded: dict[int, str] = {}
-    texts = []
-    for write in writes:
-        data = write.data
-        text = encoded.get(id(data))
-        if text is None:
-            text = encoded[id(data)] = (
-                "{}" if type(data) is dict and not data else encode_data(data)
-            )
-        texts.append(text)
-    return texts
-
-
-class WriteRun(NamedTuple):
-    """Writes that one multi-row statement applies (see :func:`plan_writes`)."""
-
-    kind: str
-    """``upsert`` (no *expect*), ``create`` (*expect* 0) or ``update`` (*expect* a version)."""
-    writes: list[Write]
-    texts: list[str]
-    """Each write's document as JSON."""
-
-
-def plan_writes(writes: Iterable[Write], most: int) -> list[WriteRun]:
-    """Check *writes* and split them into runs of at most *most*, in order (see put_many)."""
-    checked = check_writes(writes)
-    texts = encode_all(checked)
-    return [
-        WriteRun(kind, [checked[i] for i in indexes], [texts[i] for i in indexes])
-        for kind, indexes in group_writes(checked, most)
-    ]
-
-
-def written_records(
-    runs: list[WriteRun], answers: list[dict[str, tuple[int, float]]]
-) -> list[Record | None]:
-    """Return put_many's result: per write, in order, its new record or ``None``.
-
-    Each run's answer maps the keys it wrote to their version and ``updated_at``; a key
-    missing from it is a write the compare-and-set refused.
-    """
-    records: list[Record | None] = []
-    for run, answer in zip(runs, answers, strict=True):
-        for write in run.writes:
-            stamp = answer.get(write.key)
-            records.append(
-                None
-                if stamp is None
-                else Record(write.namespace, write.key, write.state, dict(write.data), *stamp)
-            )
-    return records
-
-
-def lease_lost(lease: Lease) -> LeaseLost:
-    """The error every backend raises when a renewal finds the lease no longer held."""
-    return LeaseLost(
-        f"lease {lease.name!r} (token {lease.token}) is no longer held by {lease.owner!r}: "
-        "it expired or was taken over; stop the work it protected"
-    )
-
-
-def check_limit(limit: object) -> int | None:
-    """Return *limit* if it is ``None`` or an int >= 0."""
-    if limit is None:
-        return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
-    return limit
-
-
-def check_time(value: object, what: str) -> float:
-    """Return *value* as float if it is a finite number."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{what} must be a finite number of seconds, got {value!r}")
-    return float(value)
-
-
-def check_lease(lease: object) -> Lease:
-    """Return *lease* if it is a :class:`Lease`."""
-    if not isinstance(lease, Lease):
-        raise TypeError(f"expected a Lease, not {type(lease).__name__}")
-    return lease
-
-
-def encode_data(data: object) -> str:
-    """Serialise a record's document to compact JSON; refuse what JSON cannot hold."""
-    if not isinstance(data, Mapping):
-        raise TypeError(f"data must be a mapping, not {type(data).__name__}")
-    try:
-        return _ENCODER.encode(data)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"data must be JSON-serialisable: {error}") from None
-
-
-def decode_data(text: str | bytes) -> dict[str, Any]:
-    """Parse a record's JSON document."""
-    value = json.loads(text)
-    if not isinstance(value, dict):
-        raise ValueError("stored record data is not a JSON object")
-    return value
-
-
 def default_owner() -> str:
     """Return a lease owner name unique to this process and call: ``host:pid:random``.
 
@@ -463,25 +227,54 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-_QUERY_PASSWORD: Final = re.compile(r"(?i)(password=)[^&#\s]*")
+# The helpers that lived here until they moved to _shared: modules outside the stores still
+# import some of them from here. Imported last, because _shared imports the types above.
+from mailtether.stores._shared import (  # noqa: E402
+    MAX_KEY_LENGTH,
+    MIN_TTL,
+    WriteRun,
+    check_expect,
+    check_key,
+    check_lease,
+    check_limit,
+    check_namespace,
+    check_put,
+    check_state,
+    check_time,
+    check_ttl,
+    check_writes,
+    decode_data,
+    encode_all,
+    encode_data,
+    group_writes,
+    lease_lost,
+    plan_writes,
+    redact_url,
+    require,
+    written_records,
+)
 
-
-def redact_url(url: str) -> str:
-    """Return *url* with any password replaced by ``***``, for repr and messages.
-
-    Both places a password can hide are covered: before the host (``user:pw@``) and as a
-    ``password=`` parameter (a URL query, or a libpq ``key=value`` connection string).
-    """
-    return _QUERY_PASSWORD.sub(r"\1***", re.sub(r"(?<=://)([^:/@]*):[^@/]*@", r"\1:***@", url))
-
-
-def require(module: str, extra: str) -> Any:
-    """Import an optional dependency, or explain which extra to install."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ConfigError(
-            f"this store needs {module!r}: install it with pip install 'mailtether[{extra}]'"
-        ) from error
+__all__ += [
+    "MAX_KEY_LENGTH",
+    "MIN_TTL",
+    "WriteRun",
+    "check_expect",
+    "check_key",
+    "check_lease",
+    "check_limit",
+    "check_namespace",
+    "check_put",
+    "check_state",
+    "check_time",
+    "check_ttl",
+    "check_writes",
+    "decode_data",
+    "encode_all",
+    "encode_data",
+    "group_writes",
+    "lease_lost",
+    "plan_writes",
+    "redact_url",
+    "require",
+    "written_records",
+]

@@ -12,11 +12,8 @@ from typing import Any, Final, TypeVar
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import ConfigError, SchemaError, StoreError
-from mailtether.stores._protocol import (
-    SCHEMA_VERSION,
-    Lease,
-    Record,
-    Write,
+from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
+from mailtether.stores._shared import (
     WriteRun,
     check_expect,
     check_key,

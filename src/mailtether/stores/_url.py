@@ -7,7 +7,8 @@ from urllib.parse import urlsplit
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import ConfigError
 from mailtether.stores._memory import MemoryStore
-from mailtether.stores._protocol import Store, redact_url
+from mailtether.stores._protocol import Store
+from mailtether.stores._shared import redact_url
 from mailtether.stores._sqlite import SQLiteStore
 
 __all__ = ["store_from_url"]
