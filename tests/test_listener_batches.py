@@ -54,11 +54,11 @@ def fill(mailbox, count: int) -> None:
 @pytest.fixture
 def batches_of(monkeypatch):
     """Make the listener's batches small: the first of *first* mails, then at most *most*."""
-    import mailtether.imap._listener as listener_module
+    import mailtether._pipeline as pipeline_module
 
     def set_sizes(first: int, most: int) -> None:
-        monkeypatch.setattr(listener_module, "_FETCH_FIRST", first)
-        monkeypatch.setattr(listener_module, "_FETCH_MOST", most)
+        monkeypatch.setattr(pipeline_module, "_FETCH_FIRST", first)
+        monkeypatch.setattr(pipeline_module, "_FETCH_MOST", most)
 
     return set_sizes
 

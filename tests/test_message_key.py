@@ -389,19 +389,38 @@ def test_ids_are_the_json_of_their_parts(
     assert key.content_id == expected
 
 
-def test_derive_is_the_key_imap_would_make() -> None:
+def test_with_uid_and_with_content_are_the_keys_imap_would_make() -> None:
     raw = b"Message-ID: <d@x>\r\nSubject: s\r\n\r\nbody\r\n"
     base = MessageKey.imap("support@example.com", "INBOX", 7, 1)
-    derived = base._derive(42, message_id=message_id_of(raw), digest=content_digest(raw))
+    derived = base.with_uid(42).with_content(raw)
     made = MessageKey.imap("support@example.com", "INBOX", 7, 42, raw=raw)
     assert derived == made
     assert hash(derived) == hash(made)
     assert (derived.id, derived.content_id) == (made.id, made.content_id)
-    assert base._derive(5) == MessageKey.imap("support@example.com", "INBOX", 7, 5)
+    assert base.with_uid(5) == MessageKey.imap("support@example.com", "INBOX", 7, 5)
     for bad in (0, 2**32, -1):
         with pytest.raises(ValueError, match="between 1 and"):
-            base._derive(bad)
+            base.with_uid(bad)
     with pytest.raises(TypeError):
-        base._derive(True)
+        base.with_uid(True)
     with pytest.raises(TypeError):
-        MessageKey.pop3("a", "uidl-1")._derive(3)
+        MessageKey.pop3("a", "uidl-1").with_uid(3)
+
+
+def test_with_content_on_pop3_keys() -> None:
+    raw = b"Message-ID: <p@x>\r\n\r\nbody\r\n"
+    key = MessageKey.pop3("a", "uidl-1")
+    assert key.with_content(raw) == MessageKey.pop3("a", "uidl-1", raw=raw)
+
+
+def test_scope_is_the_id_prefix_of_one_mailbox_generation() -> None:
+    key = MessageKey.imap("a", "INBOX", 7, 3)
+    assert key.id.startswith(key.scope)
+    assert MessageKey.imap("a", "INBOX", 7, 99).scope == key.scope
+    # another UIDVALIDITY (even one that starts with the same digits) is another scope
+    for other in (MessageKey.imap("a", "INBOX", 71, 3), MessageKey.imap("a", "INBOX2", 7, 3)):
+        assert not other.id.startswith(key.scope)
+    pop = MessageKey.pop3("a", "u1")
+    assert pop.id.startswith(pop.scope)
+    assert not MessageKey.pop3("ab", "u1").id.startswith(pop.scope)
+    assert not key.id.startswith(pop.scope)

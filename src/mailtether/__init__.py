@@ -7,9 +7,11 @@ from mailtether._backoff import Backoff, BackoffState
 from mailtether._check import CheckReport, CheckStep, check
 from mailtether._clock import SYSTEM_CLOCK, Clock, SystemClock
 from mailtether._config import ENTRY_POINT_GROUP, strategy_from_config
+from mailtether._delivery import DeliverMode, Delivery
 from mailtether._durations import DAY, HOUR, MINUTE, SECOND, WEEK, Duration, parse_duration
 from mailtether._errors import (
     AuthenticationFailed,
+    ClaimLost,
     CommandFailed,
     ConfigError,
     ConnectionLost,
@@ -17,8 +19,11 @@ from mailtether._errors import (
     LeaseError,
     LeaseLost,
     LeaseUnavailable,
+    MailboxInUse,
+    MailboxUnchangeable,
     MailServerError,
     MailtetherError,
+    RepeatedMessage,
     ResponseTimeout,
     SchemaError,
     ServerUnreachable,
@@ -27,13 +32,13 @@ from mailtether._errors import (
 )
 from mailtether._guard import (
     Claim,
-    ClaimLost,
     ClaimStatus,
     DuplicateGuard,
     GuardEntry,
+    GuardState,
     HistoryEntry,
-    RepeatedMessage,
     RepeatPolicy,
+    Triage,
 )
 from mailtether._keepalive import Keepalive
 from mailtether._leases import ProcessLock, acquire_lease
@@ -60,9 +65,9 @@ from mailtether._strategies import (
     Tiered,
 )
 from mailtether.imap._connection import ImapConnection
-from mailtether.imap._listener import Delivery, ImapListener
+from mailtether.imap._listener import ImapListener
 from mailtether.imap._watchdog import KeepaliveWatchdog
-from mailtether.pop3._poller import MailboxInUse, Pop3Poller
+from mailtether.pop3._poller import Pop3Poller
 from mailtether.stores._memory import MemoryStore
 from mailtether.stores._postgres import PostgresStore
 from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Store, Write, default_owner
@@ -93,6 +98,7 @@ __all__ = [
     "CommandFailed",
     "ConfigError",
     "ConnectionLost",
+    "DeliverMode",
     "Delivery",
     "DuplicateGuard",
     "Duration",
@@ -100,6 +106,7 @@ __all__ = [
     "Fixed",
     "FolderMissing",
     "GuardEntry",
+    "GuardState",
     "HistoryEntry",
     "ImapConnection",
     "ImapListener",
@@ -116,6 +123,7 @@ __all__ = [
     "LoggingNotifier",
     "MailServerError",
     "MailboxInUse",
+    "MailboxUnchangeable",
     "MailtetherError",
     "MemoryStore",
     "MessageKey",
@@ -143,6 +151,7 @@ __all__ = [
     "SystemClock",
     "TLSFailure",
     "Tiered",
+    "Triage",
     "Write",
     "acquire_lease",
     "check",

@@ -4,6 +4,8 @@
 
     MailtetherError                 anything mailtether raises on purpose
     ├── ConfigError (ValueError)    a setting, URL or strategy description is not usable
+    ├── RepeatedMessage             a mail handled before is back (repeat policy "block")
+    ├── ClaimLost                   a claim expired and was taken over before its outcome
     ├── StoreError                  a state store failed or is unreachable
     │   └── SchemaError             the store's schema is from another mailtether version
     ├── LeaseError                  a lease or process lock could not be had or kept
@@ -12,10 +14,12 @@
     └── MailServerError             talking to an IMAP or POP3 server failed
         ├── ConnectionLost          reset, EOF, BYE, or no answer in time: reconnect (retry)
         │   ├── ServerUnreachable   DNS, refused, or connect timed out: retry later
-        │   └── ResponseTimeout     the server did not answer within the response timeout
+        │   ├── ResponseTimeout     the server did not answer within the response timeout
+        │   └── MailboxInUse        another POP3 session holds the mailbox ([IN-USE])
         ├── TLSFailure              certificate not trusted, wrong host, STARTTLS missing
         ├── AuthenticationFailed    credentials rejected: do not retry (accounts get locked)
         ├── FolderMissing           the folder does not exist (or is not selectable)
+        ├── MailboxUnchangeable     handled mail cannot be marked, moved or deleted
         └── CommandFailed           the server answered NO or BAD to a command
 
 Every :class:`MailServerError` carries :attr:`~MailServerError.hint`, one sentence of what to
@@ -27,8 +31,14 @@ or :class:`TypeError` naming the field, as attrs validators do.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # a type only: the base layer imports nothing above it at run time
+    from mailtether._message_key import MessageKey
+
 __all__ = [
     "AuthenticationFailed",
+    "ClaimLost",
     "CommandFailed",
     "ConfigError",
     "ConnectionLost",
@@ -37,7 +47,10 @@ __all__ = [
     "LeaseLost",
     "LeaseUnavailable",
     "MailServerError",
+    "MailboxInUse",
+    "MailboxUnchangeable",
     "MailtetherError",
+    "RepeatedMessage",
     "ResponseTimeout",
     "SchemaError",
     "ServerUnreachable",
@@ -54,6 +67,34 @@ class ConfigError(MailtetherError, ValueError):
     """A configuration value (a strategy description, a duration, a URL) cannot be used.
 
     The message names the offending key and says what would be accepted.
+    """
+
+
+class RepeatedMessage(MailtetherError):
+    """A message already processed is in the mailbox again (repeat policy ``block``).
+
+    Reprocessing it would repeat forever (it could not be removed from the mailbox), so the
+    listener blocks the source until a person acts, as a help-desk mail handler does.
+
+    Attributes:
+        key: The message.
+        done_at: When it was processed (store clock).
+    """
+
+    def __init__(self, key: MessageKey, done_at: float) -> None:
+        self.key = key
+        self.done_at = done_at
+        super().__init__(
+            f"message {key} was already processed and is in the mailbox again (it could not "
+            "be removed, or the post-action failed): remove or move it, then resume the source"
+        )
+
+
+class ClaimLost(MailtetherError):
+    """A claim expired and was taken by another worker before its outcome was recorded.
+
+    The message may have been handled twice: raise the claim TTL above your longest handler
+    run, or call :meth:`Claim.extend` during long work.
     """
 
 
@@ -122,6 +163,12 @@ class ResponseTimeout(ConnectionLost):
     default_hint = "the connection is treated as dead and replaced"
 
 
+class MailboxInUse(ConnectionLost):
+    """Another POP3 session holds the mailbox (``-ERR [IN-USE]``): try again later."""
+
+    default_hint = "another client reads this mailbox; the poller tries again later"
+
+
 class TLSFailure(MailServerError):
     """TLS could not be set up safely: untrusted certificate, wrong host name, no STARTTLS."""
 
@@ -140,6 +187,18 @@ class FolderMissing(MailServerError):
     """The folder does not exist on the server, or cannot be selected."""
 
     default_hint = "create the folder or fix its name (folder names are case-sensitive)"
+
+
+class MailboxUnchangeable(MailServerError):
+    """A handled mail could not be marked, moved or deleted (its outcome is recorded).
+
+    Left as it is, the mail would be seen again and again, so the source is BLOCKED.
+    """
+
+    default_hint = (
+        "the mail could not be marked or moved (is the mailbox read-only?); fix the mailbox "
+        "permissions or remove the mail by hand, then resume the source"
+    )
 
 
 class CommandFailed(MailServerError):

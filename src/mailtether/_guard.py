@@ -10,19 +10,19 @@ from typing import Any, Final, Literal, Self
 
 import attrs
 
-from mailtether._errors import MailtetherError
+from mailtether._errors import ClaimLost, MailtetherError, RepeatedMessage
 from mailtether._message_key import MessageKey
 from mailtether.stores._protocol import Record, Store, Write, check_namespace, default_owner
 
 __all__ = [
     "Claim",
-    "ClaimLost",
     "ClaimStatus",
     "DuplicateGuard",
     "GuardEntry",
+    "GuardState",
     "HistoryEntry",
     "RepeatPolicy",
-    "RepeatedMessage",
+    "Triage",
 ]
 
 log = logging.getLogger("mailtether.guard")
@@ -33,12 +33,32 @@ _HISTORY: Final = 20
 _RETRIES: Final = 32
 _ERROR_TEXT: Final = 500
 
-# Record states in the store.
-PROCESSING: Final = "processing"
-DONE: Final = "done"
-FAILED: Final = "failed"
-HELD: Final = "held"
-DROPPED: Final = "dropped"
+
+
+class GuardState(enum.StrEnum):
+    """Where a message stands in the guard: the state of its record in the store.
+
+    A :class:`str` enum, so ``entry.state == "held"`` holds too. Not to be confused with
+    :class:`ClaimStatus`, which is what one :meth:`DuplicateGuard.claim` *decided*.
+    """
+
+    PROCESSING = "processing"
+    """Claimed by a worker until its claim expires."""
+    DONE = "done"
+    """Handled (or the same content was handled under another position)."""
+    FAILED = "failed"
+    """Its last attempt failed (or was abandoned); it is retried."""
+    HELD = "held"
+    """Failed ``max_failures`` times: waits for a person to release or drop it."""
+    DROPPED = "dropped"
+    """A person decided it must never be handled."""
+
+
+PROCESSING: Final = GuardState.PROCESSING
+DONE: Final = GuardState.DONE
+FAILED: Final = GuardState.FAILED
+HELD: Final = GuardState.HELD
+DROPPED: Final = GuardState.DROPPED
 
 
 class ClaimStatus(enum.Enum):
@@ -60,34 +80,6 @@ class ClaimStatus(enum.Enum):
     """Processed before and back again (repeat policy ``quarantine``): move it aside."""
 
 
-class RepeatedMessage(MailtetherError):
-    """A message already processed is in the mailbox again (repeat policy ``block``).
-
-    Reprocessing it would repeat forever (it could not be removed from the mailbox), so the
-    listener blocks the source until a person acts, as a help-desk mail handler does.
-
-    Attributes:
-        key: The message.
-        done_at: When it was processed (store clock).
-    """
-
-    def __init__(self, key: MessageKey, done_at: float) -> None:
-        self.key = key
-        self.done_at = done_at
-        super().__init__(
-            f"message {key} was already processed and is in the mailbox again (it could not "
-            "be removed, or the post-action failed): remove or move it, then resume the source"
-        )
-
-
-class ClaimLost(MailtetherError):
-    """A claim expired and was taken by another worker before its outcome was recorded.
-
-    The message may have been handled twice: raise the claim TTL above your longest handler
-    run, or call :meth:`Claim.extend` during long work.
-    """
-
-
 @attrs.frozen
 class HistoryEntry:
     """One event in a message's life in the guard."""
@@ -101,12 +93,26 @@ class HistoryEntry:
 
 
 @attrs.frozen
+class Triage:
+    """Listed mail sorted by :meth:`DuplicateGuard.triage`, each group in listing order."""
+
+    new: tuple[MessageKey, ...]
+    """Never seen: to be claimed and handled."""
+    retry: tuple[MessageKey, ...]
+    """Failed before, or claimed by a worker whose claim expired: due another attempt."""
+    done: tuple[MessageKey, ...]
+    """Handled before and still listed: only the post-action may be due."""
+    waiting: tuple[MessageKey, ...]
+    """Held, dropped, or being handled by another worker right now: leave them."""
+
+
+@attrs.frozen
 class GuardEntry:
     """What the guard knows about one message (for inspection and ``mailtether status``)."""
 
     key: MessageKey
-    state: str
-    """``processing``, ``done``, ``failed``, ``held`` or ``dropped``."""
+    state: GuardState
+    """Where it stands (a :class:`str` enum: ``"held"`` compares equal to ``HELD``)."""
     attempts: int
     """Failed attempts so far."""
     reason: str
@@ -201,8 +207,13 @@ class Claim:
         self._finished = True
         self.guard._abandon(self.key, record)
 
-    def _give_back(self) -> None:
-        """Undo a claim that was never started: as if it had not been made."""
+    def give_back(self) -> None:
+        """Undo a claim whose work was never started: as if it had not been made.
+
+        Unlike :meth:`abandon`, nothing is recorded about this attempt: a record the claim
+        created is removed, and a retry's record goes back to waiting for its next attempt.
+        For claims from :meth:`DuplicateGuard.claim_many` that you will not start.
+        """
         record = self._require()
         self._finished = True
         if record.version == 1:  # made by this claim: remove it
@@ -333,7 +344,7 @@ class DuplicateGuard:
         one look-up of the content records and one write claim every key the guard has never
         seen (or marks it :attr:`~ClaimStatus.DUPLICATE`). Keys it knows are decided one by
         one. Record the outcomes with :meth:`finish_many` (or each claim's ``done``/``fail``),
-        and give back claims you will not start (:meth:`Claim.abandon`): a claim left
+        and give back claims you will not start (:meth:`Claim.give_back`): a claim left
         unfinished expires after ``claim_ttl`` and counts as a failed attempt.
 
         Raises:
@@ -376,7 +387,7 @@ class DuplicateGuard:
         except BaseException:
             for claim in claims:
                 if claim is not None and claim.acquired:
-                    claim._give_back()
+                    claim.give_back()
             raise
         return [claim for claim in claims if claim is not None]
 
@@ -395,7 +406,7 @@ class DuplicateGuard:
         attempts = int(data.get("attempts", 0))
         state = record.state
         if state == PROCESSING:
-            if float(data.get("expires_at", 0)) > now:
+            if _claimed_at(record, now):
                 return Claim(self, key, ClaimStatus.BUSY, None)
             attempts += 1
             history = _append(
@@ -557,6 +568,48 @@ class DuplicateGuard:
         done_content = self.store.get_many(self.content_namespace, content_ids)
         return [key for key in unseen if key.content_id not in done_content]
 
+    def triage(self, keys: Iterable[MessageKey]) -> Triage:
+        """Sort listed mail by what it needs, in one batched look-up (no record changes).
+
+        For a catch-up: :attr:`Triage.new` is claimed (:meth:`claim_many`),
+        :attr:`Triage.retry` claimed one by one (:meth:`claim`), :attr:`Triage.done` only
+        needs its post-action finished (handled, but still in the mailbox), and
+        :attr:`Triage.waiting` is left alone.
+        """
+        keys = list(keys)
+        known = self.store.get_many(self.namespace, (key.id for key in keys))
+        now = self.store.now() if any(r.state == PROCESSING for r in known.values()) else 0.0
+        new: list[MessageKey] = []
+        retry: list[MessageKey] = []
+        done: list[MessageKey] = []
+        waiting: list[MessageKey] = []
+        for key in keys:
+            record = known.get(key.id)
+            if record is None:
+                new.append(key)
+            elif record.state == DONE:
+                done.append(key)
+            elif record.state == FAILED or (
+                record.state == PROCESSING and not _claimed_at(record, now)
+            ):
+                retry.append(key)
+            else:
+                waiting.append(key)
+        return Triage(tuple(new), tuple(retry), tuple(done), tuple(waiting))
+
+    def retryable(self, scope: str) -> list[MessageKey]:
+        """Keys under *scope* (a :attr:`MessageKey.scope`) due another attempt.
+
+        Those whose last attempt failed, and those whose claim expired (its worker died).
+        """
+        now = self.store.now()
+        return [
+            MessageKey.from_id(record.key)
+            for state in (FAILED, PROCESSING)
+            for record in self.store.scan(self.namespace, state=state)
+            if record.key.startswith(scope) and not _claimed_at(record, now)
+        ]
+
     def prune(self, older_than: float) -> int:
         """Forget done and dropped messages last changed more than *older_than* seconds ago.
 
@@ -578,7 +631,7 @@ class DuplicateGuard:
 
     def counts(self) -> dict[str, int]:
         """Messages by state: ``processing``, ``done``, ``failed``, ``held``, ``dropped``."""
-        counts = dict.fromkeys((PROCESSING, DONE, FAILED, HELD, DROPPED), 0)
+        counts = {state.value: 0 for state in GuardState}
         counts.update(self.store.count(self.namespace))
         return counts
 
@@ -634,6 +687,11 @@ class DuplicateGuard:
         )
 
 
+def _claimed_at(record: Record, now: float) -> bool:
+    """Whether *record* is a claim still running at *now* (store clock)."""
+    return record.state == PROCESSING and float(record.data.get("expires_at", 0)) > now
+
+
 def _content(key: MessageKey) -> dict[str, Any]:
     """The content fields a record keeps so the key can be rebuilt for a person."""
     fields: dict[str, Any] = {}
@@ -664,7 +722,7 @@ def _entry(record: Record) -> GuardEntry:
             message_id=message_id if isinstance(message_id, str) else None,
             digest=digest if isinstance(digest, str) else None,
         ),
-        state=record.state,
+        state=GuardState(record.state),
         attempts=int(data.get("attempts", 0)),
         reason=str(data.get("reason", "")),
         since=record.updated_at,

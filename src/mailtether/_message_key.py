@@ -268,17 +268,40 @@ class MessageKey:
             digest = digest if digest is not None else content_digest(raw)
         return cls("pop3", account, None, None, None, uidl, message_id, digest)
 
-    def _derive(
-        self, uid: int, *, message_id: str | None = None, digest: str | None = None
-    ) -> MessageKey:
-        """This IMAP key for another *uid*, with content fields, built without the validators.
+    def with_uid(self, uid: int) -> MessageKey:
+        """This IMAP key for another *uid* of the same folder and UIDVALIDITY, without content.
 
-        For the listener's hot path: the account, folder and UIDVALIDITY were checked when
-        this key was made, the UID is checked here, and *message_id* and *digest* must come
-        from :func:`message_id_of` and :func:`content_digest` (which only return valid ones).
+        Quick (no validators run again but the UID's): for keying every UID of a listing.
         """
+        return self._build_imap(uid, None, None)
+
+    def with_content(self, raw: bytes) -> MessageKey:
+        """This key with the Message-ID and content digest of *raw* (the mail's bytes)."""
+        message_id, digest = message_id_of(raw), content_digest(raw)
+        if self.protocol == "imap":
+            assert self.uid is not None
+            return self._build_imap(self.uid, message_id, digest)
+        return attrs.evolve(self, message_id=message_id, digest=digest)
+
+    @property
+    def scope(self) -> str:
+        """The :attr:`id` prefix every key of this mailbox shares.
+
+        For IMAP the folder *and* its UIDVALIDITY (a recreated folder is another scope);
+        for POP3 the account. ``key.id.startswith(scope)`` finds a mailbox's records.
+        """
+        if self.protocol == "imap":
+            assert self.folder is not None
+            assert self.uidvalidity is not None
+            return _imap_prefix(self.account, self.folder, self.uidvalidity) + ","
+        return _ENCODE(["pop3", self.account])[:-1] + ","
+
+    def _build_imap(self, uid: int, message_id: str | None, digest: str | None) -> MessageKey:
+        # The hot path of a catch-up: account, folder and UIDVALIDITY were checked when this
+        # key was made, the UID is checked here, and message_id and digest come from
+        # message_id_of and content_digest, which only return valid ones.
         if self.protocol != "imap" or isinstance(uid, bool) or not isinstance(uid, int):
-            raise TypeError("_derive makes IMAP keys from an int UID")
+            raise TypeError("with_uid makes IMAP keys from an int UID")
         if not 1 <= uid < 2**32:
             raise ValueError(f"MessageKey.uid must be between 1 and 2**32 - 1, got {uid}")
         derived: MessageKey = object.__new__(MessageKey)

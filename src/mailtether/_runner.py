@@ -1,7 +1,9 @@
-"""What every mail source runner shares: the run loop, reconnects, blocking, status, leases.
+"""The run loop around a mail source: lease, session, and on faults a state and a wait.
 
 :class:`~mailtether.ImapListener` and :class:`~mailtether.Pop3Poller` are both a
-``_SourceRunner``: they differ only in what one connected session does.
+:class:`SourceRunner`: they differ only in how one connected session opens its mailbox
+(their :class:`~mailtether._mailbox_port.MailboxPort`); the mail itself goes through the
+one :class:`~mailtether._pipeline.Pipeline`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
 from mailtether._backoff import Backoff, BackoffState
-from mailtether._clock import SYSTEM_CLOCK, Clock
+from mailtether._clock import Clock
+from mailtether._delivery import DeliverMode, Delivery
 from mailtether._durations import MINUTE
 from mailtether._errors import (
     AuthenticationFailed,
@@ -21,24 +24,29 @@ from mailtether._errors import (
     FolderMissing,
     LeaseLost,
     LeaseUnavailable,
+    MailboxUnchangeable,
+    RepeatedMessage,
     StoreError,
     TLSFailure,
 )
-from mailtether._guard import DuplicateGuard, RepeatedMessage
+from mailtether._guard import DuplicateGuard
+from mailtether._handover import Handover
 from mailtether._leases import ProcessLock
+from mailtether._mailbox_port import MailboxPort, PostAction
+from mailtether._pipeline import Pipeline
 from mailtether._status import SourceState, StatusBoard
 from mailtether._strategies import Exponential, ReconnectStrategy
 from mailtether.stores._memory import MemoryStore
 from mailtether.stores._protocol import Store
 
-__all__: list[str] = []
+__all__ = ["SourceRunner", "either"]
 
 log = logging.getLogger("mailtether.listener")
 
 BACKOFFS: Final = "backoff"
 
 
-class _SourceRunner:
+class SourceRunner:
     """The loop around sessions: lease, session, and on faults retry, or block for a person."""
 
     #: Errors that need a person: the source becomes BLOCKED until resumed.
@@ -47,6 +55,7 @@ class _SourceRunner:
         TLSFailure,
         FolderMissing,
         RepeatedMessage,
+        MailboxUnchangeable,
     )
     #: Errors a reconnect may cure: retried by the reconnect strategy.
     retry_errors: ClassVar[tuple[type[BaseException], ...]] = (
@@ -61,14 +70,18 @@ class _SourceRunner:
         self,
         *,
         name: str,
-        handler: Callable[..., object],
+        handler: Callable[[Delivery], object],
         reconnect: ReconnectStrategy | None,
         store: Store | None,
         guard: DuplicateGuard | None,
         status: StatusBoard | None,
         poll_interval: float,
         lease_ttl: float | None,
-        clock: Clock = SYSTEM_CLOCK,
+        clock: Clock,
+        after: PostAction,
+        on_poison: PostAction,
+        deliver: DeliverMode,
+        commit_window: float,
     ) -> None:
         if not callable(handler):
             raise TypeError("handler must be callable with a Delivery")
@@ -96,8 +109,32 @@ class _SourceRunner:
         """The source's name."""
         self.clock = clock
         """The clock for reconnect waits."""
+        if (
+            isinstance(commit_window, bool)
+            or not isinstance(commit_window, int | float)
+            or not 0 <= commit_window < float("inf")
+        ):
+            raise ValueError(
+                f"commit_window must be a finite number of seconds >= 0, got {commit_window!r}"
+            )
+        self.commit_window = float(commit_window)
+        """Seconds of handler work whose outcomes may wait to be recorded together."""
+        self.pipeline = Pipeline(
+            name=name,
+            store=self.store,
+            guard=self.guard,
+            status=self.status,
+            clock=clock,
+            after=after,
+            on_poison=on_poison,
+            handover=Handover(handler, deliver, self.store),
+            commit_window=self.commit_window,
+        )
+        """The mail pipeline every catch-up runs through."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._catch_ups = 0
+        self._caught_up = threading.Condition()
         record = self.store.get(BACKOFFS, self.name)
         state = BackoffState.from_dict(dict(record.data)) if record is not None else None
         self._backoff = Backoff(self.reconnect, clock=clock, state=state)
@@ -109,6 +146,29 @@ class _SourceRunner:
 
     def _drop_connection(self) -> None:
         """Break the current connection (the lease was lost)."""
+
+    def _catch_up(self, port: MailboxPort, check: Callable[[], None] = lambda: None) -> int:
+        """One pass of the pipeline over the mailbox (see :meth:`wait_for_catch_ups`)."""
+        handled = self.pipeline.catch_up(port, check)
+        with self._caught_up:
+            self._catch_ups += 1
+            self._caught_up.notify_all()
+        return handled
+
+    @property
+    def catch_ups(self) -> int:
+        """How many catch-ups (passes over the whole mailbox) have finished so far."""
+        return self._catch_ups
+
+    def wait_for_catch_ups(self, count: int = 1, timeout: float | None = None) -> bool:
+        """Wait until *count* more catch-ups have finished; ``False`` at the timeout.
+
+        Every mail that was in the mailbox when the first of them began has been handled (or
+        recorded as failed) by then: tests and scripts wait on this instead of sleeping.
+        """
+        with self._caught_up:
+            target = self._catch_ups + count
+            return self._caught_up.wait_for(lambda: self._catch_ups >= target, timeout)
 
     # -- running -----------------------------------------------------------------------------------
 

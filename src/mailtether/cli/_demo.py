@@ -22,13 +22,14 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TextIO
 
+from mailtether._delivery import Delivery
 from mailtether._errors import ConfigError
 from mailtether._guard import DuplicateGuard
 from mailtether._keepalive import Keepalive
 from mailtether._settings import ImapSettings
 from mailtether._status import SourceState, StatusBoard, StatusChange
 from mailtether._strategies import Exponential
-from mailtether.imap._listener import Delivery, ImapListener
+from mailtether.imap._listener import ImapListener
 from mailtether.stores._sqlite import SQLiteStore
 from mailtether.testing import FaultProxy
 

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mailtether._config import strategy_from_config
+from mailtether._delivery import Delivery
 from mailtether._durations import parse_duration
 from mailtether._errors import ConfigError
 from mailtether._guard import DuplicateGuard
 from mailtether._keepalive import Keepalive
 from mailtether._status import LoggingNotifier, StatusBoard, StatusChange
-from mailtether.imap._listener import Delivery, ImapListener
+from mailtether.imap._listener import ImapListener
 from mailtether.stores._url import store_from_url
 
 __all__ = ["add_watch_arguments", "run_watch"]

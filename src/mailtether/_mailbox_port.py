@@ -1,0 +1,97 @@
+"""The mailbox port: the little the mail pipeline needs of a mail source.
+
+An IMAP folder and a POP3 mailbox look alike from here: a listing of positions (UIDs,
+message numbers), each with its :class:`~mailtether.MessageKey`; whole mails fetched by
+position; and post-actions (mark seen, move, delete) applied to positions. A new kind of
+source implements :class:`MailboxPort` and gets the whole pipeline — claims, the commit
+window, post-actions after the outcome is recorded, recovery after a crash — for free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final, Literal, Protocol
+
+import attrs
+
+from mailtether._message_key import MessageKey
+
+__all__ = ["LEAVE", "FetchedMail", "Listed", "MailboxPort", "PostAction"]
+
+FetchedMail = tuple[bytes, tuple[bytes, ...]]
+"""A fetched mail: its raw bytes and its flags (none for POP3)."""
+
+ActionKind = Literal["seen", "flag", "delete", "move", "leave"]
+
+
+@attrs.frozen
+class PostAction:
+    """What is done to a mail in the mailbox once its outcome is recorded."""
+
+    kind: ActionKind
+    folder: str | None = None
+    """The target folder of ``move``."""
+
+    @classmethod
+    def parse(cls, value: str, what: str, allowed: Sequence[ActionKind]) -> PostAction:
+        """Read ``"seen"``, ``"move:Archive"``, ...; a :class:`ValueError` names *what*."""
+        kind, _, folder = value.partition(":")
+        if kind not in allowed or (kind == "move") != bool(folder):
+            choices = ", ".join("move:<folder>" if k == "move" else k for k in allowed)
+            raise ValueError(f"{what} must be one of {choices}; got {value!r}")
+        return cls(kind, folder or None)  # type: ignore[arg-type]  # checked: in allowed
+
+    def __str__(self) -> str:
+        return f"move:{self.folder}" if self.kind == "move" else self.kind
+
+
+LEAVE: Final = PostAction("leave")
+
+
+@attrs.frozen
+class Listed:
+    """One mail in a listing: where it is, and its key (without content yet)."""
+
+    position: int
+    """Its UID (IMAP) or message number (POP3): what :meth:`MailboxPort.fetch` takes."""
+    key: MessageKey
+
+
+class MailboxPort(Protocol):
+    """A mailbox as the pipeline drives it, for the length of one connected session.
+
+    Every method may raise the :class:`~mailtether.MailServerError` family; the run loop
+    turns those into reconnects or BLOCKED.
+    """
+
+    @property
+    def scope(self) -> str:
+        """The :attr:`~mailtether.MessageKey.scope` of this mailbox's keys."""
+
+    @property
+    def uses_cursor(self) -> bool:
+        """``True`` if positions only grow (IMAP UIDs), so the pipeline keeps a cursor.
+
+        :meth:`list_new` then lists past it only; ``False``: every listing is the whole
+        mailbox.
+        """
+
+    def list_new(self, after: int) -> Sequence[Listed]:
+        """List the mails past position *after* (0: all), in ascending position."""
+
+    def locate(self, key: MessageKey) -> int | None:
+        """The position of a mail the guard knows, or ``None`` if it cannot be found now."""
+
+    def fetch(self, positions: Sequence[int]) -> Callable[[], Mapping[int, FetchedMail]]:
+        """Ask for whole mails now; the returned function reads them (once).
+
+        A source that can pipeline sends its request here and reads the answer later. A
+        position missing from the answer was not delivered (gone, or not sent).
+        """
+
+    def apply(self, positions: Sequence[int], action: PostAction) -> None:
+        """Apply *action* to these mails, whose outcomes are recorded.
+
+        Raises:
+            MailboxUnchangeable: the mailbox refused the change.
+        """

@@ -1,0 +1,340 @@
+"""The mail pipeline: every mail claimed, handed over, recorded, then changed in the mailbox.
+
+One pipeline serves every kind of source (:mod:`mailtether._mailbox_port`). For each
+catch-up it lists what is new, sorts it with the duplicate guard, fetches it in batches,
+claims it, hands it to the handler, records the outcomes (grouped by the commit window),
+and only then applies the post-action. What a crash left half done — an outcome recorded
+but the mailbox not yet changed — is finished on the next catch-up. It owns the records
+that make this restartable: the cursor (last position handled), the outbox (single
+mailbox changes in flight) and the parts (attachments handed out of a mail not yet done).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final
+
+from mailtether._clock import Clock
+from mailtether._delivery import Delivery
+from mailtether._guard import Claim, ClaimStatus, DuplicateGuard
+from mailtether._handover import Handover
+from mailtether._mailbox_port import FetchedMail, Listed, MailboxPort, PostAction
+from mailtether._message_key import MessageKey
+from mailtether._status import StatusBoard
+from mailtether.stores._protocol import Store
+
+__all__ = ["Pipeline"]
+
+log = logging.getLogger("mailtether.listener")
+
+# Mails per fetch: up to _FETCH_MOST, fewer when they are big (about _FETCH_BYTES per batch,
+# by the average size of the last batch), so a mailbox of large mail cannot fill memory.
+_FETCH_FIRST: Final = 50
+_FETCH_LEAST: Final = 5
+_FETCH_MOST: Final = 500
+_FETCH_BYTES: Final = 16 * 2**20
+# Seconds of handling a batch should take at most: batches of slow mail are made smaller, and
+# the next batch is asked for ahead only when handling this one should take less than this.
+_BATCH_SECONDS: Final = 60.0
+_CURSORS: Final = "cursor"
+_OUTBOX: Final = "outbox"
+
+
+class Pipeline:
+    """Claim → handler → commit window → post-action → recovery, for one source.
+
+    Args:
+        name: The source's name (status, logs, the cursor record).
+        handler: Called with each :class:`~mailtether.Delivery`.
+        store, guard, status, clock: The source's.
+        after: The post-action of a handled mail.
+        on_poison: The post-action of a mail the guard holds.
+        handover: How mail is handed to *handler* (whole, by attachment, body only).
+        commit_window: Seconds of handler work whose outcomes may be recorded together.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        store: Store,
+        guard: DuplicateGuard,
+        status: StatusBoard,
+        clock: Clock,
+        after: PostAction,
+        on_poison: PostAction,
+        handover: Handover,
+        commit_window: float,
+    ) -> None:
+        self.name = name
+        self.store = store
+        self.guard = guard
+        self.status = status
+        self.clock = clock
+        self.after = after
+        self.on_poison = on_poison
+        self.handover = handover
+        self.commit_window = commit_window
+
+    # -- recovery --------------------------------------------------------------------------------
+
+    def recover(self, port: MailboxPort) -> None:
+        """Finish single mailbox changes that a crash interrupted (outcome recorded, not done)."""
+        for record in self.store.scan(_OUTBOX):
+            if not record.key.startswith(port.scope):
+                continue
+            key = MessageKey.from_id(record.key)
+            kind, folder = record.data.get("action"), record.data.get("folder")
+            action = PostAction(kind, folder if isinstance(folder, str) else None)  # type: ignore[arg-type]
+            position = port.locate(key)
+            if position is None:
+                continue  # not here now: kept for a later session
+            log.info("%s: finishing %s of %s after a restart", self.name, action, key)
+            self.apply_one(port, position, key, action)
+
+    # -- catching up -----------------------------------------------------------------------------
+
+    def catch_up(self, port: MailboxPort, check: Callable[[], None] = lambda: None) -> int:
+        """Handle everything new in the mailbox; return how many mails were handled.
+
+        *check* raises if the source may no longer work the mailbox (a lost lease); it is
+        called before each fetch.
+        """
+        last = self._cursor(port) if port.uses_cursor else 0
+        listed = list(port.list_new(last))
+        where = {item.key.id: item.position for item in listed}
+        if port.uses_cursor:  # older mail due another attempt is not past the cursor
+            for key in self.guard.retryable(port.scope):
+                position = port.locate(key)
+                if position is not None and key.id not in where:
+                    listed.append(Listed(position, key))
+                    where[key.id] = position
+        triage = self.guard.triage(item.key for item in listed)
+        if triage.done:  # handled, but a crash came before the mailbox was changed
+            log.info(
+                "%s: finishing %d mailbox changes after a restart", self.name, len(triage.done)
+            )
+            self.apply(port, [where[key.id] for key in triage.done], self.after)
+        fresh = {where[key.id] for key in triage.new}
+        keys = {where[key.id]: key for key in (*triage.new, *triage.retry)}
+        todo = sorted(keys)
+        handled = 0
+        size = _FETCH_FIRST
+        start = 0
+
+        def ask(batch: list[int]) -> Callable[[], Mapping[int, FetchedMail]]:
+            check()  # the lease may have been lost during the last batch
+            return port.fetch(batch)
+
+        batch = todo[:size]
+        answer = ask(batch) if batch else None
+        per_mail: float | None = None  # seconds of handling per mail, once measured
+        while answer is not None:
+            fetched = answer()
+            mails = [(p, keys[p], *fetched[p]) for p in batch if p in fetched]  # else gone
+            if mails:
+                average = sum(len(raw) for _, _, raw, _ in mails) // len(mails) or 1
+                size = max(_FETCH_LEAST, min(_FETCH_MOST, _FETCH_BYTES // average))
+            if per_mail:  # and about a minute of handling at most: a server that hears
+                # nothing from its client for long logs it out (RFC 9051: 30 minutes at least)
+                size = max(1, min(size, int(_BATCH_SECONDS / per_mail)))
+            current, start = batch, start + len(batch)
+            batch = todo[start : start + size]
+            answer = None
+            # Ask for the next batch before handling this one, so the server reads and sends
+            # it meanwhile — when handling is known to be quick: a server drops a client that
+            # leaves its answer unread for long (Dovecot: after 5 minutes).
+            if batch and per_mail is not None and per_mail * len(mails) < _BATCH_SECONDS:
+                answer = ask(batch)
+            began = self.clock.monotonic()
+            done, failed = self._handle(port, mails, fresh)
+            if mails:
+                per_mail = (self.clock.monotonic() - began) / len(mails)
+            handled += done
+            if done or failed:
+                self.status.count(self.name, processed=done, failed=failed)
+            if port.uses_cursor:
+                last = self._advance(port, last, current[-1])
+            if batch and answer is None:
+                answer = ask(batch)
+        if port.uses_cursor and listed:
+            self._advance(port, last, max(item.position for item in listed))
+        return handled
+
+    def _cursor(self, port: MailboxPort) -> int:
+        record = self.store.get(_CURSORS, self.name)
+        if record is None or record.data.get("scope") != port.scope:
+            return 0  # never ran, or the mailbox was recreated (a new UIDVALIDITY)
+        return int(record.data.get("last", 0))
+
+    def _advance(self, port: MailboxPort, last: int, position: int) -> int:
+        if position > last:  # a retry of older mail never moves the cursor back
+            self.store.put(_CURSORS, self.name, "active", {"scope": port.scope, "last": position})
+            return position
+        return last
+
+    def _handle(
+        self,
+        port: MailboxPort,
+        mails: list[tuple[int, MessageKey, bytes, tuple[bytes, ...]]],
+        fresh: set[int],
+    ) -> tuple[int, int]:
+        """Hand one fetched batch over; record the outcomes; change the mailbox.
+
+        Mail the guard has never seen is claimed in one store write and its outcomes are
+        recorded in groups (see *commit_window*); mail it knows (a retry, a claim that
+        expired in a crash) goes one at a time, each outcome recorded at once, so a mail
+        that crashes the process is blamed alone. Returns how many were done and failed.
+        """
+        keys = {position: key.with_content(raw) for position, key, raw, _ in mails}
+        claims = {
+            position: claim
+            for position, claim in zip(
+                (p for p, _, _, _ in mails if p in fresh),
+                self.guard.claim_many(keys[p] for p, _, _, _ in mails if p in fresh),
+                strict=True,
+            )
+        }
+        batch = _Outcomes(self)
+        claimed_at = self.clock.monotonic()
+        try:
+            for position, _, raw, flags in mails:
+                key = keys[position]
+                claim = claims.pop(position, None)
+                if claim is None:  # known to the guard: one at a time, recorded at once
+                    self._one(port, batch, position, self.guard.claim(key), raw, flags)
+                elif not claim.acquired:
+                    self._not_new(port, batch, position, claim)
+                else:
+                    if self.clock.monotonic() - claimed_at > self.guard.claim_ttl / 2:
+                        claim.extend()  # slow handlers: the batch's claims must not expire
+                        for waiting in claims.values():
+                            if waiting.acquired:
+                                waiting.extend()
+                        claimed_at = self.clock.monotonic()
+                    began = self.clock.monotonic()
+                    error = self._run_handler(claim, raw, flags)
+                    batch.add(position, claim, error, self.clock.monotonic() - began)
+        except BaseException:
+            batch.record_after_fault()
+            raise
+        finally:
+            for unstarted in claims.values():
+                if unstarted.acquired:
+                    unstarted.give_back()
+        batch.record()
+        for key in batch.poisoned:
+            self.apply_one(port, batch.position_of[key.id], key, self.on_poison)
+        # The outcomes are recorded; now the mailbox changes, one command for the batch.
+        self.apply(port, batch.finished, self.after)
+        return batch.done, batch.failed
+
+    def _one(
+        self,
+        port: MailboxPort,
+        batch: _Outcomes,
+        position: int,
+        claim: Claim,
+        raw: bytes,
+        flags: tuple[bytes, ...],
+    ) -> None:
+        """Handle one claimed mail, its outcome recorded at once."""
+        if not claim.acquired:
+            self._not_new(port, batch, position, claim)
+            return
+        error = self._run_handler(claim, raw, flags)
+        for held in self.guard.finish_many([(claim, error)]):
+            self.apply_one(port, position, held, self.on_poison)
+        batch.count(position, error)
+
+    def _not_new(self, port: MailboxPort, batch: _Outcomes, position: int, claim: Claim) -> None:
+        """Do what a claim that is not ours to handle asks of the mailbox."""
+        key = claim.key
+        if claim.status is ClaimStatus.DUPLICATE or (
+            claim.status is ClaimStatus.DONE and self.store.get(_OUTBOX, key.id) is not None
+        ):
+            batch.finished.append(position)  # handled before: only the post-action is due
+        elif claim.status is ClaimStatus.QUARANTINE:
+            self.apply_one(port, position, key, self.on_poison)
+
+    def _run_handler(self, claim: Claim, raw: bytes, flags: tuple[bytes, ...]) -> str | None:
+        """Run the handler; return ``None`` or the error as text (a failed attempt)."""
+        key = claim.key
+        delivery = Delivery(key, key.uid or 0, flags, raw, claim.attempt)
+        try:
+            self.handover.hand_over(delivery)
+        except Exception as error:
+            log.warning("%s: handler failed on %s: %s", self.name, key, error)
+            return f"{type(error).__name__}: {error}"
+        except BaseException:  # KeyboardInterrupt, SystemExit: not the mail's fault
+            claim.abandon()
+            raise
+        return None
+
+    # -- changing the mailbox --------------------------------------------------------------------
+
+    def apply(self, port: MailboxPort, positions: Sequence[int], action: PostAction) -> None:
+        """Change the mailbox for many mails in one go (their outcomes are recorded)."""
+        if positions and action.kind != "leave":
+            port.apply(positions, action)
+
+    def apply_one(
+        self, port: MailboxPort, position: int, key: MessageKey, action: PostAction
+    ) -> None:
+        """Change the mailbox for one mail, with an outbox record in case we crash meanwhile."""
+        if action.kind == "leave":
+            return
+        self.store.put(_OUTBOX, key.id, "pending", {"action": action.kind, "folder": action.folder})
+        port.apply([position], action)
+        self.store.delete(_OUTBOX, key.id)
+
+
+class _Outcomes:
+    """The outcomes of one batch: waiting for the commit window, then recorded together."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._guard = pipeline.guard
+        self._window = pipeline.commit_window
+        self._name = pipeline.name
+        self._pending: list[tuple[int, Claim, str | None]] = []
+        self._work = 0.0  # handler seconds behind the pending outcomes
+        self.finished: list[int] = []
+        """Positions recorded as done: their post-action is due."""
+        self.poisoned: list[MessageKey] = []
+        """Keys held by the outcomes just recorded."""
+        self.position_of: dict[str, int] = {}
+        self.done = 0
+        self.failed = 0
+
+    def add(self, position: int, claim: Claim, error: str | None, seconds: float) -> None:
+        """Queue an outcome; record the queue once *seconds* of work add up to the window."""
+        self._pending.append((position, claim, error))
+        self._work += seconds
+        if self._work >= self._window:
+            self.record()
+
+    def count(self, position: int, error: str | None) -> None:
+        """Count an outcome recorded elsewhere."""
+        if error is None:
+            self.finished.append(position)
+            self.done += 1
+        else:
+            self.failed += 1
+
+    def record(self) -> None:
+        """Record every queued outcome in one write."""
+        if not self._pending:
+            return
+        pending, self._pending, self._work = self._pending, [], 0.0
+        self.position_of.update((claim.key.id, position) for position, claim, _ in pending)
+        self.poisoned.extend(self._guard.finish_many((c, e) for _, c, e in pending))
+        for position, _, error in pending:
+            self.count(position, error)
+
+    def record_after_fault(self) -> None:
+        """Record what was handled before a fault, without hiding the fault behind another."""
+        try:
+            self.record()
+        except Exception as error:
+            log.error("%s: could not record the outcomes of handled mail: %s", self._name, error)
