@@ -1,0 +1,102 @@
+"""``mailtether status``: every source's state and the held messages, as tables or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import TextIO
+
+from mailtether._guard import DuplicateGuard, GuardEntry
+from mailtether._status import SourceStatus, StatusBoard
+from mailtether.cli._outcome import OK
+from mailtether.stores._protocol import Store
+
+__all__ = ["add_status_arguments", "run_status"]
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``mailtether status``."""
+    parser.add_argument("--store", required=True, help="the store URL, e.g. sqlite:///state.db")
+    parser.add_argument("--guard", default=None, help="the guard's name, if it has one")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def run_status(store: Store, args: argparse.Namespace, out: TextIO) -> int:
+    """Print the sources, the message counts and the held messages of *store*."""
+    sources = StatusBoard(store, notifiers=[]).snapshot()
+    guard = DuplicateGuard(store, name=args.guard)
+    held = guard.held()
+    if args.json:
+        json.dump(
+            {
+                "sources": [status.to_dict() for status in sources],
+                "messages": guard.counts(),
+                "held": [
+                    {
+                        "key": entry.key.id,
+                        "message": str(entry.key),
+                        "attempts": entry.attempts,
+                        "since": entry.since,
+                        "reason": entry.reason,
+                    }
+                    for entry in held
+                ],
+            },
+            out,
+            indent=2,
+        )
+        out.write("\n")
+        return OK
+    if sources:
+        _table(
+            out,
+            ["SOURCE", "STATE", "SINCE", "ATTEMPTS", "NEXT", "OK/FAILED", "REASON"],
+            [_status_row(status) for status in sources],
+        )
+    else:
+        out.write("no sources have reported to this store yet\n")
+    counts = guard.counts()
+    out.write("\nmessages: " + ", ".join(f"{state} {n}" for state, n in counts.items()) + "\n")
+    if held:
+        out.write("\nheld messages (release or drop them):\n")
+        _table(out, ["KEY", "MESSAGE", "ATTEMPTS", "SINCE", "REASON"], [_held_row(e) for e in held])
+    return OK
+
+
+def _when(seconds: float | None) -> str:
+    if not seconds:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def _status_row(status: SourceStatus) -> list[str]:
+    return [
+        status.source,
+        status.state.value.upper(),
+        _when(status.since),
+        str(status.attempts),
+        _when(status.next_attempt_at),
+        f"{status.processed}/{status.failed}",
+        status.reason or "-",
+    ]
+
+
+def _held_row(entry: GuardEntry) -> list[str]:
+    return [
+        entry.key.id,
+        str(entry.key),
+        str(entry.attempts),
+        _when(entry.since),
+        entry.reason or "-",
+    ]
+
+
+def _table(out: TextIO, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    widths[-1] = 0  # the last column (a sentence) is not padded
+    for row in [header, *rows]:
+        out.write(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            + "\n"
+        )
