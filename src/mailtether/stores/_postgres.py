@@ -16,6 +16,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from mailtether._errors import ConfigError, SchemaError, StoreError
+from mailtether.stores._pool import Pool
 from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
 from mailtether.stores._shared import (
     WriteRun,
@@ -154,9 +155,7 @@ class PostgresStore:
         }
         self._limit = statement_timeout + _SLACK
         self._p = table_prefix
-        self._idle: list[Any] = []
-        self._registry = threading.Lock()
-        self._closed = False
+        self._pool: Pool[Any] = Pool(self._connect, size=_POOL, usable=_usable)
         self._run("open", self._initialise, seconds=2 * statement_timeout + _SLACK)
 
     # -- plumbing ----------------------------------------------------------------------------------
@@ -169,33 +168,16 @@ class PostgresStore:
         text = text.replace(self._dsn, self.url)
         return text.replace(self._password, "***") if self._password else text
 
-    def _checkout(self) -> Any:
-        """A pooled connection that still looks alive, or ``None``."""
-        while True:
-            try:
-                connection = self._idle.pop()
-            except IndexError:
-                return None
-            # An idle connection has nothing to read unless the server closed it (a restart,
-            # an idle timeout, pg_terminate_backend): drop it now, not in the caller's face.
-            if connection.closed or _readable(connection):
-                connection.close()
-                continue
-            return connection
-
     def _run(
         self, what: str, operation: Callable[[Any], _T], *, seconds: float | None = None
     ) -> _T:
-        # A small pool, as SQLiteStore has: callers (a lock's heartbeat) may use a new thread
-        # for every call. list.pop/append are atomic under the GIL.
-        if self._closed:
+        if self._pool.closed:
             raise StoreError(f"PostgresStore({self.url!r}) is closed")
         limit = self._limit if seconds is None else seconds
-        connection = self._checkout()
+        connection = None
         watch = -1
         try:
-            if connection is None:
-                connection = self._connect()
+            connection = self._pool.take()
             watch = _WATCHDOG.watch(connection, limit)
             result = operation(connection)
         except BaseException as error:
@@ -210,14 +192,10 @@ class PostgresStore:
                 lines = self._hide(str(error)).strip().splitlines()
                 reason = lines[0] if lines else type(error).__name__
             raise StoreError(f"PostgresStore({self.url!r}): {what} failed: {reason}") from None
-        if not _WATCHDOG.unwatch(watch):
-            connection.close()  # the watchdog shut it down just as the answer came
-        elif len(self._idle) < _POOL and not self._closed:
-            self._idle.append(connection)
-            if self._is_closed():  # close() ran meanwhile: leave no connection open
-                self._close_idle()
+        if _WATCHDOG.unwatch(watch):
+            self._pool.put_back(connection)
         else:
-            connection.close()
+            connection.close()  # the watchdog shut it down just as the answer came
         return result
 
     def _initialise(self, connection: Any) -> None:
@@ -488,17 +466,7 @@ class PostgresStore:
 
     def close(self) -> None:
         """Close every connection; later calls raise StoreError."""
-        self._closed = True
-        self._close_idle()
-
-    def _is_closed(self) -> bool:
-        return self._closed
-
-    def _close_idle(self) -> None:
-        with self._registry:
-            idle, self._idle = self._idle, []
-        for connection in idle:
-            connection.close()
+        self._pool.close()
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.url!r}, table_prefix={self._p!r})"
@@ -592,17 +560,24 @@ def _shut_down(connection: Any) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def _readable(connection: Any) -> bool:
-    """Whether an idle connection has something to read: only an error or end-of-file."""
+def _usable(connection: Any) -> bool:
+    """Whether an idle connection still looks alive.
+
+    An idle connection has nothing to read unless the server closed it (a restart, an idle
+    timeout, pg_terminate_backend): one that has is dropped before use, not in the caller's
+    face.
+    """
+    if connection.closed:
+        return False
     try:
         fd = connection.fileno()
         if hasattr(select, "poll"):
             poller = select.poll()
             poller.register(fd, select.POLLIN)
-            return bool(poller.poll(0))
-        return bool(select.select([fd], [], [], 0)[0])
+            return not poller.poll(0)
+        return not select.select([fd], [], [], 0)[0]
     except Exception:  # a connection we cannot even ask is not worth keeping
-        return True
+        return False
 
 
 def _seconds(value: object, what: str) -> float:

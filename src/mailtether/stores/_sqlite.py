@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, Final, TypeVar
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import ConfigError, SchemaError, StoreError
+from mailtether.stores._pool import Pool
 from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
 from mailtether.stores._shared import (
     WriteRun,
@@ -124,9 +124,7 @@ class SQLiteStore:
         """The database file."""
         self._clock = clock
         self._timeout = float(timeout)
-        self._idle: list[sqlite3.Connection] = []
-        self._registry = threading.Lock()
-        self._closed = False
+        self._pool = Pool(self._connect, size=_POOL)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._run("open", self._initialise)
 
@@ -141,18 +139,11 @@ class SQLiteStore:
         return connection
 
     def _run(self, what: str, operation: Callable[[sqlite3.Connection], _T]) -> _T:
-        # A small pool rather than one connection per thread: callers (a lock's heartbeat)
-        # may use a new thread for every call. list.pop/append are atomic under the GIL, so
-        # the hot path takes no lock; close() takes the registry lock and empties the pool.
-        if self._closed:
+        if self._pool.closed:
             raise StoreError(f"SQLiteStore({str(self.path)!r}) is closed")
+        connection: sqlite3.Connection | None = None
         try:
-            connection: sqlite3.Connection | None = self._idle.pop()
-        except IndexError:
-            connection = None
-        try:
-            if connection is None:
-                connection = self._connect()
+            connection = self._pool.take()
             result = operation(connection)
         except BaseException as error:
             if connection is not None:
@@ -160,13 +151,7 @@ class SQLiteStore:
             if not isinstance(error, sqlite3.Error):
                 raise
             raise StoreError(f"SQLiteStore({str(self.path)!r}): {what} failed: {error}") from error
-        kept = len(self._idle) < _POOL and not self._closed
-        if kept:
-            self._idle.append(connection)
-        else:
-            connection.close()
-        if kept and self._is_closed():  # close() ran meanwhile: leave no connection open
-            self._close_idle()
+        self._pool.put_back(connection)
         return result
 
     @contextmanager
@@ -413,17 +398,7 @@ class SQLiteStore:
 
     def close(self) -> None:
         """Close every connection; later calls raise StoreError."""
-        self._closed = True
-        self._close_idle()
-
-    def _is_closed(self) -> bool:
-        return self._closed
-
-    def _close_idle(self) -> None:
-        with self._registry:
-            idle, self._idle = self._idle, []
-        for connection in idle:
-            connection.close()
+        self._pool.close()
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
