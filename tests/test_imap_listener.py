@@ -22,7 +22,7 @@ from mailtether import (
     SQLiteStore,
     StatusBoard,
 )
-from mailtether.testing import FaultProxy
+from mailtether.testing import FakeClock, FaultProxy
 
 FAST = Keepalive(noop_interval=1, idle_renewal=1, response_timeout=1)
 
@@ -73,6 +73,14 @@ def start(store):
         listener.stop()
 
 
+def blocked_rounds(clock: FakeClock, rounds: int) -> None:
+    """Let a BLOCKED listener look at its status *rounds* times (it sleeps on *clock*)."""
+    for _ in range(rounds):
+        clock.wait_for_sleepers(1)
+        clock.advance(1.0)
+    clock.wait_for_sleepers(1)
+
+
 def state_of(listener: ImapListener) -> SourceState | None:
     status = listener.status.get(listener.name)
     return None if status is None else status.state
@@ -88,7 +96,7 @@ def test_new_mail_is_handled_once_and_then_marked_seen(mailbox, start):
     eventually(lambda: len(handler.handled) == 3)
     eventually(lambda: all(b"\\Seen" in f for f in flags_of(mailbox).values()))
     assert state_of(listener) is SourceState.ONLINE
-    time.sleep(1.5)  # a few more catch-up rounds: nothing is handled again
+    assert listener.wait_for_catch_ups(2, timeout=10)  # more rounds: nothing handled again
     assert handler.count() == Counter({"mail 1": 1, "mail 2": 1, "mail 3": 1})
     started = time.monotonic()
     listener.stop()
@@ -139,12 +147,15 @@ def test_a_server_kick_is_survived(mailbox, start):
 def test_rejected_credentials_block_without_hammering(mailbox, start):
     handler = Collector()
     with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
-        listener = start(settings_for(mailbox, proxy.port, password="wrong"), handler)
+        clock = FakeClock(auto_advance=False)
+        listener = start(
+            settings_for(mailbox, proxy.port, password="wrong"), handler, clock=clock
+        )
         eventually(lambda: state_of(listener) is SourceState.BLOCKED)
         status = listener.status.get(listener.name)
         assert "rejected the credentials" in status.reason
         attempts = proxy.accepted
-        time.sleep(1.0)
+        blocked_rounds(clock, 3)
         assert proxy.accepted == attempts, "a rejected password is not retried"
 
 
@@ -177,11 +188,12 @@ def test_a_mail_that_cannot_be_moved_blocks_the_source(mailbox, start):
     """Seed 000: processing it again and again would never end, so a person must act."""
     mailbox.append(mail(1))
     handler = Collector()
-    listener = start(settings_for(mailbox), handler, after="move:NoSuchFolder")
+    clock = FakeClock(auto_advance=False)
+    listener = start(settings_for(mailbox), handler, after="move:NoSuchFolder", clock=clock)
     eventually(lambda: state_of(listener) is SourceState.BLOCKED)
     reason = listener.status.get(listener.name).reason
     assert "could not be marked or moved" in reason
-    time.sleep(1.0)
+    blocked_rounds(clock, 3)
     assert handler.count() == Counter({"mail 1": 1}), "handled once, not again and again"
 
 
@@ -213,7 +225,8 @@ def test_two_listeners_on_one_mailbox_handle_each_mail_once(mailbox, start):
     for n in range(1, 6):
         mailbox.append(mail(n))
     eventually(lambda: len(first.handled) + len(second.handled) == 5)
-    time.sleep(1.0)
+    worker = a if first.handled else b
+    assert worker.wait_for_catch_ups(2, timeout=10)
     total = first.count() + second.count()
     assert total == Counter({f"mail {n}": 1 for n in range(1, 6)})
     assert not (first.handled and second.handled), "one listener of the group works the mailbox"
@@ -250,7 +263,7 @@ def test_uidvalidity_change_reprocesses_nothing(mailbox, start, store):
 
     listener = start(settings, handler, after="leave")
     eventually(lambda: handler.count()["mail 3"] == 1)
-    time.sleep(1.0)
+    assert listener.wait_for_catch_ups(2, timeout=10)
     assert handler.count() == Counter({"mail 1": 1, "mail 2": 1, "mail 3": 1})
     assert state_of(listener) is SourceState.ONLINE
 
@@ -360,9 +373,9 @@ def test_attachments_as_separate_deliveries_each_once_across_a_retry(mailbox, st
         seen.append((delivery.part, delivery.filename, delivery.content))
 
     mailbox.append(_with_attachments())
-    start(settings_for(mailbox), handler, deliver="attachments")
+    listener = start(settings_for(mailbox), handler, deliver="attachments")
     eventually(lambda: len(seen) == 2)
-    time.sleep(1.0)
+    assert listener.wait_for_catch_ups(2, timeout=10)
     assert seen == [(0, "1.pdf", b"invoice one"), (1, "2.pdf", b"invoice two")]
 
 
@@ -384,13 +397,19 @@ def test_a_crash_between_outcome_and_mailbox_change_is_finished_later(mailbox, s
         eventually(lambda: state_of(listener) is SourceState.RETRYING)
         proxy.pass_through()
         eventually(lambda: all(b"\\Seen" in f for f in flags_of(mailbox).values()))
-    time.sleep(1.0)
+        assert listener.wait_for_catch_ups(2, timeout=10)
     assert handler.count() == Counter({"mail 1": 1}), "handled once; only the change was redone"
 
 
 def test_a_listener_that_loses_its_lease_stops_working_the_mailbox(mailbox, start, store):
+    handled_at: list[float] = []
     handler = Collector()
-    listener = start(settings_for(mailbox), handler, lease_ttl=1.0, poll_interval=30)
+
+    def timed(delivery: Delivery) -> None:
+        handled_at.append(time.monotonic())
+        handler(delivery)
+
+    listener = start(settings_for(mailbox), timed, lease_ttl=1.0, poll_interval=30)
     eventually(lambda: state_of(listener) is SourceState.ONLINE)
     name = f"listener:{listener.name}"
     held = store.holder(name)
@@ -402,7 +421,6 @@ def test_a_listener_that_loses_its_lease_stops_working_the_mailbox(mailbox, star
     # Told by its lock's heartbeat, it drops the connection at once, not at the next poll.
     eventually(lambda: state_of(listener) is SourceState.RETRYING, timeout=3)
     mailbox.append(mail(1))
-    time.sleep(1.0)
-    assert handler.count() == Counter(), "it stopped working the mailbox"
     eventually(lambda: handler.count()["mail 1"] == 1, timeout=15)
-    assert time.monotonic() - lost_at >= 2.5, "only after the other owner's lease ran out"
+    # It stopped working the mailbox: the mail waited for the other owner's lease to run out.
+    assert handled_at[0] - lost_at >= 2.5

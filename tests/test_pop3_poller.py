@@ -78,7 +78,7 @@ def test_new_mail_is_handled_once_then_deleted(mailbox, start):
     eventually(lambda: on_server(mailbox) == 0)
     mailbox.save(mail(3))
     eventually(lambda: handler.count()["pop 3"] == 1)
-    time.sleep(1.0)
+    assert poller.wait_for_catch_ups(2, timeout=10)
     assert handler.count() == Counter({"pop 1": 1, "pop 2": 1, "pop 3": 1})
     assert state_of(poller) is SourceState.ONLINE
 
@@ -89,9 +89,9 @@ def test_a_drop_before_quit_rolls_back_dele_and_nothing_is_handled_twice(mailbox
     handler = Collector()
     with FaultProxy(("127.0.0.1", mailbox.server.pop3_port)) as proxy:
         proxy.cut_on(b"QUIT", direction="up")  # the session dies before the server deletes
-        make(mailbox, handler, port=proxy.port)
+        poller = make(mailbox, handler, port=proxy.port)
         eventually(lambda: handler.count()["pop 1"] == 1)
-        time.sleep(0.5)
+        eventually(lambda: state_of(poller) is SourceState.RETRYING)  # QUIT never arrived
         assert on_server(mailbox) == 1, "DELE was rolled back: the mail is still there"
         proxy.pass_through()
         eventually(lambda: on_server(mailbox) == 0)
@@ -104,8 +104,8 @@ def test_a_drop_mid_retr_loses_nothing(mailbox, start):
     handler = Collector()
     with FaultProxy(("127.0.0.1", mailbox.server.pop3_port)) as proxy:
         proxy.cut_on(b"big", direction="down")
-        make(mailbox, handler, port=proxy.port)
-        time.sleep(1.0)
+        poller = make(mailbox, handler, port=proxy.port)
+        eventually(lambda: state_of(poller) is SourceState.RETRYING)  # cut in the middle
         assert handler.handled == []
         proxy.pass_through()
         eventually(lambda: len(handler.handled) == 1)
@@ -142,11 +142,11 @@ def test_poison_mail_is_held_and_never_deleted_unseen(mailbox, start):
     mailbox.save(mail(2))
     handler = Collector(fail_on="poison")
     guard = DuplicateGuard(store, max_failures=2)
-    make(mailbox, handler, guard=guard)
+    poller = make(mailbox, handler, guard=guard)
     eventually(lambda: guard.counts()["held"] == 1)
     eventually(lambda: handler.count()["pop 2"] == 1)
     eventually(lambda: on_server(mailbox) == 1)
-    time.sleep(1.0)
+    assert poller.wait_for_catch_ups(2, timeout=10)
     assert on_server(mailbox) == 1, "the held mail stays on the server"
 
 
@@ -207,9 +207,10 @@ def test_a_server_without_uidl_is_keyed_by_content(mailbox, start):
     handler = Collector()
     with FaultProxy(("127.0.0.1", mailbox.server.pop3_port)) as proxy:
         proxy.rewrite(b"UIDL", b"XUIDL", direction="up")  # the server now says -ERR to UIDL
-        make(mailbox, handler, port=proxy.port, delete=False)
+        poller = make(mailbox, handler, port=proxy.port, delete=False)
         eventually(lambda: handler.count()["pop 1"] == 1)
-        time.sleep(1.5)  # several more polls: the same mail is recognised by its digest
+        # several more polls: the same mail is recognised by its digest
+        assert poller.wait_for_catch_ups(2, timeout=10)
     assert handler.count() == Counter({"pop 1": 1})
     assert on_server(mailbox) == 1, "delete=False leaves it"
 
