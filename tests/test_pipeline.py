@@ -1,0 +1,194 @@
+"""The mail pipeline over a mailbox kept in memory: the MailboxPort contract, rule by rule.
+
+The in-memory mailbox is a real implementation of the port (what a new kind of source
+writes), not a mock: every rule here is also covered against Dovecot by the listener and
+poller tests; this file pins each rule to the pipeline alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import pytest
+
+from mailtether import (
+    Delivery,
+    DuplicateGuard,
+    GuardState,
+    MemoryStore,
+    MessageKey,
+    StatusBoard,
+)
+from mailtether._handover import Handover
+from mailtether._mailbox_port import LEAVE, FetchedMail, Listed, PostAction
+from mailtether._pipeline import Pipeline
+from mailtether.testing import FakeClock
+
+SEEN = PostAction("seen")
+
+
+class MemoryMailbox:
+    """An IMAP-like folder in memory: UIDs only grow; post-actions are recorded."""
+
+    def __init__(self, guard: DuplicateGuard, *, uses_cursor: bool = True) -> None:
+        self.guard = guard
+        self.mails: dict[int, bytes] = {}
+        self.applied: list[tuple[tuple[int, ...], str]] = []
+        self.states_when_applied: list[str] = []
+        self.uses_cursor = uses_cursor
+        self.base = MessageKey.imap("a@example.com", "INBOX", 7, 1)
+        self.scope = self.base.scope
+        self.listed_after: list[int] = []
+
+    def add(self, uid: int, text: str) -> None:
+        self.mails[uid] = f"Message-ID: <{text}@x>\r\nSubject: {text}\r\n\r\n{text}\r\n".encode()
+
+    def list_new(self, after: int) -> list[Listed]:
+        self.listed_after.append(after)
+        return [Listed(uid, self.base.with_uid(uid)) for uid in sorted(self.mails) if uid > after]
+
+    def locate(self, key: MessageKey) -> int | None:
+        return key.uid if key.uid in self.mails else None
+
+    def fetch(self, positions: Sequence[int]) -> Callable[[], Mapping[int, FetchedMail]]:
+        return lambda: {p: (self.mails[p], ()) for p in positions if p in self.mails}
+
+    def apply(self, positions: Sequence[int], action: PostAction) -> None:
+        self.applied.append((tuple(positions), str(action)))
+        for position in positions:
+            entry = self.guard.lookup(self.base.with_uid(position))
+            self.states_when_applied.append(entry.state if entry else "unknown")
+
+
+def make(
+    handler: Callable[[Delivery], object],
+    *,
+    max_failures: int = 3,
+    repeat: str = "block",
+    on_poison: PostAction = LEAVE,
+    uses_cursor: bool = True,
+) -> tuple[Pipeline, MemoryMailbox]:
+    store = MemoryStore()
+    guard = DuplicateGuard(store, max_failures=max_failures, repeat=repeat)  # type: ignore[arg-type]
+    clock = FakeClock()
+    pipeline = Pipeline(
+        name="test",
+        store=store,
+        guard=guard,
+        status=StatusBoard(store, clock=clock),
+        clock=clock,
+        after=SEEN,
+        on_poison=on_poison,
+        handover=Handover(handler, "message", store),
+        commit_window=0.01,
+    )
+    return pipeline, MemoryMailbox(guard, uses_cursor=uses_cursor)
+
+
+def subjects(seen: list[Delivery]) -> list[str]:
+    return [str(delivery.message["Subject"]) for delivery in seen]
+
+
+def test_each_mail_is_handed_over_once_and_changed_only_after_its_outcome_is_recorded():
+    seen: list[Delivery] = []
+    pipeline, mailbox = make(seen.append)
+    for uid in (1, 2, 3):
+        mailbox.add(uid, f"m{uid}")
+    assert pipeline.catch_up(mailbox) == 3
+    assert subjects(seen) == ["m1", "m2", "m3"]
+    assert mailbox.applied == [((1, 2, 3), "seen")]
+    assert mailbox.states_when_applied == [GuardState.DONE] * 3
+    assert pipeline.catch_up(mailbox) == 0  # nothing new: nothing handed out again
+    assert mailbox.listed_after[-1] == 3, "the cursor is past the last mail"
+
+
+def test_a_retry_of_older_mail_never_moves_the_cursor_back():
+    calls = {"m1": 0}
+
+    def flaky(delivery: Delivery) -> None:
+        subject = str(delivery.message["Subject"])
+        if subject == "m1":
+            calls["m1"] += 1
+            if calls["m1"] == 1:
+                raise RuntimeError("not yet")
+
+    pipeline, mailbox = make(flaky)
+    for uid in (1, 2, 3):
+        mailbox.add(uid, f"m{uid}")
+    pipeline.catch_up(mailbox)  # m1 fails, m2 and m3 are done; the cursor is at 3
+    pipeline.catch_up(mailbox)  # only m1 is retried (and done)
+    assert calls["m1"] == 2
+    pipeline.catch_up(mailbox)
+    assert mailbox.listed_after == [0, 3, 3], "the retry of UID 1 left the cursor at 3"
+    assert [positions for positions, _ in mailbox.applied] == [(2, 3), (1,)]
+
+
+def test_mail_recorded_done_but_not_yet_changed_is_only_changed():
+    """A crash between the outcome and the mailbox change: the change is finished, no handler."""
+    seen: list[Delivery] = []
+    pipeline, mailbox = make(seen.append)
+    mailbox.add(1, "m1")
+    claim = pipeline.guard.claim(mailbox.base.with_uid(1))
+    claim.done()  # recorded, and then the process died before marking it seen
+    assert pipeline.catch_up(mailbox) == 0
+    assert seen == []
+    assert mailbox.applied == [((1,), "seen")]
+
+
+def test_the_same_content_under_a_new_position_is_not_handed_out_again():
+    seen: list[Delivery] = []
+    pipeline, mailbox = make(seen.append)
+    mailbox.add(1, "same")
+    pipeline.catch_up(mailbox)
+    mailbox.mails[2] = mailbox.mails.pop(1)  # the server gave it a new UID
+    assert pipeline.catch_up(mailbox) == 0
+    assert subjects(seen) == ["same"]
+    assert mailbox.applied[-1] == ((2,), "seen"), "its post-action is still applied"
+
+
+def test_a_held_mail_is_put_aside_through_the_outbox_and_the_rest_goes_on():
+    def handler(delivery: Delivery) -> None:
+        if str(delivery.message["Subject"]) == "poison":
+            raise ValueError("cannot parse")
+
+    pipeline, mailbox = make(handler, max_failures=1, on_poison=PostAction("flag"))
+    mailbox.add(1, "poison")
+    mailbox.add(2, "fine")
+    assert pipeline.catch_up(mailbox) == 1
+    assert ((1,), "flag") in mailbox.applied
+    assert ((2,), "seen") in mailbox.applied
+    assert pipeline.store.get("outbox", mailbox.base.with_uid(1).id) is None, "outbox emptied"
+    assert pipeline.guard.lookup(mailbox.base.with_uid(1)).state == GuardState.HELD
+
+
+def test_recover_finishes_a_single_change_a_crash_interrupted():
+    pipeline, mailbox = make(lambda delivery: None)
+    mailbox.add(5, "m5")
+    key = mailbox.base.with_uid(5)
+    pipeline.store.put("outbox", key.id, "pending", {"action": "move", "folder": "Junk"})
+    pipeline.recover(mailbox)
+    assert mailbox.applied == [((5,), "move:Junk")]
+    assert pipeline.store.get("outbox", key.id) is None
+
+
+def test_a_source_without_a_cursor_is_listed_whole_every_time():
+    seen: list[Delivery] = []
+    pipeline, mailbox = make(seen.append, uses_cursor=False)
+    mailbox.add(1, "m1")
+    pipeline.catch_up(mailbox)
+    mailbox.add(2, "m2")
+    pipeline.catch_up(mailbox)
+    assert mailbox.listed_after == [0, 0]
+    assert subjects(seen) == ["m1", "m2"]
+    assert pipeline.store.get("cursor", "test") is None
+
+
+@pytest.mark.parametrize("value", ["seen", "move:Archive", "leave"])
+def test_post_actions_read_back_as_written(value):
+    assert str(PostAction.parse(value, "after", ("seen", "move", "leave"))) == value
+
+
+@pytest.mark.parametrize("value", ["move", "move:", "flag", "seen:x", ""])
+def test_bad_post_actions_are_refused_by_name(value):
+    with pytest.raises(ValueError, match="after must be one of seen, move:<folder>, leave"):
+        PostAction.parse(value, "after", ("seen", "move", "leave"))
