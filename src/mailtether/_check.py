@@ -39,7 +39,7 @@ class CheckStep:
 
     name: str
     """The step: ``dns``, ``tcp``, ``tls``, ``greeting``, ``capabilities``, ``starttls``,
-    ``login`` or ``select``."""
+    ``login``, then ``select`` (IMAP) or ``stat`` (POP3)."""
     ok: bool
     seconds: float
     detail: str = ""
@@ -114,6 +114,12 @@ class Probe(abc.ABC):
 
     server_kind: ClassVar[str]
     """The server in a sentence: ``"an IMAP server"``."""
+    address: tuple[str, int]
+    """Where the server is, from the dns step on."""
+    sock: socket.socket
+    """The connection, plain or TLS, from the tcp step on."""
+    reader: LineReader
+    """Reads :attr:`sock`'s lines; a new one after each TLS handshake."""
 
     def __init__(
         self,
@@ -130,11 +136,9 @@ class Probe(abc.ABC):
         self.where = f"{settings.host}:{settings.port}"
         self.steps: list[CheckStep] = []
         self.deadline = clock.monotonic() + timeout
-        self.address: tuple[str, int] | None = None
         self.offered: frozenset[bytes] = frozenset()
         """The capabilities the server listed, upper case."""
-        self._sock: socket.socket | None = None
-        self._reader: LineReader | None = None
+        self._opened: list[socket.socket] = []
 
     @property
     @abc.abstractmethod
@@ -183,16 +187,18 @@ class Probe(abc.ABC):
         try:
             for name, action in self.plan():
                 self._step(name, action)
-            self._say_goodbye()
+            self.deadline = self.clock.monotonic() + self.timeout
+            with contextlib.suppress(OSError, MailServerError, StepFailed):
+                self.goodbye()
         except StepFailed as failure:
-            return self._report(False, failure.sentence, reachable=failure.reachable)
+            steps = tuple(self.steps)
+            return CheckReport(self.target, steps, False, failure.sentence, failure.reachable)
         finally:
-            if self._sock is not None:
-                self._sock.close()
+            for sock in self._opened:  # a socket wrapped in TLS is closed already: no matter
+                sock.close()
         total = sum(step.seconds for step in self.steps)
-        return self._report(
-            True, f"all well: {self.target} answered every step in {total * 1000:.0f} ms"
-        )
+        sentence = f"all well: {self.target} answered every step in {total * 1000:.0f} ms"
+        return CheckReport(self.target, tuple(self.steps), True, sentence, True)
 
     # -- the steps every protocol shares -----------------------------------------------------
 
@@ -213,8 +219,6 @@ class Probe(abc.ABC):
 
     def tcp(self) -> str:
         """Connect to the address DNS gave."""
-        if self.address is None:
-            raise RuntimeError("the tcp step needs the dns step first")
         try:
             sock = socket.create_connection(self.address, timeout=self.timeout)
         except ConnectionRefusedError:
@@ -237,10 +241,9 @@ class Probe(abc.ABC):
     def tls(self) -> str:
         """Do the TLS handshake on the connection (implicit TLS, or after STARTTLS)."""
         host = self.settings.host
-        sock = self.sock
         try:
-            sock.settimeout(self._remaining())
-            wrapped = self.context.wrap_socket(sock, server_hostname=host)
+            self.sock.settimeout(self._remaining())
+            wrapped = self.context.wrap_socket(self.sock, server_hostname=host)
         except ssl.SSLCertVerificationError as error:
             if error.verify_code in _VERIFY_NAME_MISMATCH:
                 sentence = (
@@ -263,20 +266,6 @@ class Probe(abc.ABC):
         return str(wrapped.version())
 
     # -- what the protocols' steps build on ---------------------------------------------------
-
-    @property
-    def sock(self) -> socket.socket:
-        """The connection (plain or TLS), once the tcp step has made it."""
-        if self._sock is None:
-            raise RuntimeError("no connection yet: the tcp step comes first")
-        return self._sock
-
-    @property
-    def reader(self) -> LineReader:
-        """The line reader on :attr:`sock`; a new one after each TLS handshake."""
-        if self._reader is None:
-            raise RuntimeError("no connection yet: the tcp step comes first")
-        return self._reader
 
     def readline(self) -> bytes:
         """The server's next line, by this step's deadline."""
@@ -371,19 +360,12 @@ class Probe(abc.ABC):
 
     def _use(self, sock: socket.socket) -> None:
         # A new reader after the TLS handshake drops whatever came in clear before it.
-        self._sock = sock
-        self._reader = LineReader(sock, clock=self.clock)
+        self._opened.append(sock)
+        self.sock = sock
+        self.reader = LineReader(sock, clock=self.clock)
 
     def _remaining(self) -> float:
         return max(self.deadline - self.clock.monotonic(), 1e-3)
-
-    def _say_goodbye(self) -> None:
-        self.deadline = self.clock.monotonic() + self.timeout
-        with contextlib.suppress(OSError, MailServerError, StepFailed):
-            self.goodbye()
-
-    def _report(self, ok: bool, sentence: str, *, reachable: bool = True) -> CheckReport:
-        return CheckReport(self.target, tuple(self.steps), ok, sentence, reachable)
 
 
 def check(
