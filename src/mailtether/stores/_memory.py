@@ -12,6 +12,7 @@ from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import StoreError
 from mailtether.stores._protocol import Lease, Record, Write
 from mailtether.stores._shared import (
+    PutFromPutMany,
     check_expect,
     check_key,
     check_lease,
@@ -72,7 +73,7 @@ class _Slot:
     ttl: float
 
 
-class MemoryStore:
+class MemoryStore(PutFromPutMany):
     """A :class:`~mailtether.Store` in this process's memory: fast, and gone at exit.
 
     For one listener in one process, and for tests (pass a
@@ -122,18 +123,6 @@ class MemoryStore:
             space = self._records.get(namespace, {})
             found = {key: space[key] for key in wanted if key in space}
         return {key: stored.record(namespace, key) for key, stored in found.items()}
-
-    def put(
-        self,
-        namespace: str,
-        key: str,
-        state: str,
-        data: Mapping[str, Any],
-        *,
-        expect: int | None = None,
-    ) -> Record | None:
-        """Write a record, compare-and-set on its version if *expect* is given."""
-        return self.put_many([Write(namespace, key, state, data, expect)])[0]
 
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
         """Apply several writes as :meth:`put` would, under one lock."""

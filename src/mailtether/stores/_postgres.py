@@ -11,7 +11,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -19,12 +19,15 @@ from mailtether._errors import ConfigError, SchemaError, StoreError
 from mailtether.stores._pool import Pool
 from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
 from mailtether.stores._shared import (
+    PutFromPutMany,
     WriteRun,
     check_expect,
     check_key,
     check_lease,
     check_limit,
     check_namespace,
+    check_prefix,
+    check_seconds,
     check_state,
     check_time,
     check_ttl,
@@ -79,7 +82,7 @@ INSERT INTO {p}_meta (key, value) VALUES ('schema_version', '{version}')
 """
 
 
-class PostgresStore:
+class PostgresStore(PutFromPutMany):
     """A :class:`~mailtether.Store` in PostgreSQL: for listeners on many hosts.
 
     Plain tables, and every compare-and-set is one ``INSERT … ON CONFLICT … WHERE …
@@ -120,20 +123,20 @@ class PostgresStore:
         connect_timeout: float = 5.0,
         statement_timeout: float = 5.0,
     ) -> None:
-        connect_timeout = _seconds(connect_timeout, "connect_timeout")
-        statement_timeout = _seconds(statement_timeout, "statement_timeout")
+        connect_timeout = check_seconds(connect_timeout, "connect_timeout")
+        statement_timeout = check_seconds(statement_timeout, "statement_timeout")
         self._psycopg = require("psycopg", "postgres")
         self.url = redact_url(url)
         """The URL, password hidden."""
         self._password = ""
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        table_prefix = query.pop("table_prefix", table_prefix)
-        if not isinstance(table_prefix, str) or not _PREFIX.match(table_prefix):
-            raise ConfigError(
-                f"table_prefix {table_prefix!r} must be a lower-case SQL identifier of up to "
-                "40 characters"
-            )
+        table_prefix = check_prefix(
+            query.pop("table_prefix", table_prefix),
+            _PREFIX,
+            "table_prefix",
+            "a lower-case SQL identifier of up to 40 characters",
+        )
         # Ours comes last, so it wins over a statement_timeout in the URL's own options.
         options = f"{query.pop('options', '')} -c statement_timeout={_ms(statement_timeout)}"
         self._dsn = urlunsplit(parts._replace(query=urlencode(query)))
@@ -262,18 +265,6 @@ class PostgresStore:
             for row in self._run("get_many", fetch(wanted[start : start + _BATCH])):
                 found[row[0]] = _record(namespace, row)
         return found
-
-    def put(
-        self,
-        namespace: str,
-        key: str,
-        state: str,
-        data: Mapping[str, Any],
-        *,
-        expect: int | None = None,
-    ) -> Record | None:
-        """Write a record, compare-and-set on its version if *expect* is given."""
-        return self.put_many([Write(namespace, key, state, data, expect)])[0]
 
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
         """Apply several writes as :meth:`put` would, in one transaction.
@@ -578,18 +569,6 @@ def _usable(connection: Any) -> bool:
         return not select.select([fd], [], [], 0)[0]
     except Exception:  # a connection we cannot even ask is not worth keeping
         return False
-
-
-def _seconds(value: object, what: str) -> float:
-    """Return *value* as float if it is a positive, finite number of seconds."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
-    return float(value)
 
 
 def _ms(seconds: float) -> int:

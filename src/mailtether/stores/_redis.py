@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from mailtether._errors import ConfigError, SchemaError, StoreError
 from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
 from mailtether.stores._shared import (
+    PutFromPutMany,
     check_expect,
     check_key,
     check_lease,
     check_limit,
     check_namespace,
+    check_prefix,
+    check_seconds,
     check_state,
     check_time,
     check_ttl,
@@ -174,7 +176,7 @@ return held
 )
 
 
-class RedisStore:
+class RedisStore(PutFromPutMany):
     """A :class:`~mailtether.Store` in Redis: for listeners on many hosts.
 
     Every operation that reads and writes is one Lua script, so it is atomic on the server;
@@ -212,18 +214,19 @@ class RedisStore:
         socket_timeout: float = 5.0,
         connect_timeout: float = 5.0,
     ) -> None:
-        socket_timeout = _seconds(socket_timeout, "socket_timeout")
-        connect_timeout = _seconds(connect_timeout, "connect_timeout")
+        socket_timeout = check_seconds(socket_timeout, "socket_timeout")
+        connect_timeout = check_seconds(connect_timeout, "connect_timeout")
         redis = require("redis", "redis")
         retry, backoff = require("redis.retry", "redis"), require("redis.backoff", "redis")
         self._redis = redis
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        prefix = query.pop("prefix", prefix)
-        if not _PREFIX.match(prefix):
-            raise ConfigError(
-                f"Redis prefix {prefix!r} must be 1-64 characters of A-Z a-z 0-9 _ . -"
-            )
+        prefix = check_prefix(
+            query.pop("prefix", prefix),
+            _PREFIX,
+            "Redis prefix",
+            "1-64 characters of A-Z a-z 0-9 _ . -",
+        )
         self.url = redact_url(url)
         """The URL, password hidden."""
         clean = urlunsplit(parts._replace(query=urlencode(query)))
@@ -334,18 +337,6 @@ class RedisStore:
             return found
 
         return self._run("get_many", fetch)
-
-    def put(
-        self,
-        namespace: str,
-        key: str,
-        state: str,
-        data: Mapping[str, Any],
-        *,
-        expect: int | None = None,
-    ) -> Record | None:
-        """Write a record, compare-and-set on its version if *expect* is given."""
-        return self.put_many([Write(namespace, key, state, data, expect)])[0]
 
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
         """Apply several writes as :meth:`put` would, pipelined (each one atomic, by script)."""
@@ -552,18 +543,6 @@ class RedisStore:
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, prefix={self._base[1:-1]!r})"
-
-
-def _seconds(value: object, what: str) -> float:
-    """Return *value* as float if it is a positive, finite number of seconds."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
-    return float(value)
 
 
 def _record(namespace: str, key: str, fields: list[Any]) -> Record | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, NamedTuple
 
@@ -24,13 +25,16 @@ from mailtether.stores._protocol import Lease, Record, Write
 __all__ = [
     "MAX_KEY_LENGTH",
     "MIN_TTL",
+    "PutFromPutMany",
     "WriteRun",
     "check_expect",
     "check_key",
     "check_lease",
     "check_limit",
     "check_namespace",
+    "check_prefix",
     "check_put",
+    "check_seconds",
     "check_state",
     "check_time",
     "check_ttl",
@@ -122,6 +126,29 @@ def check_ttl(ttl: object) -> float:
     return ttl
 
 
+def check_seconds(value: object, what: str) -> float:
+    """Return *value* as float if it is a positive, finite number of seconds (a timeout)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def check_prefix(prefix: object, pattern: re.Pattern[str], what: str, rule: str) -> str:
+    """Return *prefix* (of a remote store's keys or tables) if it matches *pattern*.
+
+    Raises:
+        ConfigError: it does not; the message says *what* it is and the *rule* it breaks.
+    """
+    if not isinstance(prefix, str) or not pattern.match(prefix):
+        raise ConfigError(f"{what} {prefix!r} must be {rule}")
+    return prefix
+
+
 def check_put(namespace: object, key: object, state: object, expect: object) -> None:
     """Check the arguments every backend's ``put`` takes."""
     check_namespace(namespace)
@@ -207,6 +234,30 @@ def plan_writes(writes: Iterable[Write], most: int) -> list[WriteRun]:
         WriteRun(kind, [checked[i] for i in indexes], [texts[i] for i in indexes])
         for kind, indexes in group_writes(checked, most)
     ]
+
+
+class PutFromPutMany(ABC):
+    """A store's :meth:`~mailtether.Store.put`, as ``put_many`` of one write.
+
+    Each backend writes records in one place, its ``put_many``; this base gives all of them
+    the same ``put`` on top of it.
+    """
+
+    @abstractmethod
+    def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
+        """Apply several writes, each exactly as :meth:`put` would, in order."""
+
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        state: str,
+        data: Mapping[str, Any],
+        *,
+        expect: int | None = None,
+    ) -> Record | None:
+        """Write a record, compare-and-set on its version if *expect* is given."""
+        return self.put_many([Write(namespace, key, state, data, expect)])[0]
 
 
 def written_records(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -14,6 +14,7 @@ from mailtether._errors import ConfigError, SchemaError, StoreError
 from mailtether.stores._pool import Pool
 from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
 from mailtether.stores._shared import (
+    PutFromPutMany,
     WriteRun,
     check_expect,
     check_key,
@@ -84,7 +85,7 @@ CREATE TABLE IF NOT EXISTS mailtether_leases (
 """
 
 
-class SQLiteStore:
+class SQLiteStore(PutFromPutMany):
     """A :class:`~mailtether.Store` in one SQLite file: the embedded default.
 
     Many processes on one host may share the file: it runs in WAL mode, and every
@@ -221,18 +222,6 @@ class SQLiteStore:
             return found
 
         return self._run("get_many", query)
-
-    def put(
-        self,
-        namespace: str,
-        key: str,
-        state: str,
-        data: Mapping[str, Any],
-        *,
-        expect: int | None = None,
-    ) -> Record | None:
-        """Write a record, compare-and-set on its version if *expect* is given."""
-        return self.put_many([Write(namespace, key, state, data, expect)])[0]
 
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
         """Apply several writes as :meth:`put` would, in one transaction.
