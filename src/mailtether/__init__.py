@@ -30,16 +30,8 @@ from mailtether._errors import (
     StoreError,
     TLSFailure,
 )
-from mailtether._guard import (
-    Claim,
-    ClaimStatus,
-    DuplicateGuard,
-    GuardEntry,
-    GuardState,
-    HistoryEntry,
-    RepeatPolicy,
-    Triage,
-)
+from mailtether._guard import Claim, DuplicateGuard, RepeatPolicy
+from mailtether._guard_states import ClaimStatus, GuardEntry, GuardState, HistoryEntry, Triage
 from mailtether._keepalive import Keepalive
 from mailtether._leases import ProcessLock, acquire_lease
 from mailtether._message_key import MessageKey, content_digest, message_id_of

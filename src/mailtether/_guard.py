@@ -1,135 +1,44 @@
-"""``DuplicateGuard``: every mail handled once, failures retried, poison mail held aside."""
+"""``DuplicateGuard``: every mail handled once, failures retried, poison mail held aside.
+
+Claiming and recording outcomes: :class:`Claim` and the guard's half that writes them live
+together (about 450 lines) because a claim's methods are the guard's record transitions.
+The look-ups and a person's decisions are in :mod:`mailtether._guard_views`, the values in
+:mod:`mailtether._guard_states`.
+"""
 
 from __future__ import annotations
 
-import enum
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
-import attrs
-
 from mailtether._errors import ClaimLost, MailtetherError, RepeatedMessage
+from mailtether._guard_states import (
+    DONE,
+    DROPPED,
+    ERROR_TEXT,
+    FAILED,
+    HELD,
+    PROCESSING,
+    ClaimStatus,
+    add_event,
+    claimed_at,
+    content_fields,
+    history_of,
+)
+from mailtether._guard_views import GuardViews
 from mailtether._message_key import MessageKey
 from mailtether.stores._protocol import Record, Store, Write, check_namespace, default_owner
 
-__all__ = [
-    "Claim",
-    "ClaimStatus",
-    "DuplicateGuard",
-    "GuardEntry",
-    "GuardState",
-    "HistoryEntry",
-    "RepeatPolicy",
-    "Triage",
-]
+__all__ = ["Claim", "DuplicateGuard", "RepeatPolicy"]
 
 log = logging.getLogger("mailtether.guard")
 
 RepeatPolicy = Literal["block", "skip", "quarantine"]
 _POLICIES: Final = ("block", "skip", "quarantine")
-_HISTORY: Final = 20
 _RETRIES: Final = 32
-_ERROR_TEXT: Final = 500
 
-
-
-class GuardState(enum.StrEnum):
-    """Where a message stands in the guard: the state of its record in the store.
-
-    A :class:`str` enum, so ``entry.state == "held"`` holds too. Not to be confused with
-    :class:`ClaimStatus`, which is what one :meth:`DuplicateGuard.claim` *decided*.
-    """
-
-    PROCESSING = "processing"
-    """Claimed by a worker until its claim expires."""
-    DONE = "done"
-    """Handled (or the same content was handled under another position)."""
-    FAILED = "failed"
-    """Its last attempt failed (or was abandoned); it is retried."""
-    HELD = "held"
-    """Failed ``max_failures`` times: waits for a person to release or drop it."""
-    DROPPED = "dropped"
-    """A person decided it must never be handled."""
-
-
-PROCESSING: Final = GuardState.PROCESSING
-DONE: Final = GuardState.DONE
-FAILED: Final = GuardState.FAILED
-HELD: Final = GuardState.HELD
-DROPPED: Final = GuardState.DROPPED
-
-
-class ClaimStatus(enum.Enum):
-    """What :meth:`DuplicateGuard.claim` decided about a message."""
-
-    NEW = "new"
-    """Yours to process: the block's outcome is recorded when it ends."""
-    DONE = "done"
-    """Processed before (repeat policy ``skip``): leave it."""
-    DUPLICATE = "duplicate"
-    """A new position, but the same content was processed before (e.g. a new UIDVALIDITY)."""
-    HELD = "held"
-    """Poisoned: failed too often, waiting for a person to release or drop it."""
-    DROPPED = "dropped"
-    """A person decided it must not be processed."""
-    BUSY = "busy"
-    """Another worker is processing it right now."""
-    QUARANTINE = "quarantine"
-    """Processed before and back again (repeat policy ``quarantine``): move it aside."""
-
-
-@attrs.frozen
-class HistoryEntry:
-    """One event in a message's life in the guard."""
-
-    at: float
-    """When (store clock)."""
-    event: str
-    """``claimed``, ``done``, ``failed``, ``expired``, ``held``, ``released``, ``dropped``."""
-    detail: str = ""
-    """The error, or who acted."""
-
-
-@attrs.frozen
-class Triage:
-    """Listed mail sorted by :meth:`DuplicateGuard.triage`, each group in listing order."""
-
-    new: tuple[MessageKey, ...]
-    """Never seen: to be claimed and handled."""
-    retry: tuple[MessageKey, ...]
-    """Failed before, or claimed by a worker whose claim expired: due another attempt."""
-    done: tuple[MessageKey, ...]
-    """Handled before and still listed: only the post-action may be due."""
-    waiting: tuple[MessageKey, ...]
-    """Held, dropped, or being handled by another worker right now: leave them."""
-
-
-@attrs.frozen
-class GuardEntry:
-    """What the guard knows about one message (for inspection and ``mailtether status``)."""
-
-    key: MessageKey
-    state: GuardState
-    """Where it stands (a :class:`str` enum: ``"held"`` compares equal to ``HELD``)."""
-    attempts: int
-    """Failed attempts so far."""
-    reason: str
-    """The last error, or why it is held."""
-    since: float
-    """When the state last changed (store clock)."""
-    history: tuple[HistoryEntry, ...]
-
-
-def _history(data: Mapping[str, Any]) -> list[dict[str, Any]]:
-    value = data.get("history", [])
-    return list(value) if isinstance(value, list) else []
-
-
-def _append(history: list[dict[str, Any]], at: float, event: str, detail: str = "") -> list[Any]:
-    history.append({"at": at, "event": event, "detail": detail[:_ERROR_TEXT]})
-    return history[-_HISTORY:]
 
 
 class Claim:
@@ -230,7 +139,7 @@ class Claim:
         return f"Claim({self.key}, {self.status.value})"
 
 
-class DuplicateGuard:
+class DuplicateGuard(GuardViews):
     """Decides, atomically and on any store, whether a mail is handled, skipped or held.
 
     ::
@@ -325,7 +234,7 @@ class DuplicateGuard:
                 if written is not None:
                     return Claim(self, key, ClaimStatus.NEW, written)
             else:
-                data = {"duplicate_of": duplicate_of, **_content(key)}
+                data = {"duplicate_of": duplicate_of, **content_fields(key)}
                 if store.put(namespace, key.id, DONE, data, expect=0) is not None:
                     log.info("%s: same content already processed; skipped", key)
                     return Claim(self, key, ClaimStatus.DUPLICATE, None)
@@ -367,7 +276,7 @@ class DuplicateGuard:
             content = done_content.get(key.content_id) if key.content_id is not None else None
             first = str(content.data.get("id", "")) if content is not None else ""
             if first and first != key.id:
-                data: dict[str, Any] = {"duplicate_of": first, **_content(key)}
+                data: dict[str, Any] = {"duplicate_of": first, **content_fields(key)}
                 writes.append(Write(self.namespace, key.id, DONE, data, expect=0))
             else:
                 writes.append(Write(self.namespace, key.id, PROCESSING, claimed, expect=0))
@@ -406,15 +315,15 @@ class DuplicateGuard:
         attempts = int(data.get("attempts", 0))
         state = record.state
         if state == PROCESSING:
-            if _claimed_at(record, now):
+            if claimed_at(record, now):
                 return Claim(self, key, ClaimStatus.BUSY, None)
             attempts += 1
-            history = _append(
-                _history(data), now, "expired", f"claim by {data.get('owner')} expired"
+            history = add_event(
+                history_of(data), now, "expired", f"claim by {data.get('owner')} expired"
             )
             return self._retry(key, record, data, attempts, history, now)
         if state == FAILED:
-            return self._retry(key, record, data, attempts, _history(data), now)
+            return self._retry(key, record, data, attempts, history_of(data), now)
         if state == HELD:
             return Claim(self, key, ClaimStatus.HELD, None)
         if state == DROPPED:
@@ -441,7 +350,7 @@ class DuplicateGuard:
         if attempts >= self.max_failures:
             data.update(
                 attempts=attempts,
-                history=_append(history, now, "held", f"{attempts} failed attempts"),
+                history=add_event(history, now, "held", f"{attempts} failed attempts"),
             )
             data.pop("owner", None)
             data.pop("expires_at", None)
@@ -453,7 +362,7 @@ class DuplicateGuard:
             attempts=attempts,
             owner=self.owner,
             expires_at=now + self.claim_ttl,
-            history=_append(history, now, "claimed", self.owner),
+            history=add_event(history, now, "claimed", self.owner),
         )
         written = self.store.put(self.namespace, key.id, PROCESSING, data, expect=record.version)
         return None if written is None else Claim(self, key, ClaimStatus.NEW, written)
@@ -524,23 +433,23 @@ class DuplicateGuard:
         state = DONE
         if reason is not None:
             state = FAILED
-            data.update(_content(key))
-            history = _append(_history(data), now, "failed", reason)
+            data.update(content_fields(key))
+            history = add_event(history_of(data), now, "failed", reason)
             data["attempts"] = int(data.get("attempts", 0)) + 1
-            data["reason"] = reason[:_ERROR_TEXT]
+            data["reason"] = reason[:ERROR_TEXT]
             if data["attempts"] >= self.max_failures:
                 state = HELD
-                history = _append(history, now, "held", f"{data['attempts']} failed attempts")
+                history = add_event(history, now, "held", f"{data['attempts']} failed attempts")
             data["history"] = history
         elif "history" in data:  # it failed before: finish its story
-            data["history"] = _append(_history(data), now, "done", "")
+            data["history"] = add_event(history_of(data), now, "done", "")
         return Write(self.namespace, key.id, state, data, expect=record.version)
 
     def _abandon(self, key: MessageKey, record: Record) -> None:
         data = dict(record.data)
         data.pop("owner", None)
         data.pop("expires_at", None)
-        data["history"] = _append(_history(data), self.store.now(), "abandoned")
+        data["history"] = add_event(history_of(data), self.store.now(), "abandoned")
         self.store.put(self.namespace, key.id, FAILED, data, expect=record.version)
 
     def _extend(self, key: MessageKey, record: Record) -> Record:
@@ -553,133 +462,6 @@ class DuplicateGuard:
 
     # -- batches and housekeeping ----------------------------------------------------------------
 
-    def filter_new(self, keys: Iterable[MessageKey]) -> list[MessageKey]:
-        """Return the keys the guard has never seen, by position or by content, in order.
-
-        One batched look-up per 500 keys: for the first sync of a large mailbox, call this
-        before claiming, so only new mail is fetched in full.
-        """
-        keys = list(keys)
-        known = self.store.get_many(self.namespace, (key.id for key in keys))
-        unseen = [key for key in keys if key.id not in known]
-        content_ids = [key.content_id for key in unseen if key.content_id is not None]
-        if not content_ids:
-            return unseen
-        done_content = self.store.get_many(self.content_namespace, content_ids)
-        return [key for key in unseen if key.content_id not in done_content]
-
-    def triage(self, keys: Iterable[MessageKey]) -> Triage:
-        """Sort listed mail by what it needs, in one batched look-up (no record changes).
-
-        For a catch-up: :attr:`Triage.new` is claimed (:meth:`claim_many`),
-        :attr:`Triage.retry` claimed one by one (:meth:`claim`), :attr:`Triage.done` only
-        needs its post-action finished (handled, but still in the mailbox), and
-        :attr:`Triage.waiting` is left alone.
-        """
-        keys = list(keys)
-        known = self.store.get_many(self.namespace, (key.id for key in keys))
-        now = self.store.now() if any(r.state == PROCESSING for r in known.values()) else 0.0
-        new: list[MessageKey] = []
-        retry: list[MessageKey] = []
-        done: list[MessageKey] = []
-        waiting: list[MessageKey] = []
-        for key in keys:
-            record = known.get(key.id)
-            if record is None:
-                new.append(key)
-            elif record.state == DONE:
-                done.append(key)
-            elif record.state == FAILED or (
-                record.state == PROCESSING and not _claimed_at(record, now)
-            ):
-                retry.append(key)
-            else:
-                waiting.append(key)
-        return Triage(tuple(new), tuple(retry), tuple(done), tuple(waiting))
-
-    def retryable(self, scope: str) -> list[MessageKey]:
-        """Keys under *scope* (a :attr:`MessageKey.scope`) due another attempt.
-
-        Those whose last attempt failed, and those whose claim expired (its worker died).
-        """
-        now = self.store.now()
-        return [
-            MessageKey.from_id(record.key)
-            for state in (FAILED, PROCESSING)
-            for record in self.store.scan(self.namespace, state=state)
-            if record.key.startswith(scope) and not _claimed_at(record, now)
-        ]
-
-    def prune(self, older_than: float) -> int:
-        """Forget done and dropped messages last changed more than *older_than* seconds ago.
-
-        Held, failed and in-progress records are never pruned: a person must decide about
-        them. Return how many records were deleted.
-        """
-        if not isinstance(older_than, int | float) or not 0 <= older_than < float("inf"):
-            raise ValueError(
-                f"older_than must be a finite number of seconds >= 0, got {older_than!r}"
-            )
-        cutoff = self.store.now() - older_than
-        removed = 0
-        for state in (DONE, DROPPED):
-            removed += self.store.prune(self.namespace, state=state, updated_before=cutoff)
-        removed += self.store.prune(self.content_namespace, state=DONE, updated_before=cutoff)
-        return removed
-
-    # -- inspection ------------------------------------------------------------------------------
-
-    def counts(self) -> dict[str, int]:
-        """Messages by state: ``processing``, ``done``, ``failed``, ``held``, ``dropped``."""
-        counts = {state.value: 0 for state in GuardState}
-        counts.update(self.store.count(self.namespace))
-        return counts
-
-    def lookup(self, key: MessageKey | str) -> GuardEntry | None:
-        """Return what the guard knows about *key* (a key or its :attr:`~MessageKey.id`)."""
-        record = self.store.get(self.namespace, _id(key))
-        return None if record is None else _entry(record)
-
-    def held(self, limit: int | None = None) -> list[GuardEntry]:
-        """Return the held (poisoned) messages, oldest first, with their history."""
-        return [
-            _entry(record) for record in self.store.scan(self.namespace, state=HELD, limit=limit)
-        ]
-
-    def release(self, key: MessageKey | str, *, by: str = "a person") -> bool:
-        """Let a held (or dropped) message be processed again, with a fresh count of attempts.
-
-        Returns ``False`` if it is not held or dropped.
-        """
-        return self._person(key, (HELD, DROPPED), FAILED, "released", by, reset=True)
-
-    def drop(self, key: MessageKey | str, *, by: str = "a person") -> bool:
-        """Mark a held or failed message as never to be processed. ``False`` if not found."""
-        return self._person(key, (HELD, FAILED), DROPPED, "dropped", by, reset=False)
-
-    def _person(
-        self,
-        key: MessageKey | str,
-        from_states: tuple[str, ...],
-        to_state: str,
-        event: str,
-        by: str,
-        *,
-        reset: bool,
-    ) -> bool:
-        for _ in range(_RETRIES):
-            record = self.store.get(self.namespace, _id(key))
-            if record is None or record.state not in from_states:
-                return False
-            data = dict(record.data)
-            if reset:
-                data["attempts"] = 0
-            data["history"] = _append(_history(data), self.store.now(), event, by)
-            if self.store.put(self.namespace, record.key, to_state, data, expect=record.version):
-                log.info("%s %s by %s", record.key, event, by)
-                return True
-        return False
-
     def __repr__(self) -> str:
         return (
             f"DuplicateGuard({self.store!r}, max_failures={self.max_failures}, "
@@ -687,44 +469,3 @@ class DuplicateGuard:
         )
 
 
-def _claimed_at(record: Record, now: float) -> bool:
-    """Whether *record* is a claim still running at *now* (store clock)."""
-    return record.state == PROCESSING and float(record.data.get("expires_at", 0)) > now
-
-
-def _content(key: MessageKey) -> dict[str, Any]:
-    """The content fields a record keeps so the key can be rebuilt for a person."""
-    fields: dict[str, Any] = {}
-    if key.message_id is not None:
-        fields["message_id"] = key.message_id
-    if key.digest is not None:
-        fields["digest"] = key.digest
-    return fields
-
-
-def _id(key: MessageKey | str) -> str:
-    return key.id if isinstance(key, MessageKey) else str(key)
-
-
-def _entry(record: Record) -> GuardEntry:
-    data = record.data
-    history = tuple(
-        HistoryEntry(
-            float(item.get("at", 0)), str(item.get("event", "")), str(item.get("detail", ""))
-        )
-        for item in _history(data)
-        if isinstance(item, dict)
-    )
-    message_id, digest = data.get("message_id"), data.get("digest")
-    return GuardEntry(
-        key=MessageKey.from_id(
-            record.key,
-            message_id=message_id if isinstance(message_id, str) else None,
-            digest=digest if isinstance(digest, str) else None,
-        ),
-        state=GuardState(record.state),
-        attempts=int(data.get("attempts", 0)),
-        reason=str(data.get("reason", "")),
-        since=record.updated_at,
-        history=history,
-    )

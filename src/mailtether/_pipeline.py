@@ -17,7 +17,8 @@ from typing import Final
 
 from mailtether._clock import Clock
 from mailtether._delivery import Delivery
-from mailtether._guard import Claim, ClaimStatus, DuplicateGuard
+from mailtether._guard import Claim, DuplicateGuard
+from mailtether._guard_states import ClaimStatus
 from mailtether._handover import Handover
 from mailtether._mailbox_port import FetchedMail, Listed, MailboxPort, PostAction
 from mailtether._message_key import MessageKey

@@ -7,7 +7,8 @@ import json
 import time
 from typing import TextIO
 
-from mailtether._guard import DuplicateGuard, GuardEntry
+from mailtether._guard import DuplicateGuard
+from mailtether._guard_states import GuardEntry
 from mailtether._status import SourceStatus, StatusBoard
 from mailtether.cli._outcome import OK
 from mailtether.stores._protocol import Store
