@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from mailtether import ConnectionLost, ResponseTimeout
-from mailtether._lines import LineReader, LineTooLong, PeerClosed
+from mailtether._errors import LineTooLong, PeerClosed
+from mailtether._lines import LineReader
 
 LONG = 10.0  # a deadline no passing test comes near
 

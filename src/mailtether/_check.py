@@ -19,8 +19,8 @@ from typing import Any, ClassVar, Final, TypeAlias
 import attrs
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
-from mailtether._errors import ConnectionLost, MailServerError, ResponseTimeout
-from mailtether._lines import LineReader, LineTooLong
+from mailtether._errors import ConnectionLost, LineTooLong, MailServerError, ResponseTimeout
+from mailtether._lines import LineReader
 from mailtether._settings import ImapSettings
 
 __all__ = ["CheckReport", "CheckStep", "Probe", "Step", "StepFailed", "check"]

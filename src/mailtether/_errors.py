@@ -15,11 +15,13 @@
         ├── ConnectionLost          reset, EOF, BYE, or no answer in time: reconnect (retry)
         │   ├── ServerUnreachable   DNS, refused, or connect timed out: retry later
         │   ├── ResponseTimeout     the server did not answer within the response timeout
+        │   ├── PeerClosed          the server closed the connection in the middle of an answer
         │   └── MailboxInUse        another POP3 session holds the mailbox ([IN-USE])
         ├── TLSFailure              certificate not trusted, wrong host, STARTTLS missing
         ├── AuthenticationFailed    credentials rejected: do not retry (accounts get locked)
         ├── FolderMissing           the folder does not exist (or is not selectable)
         ├── MailboxUnchangeable     handled mail cannot be marked, moved or deleted
+        ├── LineTooLong             the server sent a line over the reader's bound
         └── CommandFailed           the server answered NO or BAD to a command
 
 Every :class:`MailServerError` carries :attr:`~MailServerError.hint`, one sentence of what to
@@ -46,10 +48,12 @@ __all__ = [
     "LeaseError",
     "LeaseLost",
     "LeaseUnavailable",
+    "LineTooLong",
     "MailServerError",
     "MailboxInUse",
     "MailboxUnchangeable",
     "MailtetherError",
+    "PeerClosed",
     "RepeatedMessage",
     "ResponseTimeout",
     "SchemaError",
@@ -167,6 +171,23 @@ class MailboxInUse(ConnectionLost):
     """Another POP3 session holds the mailbox (``-ERR [IN-USE]``): try again later."""
 
     default_hint = "another client reads this mailbox; the poller tries again later"
+
+
+class LineTooLong(MailServerError):
+    """The peer sent a line longer than the reader's ``max_line`` bound.
+
+    The rest of that line is still on its way, so the connection cannot be read further:
+    close it.
+    """
+
+    default_hint = (
+        "close the connection: the server does not speak the protocol, or something on the "
+        "way garbles the stream"
+    )
+
+
+class PeerClosed(ConnectionLost):
+    """The peer closed the connection (EOF) before a whole line or byte count arrived."""
 
 
 class TLSFailure(MailServerError):

@@ -23,32 +23,15 @@ import socket
 from typing import Final
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
-from mailtether._errors import ConnectionLost, MailServerError, ResponseTimeout
+from mailtether._errors import ConnectionLost, LineTooLong, PeerClosed, ResponseTimeout
 
-__all__ = ["DEFAULT_MAX_LINE", "LineReader", "LineTooLong", "PeerClosed"]
+__all__ = ["DEFAULT_MAX_LINE", "LineReader"]
 
 DEFAULT_MAX_LINE: Final = 64 * 1024
 """Bytes a line may hold (without its CRLF) unless the reader is told otherwise."""
 
 _CHUNK: Final = 64 * 1024
 """Bytes asked of the socket at a time."""
-
-
-class LineTooLong(MailServerError):
-    """The peer sent a line longer than the reader's ``max_line`` bound.
-
-    The rest of that line is still on its way, so the connection cannot be read further:
-    close it.
-    """
-
-    default_hint = (
-        "close the connection: the server does not speak the protocol, or something on the "
-        "way garbles the stream"
-    )
-
-
-class PeerClosed(ConnectionLost):
-    """The peer closed the connection (EOF) before a whole line or byte count arrived."""
 
 
 class LineReader:

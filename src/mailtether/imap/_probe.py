@@ -14,7 +14,7 @@ from typing import ClassVar, Final
 import attrs
 
 from mailtether._check import Probe, Step, StepFailed
-from mailtether._lines import LineTooLong
+from mailtether._errors import LineTooLong
 
 __all__ = ["Answer", "ImapProbe"]
 
