@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import math
-import os
 import re
 import select
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from mailtether._errors import ConfigError, SchemaError, StoreError
 from mailtether.stores._pool import Pool
+from mailtether.stores._postgres_watchdog import WATCHDOG
 from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
 from mailtether.stores._shared import (
     PutFromPutMany,
@@ -48,10 +43,6 @@ _POOL: Final = 8
 _NOW: Final = "extract(epoch from clock_timestamp())::float8"
 _SLACK: Final = 1.0
 """Seconds past ``statement_timeout`` after which an unanswered call is given up."""
-_TICK: Final = 0.1
-"""How often the watchdog looks at calls in flight."""
-_QUIET: Final = 5.0
-"""Seconds without calls after which the watchdog sleeps until the next one."""
 
 # Text columns compare in the "C" collation: byte order, as SQLite and Redis sort keys,
 # whatever the database's default collation is.
@@ -181,10 +172,10 @@ class PostgresStore(PutFromPutMany):
         watch = -1
         try:
             connection = self._pool.take()
-            watch = _WATCHDOG.watch(connection, limit)
+            watch = WATCHDOG.watch(connection, limit)
             result = operation(connection)
         except BaseException as error:
-            dropped = watch >= 0 and not _WATCHDOG.unwatch(watch)
+            dropped = watch >= 0 and not WATCHDOG.unwatch(watch)
             if connection is not None:
                 connection.close()
             if not isinstance(error, self._psycopg.Error):
@@ -195,7 +186,7 @@ class PostgresStore(PutFromPutMany):
                 lines = self._hide(str(error)).strip().splitlines()
                 reason = lines[0] if lines else type(error).__name__
             raise StoreError(f"PostgresStore({self.url!r}): {what} failed: {reason}") from None
-        if _WATCHDOG.unwatch(watch):
+        if WATCHDOG.unwatch(watch):
             self._pool.put_back(connection)
         else:
             connection.close()  # the watchdog shut it down just as the answer came
@@ -466,89 +457,6 @@ class PostgresStore(PutFromPutMany):
 def _record(namespace: str, row: tuple[Any, ...]) -> Record:
     key, state, data, version, updated_at = row
     return Record(namespace, key, state, decode_data(data), int(version), float(updated_at))
-
-
-class _Watchdog:
-    """Shuts down the connection of a call that got no answer in time; one for every store.
-
-    ``statement_timeout`` makes a live server cancel a slow statement, but nothing makes a
-    silent one answer (a frozen host, a black-holed network, a half-open connection), and
-    psycopg would wait for it forever. Shutting the socket down wakes the waiting call with
-    an error. The thread looks every ``_TICK`` seconds while calls come, and sleeps when none
-    has come for ``_QUIET`` seconds, so an idle process pays nothing.
-    """
-
-    def __init__(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
-        # Also in a forked child, which has the parent's state but not its thread.
-        self._wake = threading.Condition(threading.Lock())
-        self._watched: dict[int, tuple[float, Any]] = {}
-        self._ids = itertools.count()
-        self._last_call = 0.0
-        self._sleeping = True
-        self._thread: threading.Thread | None = None
-
-    def watch(self, connection: Any, seconds: float) -> int:
-        """Start watching a call on *connection*; return the id to pass to :meth:`unwatch`."""
-        now = time.monotonic()
-        with self._wake:
-            ident = next(self._ids)
-            self._watched[ident] = (now + seconds, connection)
-            self._last_call = now
-            if self._sleeping:
-                self._sleeping = False
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._loop, name="mailtether-postgres-watchdog", daemon=True
-                    )
-                    self._thread.start()
-                else:
-                    self._wake.notify()
-        return ident
-
-    def unwatch(self, ident: int) -> bool:
-        """Stop watching; ``False`` if the watchdog has already shut the connection down."""
-        with self._wake:
-            return self._watched.pop(ident, None) is not None
-
-    def _loop(self) -> None:
-        with self._wake:
-            while True:
-                now = time.monotonic()
-                for ident, (deadline, connection) in list(self._watched.items()):
-                    if deadline <= now:
-                        # Under the lock: the caller cannot close the connection (and free
-                        # its file descriptor for reuse) before it has unwatched it.
-                        del self._watched[ident]
-                        _shut_down(connection)
-                if not self._watched and now - self._last_call > _QUIET:
-                    self._sleeping = True
-                    while self._sleeping:
-                        self._wake.wait()
-                else:
-                    self._wake.wait(_TICK)
-
-
-_WATCHDOG: Final = _Watchdog()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_WATCHDOG._reset)
-
-
-def _shut_down(connection: Any) -> None:
-    """Shut the connection's socket down, so a call waiting on it fails at once."""
-    try:
-        duplicate = os.dup(connection.fileno())
-    except Exception:  # the call ended and the connection was closed meanwhile
-        return
-    try:
-        sock = socket.socket(fileno=duplicate)
-    except OSError:
-        os.close(duplicate)
-        return
-    with sock, contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _usable(connection: Any) -> bool:
