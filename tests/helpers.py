@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from mailtether import Delivery
+from mailtether import Delivery, SourceState
 
 
 class Collector:
@@ -46,3 +46,24 @@ def flags_of(mailbox) -> dict[int, tuple[bytes, ...]]:  # type: ignore[no-untype
     flags = client.get_flags(client.search(["ALL"]))
     client.logout()
     return dict(flags)
+
+
+def state_of(source) -> SourceState | None:  # type: ignore[no-untyped-def]
+    """The state a listener or poller shows on its status board (None before its first)."""
+    status = source.status.get(source.name)
+    return None if status is None else status.state
+
+
+def survives_a_server_restart(  # type: ignore[no-untyped-def]
+    source, server, deliver: Callable[[], object], handled: Callable[[], bool]
+) -> None:
+    """The server stops: *source* goes RETRYING; it comes back: new mail is handled."""
+    eventually(lambda: state_of(source) is SourceState.ONLINE)
+    server.stop(remove=False)
+    try:
+        eventually(lambda: state_of(source) is SourceState.RETRYING)
+    finally:
+        server.start()
+    deliver()
+    eventually(handled)
+    eventually(lambda: state_of(source) is SourceState.ONLINE)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Collector, eventually, flags_of
+from helpers import Collector, eventually, flags_of, state_of, survives_a_server_restart
 from mailtether import (
     Delivery,
     DuplicateGuard,
@@ -81,11 +81,6 @@ def blocked_rounds(clock: FakeClock, rounds: int) -> None:
     clock.wait_for_sleepers(1)
 
 
-def state_of(listener: ImapListener) -> SourceState | None:
-    status = listener.status.get(listener.name)
-    return None if status is None else status.state
-
-
 def test_new_mail_is_handled_once_and_then_marked_seen(mailbox, start):
     mailbox.append(mail(1))  # already there at start: caught up
     handler = Collector()
@@ -148,9 +143,7 @@ def test_rejected_credentials_block_without_hammering(mailbox, start):
     handler = Collector()
     with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
         clock = FakeClock(auto_advance=False)
-        listener = start(
-            settings_for(mailbox, proxy.port, password="wrong"), handler, clock=clock
-        )
+        listener = start(settings_for(mailbox, proxy.port, password="wrong"), handler, clock=clock)
         eventually(lambda: state_of(listener) is SourceState.BLOCKED)
         status = listener.status.get(listener.name)
         assert "rejected the credentials" in status.reason
@@ -292,15 +285,12 @@ def test_a_deleted_folder_blocks_with_a_clear_reason(mailbox, start):
 def test_a_server_restart_is_survived(mailbox, start):
     handler = Collector()
     listener = start(settings_for(mailbox), handler)
-    eventually(lambda: state_of(listener) is SourceState.ONLINE)
-    mailbox.server.stop(remove=False)
-    try:
-        eventually(lambda: state_of(listener) is SourceState.RETRYING)
-    finally:
-        mailbox.server.start()
-    mailbox.append(mail(1))
-    eventually(lambda: handler.count()["mail 1"] == 1)
-    eventually(lambda: state_of(listener) is SourceState.ONLINE)
+    survives_a_server_restart(
+        listener,
+        mailbox.server,
+        lambda: mailbox.append(mail(1)),
+        lambda: handler.count()["mail 1"] == 1,
+    )
 
 
 def test_the_reconnect_schedule_follows_the_strategy_on_a_fake_clock(mailbox):

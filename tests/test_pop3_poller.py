@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from helpers import Collector, eventually
+from helpers import Collector, eventually, state_of, survives_a_server_restart
 from mailtether import (
     DuplicateGuard,
     Fixed,
@@ -61,11 +61,6 @@ def start(tmp_path):
     for poller in started:
         poller.stop()
     store.close()
-
-
-def state_of(poller: Pop3Poller):
-    status = poller.status.get(poller.name)
-    return None if status is None else status.state
 
 
 def test_new_mail_is_handled_once_then_deleted(mailbox, start):
@@ -191,14 +186,12 @@ def test_a_server_restart_is_survived(mailbox, start):
     make, _ = start
     handler = Collector()
     poller = make(mailbox, handler)
-    eventually(lambda: state_of(poller) is SourceState.ONLINE)
-    mailbox.server.stop(remove=False)
-    try:
-        eventually(lambda: state_of(poller) is SourceState.RETRYING)
-    finally:
-        mailbox.server.start()
-    mailbox.save(mail(9))
-    eventually(lambda: handler.count()["pop 9"] == 1)
+    survives_a_server_restart(
+        poller,
+        mailbox.server,
+        lambda: mailbox.save(mail(9)),
+        lambda: handler.count()["pop 9"] == 1,
+    )
 
 
 def test_a_server_without_uidl_is_keyed_by_content(mailbox, start):
