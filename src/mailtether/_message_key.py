@@ -192,6 +192,16 @@ def _check_digest(instance: object, attribute: attrs.Attribute[Any], value: obje
         raise ValueError("MessageKey.digest must be a SHA-256 hex digest (see content_digest)")
 
 
+def _content_of(
+    raw: bytes | None, message_id: str | None, digest: str | None
+) -> tuple[str | None, str | None]:
+    """The Message-ID and digest a key gets: those given, else (with *raw*) those of *raw*."""
+    if raw is not None:
+        message_id = message_id if message_id is not None else message_id_of(raw)
+        digest = digest if digest is not None else content_digest(raw)
+    return message_id, digest
+
+
 @attrs.frozen
 class MessageKey:
     """What identifies one mail: its mailbox position, plus its content when known.
@@ -247,9 +257,7 @@ class MessageKey:
         raw: bytes | None = None,
     ) -> MessageKey:
         """Key an IMAP message; pass *raw* to fill in the Message-ID and digest from it."""
-        if raw is not None:
-            message_id = message_id if message_id is not None else message_id_of(raw)
-            digest = digest if digest is not None else content_digest(raw)
+        message_id, digest = _content_of(raw, message_id, digest)
         return cls("imap", account, folder, uidvalidity, uid, None, message_id, digest)
 
     @classmethod
@@ -263,9 +271,7 @@ class MessageKey:
         raw: bytes | None = None,
     ) -> MessageKey:
         """Key a POP3 message by its UIDL; *raw* fills in the Message-ID and digest."""
-        if raw is not None:
-            message_id = message_id if message_id is not None else message_id_of(raw)
-            digest = digest if digest is not None else content_digest(raw)
+        message_id, digest = _content_of(raw, message_id, digest)
         return cls("pop3", account, None, None, None, uidl, message_id, digest)
 
     def with_uid(self, uid: int) -> MessageKey:
