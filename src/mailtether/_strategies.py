@@ -8,6 +8,10 @@ attempt, or ``None``: give up (the source becomes BLOCKED until a person resumes
 Strategies never sleep and never read a clock, and the same question always gets the same
 answer (jitter included: it is drawn from a seed), so a schedule can be printed, tested and
 persisted. :class:`mailtether.Backoff` runs a strategy for one source.
+
+Why one module of about 650 lines: the fluent methods every strategy has (``.capped()``,
+``.jittered()``, ``.then()``) build the wrapper classes, which are strategies themselves with
+the same methods, on the same validators; split, they would import each other in a cycle.
 """
 
 from __future__ import annotations

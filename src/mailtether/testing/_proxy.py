@@ -27,6 +27,10 @@ Put it between any client and server in a test, point the client at
 Every fault method takes effect before it returns, so a test can call it and then act at once.
 
 One background thread serves every connection with :mod:`selectors`; standard library only.
+
+Why one module of about 900 lines: that thread owns every socket and all fault state, and
+every fault method is a command run on it (no locks around shared state); the fault modes
+are branches of its one per-chunk state machine, which reads best in one place.
 """
 
 from __future__ import annotations
