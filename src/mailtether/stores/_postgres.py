@@ -16,23 +16,17 @@ from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
 from mailtether.stores._shared import (
     PutFromPutMany,
     WriteRun,
-    check_expect,
     check_key,
     check_lease,
-    check_limit,
     check_namespace,
     check_prefix,
     check_seconds,
-    check_state,
-    check_time,
     check_ttl,
-    decode_data,
     lease_lost,
-    plan_writes,
     redact_url,
     require,
-    written_records,
 )
+from mailtether.stores._sql_records import COLUMNS, SQLRecords, Statement, record_from_row
 
 __all__ = ["PostgresStore"]
 
@@ -40,6 +34,7 @@ _T = TypeVar("_T")
 _PREFIX: Final = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
 _BATCH: Final = 1000
 _POOL: Final = 8
+_GROUP_ROWS: Final = 500  # writes of put_many in one statement, at most
 _NOW: Final = "extract(epoch from clock_timestamp())::float8"
 _SLACK: Final = 1.0
 """Seconds past ``statement_timeout`` after which an unanswered call is given up."""
@@ -150,6 +145,15 @@ class PostgresStore(PutFromPutMany):
         self._limit = statement_timeout + _SLACK
         self._p = table_prefix
         self._pool: Pool[Any] = Pool(self._connect, size=_POOL, usable=_usable)
+        self._records = SQLRecords(
+            self._run,
+            table=f"{table_prefix}_records",
+            mark="%s",
+            key_order='key COLLATE "C"',
+            most=_GROUP_ROWS,
+            statements=self._statements,
+            transaction=lambda connection: connection.transaction(),
+        )
         self._run("open", self._initialise, seconds=2 * statement_timeout + _SLACK)
 
     # -- plumbing ----------------------------------------------------------------------------------
@@ -229,22 +233,14 @@ class PostgresStore(PutFromPutMany):
 
     def get(self, namespace: str, key: str) -> Record | None:
         """Return the record, or ``None``."""
-        check_namespace(namespace)
-        check_key(key)
-        row = self._one(
-            "get",
-            f"SELECT key, state, data, version, updated_at FROM {self._p}_records "  # noqa: S608
-            "WHERE namespace = %s AND key = %s",
-            (namespace, key),
-        )
-        return None if row is None else _record(namespace, row)
+        return self._records.get(namespace, key)
 
     def get_many(self, namespace: str, keys: Iterable[str]) -> dict[str, Record]:
         """Return the existing records among *keys*, 1 000 per query."""
         check_namespace(namespace)
         wanted = list(dict.fromkeys(check_key(key) for key in keys))
         sql = (
-            f"SELECT key, state, data, version, updated_at FROM {self._p}_records "  # noqa: S608
+            f"SELECT {COLUMNS} FROM {self._p}_records "  # noqa: S608
             "WHERE namespace = %s AND key = ANY(%s)"
         )
 
@@ -254,7 +250,7 @@ class PostgresStore(PutFromPutMany):
         found: dict[str, Record] = {}
         for start in range(0, len(wanted), _BATCH):  # a call per batch, each with its deadline
             for row in self._run("get_many", fetch(wanted[start : start + _BATCH])):
-                found[row[0]] = _record(namespace, row)
+                found[row[0]] = record_from_row(namespace, row)
         return found
 
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
@@ -263,24 +259,12 @@ class PostgresStore(PutFromPutMany):
         Runs of writes of one kind (unconditional, create-only, compare-and-set) to distinct
         keys of one namespace go in one multi-row statement each, up to 500 rows.
         """
-        runs = plan_writes(writes, _GROUP_ROWS)
-        if not runs:
-            return []
-        statements = [self._many_statement(run) for run in runs]
+        return self._records.put_many(writes)
 
-        def answer(connection: Any, sql: str, params: list[Any]) -> dict[str, tuple[int, float]]:
-            return {row[0]: _stamp(row[1:]) for row in connection.execute(sql, params)}
+    def _statements(self, runs: list[WriteRun]) -> list[Statement]:
+        return [self._many_statement(run) for run in runs]
 
-        def apply(connection: Any) -> list[dict[str, tuple[int, float]]]:
-            if len(statements) == 1:  # one statement is atomic on its own
-                return [answer(connection, *statements[0])]
-            with connection.transaction():
-                return [answer(connection, *statement) for statement in statements]
-
-        what = "put" if len(statements) == 1 else "put_many"
-        return written_records(runs, self._run(what, apply))
-
-    def _many_statement(self, run: WriteRun) -> tuple[str, list[Any]]:
+    def _many_statement(self, run: WriteRun) -> Statement:
         """One statement for a run of writes of one kind to distinct keys of one namespace."""
         table = f"{self._p}_records"
         params: list[Any] = []
@@ -315,15 +299,7 @@ class PostgresStore(PutFromPutMany):
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""
-        check_namespace(namespace)
-        check_key(key)
-        check_expect(expect)
-        sql = f"DELETE FROM {self._p}_records WHERE namespace = %s AND key = %s"  # noqa: S608
-        params: tuple[Any, ...] = (namespace, key)
-        if expect is not None:
-            sql += " AND version = %s"
-            params += (expect,)
-        return bool(self._run("delete", lambda c: c.execute(sql, params).rowcount) > 0)
+        return self._records.delete(namespace, key, expect)
 
     def scan(
         self,
@@ -334,55 +310,15 @@ class PostgresStore(PutFromPutMany):
         limit: int | None = None,
     ) -> list[Record]:
         """Return matching records, oldest update first."""
-        check_namespace(namespace)
-        sql = (
-            f"SELECT key, state, data, version, updated_at FROM {self._p}_records "  # noqa: S608
-            "WHERE namespace = %s"
-        )
-        params: list[Any] = [namespace]
-        if state is not None:
-            sql += " AND state = %s"
-            params.append(check_state(state))
-        if updated_before is not None:
-            sql += " AND updated_at < %s"
-            params.append(check_time(updated_before, "updated_before"))
-        sql += ' ORDER BY updated_at, key COLLATE "C"'
-        if check_limit(limit) is not None:
-            sql += " LIMIT %s"
-            params.append(limit)
-        rows = self._run("scan", lambda c: c.execute(sql, params).fetchall())
-        return [_record(namespace, row) for row in rows]
+        return self._records.scan(namespace, state, updated_before, limit)
 
     def count(self, namespace: str) -> dict[str, int]:
         """Return the number of records in each state."""
-        check_namespace(namespace)
-        rows = self._run(
-            "count",
-            lambda c: c.execute(
-                f"SELECT state, count(*) FROM {self._p}_records WHERE namespace = %s "  # noqa: S608
-                "GROUP BY state",
-                (namespace,),
-            ).fetchall(),
-        )
-        return {state: int(n) for state, n in rows}
+        return self._records.count(namespace)
 
     def prune(self, namespace: str, *, state: str, updated_before: float) -> int:
         """Delete records in *state* older than *updated_before*."""
-        check_namespace(namespace)
-        check_state(state)
-        check_time(updated_before, "updated_before")
-        return int(
-            self._run(
-                "prune",
-                lambda c: (
-                    c.execute(
-                        f"DELETE FROM {self._p}_records WHERE namespace = %s AND state = %s "  # noqa: S608
-                        "AND updated_at < %s",
-                        (namespace, state, updated_before),
-                    ).rowcount
-                ),
-            )
-        )
+        return self._records.prune(namespace, state, updated_before)
 
     # -- leases ------------------------------------------------------------------------------------
 
@@ -454,11 +390,6 @@ class PostgresStore(PutFromPutMany):
         return f"PostgresStore({self.url!r}, table_prefix={self._p!r})"
 
 
-def _record(namespace: str, row: tuple[Any, ...]) -> Record:
-    key, state, data, version, updated_at = row
-    return Record(namespace, key, state, decode_data(data), int(version), float(updated_at))
-
-
 def _usable(connection: Any) -> bool:
     """Whether an idle connection still looks alive.
 
@@ -481,11 +412,3 @@ def _usable(connection: Any) -> bool:
 
 def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
-
-
-_GROUP_ROWS: Final = 500
-
-
-def _stamp(row: Any) -> tuple[int, float]:
-    """The version and ``updated_at`` a write's ``RETURNING`` gave."""
-    return int(row[0]), float(row[1])

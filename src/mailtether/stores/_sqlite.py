@@ -16,48 +16,44 @@ from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
 from mailtether.stores._shared import (
     PutFromPutMany,
     WriteRun,
-    check_expect,
     check_key,
     check_lease,
-    check_limit,
     check_namespace,
-    check_state,
-    check_time,
     check_ttl,
-    decode_data,
     lease_lost,
-    plan_writes,
-    written_records,
 )
+from mailtether.stores._sql_records import COLUMNS, SQLRecords, Statement, record_from_row
 
 __all__ = ["SQLiteStore"]
 
 _T = TypeVar("_T")
 _BATCH: Final = 500  # well under SQLite's 32 766 host parameters, and fast to plan
 # The writes of put and put_many, a run of rows each; only "?" placeholders are formatted in.
-_COLUMNS: Final = (
+_INSERT: Final = (
     "INSERT INTO mailtether_records (namespace, key, state, data, version, updated_at) "
 )
 _UPSERT_MANY: Final = (
-    _COLUMNS + "VALUES {rows} ON CONFLICT (namespace, key) DO UPDATE SET "
+    _INSERT + "VALUES {rows} ON CONFLICT (namespace, key) DO UPDATE SET "
     "state = excluded.state, data = excluded.data, version = version + 1, "
-    "updated_at = excluded.updated_at RETURNING key, version"
+    "updated_at = excluded.updated_at RETURNING key, version, updated_at"
 )
 _CREATE_MANY: Final = (
-    _COLUMNS + "VALUES {rows} ON CONFLICT (namespace, key) DO NOTHING RETURNING key, version"
+    _INSERT + "VALUES {rows} ON CONFLICT (namespace, key) DO NOTHING "
+    "RETURNING key, version, updated_at"
 )
 _UPDATE_MANY: Final = (
     "UPDATE mailtether_records SET state = v.column3, data = v.column4, "
     "version = mailtether_records.version + 1, updated_at = ? FROM (VALUES {rows}) AS v "
     "WHERE mailtether_records.namespace = ? AND mailtether_records.key = v.column1 "
     "AND mailtether_records.version = v.column2 "
-    "RETURNING mailtether_records.key, mailtether_records.version"
+    "RETURNING mailtether_records.key, mailtether_records.version, mailtether_records.updated_at"
 )
 _SELECT_MANY: Final = (
-    "SELECT key, state, data, version, updated_at FROM mailtether_records "
+    f"SELECT {COLUMNS} FROM mailtether_records "  # noqa: S608
     "WHERE namespace = ? AND key IN ({marks})"
 )
 _POOL: Final = 8  # idle connections kept for reuse
+_GROUP_ROWS: Final = 100  # writes of put_many in one statement, at most
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS mailtether_meta (
@@ -126,6 +122,15 @@ class SQLiteStore(PutFromPutMany):
         self._clock = clock
         self._timeout = float(timeout)
         self._pool = Pool(self._connect, size=_POOL)
+        self._records = SQLRecords(
+            self._run,
+            table="mailtether_records",
+            mark="?",
+            key_order="key",
+            most=_GROUP_ROWS,
+            statements=self._statements,
+            transaction=self._transaction,
+        )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._run("open", self._initialise)
 
@@ -194,17 +199,7 @@ class SQLiteStore(PutFromPutMany):
 
     def get(self, namespace: str, key: str) -> Record | None:
         """Return the record, or ``None``."""
-        check_namespace(namespace)
-        check_key(key)
-        row = self._run(
-            "get",
-            lambda c: c.execute(
-                "SELECT key, state, data, version, updated_at FROM mailtether_records "
-                "WHERE namespace = ? AND key = ?",
-                (namespace, key),
-            ).fetchone(),
-        )
-        return None if row is None else _record(namespace, row)
+        return self._records.get(namespace, key)
 
     def get_many(self, namespace: str, keys: Iterable[str]) -> dict[str, Record]:
         """Return the existing records among *keys*, in batches of 500 per query."""
@@ -218,7 +213,7 @@ class SQLiteStore(PutFromPutMany):
                 # Only "?" placeholders are formatted in; the keys travel as parameters.
                 sql = _SELECT_MANY.format(marks=",".join("?" * len(chunk)))
                 for row in connection.execute(sql, (namespace, *chunk)):
-                    found[row[0]] = _record(namespace, row)
+                    found[row[0]] = record_from_row(namespace, row)
             return found
 
         return self._run("get_many", query)
@@ -229,34 +224,15 @@ class SQLiteStore(PutFromPutMany):
         Runs of writes of one kind (unconditional, create-only, compare-and-set) to distinct
         keys of one namespace go in one multi-row statement each, up to 100 rows.
         """
-        runs = plan_writes(writes, _GROUP_ROWS)
-        if not runs:
-            return []
+        return self._records.put_many(writes)
+
+    def _statements(self, runs: list[WriteRun]) -> list[Statement]:
         now = self._clock.time()
-
-        def answer(connection: sqlite3.Connection, run: WriteRun) -> dict[str, tuple[int, float]]:
-            rows = connection.execute(*_many_statement(run, now))
-            return {key: (int(version), now) for key, version in rows}
-
-        def apply(connection: sqlite3.Connection) -> list[dict[str, tuple[int, float]]]:
-            if len(runs) == 1:  # one statement is atomic on its own
-                return [answer(connection, runs[0])]
-            with self._transaction(connection):
-                return [answer(connection, run) for run in runs]
-
-        return written_records(runs, self._run("put" if len(runs) == 1 else "put_many", apply))
+        return [_many_statement(run, now) for run in runs]
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""
-        check_namespace(namespace)
-        check_key(key)
-        check_expect(expect)
-        sql = "DELETE FROM mailtether_records WHERE namespace = ? AND key = ?"
-        params: tuple[Any, ...] = (namespace, key)
-        if expect is not None:
-            sql += " AND version = ?"
-            params += (expect,)
-        return self._run("delete", lambda c: c.execute(sql, params).rowcount) > 0
+        return self._records.delete(namespace, key, expect)
 
     def scan(
         self,
@@ -267,52 +243,15 @@ class SQLiteStore(PutFromPutMany):
         limit: int | None = None,
     ) -> list[Record]:
         """Return matching records, oldest update first."""
-        check_namespace(namespace)
-        sql = (
-            "SELECT key, state, data, version, updated_at FROM mailtether_records "
-            "WHERE namespace = ?"
-        )
-        params: list[Any] = [namespace]
-        if state is not None:
-            sql += " AND state = ?"
-            params.append(check_state(state))
-        if updated_before is not None:
-            sql += " AND updated_at < ?"
-            params.append(check_time(updated_before, "updated_before"))
-        sql += " ORDER BY updated_at, key"
-        if check_limit(limit) is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        rows = self._run("scan", lambda c: c.execute(sql, params).fetchall())
-        return [_record(namespace, row) for row in rows]
+        return self._records.scan(namespace, state, updated_before, limit)
 
     def count(self, namespace: str) -> dict[str, int]:
         """Return the number of records in each state."""
-        check_namespace(namespace)
-        rows = self._run(
-            "count",
-            lambda c: c.execute(
-                "SELECT state, COUNT(*) FROM mailtether_records WHERE namespace = ? GROUP BY state",
-                (namespace,),
-            ).fetchall(),
-        )
-        return {state: int(n) for state, n in rows}
+        return self._records.count(namespace)
 
     def prune(self, namespace: str, *, state: str, updated_before: float) -> int:
         """Delete records in *state* older than *updated_before*."""
-        check_namespace(namespace)
-        check_state(state)
-        check_time(updated_before, "updated_before")
-        return self._run(
-            "prune",
-            lambda c: (
-                c.execute(
-                    "DELETE FROM mailtether_records WHERE namespace = ? AND state = ? "
-                    "AND updated_at < ?",
-                    (namespace, state, updated_before),
-                ).rowcount
-            ),
-        )
+        return self._records.prune(namespace, state, updated_before)
 
     # -- leases --------------------------------------------------------------------------------
 
@@ -393,15 +332,7 @@ class SQLiteStore(PutFromPutMany):
         return f"SQLiteStore({str(self.path)!r})"
 
 
-def _record(namespace: str, row: tuple[Any, ...]) -> Record:
-    key, state, data, version, updated_at = row
-    return Record(namespace, key, state, decode_data(data), int(version), float(updated_at))
-
-
-_GROUP_ROWS: Final = 100
-
-
-def _many_statement(run: WriteRun, now: float) -> tuple[str, list[Any]]:
+def _many_statement(run: WriteRun, now: float) -> Statement:
     """One statement for a run of writes of one kind to distinct keys of one namespace."""
     params: list[Any] = []
     if run.kind == "update":
