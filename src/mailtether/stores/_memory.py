@@ -25,6 +25,7 @@ from mailtether.stores._shared import (
     decode_data,
     encode_data,
     lease_lost,
+    written,
 )
 
 __all__ = ["MemoryStore"]
@@ -147,11 +148,7 @@ class MemoryStore(PutFromPutMany):
                     results.append(None)
                     continue
                 space[write.key] = _Stored(write.state, payload, version + 1, now)
-                results.append(
-                    Record(
-                        write.namespace, write.key, write.state, dict(write.data), version + 1, now
-                    )
-                )
+                results.append(written(write, version + 1, now))
         return results
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:

@@ -28,6 +28,7 @@ from mailtether.stores._shared import (
     lease_lost,
     redact_url,
     require,
+    written,
 )
 
 __all__ = ["RedisStore"]
@@ -220,24 +221,11 @@ class RedisStore(PutFromPutMany):
                 results.extend(pipe.execute())
             return results
 
-        records: list[Record | None] = []
         results = self._run("put_many" if len(checked) > 1 else "put", apply)
-        for write, result in zip(checked, results, strict=True):
-            if result is None:
-                records.append(None)
-                continue
-            version, updated_at = result
-            records.append(
-                Record(
-                    write.namespace,
-                    write.key,
-                    write.state,
-                    dict(write.data),
-                    int(version),
-                    float(updated_at),
-                )
-            )
-        return records
+        return [
+            None if result is None else written(write, int(result[0]), float(result[1]))
+            for write, result in zip(checked, results, strict=True)
+        ]
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""

@@ -47,6 +47,7 @@ __all__ = [
     "plan_writes",
     "redact_url",
     "require",
+    "written",
     "written_records",
 ]
 
@@ -57,7 +58,7 @@ MIN_TTL: Final = 0.001
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
-# -- argument checks shared by every backend ----------------------------------------------------
+# -- argument checks: each backend refuses the same arguments with the same errors -----------------
 
 
 _SEEN_NAMESPACES: set[str] = set()
@@ -68,16 +69,39 @@ def check_namespace(namespace: object) -> str:
     """Return *namespace* if it is a valid namespace, else raise ValueError/TypeError."""
     if namespace in _SEEN_NAMESPACES:  # a handful of names, checked millions of times
         return namespace
-    if not isinstance(namespace, str):
-        raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
-    if not _NAMESPACE.match(namespace):
-        raise ValueError(
-            f"namespace {namespace!r} is not valid: use 1-64 characters of a-z, 0-9, _ . : - "
-            "starting with a letter or digit"
-        )
-    if len(_SEEN_NAMESPACES) < 1024:
-        _SEEN_NAMESPACES.add(namespace)
-    return namespace
+    return _check_name(
+        namespace,
+        "namespace",
+        _NAMESPACE,
+        "1-64 characters of a-z, 0-9, _ . : - starting with a letter or digit",
+        _SEEN_NAMESPACES,
+    )
+
+
+def check_state(state: object) -> str:
+    """Return *state* if it is a valid state tag (a-z, 0-9, _ -; up to 32 characters)."""
+    if state in _SEEN_STATES:
+        return state
+    return _check_name(
+        state,
+        "state",
+        _STATE,
+        "1-32 characters of a-z, 0-9, _ - starting with a letter",
+        _SEEN_STATES,
+    )
+
+
+def _check_name(
+    value: object, what: str, pattern: re.Pattern[str], rule: str, seen: set[str]
+) -> str:
+    """Return *value* if it matches *pattern*, and remember it in *seen* (up to 1024 names)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    if not pattern.match(value):
+        raise ValueError(f"{what} {value!r} is not valid: use {rule}")
+    if len(seen) < 1024:
+        seen.add(value)
+    return value
 
 
 def check_key(key: object, what: str = "key") -> str:
@@ -91,29 +115,29 @@ def check_key(key: object, what: str = "key") -> str:
     return key
 
 
-def check_state(state: object) -> str:
-    """Return *state* if it is a valid state tag (a-z, 0-9, _ -; up to 32 characters)."""
-    if state in _SEEN_STATES:
-        return state
-    if not isinstance(state, str):
-        raise TypeError(f"state must be a str, not {type(state).__name__}")
-    if not _STATE.match(state):
-        raise ValueError(
-            f"state {state!r} is not valid: use 1-32 characters of a-z, 0-9, _ - "
-            "starting with a letter"
-        )
-    if len(_SEEN_STATES) < 1024:
-        _SEEN_STATES.add(state)
-    return state
-
-
 def check_expect(expect: object) -> int | None:
     """Return *expect* if it is ``None`` or an int >= 0."""
-    if expect is None:
+    return _none_or_count(expect, "expect")
+
+
+def check_limit(limit: object) -> int | None:
+    """Return *limit* if it is ``None`` or an int >= 0."""
+    return _none_or_count(limit, "limit")
+
+
+def _none_or_count(value: object, what: str) -> int | None:
+    if value is None:
         return None
-    if isinstance(expect, bool) or not isinstance(expect, int) or expect < 0:
-        raise ValueError(f"expect must be None or an int >= 0, got {expect!r}")
-    return expect
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} must be None or an int >= 0, got {value!r}")
+    return value
+
+
+def check_time(value: object, what: str) -> float:
+    """Return *value* as float if it is a finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number of seconds, got {value!r}")
+    return float(value)
 
 
 def check_ttl(ttl: object) -> float:
@@ -126,27 +150,11 @@ def check_ttl(ttl: object) -> float:
     return ttl
 
 
-def check_seconds(value: object, what: str) -> float:
-    """Return *value* as float if it is a positive, finite number of seconds (a timeout)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def check_prefix(prefix: object, pattern: re.Pattern[str], what: str, rule: str) -> str:
-    """Return *prefix* (of a remote store's keys or tables) if it matches *pattern*.
-
-    Raises:
-        ConfigError: it does not; the message says *what* it is and the *rule* it breaks.
-    """
-    if not isinstance(prefix, str) or not pattern.match(prefix):
-        raise ConfigError(f"{what} {prefix!r} must be {rule}")
-    return prefix
+def check_lease(lease: object) -> Lease:
+    """Return *lease* if it is a :class:`Lease`."""
+    if not isinstance(lease, Lease):
+        raise TypeError(f"expected a Lease, not {type(lease).__name__}")
+    return lease
 
 
 def check_put(namespace: object, key: object, state: object, expect: object) -> None:
@@ -178,6 +186,76 @@ def check_writes(writes: object) -> list[Write]:
             check_put(write.namespace, key, write.state, expect)
         checked.append(write)
     return checked
+
+
+def check_seconds(value: object, what: str) -> float:
+    """Return *value* as float if it is a positive, finite number of seconds (a timeout)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def check_prefix(prefix: object, pattern: re.Pattern[str], what: str, rule: str) -> str:
+    """Return *prefix* (of a remote store's keys or tables) if it matches *pattern*.
+
+    Raises:
+        ConfigError: it does not; the message says *what* it is and the *rule* it breaks.
+    """
+    if not isinstance(prefix, str) or not pattern.match(prefix):
+        raise ConfigError(f"{what} {prefix!r} must be {rule}")
+    return prefix
+
+
+# -- writes: put from put_many, and put_many's runs of multi-row statements ------------------------
+
+
+class PutFromPutMany(ABC):
+    """A store's :meth:`~mailtether.Store.put`, as ``put_many`` of one write.
+
+    Each backend writes records in one place, its ``put_many``; this base gives all of them
+    the same ``put`` on top of it.
+    """
+
+    @abstractmethod
+    def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
+        """Apply several writes, each exactly as :meth:`put` would, in order."""
+
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        state: str,
+        data: Mapping[str, Any],
+        *,
+        expect: int | None = None,
+    ) -> Record | None:
+        """Write a record, compare-and-set on its version if *expect* is given."""
+        return self.put_many([Write(namespace, key, state, data, expect)])[0]
+
+
+class WriteRun(NamedTuple):
+    """Writes that one multi-row statement applies (see :func:`plan_writes`)."""
+
+    kind: str
+    """``upsert`` (no *expect*), ``create`` (*expect* 0) or ``update`` (*expect* a version)."""
+    writes: list[Write]
+    texts: list[str]
+    """Each write's document as JSON."""
+
+
+def plan_writes(writes: Iterable[Write], most: int) -> list[WriteRun]:
+    """Check *writes* and split them into runs of at most *most*, in order (see put_many)."""
+    checked = check_writes(writes)
+    texts = encode_all(checked)
+    return [
+        WriteRun(kind, [checked[i] for i in indexes], [texts[i] for i in indexes])
+        for kind, indexes in group_writes(checked, most)
+    ]
 
 
 def group_writes(writes: list[Write], most: int) -> list[tuple[str, list[int]]]:
@@ -216,50 +294,6 @@ def encode_all(writes: list[Write]) -> list[str]:
     return texts
 
 
-class WriteRun(NamedTuple):
-    """Writes that one multi-row statement applies (see :func:`plan_writes`)."""
-
-    kind: str
-    """``upsert`` (no *expect*), ``create`` (*expect* 0) or ``update`` (*expect* a version)."""
-    writes: list[Write]
-    texts: list[str]
-    """Each write's document as JSON."""
-
-
-def plan_writes(writes: Iterable[Write], most: int) -> list[WriteRun]:
-    """Check *writes* and split them into runs of at most *most*, in order (see put_many)."""
-    checked = check_writes(writes)
-    texts = encode_all(checked)
-    return [
-        WriteRun(kind, [checked[i] for i in indexes], [texts[i] for i in indexes])
-        for kind, indexes in group_writes(checked, most)
-    ]
-
-
-class PutFromPutMany(ABC):
-    """A store's :meth:`~mailtether.Store.put`, as ``put_many`` of one write.
-
-    Each backend writes records in one place, its ``put_many``; this base gives all of them
-    the same ``put`` on top of it.
-    """
-
-    @abstractmethod
-    def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
-        """Apply several writes, each exactly as :meth:`put` would, in order."""
-
-    def put(
-        self,
-        namespace: str,
-        key: str,
-        state: str,
-        data: Mapping[str, Any],
-        *,
-        expect: int | None = None,
-    ) -> Record | None:
-        """Write a record, compare-and-set on its version if *expect* is given."""
-        return self.put_many([Write(namespace, key, state, data, expect)])[0]
-
-
 def written_records(
     runs: list[WriteRun], answers: list[dict[str, tuple[int, float]]]
 ) -> list[Record | None]:
@@ -272,43 +306,16 @@ def written_records(
     for run, answer in zip(runs, answers, strict=True):
         for write in run.writes:
             stamp = answer.get(write.key)
-            records.append(
-                None
-                if stamp is None
-                else Record(write.namespace, write.key, write.state, dict(write.data), *stamp)
-            )
+            records.append(None if stamp is None else written(write, *stamp))
     return records
 
 
-def lease_lost(lease: Lease) -> LeaseLost:
-    """The error every backend raises when a renewal finds the lease no longer held."""
-    return LeaseLost(
-        f"lease {lease.name!r} (token {lease.token}) is no longer held by {lease.owner!r}: "
-        "it expired or was taken over; stop the work it protected"
-    )
+def written(write: Write, version: int, updated_at: float) -> Record:
+    """The record *write* made: its own copy of the document, at *version*."""
+    return Record(write.namespace, write.key, write.state, dict(write.data), version, updated_at)
 
 
-def check_limit(limit: object) -> int | None:
-    """Return *limit* if it is ``None`` or an int >= 0."""
-    if limit is None:
-        return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
-    return limit
-
-
-def check_time(value: object, what: str) -> float:
-    """Return *value* as float if it is a finite number."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{what} must be a finite number of seconds, got {value!r}")
-    return float(value)
-
-
-def check_lease(lease: object) -> Lease:
-    """Return *lease* if it is a :class:`Lease`."""
-    if not isinstance(lease, Lease):
-        raise TypeError(f"expected a Lease, not {type(lease).__name__}")
-    return lease
+# -- documents, leases, URLs and optional dependencies ---------------------------------------------
 
 
 def encode_data(data: object) -> str:
@@ -327,6 +334,14 @@ def decode_data(text: str | bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("stored record data is not a JSON object")
     return value
+
+
+def lease_lost(lease: Lease) -> LeaseLost:
+    """The error every backend raises when a renewal finds the lease no longer held."""
+    return LeaseLost(
+        f"lease {lease.name!r} (token {lease.token}) is no longer held by {lease.owner!r}: "
+        "it expired or was taken over; stop the work it protected"
+    )
 
 
 _QUERY_PASSWORD: Final = re.compile(r"(?i)(password=)[^&#\s]*")
