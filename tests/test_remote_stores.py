@@ -317,7 +317,7 @@ def test_postgres_starting_again_runs_no_ddl(postgres_server):
 
 
 def test_redact_url_hides_every_password_form():
-    from mailtether.stores._protocol import redact_url
+    from mailtether.stores._shared import redact_url
 
     assert redact_url("redis://:pw1@h:6379/0?password=pw2&prefix=p") == (
         "redis://:***@h:6379/0?password=***&prefix=p"

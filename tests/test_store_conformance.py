@@ -401,3 +401,55 @@ def test_closed_store_refuses_work(backend):
     backend.store.close()
     with pytest.raises(StoreError, match="closed"):
         backend.store.get("guard", "k")
+
+
+# -- what the backends share ---------------------------------------------------------------------
+
+
+class _Connection:
+    def __init__(self, alive: bool = True) -> None:
+        self.alive = alive
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_pool_reuses_a_connection_and_closes_it_with_the_pool():
+    from mailtether.stores._pool import Pool
+
+    made: list[_Connection] = []
+    pool = Pool(lambda: made.append(_Connection()) or made[-1], size=1)
+    first = pool.take()
+    pool.put_back(first)
+    assert pool.take() is first
+    second = pool.take()
+    pool.put_back(first)
+    pool.put_back(second)  # the pool holds one: the other is closed
+    assert (first.closed, second.closed) == (False, True)
+    pool.close()
+    assert first.closed
+    third = pool.take()
+    pool.put_back(third)  # put back after close: closed, not kept
+    assert third.closed
+    assert made == [first, second, third]
+
+
+def test_the_pool_drops_an_idle_connection_that_is_not_usable():
+    from mailtether.stores._pool import Pool
+
+    dead, fresh = _Connection(alive=False), _Connection()
+    pool = Pool(lambda: fresh, usable=lambda connection: connection.alive)
+    pool.put_back(dead)
+    assert pool.take() is fresh
+    assert dead.closed
+
+
+def test_protocol_still_names_every_helper_that_moved_to_shared():
+    # Until every importer points at _shared: the same objects, under the old address.
+    from mailtether.stores import _protocol, _shared
+
+    moved = set(_protocol.__all__) - {"SCHEMA_VERSION", "Lease", "Record", "Store", "Write"}
+    moved -= {"default_owner"}
+    assert moved <= set(_shared.__all__)
+    assert all(getattr(_protocol, name) is getattr(_shared, name) for name in moved)

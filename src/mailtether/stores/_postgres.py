@@ -1,4 +1,9 @@
-"""``PostgresStore``: leases and records in plain PostgreSQL tables, for many hosts."""
+"""``PostgresStore``: leases and records in plain PostgreSQL tables, for many hosts.
+
+A little over 400 lines, as one backend's SQL: its schema, its calls (pool, deadline, errors
+without the password), its multi-row writes and its leases. The records' statements it shares
+with SQLiteStore are in ``_sql_records``; the watchdog of its calls is ``_postgres_watchdog``.
+"""
 
 from __future__ import annotations
 
