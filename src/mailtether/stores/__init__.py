@@ -2,7 +2,8 @@
 
 - ``_protocol``: the :class:`~mailtether.Store` protocol and its value types;
 - ``_shared``: argument checks, write planning and helpers every backend uses;
-- ``_pool``: the connection pool of the SQL backends;
+- ``_pool``: the connection pool, and ``_sql_records``: the records' statements, of the two
+  SQL backends;
 - ``_memory``, ``_sqlite``, ``_redis`` (its Lua scripts in ``_redis_scripts``),
   ``_postgres`` (its call watchdog in ``_postgres_watchdog``): one module per backend;
 - ``_url``: :func:`~mailtether.store_from_url`.
