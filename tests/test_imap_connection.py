@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import imaplib
 import logging
 import os
+import poplib
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
 
 import pytest
+from imapclient.exceptions import (
+    CapabilityError,
+    IMAPClientAbortError,
+    IMAPClientError,
+    LoginError,
+    ProtocolError,
+)
 
 from mailtether import (
     AuthenticationFailed,
+    CommandFailed,
     ConnectionLost,
     FolderMissing,
     ImapConnection,
@@ -23,6 +34,8 @@ from mailtether import (
     ServerUnreachable,
     TLSFailure,
 )
+from mailtether._network_errors import translate_network_error
+from mailtether.imap._connection import translate_error
 from mailtether.testing import FaultProxy
 
 MAIL = b"From: a@example.com\r\nSubject: hello\r\n\r\nbody\r\n"
@@ -440,3 +453,249 @@ def test_a_server_without_recent_works(mailbox, proxy):
     with ImapConnection.open(plain(mailbox, port=proxy.port), keepalive=FAST) as connection:
         threading.Timer(0.3, mailbox.append, args=(MAIL,)).start()
         assert (1, b"EXISTS") in connection.wait(5)
+
+
+# -- naming what went wrong ------------------------------------------------------------------------
+
+
+def _untrusted() -> ssl.SSLCertVerificationError:
+    error = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] verify failed")
+    error.verify_message = "unable to get local issuer certificate"
+    return error
+
+
+def _tls_failed() -> ssl.SSLError:
+    error = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    error.reason = "WRONG_VERSION_NUMBER"
+    return error
+
+
+def _row(error, doing, named, message, *, secret="", network=True):  # type: ignore[no-untyped-def]
+    return pytest.param(error, doing, secret, network, named, message, id=type(error).__name__)
+
+
+# What translate_error made of each before the network cases moved to _network_errors, kept
+# to the letter (each message is followed by the error's default hint).
+_NAMED = [
+    _row(
+        _untrusted(),
+        "connecting to h:993",
+        TLSFailure,
+        "connecting to h:993: the server's certificate is not trusted "
+        "(unable to get local issuer certificate)",
+    ),
+    _row(
+        ssl.SSLEOFError(8, "EOF occurred in violation of protocol"),
+        "fetching",
+        ConnectionLost,
+        "fetching: the server closed the TLS connection",
+    ),
+    _row(
+        ssl.SSLZeroReturnError(6, "TLS/SSL connection has been closed (EOF)"),
+        "fetching",
+        ConnectionLost,
+        "fetching: the server closed the TLS connection",
+    ),
+    _row(
+        _tls_failed(), "starting TLS", TLSFailure, "starting TLS: TLS failed (WRONG_VERSION_NUMBER)"
+    ),
+    _row(
+        socket.gaierror(-2, "Name or service not known"),
+        "connecting to nowhere:993",
+        ServerUnreachable,
+        "connecting to nowhere:993: the host name cannot be resolved "
+        "([Errno -2] Name or service not known)",
+    ),
+    _row(
+        ConnectionRefusedError(111, "Connection refused"),
+        "connecting to h:143",
+        ServerUnreachable,
+        "connecting to h:143: connection refused",
+    ),
+    _row(
+        TimeoutError("timed out"),
+        "sending NOOP",
+        ResponseTimeout,
+        "sending NOOP: no answer in time",
+    ),
+    _row(
+        ConnectionResetError(104, "Connection reset by peer"),
+        "fetching",
+        ConnectionLost,
+        "fetching: the connection broke "
+        "(ConnectionResetError: [Errno 104] Connection reset by peer)",
+    ),
+    _row(
+        BrokenPipeError(32, "Broken pipe"),
+        "ending IDLE",
+        ConnectionLost,
+        "ending IDLE: the connection broke (BrokenPipeError: [Errno 32] Broken pipe)",
+    ),
+    _row(EOFError(), "reading", ConnectionLost, "reading: the connection broke (EOFError: )"),
+    _row(
+        OSError("cannot read from timed out object"),
+        "fetching",
+        ConnectionLost,
+        "fetching: the connection broke (OSError: cannot read from timed out object)",
+    ),
+    _row(
+        socket.herror(1, "Unknown host"),
+        "connecting",
+        ConnectionLost,
+        "connecting: the connection broke (herror: [Errno 1] Unknown host)",
+    ),
+    _row(
+        OSError("token ya29.secret leaked"),
+        "fetching",
+        ConnectionLost,
+        "fetching: the connection broke (OSError: token *** leaked)",
+        secret="ya29.secret",
+    ),
+    _row(
+        LoginError("b'[AUTHENTICATIONFAILED] Authentication failed.'"),
+        "logging in",
+        AuthenticationFailed,
+        "logging in: the server rejected the credentials "
+        "(b'[AUTHENTICATIONFAILED] Authentication failed.')",
+        network=False,
+    ),
+    _row(
+        LoginError(b"[AUTHENTICATIONFAILED] bad pw-123"),
+        "logging in",
+        AuthenticationFailed,
+        "logging in: the server rejected the credentials ([AUTHENTICATIONFAILED] bad ***)",
+        secret="pw-123",
+        network=False,
+    ),
+    _row(
+        IMAPClientAbortError("socket error: timed out"),
+        "fetching",
+        ResponseTimeout,
+        "fetching: no answer in time (socket error: timed out)",
+        network=False,
+    ),
+    _row(
+        imaplib.IMAP4.abort("socket error: EOF"),
+        "fetching",
+        ConnectionLost,
+        "fetching: the connection broke (socket error: EOF)",
+        network=False,
+    ),
+    _row(
+        imaplib.IMAP4.readonly("INBOX is not writable"),
+        "selecting 'INBOX'",
+        ConnectionLost,
+        "selecting 'INBOX': the connection broke (INBOX is not writable)",
+        network=False,
+    ),
+    _row(
+        IMAPClientError("SELECT command error: BAD [b'x']"),
+        "selecting 'Nope'",
+        CommandFailed,
+        "selecting 'Nope': the server said SELECT command error: BAD [b'x']",
+        network=False,
+    ),
+    _row(
+        imaplib.IMAP4.error(b"NO [AUTHENTICATIONFAILED] nope"),
+        "fetching",
+        AuthenticationFailed,
+        "fetching: the server rejected the credentials (NO [AUTHENTICATIONFAILED] nope)",
+        network=False,
+    ),
+    _row(
+        IMAPClientError("mechanism not supported"),
+        "logging in (XOAUTH2)",
+        CommandFailed,
+        "logging in (XOAUTH2): the server said mechanism not supported",
+        network=False,
+    ),
+    _row(
+        IMAPClientError("bad"),
+        "LOGIN",
+        AuthenticationFailed,
+        "LOGIN: the server rejected the credentials (bad)",
+        network=False,
+    ),
+    _row(
+        ProtocolError("unexpected response"),
+        "fetching",
+        CommandFailed,
+        "fetching: the server said unexpected response",
+        network=False,
+    ),
+    _row(
+        CapabilityError("Server does not have IDLE capability"),
+        "starting IDLE",
+        CommandFailed,
+        "starting IDLE: the server said Server does not have IDLE capability",
+        network=False,
+    ),
+    _row(
+        imaplib.IMAP4.error("a", "b"),
+        "fetching",
+        CommandFailed,
+        "fetching: the server said ('a', 'b')",
+        network=False,
+    ),
+    _row(
+        ValueError("a range string is not allowed"),
+        "fetching",
+        CommandFailed,
+        "fetching: ValueError: a range string is not allowed",
+        network=False,
+    ),
+    _row(
+        poplib.error_proto(b"-ERR odd"),
+        "RETR",
+        CommandFailed,
+        "RETR: error_proto: -ERR odd",
+        network=False,
+    ),
+    _row(
+        KeyboardInterrupt(),
+        "fetching",
+        CommandFailed,
+        "fetching: KeyboardInterrupt: ",
+        network=False,
+    ),
+    _row(
+        RuntimeError(b"bytes ya29.secret"),
+        "fetching",
+        CommandFailed,
+        "fetching: RuntimeError: bytes ***",
+        secret="ya29.secret",
+        network=False,
+    ),
+]
+
+
+@pytest.mark.parametrize(("error", "doing", "secret", "network", "named", "message"), _NAMED)
+def test_every_failure_gets_the_same_name_and_message(
+    error, doing, secret, network, named, message
+):
+    expected = f"{message}: {named.default_hint}"
+    translated = translate_error(error, doing, secret=secret)
+    assert type(translated) is named
+    assert str(translated) == expected
+    from_network = translate_network_error(error, doing, secret=secret)
+    if network:
+        assert type(from_network) is named
+        assert str(from_network) == expected
+    else:
+        assert from_network is None, "a protocol error taken for a network error"
+
+
+def test_a_named_error_is_passed_on_as_it_is():
+    error = CommandFailed("fetching: the server said NO")
+    assert translate_error(error, "anything") is error
+    assert translate_network_error(error, "anything") is error
+
+
+def test_tls_errors_raised_by_hand_are_named_too():
+    """ssl's own errors carry reason and verify_message; ones raised by a library may not."""
+    plain_error = translate_network_error(ssl.SSLError("bad record mac"), "starting TLS")
+    assert isinstance(plain_error, TLSFailure)
+    assert "TLS failed (bad record mac)" in str(plain_error)
+    untrusted = translate_error(ssl.SSLCertVerificationError("no issuer"), "connecting")
+    assert isinstance(untrusted, TLSFailure)
+    assert "not trusted (no issuer)" in str(untrusted)

@@ -33,10 +33,10 @@ from mailtether._errors import (
     FolderMissing,
     MailServerError,
     ResponseTimeout,
-    ServerUnreachable,
     TLSFailure,
 )
 from mailtether._keepalive import Keepalive
+from mailtether._network_errors import error_detail, translate_network_error
 from mailtether._settings import ImapSettings
 
 __all__ = ["ImapConnection", "translate_error"]
@@ -57,38 +57,16 @@ def translate_error(error: BaseException, doing: str, *, secret: str = "") -> Ma
     *secret* (the password or token) is removed from the message, whatever the library put
     in it.
     """
-
-    def text(value: object) -> str:
-        message = str(value)
-        if isinstance(value, bytes):
-            message = value.decode("utf-8", "replace")
-        return message.replace(secret, "***") if secret else message
-
-    detail = text(error.args[0] if len(error.args) == 1 else error)
-    if isinstance(error, MailServerError):
-        return error
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return TLSFailure(
-            f"{doing}: the server's certificate is not trusted ({error.verify_message})"
-        )
-    if isinstance(error, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-        return ConnectionLost(f"{doing}: the server closed the TLS connection")
-    if isinstance(error, ssl.SSLError):
-        return TLSFailure(f"{doing}: TLS failed ({error.reason or detail})")
-    if isinstance(error, socket.gaierror):
-        return ServerUnreachable(f"{doing}: the host name cannot be resolved ({detail})")
-    if isinstance(error, ConnectionRefusedError):
-        return ServerUnreachable(f"{doing}: connection refused")
-    if isinstance(error, TimeoutError | socket.timeout):
-        return ResponseTimeout(f"{doing}: no answer in time")
+    network = translate_network_error(error, doing, secret=secret)
+    if network is not None:
+        return network
+    detail = error_detail(error, secret=secret)
     if isinstance(error, LoginError):
         return AuthenticationFailed(f"{doing}: the server rejected the credentials ({detail})")
     if isinstance(error, IMAPClientAbortError | imaplib.IMAP4.abort):
         if "timed out" in detail:
             return ResponseTimeout(f"{doing}: no answer in time ({detail})")
         return ConnectionLost(f"{doing}: the connection broke ({detail})")
-    if isinstance(error, ConnectionError | EOFError | OSError):
-        return ConnectionLost(f"{doing}: the connection broke ({type(error).__name__}: {detail})")
     if isinstance(error, IMAPClientError | imaplib.IMAP4.error):
         if "AUTHENTICATIONFAILED" in detail.upper() or "LOGIN" in doing.upper():
             return AuthenticationFailed(f"{doing}: the server rejected the credentials ({detail})")
