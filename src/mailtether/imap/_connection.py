@@ -10,6 +10,7 @@ the :class:`~mailtether.Keepalive` bound.
 from __future__ import annotations
 
 import contextlib
+import functools
 import imaplib
 import logging
 import select
@@ -38,6 +39,7 @@ from mailtether._errors import (
 from mailtether._keepalive import Keepalive
 from mailtether._network_errors import error_detail, translate_network_error
 from mailtether._settings import ImapSettings
+from mailtether.imap._locked import LockedClient
 
 __all__ = ["ImapConnection", "translate_error"]
 
@@ -109,11 +111,14 @@ class ImapConnection:
         """Its deadlines."""
         self.clock = clock
         """The clock for keepalive scheduling."""
-        self._client: IMAPClient | None = None
-        self._lock = threading.RLock()
+        self._locked: LockedClient[IMAPClient] = LockedClient(
+            None,
+            name=f"the connection to {settings.host}",
+            translate=functools.partial(translate_error, secret=settings.password),
+            clock=clock,
+            on_dead=self._log_death,
+        )
         self._ahead: _Ahead | None = None
-        self._dead: MailServerError | None = None
-        self._last_activity = 0.0
         self.capabilities: frozenset[bytes] = frozenset()
         """What the server offers (after login)."""
         self.uidvalidity: int | None = None
@@ -168,7 +173,7 @@ class ImapConnection:
             )
         except BaseException as error:
             raise translate_error(error, where, secret=settings.password) from None
-        self._client = client
+        self._locked.client = client
         # imapclient sets imaplib's debug level to 5, so imaplib formats every line it reads —
         # whole mails included — into a log message, logged or not: a third of the time of a
         # bulk FETCH of small mail. Keep that trace only when someone is listening for it.
@@ -187,7 +192,7 @@ class ImapConnection:
                     "STARTTLS on the way)",
                 )
             self._call("starting TLS", client.starttls, self._context())
-        self._touch()
+        self._locked.touch()
 
     def _login(self) -> None:
         client = self._require()
@@ -238,7 +243,7 @@ class ImapConnection:
     @property
     def alive(self) -> bool:
         """``False`` once the connection is known broken."""
-        return self._dead is None and self._client is not None
+        return self._locked.alive
 
     @property
     def has_idle(self) -> bool:
@@ -262,13 +267,13 @@ class ImapConnection:
         on this connection, whichever comes first; errors are translated as :meth:`call`
         translates them, and raised by the returned function.
         """
-        with self._lock:
+        with self._locked.held():
             ahead = _Ahead(doing, self._call(doing, send, *args))
             self._ahead = ahead
         return lambda: self._read_ahead(ahead)
 
     def _read_ahead(self, ahead: _Ahead) -> Any:
-        with self._lock:
+        with self._locked.held():
             if self._ahead is ahead:
                 self._ahead = None
                 try:
@@ -280,33 +285,15 @@ class ImapConnection:
             return ahead.value
 
     def _require(self) -> IMAPClient:
-        if self._dead is not None:
-            raise ConnectionLost(
-                f"the connection to {self.settings.host} is broken ({self._dead}); open a new one"
-            )
-        if self._client is None:
-            raise ConnectionLost(f"the connection to {self.settings.host} is closed")
-        return self._client
+        return self._locked.require()
 
     def _call(self, doing: str, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        with self._lock:
+        with self._locked.held():
             self._require()
             if self._ahead is not None:  # an answer still on its way comes first
                 with contextlib.suppress(MailServerError):  # its reader will raise it
                     self._read_ahead(self._ahead)
-                self._require()
-            try:
-                result = function(*args, **kwargs)
-            except BaseException as error:
-                translated = translate_error(error, doing, secret=self.settings.password)
-                if isinstance(translated, ConnectionLost | TLSFailure):
-                    self._mark_dead(translated)
-                raise translated from None
-            self._touch()
-            return result
-
-    def _touch(self) -> None:
-        self._last_activity = self.clock.monotonic()
+            return self._locked.call(doing, function, *args, **kwargs)
 
     def abort(self, reason: str) -> None:
         """Break the connection now, from any thread; every call then raises ConnectionLost.
@@ -314,16 +301,10 @@ class ImapConnection:
         A call blocked on the socket in another thread returns at once. Use it when the
         connection must not be used any more (a lost lease, a shutdown).
         """
-        self._mark_dead(ConnectionLost(reason))
+        self._locked.mark_dead(ConnectionLost(reason))
 
-    def _mark_dead(self, error: MailServerError) -> None:
-        if self._dead is None:
-            self._dead = error
-            log.info("connection to %s is dead: %s", self.settings.host, error)
-        client = self._client
-        if client is not None:
-            with contextlib.suppress(OSError, ValueError):  # unblock others waiting on it
-                client.socket().shutdown(socket.SHUT_RDWR)
+    def _log_death(self, error: MailServerError) -> None:
+        log.info("connection to %s is dead: %s", self.settings.host, error)
 
     def noop(self) -> list[Any]:
         """Send NOOP (within the response timeout); return the untagged responses it got."""
@@ -363,12 +344,12 @@ class ImapConnection:
 
     def _idle_once(self, duration: float, stop: threading.Event | None) -> list[Any]:
         client = self._require()
-        with self._lock:
+        with self._locked.held():
             self._call("starting IDLE", client.idle)
             try:
                 changes = self._read_idle(client, duration, stop)
             except MailServerError as error:
-                self._mark_dead(
+                self._locked.mark_dead(
                     error if isinstance(error, ConnectionLost) else ConnectionLost(str(error))
                 )
                 raise
@@ -397,7 +378,7 @@ class ImapConnection:
                 ) from None
             if responses:
                 early_empties = 0
-                self._touch()
+                self._locked.touch()
                 for response in responses:
                     if response and response[0] == b"BYE":
                         words = b" ".join(part for part in response[1:] if isinstance(part, bytes))
@@ -425,7 +406,7 @@ class ImapConnection:
             else:
                 time.sleep(duration)
             return []
-        due = self._last_activity + interval - self.clock.monotonic()
+        due = self._locked.last_activity + interval - self.clock.monotonic()
         if due > 0 and (self.clock.sleep(min(due, duration), stop) or due > duration):
             return []
         return [change for change in self.noop() if not _is_chatter(change)]
@@ -434,12 +415,12 @@ class ImapConnection:
 
     def close(self) -> None:
         """Log out politely if the connection is alive, then close it. Never raises."""
-        client, self._client = self._client, None
+        client = self._locked.detach()
         if client is None:
             return
-        if self._dead is None:
+        if self._locked.error is None:
             try:
-                with self._lock:
+                with self._locked.held():
                     client.logout()
                 return
             except Exception:  # a dying connection: just close it
@@ -461,7 +442,7 @@ class ImapConnection:
         self.close()
 
     def __repr__(self) -> str:
-        state = "alive" if self.alive else "dead" if self._dead else "closed"
+        state = "alive" if self.alive else "dead" if self._locked.error else "closed"
         settings = self.settings
         return f"ImapConnection({settings.username}@{settings.host}:{settings.port}, {state})"
 

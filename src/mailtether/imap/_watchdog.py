@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
-from mailtether._errors import ConnectionLost, MailServerError
+from mailtether._errors import MailServerError
 from mailtether._keepalive import Keepalive
 from mailtether.imap._connection import translate_error
+from mailtether.imap._locked import LockedClient
 
 __all__ = ["KeepaliveWatchdog"]
 
@@ -62,19 +62,25 @@ class KeepaliveWatchdog:
         """The clock for the NOOP schedule."""
         self.dead = threading.Event()
         """Set once the connection is known broken."""
-        self.error: MailServerError | None = None
-        """Why it is dead."""
-        self._client = client
-        self._lock = threading.RLock()
-        self._dying = threading.Lock()
+        self._locked: LockedClient[Any] = LockedClient(
+            client,
+            name="the connection",
+            translate=translate_error,
+            clock=clock,
+            on_dead=self._died,
+        )
         self._stop = threading.Event()
-        self._last_activity = clock.monotonic()
         self._in_idle = False
         self._thread: threading.Thread | None = None
         self.client: Any = _Proxy(self)
         """Use this instead of the client: same methods, locked, deadlines, named errors."""
         with contextlib.suppress(OSError, AttributeError):
             client.socket().settimeout(self.keepalive.response_timeout)
+
+    @property
+    def error(self) -> MailServerError | None:
+        """Why it is dead (``None`` while it is not known dead)."""
+        return self._locked.error
 
     def start(self) -> Self:
         """Start the NOOP thread (``with`` does it for you)."""
@@ -107,8 +113,8 @@ class KeepaliveWatchdog:
         interval = self.keepalive.noop_interval
         if interval <= 0:
             return
-        while not self.dead.is_set():
-            due = self._last_activity + interval - self.clock.monotonic()
+        while not self.dead.is_set() and not self._stop.is_set():
+            due = self._locked.last_activity + interval - self.clock.monotonic()
             if due > 0:
                 if self.clock.sleep(due, self._stop):
                     return
@@ -122,32 +128,18 @@ class KeepaliveWatchdog:
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call the client's method *name* with the lock held and errors translated."""
-        if self.error is not None:
-            raise ConnectionLost(f"the connection is broken ({self.error}); open a new one")
-        method = getattr(self._client, name)
-        with self._lock:
-            try:
-                result = method(*args, **kwargs)
-            except BaseException as error:
-                translated = translate_error(error, f"calling {name}")
-                if isinstance(translated, ConnectionLost):
-                    self._mark_dead(translated)
-                raise translated from None
+        locked = self._locked
+        with locked.held():
+            method = getattr(locked.require(), name)
+            result = locked.call(f"calling {name}", method, *args, **kwargs)
             if name == "idle":
                 self._in_idle = True
             elif name == "idle_done":
                 self._in_idle = False
-            self._last_activity = self.clock.monotonic()
             return result
 
-    def _mark_dead(self, error: MailServerError) -> None:
-        with self._dying:
-            if self.error is not None:
-                return
-            self.error = error
+    def _died(self, error: MailServerError) -> None:
         log.warning("IMAP connection is dead: %s", error)
-        with contextlib.suppress(OSError, AttributeError, ValueError):
-            self._client.socket().shutdown(socket.SHUT_RDWR)
         if self.on_dead is not None:
             try:
                 self.on_dead(error)
@@ -163,7 +155,7 @@ class _Proxy:
         self._watchdog = watchdog
 
     def __getattr__(self, name: str) -> Any:
-        target = getattr(self._watchdog._client, name)
+        target = getattr(self._watchdog._locked.client, name)
         if not callable(target):
             return target
 

@@ -1,0 +1,144 @@
+"""``LockedClient``: one mail client shared by threads, one call at a time, dead once for good.
+
+:class:`~mailtether.ImapConnection` and :class:`~mailtether.KeepaliveWatchdog` both hand one
+imapclient to several threads (your code, a keepalive thread, a lease that aborts). This is
+the machinery they share: the lock, errors translated into named ones, the last time the
+server answered, and a death that is recorded once, wakes every thread blocked on the
+socket, and refuses every later call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
+
+from mailtether._clock import Clock
+from mailtether._errors import ConnectionLost, MailServerError, TLSFailure
+
+__all__ = ["LockedClient"]
+
+
+class _HasSocket(Protocol):
+    def socket(self) -> socket.socket: ...
+
+
+_C = TypeVar("_C", bound=_HasSocket)
+_T = TypeVar("_T")
+
+
+class LockedClient(Generic[_C]):
+    """A client that threads share: calls one at a time, named errors, dead once for good.
+
+    Args:
+        client: The library client (imapclient's), or ``None`` until it is connected.
+        name: The connection in messages: ``"the connection to imap.example.com"``.
+        translate: Turns what a call raised into a named error, given the step's name.
+        clock: Where :attr:`last_activity` is read.
+        on_dead: Called once, by the thread that found the connection dead, after the
+            socket was shut down.
+
+    A call that fails with :class:`~mailtether.ConnectionLost` or
+    :class:`~mailtether.TLSFailure` leaves nothing usable behind (imapclient cannot read
+    again after a timeout, TLS state is lost after an error): the connection is then dead.
+    """
+
+    def __init__(
+        self,
+        client: _C | None,
+        *,
+        name: str,
+        translate: Callable[[BaseException, str], MailServerError],
+        clock: Clock,
+        on_dead: Callable[[MailServerError], object] | None = None,
+    ) -> None:
+        self.client = client
+        """The library client; ``None`` before it is connected and after :meth:`detach`."""
+        self.name = name
+        """The connection as messages name it."""
+        self.clock = clock
+        """Where :attr:`last_activity` is read."""
+        self.error: MailServerError | None = None
+        """Why the connection is dead; ``None`` while it is not known dead."""
+        self.last_activity = clock.monotonic()
+        """When the server last answered a call (on :attr:`clock`'s monotonic time)."""
+        self._translate = translate
+        self._on_dead = on_dead
+        self._lock = threading.RLock()
+        self._dying = threading.Lock()
+
+    @property
+    def alive(self) -> bool:
+        """Whether there is a client and it is not known dead."""
+        return self.error is None and self.client is not None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the lock (re-entrant) for several calls that must not be interleaved."""
+        with self._lock:
+            yield
+
+    def require(self) -> _C:
+        """Return the client.
+
+        Raises:
+            ConnectionLost: the connection is dead, or there is no client (closed).
+        """
+        if self.error is not None:
+            raise ConnectionLost(f"{self.name} is broken ({self.error}); open a new one")
+        if self.client is None:
+            raise ConnectionLost(f"{self.name} is closed")
+        return self.client
+
+    def call(self, doing: str, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run ``function(*args, **kwargs)`` with the lock held and errors translated.
+
+        *doing* names the step in error messages ("fetching new mail"). A success counts as
+        activity; a failure that breaks the connection marks it dead.
+
+        Raises:
+            MailServerError: what *translate* made of the failure.
+        """
+        with self.held():
+            self.require()
+            try:
+                result = function(*args, **kwargs)
+            except BaseException as error:
+                translated = self._translate(error, doing)
+                if isinstance(translated, ConnectionLost | TLSFailure):
+                    self.mark_dead(translated)
+                raise translated from None
+            self.touch()
+            return result
+
+    def touch(self) -> None:
+        """Record that the server answered just now."""
+        self.last_activity = self.clock.monotonic()
+
+    def mark_dead(self, error: MailServerError) -> None:
+        """Record *error* as the cause of death, once, from any thread; later calls refuse.
+
+        The first time, the socket is shut down, so that a call blocked on it in another
+        thread returns at once, and then *on_dead* is called.
+        """
+        with self._dying:
+            if self.error is not None:
+                return
+            self.error = error
+        client = self.client
+        if client is not None:
+            with contextlib.suppress(OSError, AttributeError, ValueError):
+                client.socket().shutdown(socket.SHUT_RDWR)
+        if self._on_dead is not None:
+            self._on_dead(error)
+
+    def detach(self) -> _C | None:
+        """Take the client away (to close it); later calls raise ConnectionLost ("closed")."""
+        client, self.client = self.client, None
+        return client
+
+    def __repr__(self) -> str:
+        state = "alive" if self.alive else "dead" if self.error is not None else "closed"
+        return f"LockedClient({self.name}, {state})"
