@@ -6,6 +6,7 @@ import imaplib
 import logging
 import os
 import poplib
+import re
 import signal
 import socket
 import ssl
@@ -36,10 +37,60 @@ from mailtether import (
 )
 from mailtether._network_errors import translate_network_error
 from mailtether.imap._connection import translate_error
-from mailtether.testing import FaultProxy
+from mailtether.testing import FakeClock, FaultProxy
 
 MAIL = b"From: a@example.com\r\nSubject: hello\r\n\r\nbody\r\n"
 FAST = Keepalive(noop_interval=1, idle_renewal=1, response_timeout=1)
+
+
+class ProtocolTrace(logging.Handler):
+    """Reads imaplib's protocol trace: which commands went out, and when IDLE was accepted."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self._changed = threading.Condition(threading.RLock())
+        self.sent: list[str] = []
+        self.idling = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        with self._changed:
+            sent = re.fullmatch(r"> b'\S+ (.*)'", message)
+            if sent:
+                self.sent.append(sent.group(1))
+            elif "+ idling" in message:
+                self.idling += 1
+            self._changed.notify_all()
+
+    def count(self, command: str) -> int:
+        with self._changed:
+            return sum(1 for line in self.sent if line.split(" ")[0] == command)
+
+    def wait_until_sent(self, command: str, timeout: float = 5.0) -> None:
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.count(command) > 0, timeout):
+                raise AssertionError(f"{command} was not sent")
+
+    def idling_at_least(self, times: int, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.idling >= times, timeout)
+
+    def wait_until_idling(self, times: int = 1, timeout: float = 5.0) -> None:
+        if not self.idling_at_least(times, timeout):
+            raise AssertionError(f"IDLE accepted {self.idling} times, expected {times}")
+
+
+@pytest.fixture
+def trace():
+    """imaplib's trace turned on (before the connection opens, which is when it is read)."""
+    logger = logging.getLogger("imapclient.imaplib")
+    handler = ProtocolTrace()
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 def plain(mailbox, host: str = "127.0.0.1", port: int | None = None, **kwargs) -> ImapSettings:
@@ -240,13 +291,166 @@ def test_mail_between_select_and_idle_is_not_missed(mailbox):
         assert (1, b"EXISTS") in changes
 
 
-def test_idle_is_renewed_and_wait_times_out_quietly(mailbox):
-    with ImapConnection.open(plain(mailbox), keepalive=FAST) as connection:
+def test_idle_is_renewed_and_wait_times_out_on_the_connections_clock(mailbox, trace):
+    clock = FakeClock(auto_advance=False)
+    keepalive = Keepalive(noop_interval=60, idle_renewal=60, response_timeout=5)
+    with ImapConnection.open(plain(mailbox), keepalive=keepalive, clock=clock) as connection:
+        result: list[list[object]] = []
+        waiter = threading.Thread(target=lambda: result.append(connection.wait(150)))
         started = time.monotonic()
-        assert connection.wait(2.5) == []
-        assert 2.4 <= time.monotonic() - started < 4
+        waiter.start()
+        trace.wait_until_idling(1)
+        # Four read slices of real time, while the connection's clock stands still.
+        assert not trace.idling_at_least(2, timeout=1), "renewed on the real clock"
+        clock.advance(60)  # the renewal is due: DONE, and IDLE again
+        trace.wait_until_idling(2)
+        clock.advance(60)
+        trace.wait_until_idling(3)
+        assert waiter.is_alive(), "the wait ended at 120 of 150 s"
+        clock.advance(30)
+        waiter.join(5)
+        assert result == [[]], "no quiet timeout"
+        assert time.monotonic() - started < 6, "the schedule waited in real time"
+        assert trace.count("IDLE") == 3
         assert connection.alive
         connection.noop()  # still usable after several IDLE/DONE rounds
+
+
+def test_polling_sends_noop_on_the_connections_clock(mailbox, trace):
+    clock = FakeClock()
+    keepalive = Keepalive(noop_interval=60, idle_renewal=60, response_timeout=5)
+    with ImapConnection.open(plain(mailbox), keepalive=keepalive, clock=clock) as connection:
+        started = time.monotonic()
+        assert connection.wait(600, use_idle=False) == []
+        assert time.monotonic() - started < 5
+        assert clock.sleeps == [60.0] * 10
+        assert trace.count("NOOP") == 10
+
+
+def test_polling_without_noop_sleeps_on_the_connections_clock(mailbox, trace):
+    clock = FakeClock()
+    keepalive = Keepalive(noop_interval=0, idle_renewal=60, response_timeout=5)
+    with ImapConnection.open(plain(mailbox), keepalive=keepalive, clock=clock) as connection:
+        stop = threading.Event()
+        result: list[list[object]] = []
+        waiter = threading.Thread(
+            target=lambda: result.append(connection.wait(3600, stop, use_idle=False))
+        )
+        waiter.start()
+        waiter.join(5)
+        stop.set()  # ends a real sleep, had there been one
+        waiter.join()
+        assert clock.sleeps == [3600.0], "slept on the real clock"
+        assert result == [[]]
+        assert trace.count("NOOP") == 0
+
+
+def _wait_in(connection: ImapConnection, timeout: float) -> tuple[threading.Thread, list[object]]:
+    """Start connection.wait(timeout) in a thread; the list gets its result or its error."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(connection.wait(timeout))
+        except ConnectionLost as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_call_from_another_thread_ends_idle_at_once_and_the_wait_goes_on(mailbox, trace):
+    keepalive = Keepalive(noop_interval=60, idle_renewal=10, response_timeout=5)
+    with ImapConnection.open(plain(mailbox), keepalive=keepalive) as connection:
+        waiter, outcome = _wait_in(connection, 30)
+        trace.wait_until_idling()
+        started = time.monotonic()
+        answer = connection.call("noop", connection.client.noop)
+        took = time.monotonic() - started
+        assert b"NOOP" in answer[0]
+        assert took < 1, f"the call waited {took:.1f} s for the IDLE (renewed every 10 s)"
+        trace.wait_until_idling(2)
+        assert waiter.is_alive(), "the wait ended with the call"
+        commands = [line.split(" ")[0] for line in trace.sent]
+        assert commands[-3:] == ["IDLE", "NOOP", "IDLE"], (
+            "the call did not have its turn between two IDLEs"
+        )
+        mailbox.append(MAIL)  # (its own client's commands are traced too)
+        waiter.join(10)
+        assert outcome, "the wait did not see the mail appended after the call"
+        assert (1, b"EXISTS") in outcome[0]  # type: ignore[operator]
+
+
+def test_many_calls_from_two_threads_during_idle(mailbox, trace):
+    for _ in range(2):
+        mailbox.append(MAIL)
+    keepalive = Keepalive(noop_interval=60, idle_renewal=10, response_timeout=5)
+    with ImapConnection.open(plain(mailbox), keepalive=keepalive) as connection:
+        waiter, outcome = _wait_in(connection, 60)
+        trace.wait_until_idling()
+        slowest: list[float] = []
+        answers: list[object] = []
+
+        def work() -> None:
+            for _ in range(10):
+                started = time.monotonic()
+                answers.append(connection.call("searching", connection.client.search, ["ALL"]))
+                slowest.append(time.monotonic() - started)
+
+        workers = [threading.Thread(target=work) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert answers == [[1, 2]] * 20
+        assert max(slowest) < 2, "a call waited for an IDLE renewal"
+        assert waiter.is_alive()
+        mailbox.append(MAIL)
+        waiter.join(10)
+        assert outcome
+        assert (3, b"EXISTS") in outcome[0]  # type: ignore[operator]
+        assert connection.alive
+
+
+def test_close_from_another_thread_ends_the_idle_and_logs_out(mailbox, trace):
+    keepalive = Keepalive(noop_interval=60, idle_renewal=10, response_timeout=5)
+    connection = ImapConnection.open(plain(mailbox), keepalive=keepalive)
+    waiter, outcome = _wait_in(connection, 30)
+    trace.wait_until_idling()
+    started = time.monotonic()
+    connection.close()
+    assert time.monotonic() - started < 1, "close waited for the IDLE renewal"
+    waiter.join(5)
+    assert trace.count("LOGOUT") == 1, "no LOGOUT"
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], ConnectionLost)
+    assert "closed" in str(outcome[0])
+
+
+def test_abort_wakes_a_call_blocked_on_a_dead_network(mailbox, proxy, trace):
+    keepalive = Keepalive(noop_interval=60, idle_renewal=60, response_timeout=30)
+    with ImapConnection.open(plain(mailbox, port=proxy.port), keepalive=keepalive) as connection:
+        proxy.blackhole()
+        errors: list[ConnectionLost] = []
+
+        def blocked() -> None:
+            try:
+                connection.noop()
+            except ConnectionLost as error:
+                errors.append(error)
+
+        thread = threading.Thread(target=blocked)
+        thread.start()
+        trace.wait_until_sent("NOOP")
+        started = time.monotonic()
+        connection.abort("the lease was lost")
+        thread.join(5)
+        assert time.monotonic() - started < 3, "the call waited for the 30 s response timeout"
+        assert len(errors) == 1
+        assert not connection.alive
+        with pytest.raises(ConnectionLost, match="the lease was lost"):
+            connection.noop()
 
 
 def test_wait_returns_when_stopped(mailbox):

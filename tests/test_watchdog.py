@@ -156,6 +156,23 @@ def test_a_closed_client_refuses_calls():
         locked.call("sending NOOP", client.noop)
 
 
+def test_a_holder_sees_a_waiting_caller_and_lets_it_in_first():
+    locked = _locked(FakeClient(), FakeClock(), [])
+    turns: list[str] = []
+    caller = threading.Thread(target=lambda: locked.call("noop", turns.append, "caller"))
+    with locked.held():
+        assert not locked.callers_waiting
+        caller.start()
+        eventually(lambda: locked.callers_waiting, timeout=5)
+        turns.append("holder")
+    locked.let_callers_in(5)
+    with locked.held():
+        turns.append("holder again")
+    caller.join()
+    assert turns == ["holder", "caller", "holder again"]
+    assert not locked.callers_waiting
+
+
 # -- the standalone watchdog around a user's own imapclient --------------------------------------
 
 

@@ -47,7 +47,7 @@ log = logging.getLogger("mailtether.imap")
 _PROTOCOL_TRACE: Final = logging.getLogger("imapclient.imaplib")
 
 _T = TypeVar("_T")
-_SLICE: Final = 0.25  # IDLE is read in slices this long, to notice stop requests and EOF
+_SLICE: Final = 0.25  # IDLE is read in slices this long, to notice stop, waiting callers, EOF
 _EARLY_EMPTY: Final = 3  # so many instant empty idle_check returns in a row mean EOF
 # Untagged responses that only say "still here": not a change of the mailbox.
 _CHATTER: Final = {b"OK"}
@@ -85,7 +85,9 @@ class ImapConnection:
       algorithm small commands can cost ~40 ms each against some servers).
     - After the connection breaks, every call raises :class:`~mailtether.ConnectionLost` at
       once: a client that timed out cannot be used again; open a new connection.
-    - Calls are serialised by a lock, so a keepalive thread and your code can share it.
+    - Calls are serialised by a lock, so a keepalive thread and your code can share it. A
+      call from another thread during :meth:`wait` ends the IDLE within a quarter of a
+      second, runs, and lets the wait go on.
 
     Example:
         >>> from mailtether import ImapConnection, ImapSettings, ServerUnreachable
@@ -110,7 +112,7 @@ class ImapConnection:
         self.keepalive = keepalive if keepalive is not None else Keepalive()
         """Its deadlines."""
         self.clock = clock
-        """The clock for keepalive scheduling."""
+        """The clock for keepalive scheduling: NOOPs due, IDLE renewal, :meth:`wait` deadlines."""
         self._locked: LockedClient[IMAPClient] = LockedClient(
             None,
             name=f"the connection to {settings.host}",
@@ -324,6 +326,14 @@ class ImapConnection:
         the server reports a change (the untagged responses, such as ``(3, b'EXISTS')``), or
         ``[]`` at the timeout or when *stop* is set.
 
+        IDLE holds the connection, but not against other threads: a :meth:`call` from one
+        ends the IDLE within a quarter of a second, runs, and the wait goes on in a new IDLE.
+        (What that call's answer reports is its own: a change it reads is not seen here.)
+
+        The timeout, the NOOP and the IDLE renewal follow :attr:`clock`; reads from the
+        server take real time, so with a :class:`~mailtether.testing.FakeClock` the wait
+        ends, and IDLE is renewed, when the test advances the clock.
+
         Raises:
             ConnectionLost: the connection died (EOF, reset, BYE, or no answer within the
                 response timeout); it is found within ``keepalive.detection_bound``.
@@ -336,18 +346,24 @@ class ImapConnection:
             if remaining <= 0 or (stop is not None and stop.is_set()):
                 return []
             if use_idle and self.has_idle:
-                changes = self._idle_once(min(remaining, self.keepalive.idle_renewal), stop)
+                # Callers from other threads that ended the last IDLE go first: the lock is
+                # not fair, and this thread would take it straight back.
+                self._locked.let_callers_in(self.keepalive.response_timeout)
+                changes = self._idle_once(deadline, stop)
             else:
                 changes = self._poll_once(remaining, stop)
             if changes:
                 return changes
 
-    def _idle_once(self, duration: float, stop: threading.Event | None) -> list[Any]:
+    def _idle_once(self, until: float, stop: threading.Event | None) -> list[Any]:
         client = self._require()
         with self._locked.held():
+            # Renewal is counted from when IDLE is sent, not from when this thread began to
+            # wait for its turn.
+            deadline = min(until, self.clock.monotonic() + self.keepalive.idle_renewal)
             self._call("starting IDLE", client.idle)
             try:
-                changes = self._read_idle(client, duration, stop)
+                changes = self._read_idle(client, deadline, stop)
             except MailServerError as error:
                 self._locked.mark_dead(
                     error if isinstance(error, ConnectionLost) else ConnectionLost(str(error))
@@ -359,16 +375,21 @@ class ImapConnection:
             return changes + [change for change in more if not _is_chatter(change)]
 
     def _read_idle(
-        self, client: IMAPClient, duration: float, stop: threading.Event | None
+        self, client: IMAPClient, deadline: float, stop: threading.Event | None
     ) -> list[Any]:
-        deadline = time.monotonic() + duration
         early_empties = 0
         changes: list[Any] = []
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or (stop is not None and stop.is_set()):
+            remaining = deadline - self.clock.monotonic()
+            if (
+                remaining <= 0
+                or (stop is not None and stop.is_set())
+                or self._locked.callers_waiting  # another thread's call: end IDLE for it
+            ):
                 return changes
             window = min(_SLICE, remaining)
+            # How long the read itself took is a fact about the socket, not a schedule: it is
+            # measured in real time whatever the clock.
             started = time.monotonic()
             try:
                 responses = client.idle_check(timeout=window)
@@ -401,10 +422,7 @@ class ImapConnection:
     def _poll_once(self, duration: float, stop: threading.Event | None) -> list[Any]:
         interval = self.keepalive.noop_interval
         if interval <= 0:
-            if stop is not None:
-                stop.wait(duration)
-            else:
-                time.sleep(duration)
+            self.clock.sleep(duration, stop)
             return []
         due = self._locked.last_activity + interval - self.clock.monotonic()
         if due > 0 and (self.clock.sleep(min(due, duration), stop) or due > duration):
@@ -415,16 +433,22 @@ class ImapConnection:
 
     def close(self) -> None:
         """Log out politely if the connection is alive, then close it. Never raises."""
-        client = self._locked.detach()
+        locked = self._locked
+        if locked.alive:
+            # Between commands (an IDLE in another thread ends for it): a LOGOUT sent in the
+            # middle of another command would be read as part of it.
+            with locked.held():
+                client = locked.detach()
+                if client is not None and locked.error is None:
+                    try:
+                        client.logout()
+                        return
+                    except Exception:  # a dying connection: just close it
+                        log.debug("logout from %s failed; closing", self.settings.host)
+        else:
+            client = locked.detach()
         if client is None:
             return
-        if self._locked.error is None:
-            try:
-                with self._locked.held():
-                    client.logout()
-                return
-            except Exception:  # a dying connection: just close it
-                log.debug("logout from %s failed; closing", self.settings.host)
         try:
             client.shutdown()
         except Exception:  # already closed by the peer: nothing left to release

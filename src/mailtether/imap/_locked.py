@@ -68,17 +68,49 @@ class LockedClient(Generic[_C]):
         self._on_dead = on_dead
         self._lock = threading.RLock()
         self._dying = threading.Lock()
+        # Counted around the lock so that a holder (an IDLE) can tell it is wanted, and
+        # step aside until those who asked have had their turn: threading's locks are not fair.
+        self._turns = threading.Condition()
+        self._arrived = 0
+        self._entered = 0
 
     @property
     def alive(self) -> bool:
         """Whether there is a client and it is not known dead."""
         return self.error is None and self.client is not None
 
+    @property
+    def callers_waiting(self) -> bool:
+        """Whether some thread is blocked waiting for the lock right now."""
+        with self._turns:
+            return self._arrived > self._entered
+
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
         """Hold the lock (re-entrant) for several calls that must not be interleaved."""
-        with self._lock:
+        with self._turns:
+            self._arrived += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._turns:
+                self._entered += 1
+                self._turns.notify_all()
+        try:
             yield
+        finally:
+            self._lock.release()
+
+    def let_callers_in(self, timeout: float) -> None:
+        """Wait until every thread now waiting for the lock has had it (up to *timeout* s).
+
+        For a holder that released the lock because :attr:`callers_waiting`, before taking it
+        again: otherwise it could take it back before any of them wakes up. The wait is in
+        real time; it is a hand-over between threads, not a schedule.
+        """
+        with self._turns:
+            arrived = self._arrived
+            self._turns.wait_for(lambda: self._entered >= arrived, timeout)
 
     def require(self) -> _C:
         """Return the client.
