@@ -10,13 +10,14 @@ from typing import Final, TypeVar
 
 from mailtether._errors import (
     AuthenticationFailed,
+    CommandFailed,
     ConnectionLost,
     MailboxInUse,
     MailServerError,
     TLSFailure,
 )
+from mailtether._network_errors import error_detail, translate_network_error
 from mailtether._settings import ImapSettings
-from mailtether.imap._connection import translate_error
 
 __all__ = ["Pop3Connection"]
 
@@ -91,8 +92,13 @@ class Pop3Connection:
             raise ConnectionLost(f"{doing}: the server said {detail}") from None
         except MailServerError:
             raise
-        except BaseException as error:
-            raise translate_error(error, doing, secret=self.settings.password) from None
+        except Exception as error:  # KeyboardInterrupt and SystemExit pass as they are
+            secret = self.settings.password
+            translated = translate_network_error(error, doing, secret=secret)
+            if translated is None:
+                detail = error_detail(error, secret=secret)
+                translated = CommandFailed(f"{doing}: {type(error).__name__}: {detail}")
+            raise translated from None
 
     def _open(self) -> poplib.POP3:
         settings = self.settings
