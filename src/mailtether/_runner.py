@@ -83,10 +83,6 @@ class SourceRunner:
         deliver: DeliverMode,
         commit_window: float,
     ) -> None:
-        if not callable(handler):
-            raise TypeError("handler must be callable with a Delivery")
-        self.handler = handler
-        """Called per mail."""
         self.reconnect = (
             reconnect or Exponential(1, growth=1, max_delay=5 * MINUTE).immediate_first()
         )
@@ -146,6 +142,17 @@ class SourceRunner:
 
     def _drop_connection(self) -> None:
         """Break the current connection (the lease was lost)."""
+
+    @property
+    def handler(self) -> Callable[[Delivery], object]:
+        """Called per mail (may be replaced; the next mail goes to the new one)."""
+        return self.pipeline.handover.handler
+
+    @handler.setter
+    def handler(self, handler: Callable[[Delivery], object]) -> None:
+        if not callable(handler):
+            raise TypeError("handler must be callable with a Delivery")
+        self.pipeline.handover.handler = handler
 
     def _catch_up(self, port: MailboxPort, check: Callable[[], None] = lambda: None) -> int:
         """One pass of the pipeline over the mailbox (see :meth:`wait_for_catch_ups`)."""
