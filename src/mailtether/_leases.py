@@ -96,7 +96,7 @@ class ProcessLock:
     Entering the block takes the lease (waiting up to *timeout*); a background heartbeat
     renews it every *heartbeat* seconds (default a third of *ttl*). If a renewal fails, or
     does not come back before the lease would expire, the holder is told at once:
-    :attr:`lost` becomes true, :attr:`lost_event` is set, *on_lost* is called with the
+    :attr:`lost` becomes true, *on_lost* is called with the
     :class:`~mailtether.LeaseLost`, and :meth:`check` raises it. The lock is never silently
     taken again. Leaving the block stops the heartbeat and releases the lease, also on an
     exception.
@@ -162,7 +162,8 @@ class ProcessLock:
         self.clock = clock
         """The clock for the heartbeat."""
         self.lost_event = threading.Event()
-        """Set the moment the lock is known lost."""
+        """Set once the lock is known lost and *on_lost* has returned (so a thread that waits
+        on it sees the callback's work done); :attr:`lost` and :meth:`check` tell at once."""
         self._lease: Lease | None = None
         self._valid_until = 0.0
         self._reason: LeaseLost | None = None
@@ -185,7 +186,7 @@ class ProcessLock:
     @property
     def lost(self) -> bool:
         """``True`` once the lease is lost, or past its expiry without a renewal."""
-        if self.lost_event.is_set():
+        if self._reason is not None:
             return True
         return self._lease is not None and self.clock.monotonic() >= self._valid_until
 
@@ -193,8 +194,8 @@ class ProcessLock:
         """Raise :class:`~mailtether.LeaseLost` if the lock was lost; call it between steps."""
         if self._lease is None:
             raise LeaseLost(f"process lock {self.name!r} is not held")
-        if self.lost_event.is_set():
-            raise self._reason or LeaseLost(f"process lock {self.name!r} was lost")
+        if self._reason is not None:
+            raise self._reason
         if self.clock.monotonic() >= self._valid_until:
             self._mark_lost("its lease expired before the heartbeat could renew it")
             raise self._reason or LeaseLost(f"process lock {self.name!r} was lost")
@@ -234,7 +235,7 @@ class ProcessLock:
         if thread is not None:
             thread.join()
         lease, self._lease = self._lease, None
-        if lease is not None and not self.lost_event.is_set():
+        if lease is not None and self._reason is None:
             try:
                 self.store.release(lease)
             except StoreError as error:
@@ -288,20 +289,22 @@ class ProcessLock:
 
     def _mark_lost(self, why: str, error: LeaseLost | None = None) -> None:
         with self._state_lock:
-            if self.lost_event.is_set():
+            if self._reason is not None:
                 return
             token = self._lease.token if self._lease is not None else "?"
-            self._reason = error or LeaseLost(
+            reason = self._reason = error or LeaseLost(
                 f"process lock {self.name!r} (token {token}) was lost: {why}; stop the work "
                 "it protected"
             )
-            self.lost_event.set()
-        log.error("%s", self._reason)
-        if self.on_lost is not None:
-            try:
-                self.on_lost(self._reason)
-            except Exception:
-                log.exception("the on_lost callback of process lock %r raised", self.name)
+        log.error("%s", reason)
+        try:
+            if self.on_lost is not None:
+                try:
+                    self.on_lost(reason)
+                except Exception:
+                    log.exception("the on_lost callback of process lock %r raised", self.name)
+        finally:
+            self.lost_event.set()  # last: whoever waits on it sees the callback done
 
     def __repr__(self) -> str:
         held = f"token={self._lease.token}" if self._lease is not None else "not held"
