@@ -137,6 +137,17 @@ def test_imaplib_trace_only_when_someone_listens(mailbox, caplog):
         assert [r for r in caplog.records if r.name == "imapclient.imaplib"], "trace kept"
 
 
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_ctrl_c_in_a_command_passes_through_and_gives_the_connection_up(mailbox, interrupt):
+    def interrupted() -> None:
+        raise interrupt
+
+    with ImapConnection.open(plain(mailbox)) as connection:
+        with pytest.raises(interrupt):  # not turned into a named error that would be retried
+            connection.call("sending NOOP", interrupted)
+        assert not connection.alive, "a command cut off halfway leaves the protocol unknown"
+
+
 def test_a_command_sent_ahead_is_read_before_the_next_one(mailbox):
     from mailtether.imap._fetch import send_fetch
 

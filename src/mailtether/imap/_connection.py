@@ -173,7 +173,7 @@ class ImapConnection:
                 ssl_context=self._context() if settings.security == "tls" else None,
                 timeout=timeout,
             )
-        except BaseException as error:
+        except Exception as error:  # Ctrl-C and SystemExit pass as they are
             raise translate_error(error, where, secret=settings.password) from None
         self._locked.client = client
         # imapclient sets imaplib's debug level to 5, so imaplib formats every line it reads —
@@ -393,10 +393,13 @@ class ImapConnection:
             started = time.monotonic()
             try:
                 responses = client.idle_check(timeout=window)
-            except BaseException as error:
+            except Exception as error:
                 raise translate_error(
                     error, "waiting in IDLE", secret=self.settings.password
                 ) from None
+            except BaseException:  # Ctrl-C, SystemExit: passed on, the connection given up
+                self._locked.mark_dead(ConnectionLost("waiting in IDLE: interrupted"))
+                raise
             if responses:
                 early_empties = 0
                 self._locked.touch()

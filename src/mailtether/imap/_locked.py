@@ -137,11 +137,14 @@ class LockedClient(Generic[_C]):
             self.require()
             try:
                 result = function(*args, **kwargs)
-            except BaseException as error:
+            except Exception as error:
                 translated = self._translate(error, doing)
                 if isinstance(translated, ConnectionLost | TLSFailure):
                     self.mark_dead(translated)
                 raise translated from None
+            except BaseException:  # Ctrl-C, SystemExit: passed on, the connection given up
+                self.mark_dead(ConnectionLost(f"{doing}: interrupted"))
+                raise
             self.touch()
             return result
 
