@@ -443,13 +443,3 @@ def test_the_pool_drops_an_idle_connection_that_is_not_usable():
     pool.put_back(dead)
     assert pool.take() is fresh
     assert dead.closed
-
-
-def test_protocol_still_names_every_helper_that_moved_to_shared():
-    # Until every importer points at _shared: the same objects, under the old address.
-    from mailtether.stores import _protocol, _shared
-
-    moved = set(_protocol.__all__) - {"SCHEMA_VERSION", "Lease", "Record", "Store", "Write"}
-    moved -= {"default_owner"}
-    assert moved <= set(_shared.__all__)
-    assert all(getattr(_protocol, name) is getattr(_shared, name) for name in moved)

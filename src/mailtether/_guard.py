@@ -29,7 +29,8 @@ from mailtether._guard_states import (
 )
 from mailtether._guard_views import GuardViews
 from mailtether._message_key import MessageKey
-from mailtether.stores._protocol import Record, Store, Write, check_namespace, default_owner
+from mailtether.stores._protocol import Record, Store, Write, default_owner
+from mailtether.stores._shared import check_namespace
 
 __all__ = ["Claim", "DuplicateGuard", "RepeatPolicy"]
 

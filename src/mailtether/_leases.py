@@ -10,7 +10,8 @@ from typing import Self
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import LeaseLost, LeaseUnavailable, StoreError
-from mailtether.stores._protocol import Lease, Store, check_key, check_ttl, default_owner
+from mailtether.stores._protocol import Lease, Store, default_owner
+from mailtether.stores._shared import check_key, check_ttl
 
 __all__ = ["ProcessLock", "acquire_lease"]
 

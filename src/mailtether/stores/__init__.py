@@ -11,8 +11,4 @@
 Internal: the public names are re-exported from :mod:`mailtether`.
 """
 
-# _protocol is loaded first, whichever module is asked for: it still re-exports the helpers
-# of _shared, which imports the types _protocol defines. (Drop this line with that re-export.)
-from mailtether.stores import _protocol as _protocol
-
 __all__: list[str] = []
