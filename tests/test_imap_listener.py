@@ -60,7 +60,7 @@ def start(store):
     def make(settings: ImapSettings, handler, **kwargs) -> ImapListener:
         kwargs.setdefault("keepalive", FAST)
         kwargs.setdefault("reconnect", Fixed(0.2))
-        kwargs.setdefault("poll_interval", 1.0)
+        kwargs.setdefault("poll_interval", 0.3)  # catch-ups come often: tests wait on them
         kwargs.setdefault("lease_ttl", 3.0)
         kwargs.setdefault("store", store)
         listener = ImapListener(settings, handler, **kwargs)
