@@ -36,7 +36,7 @@ from mailtether import (
     TLSFailure,
 )
 from mailtether._network_errors import translate_network_error
-from mailtether.imap._connection import translate_error
+from mailtether.imap._errors import translate_error
 from mailtether.testing import FakeClock, FaultProxy
 
 MAIL = b"From: a@example.com\r\nSubject: hello\r\n\r\nbody\r\n"

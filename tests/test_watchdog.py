@@ -23,7 +23,7 @@ from mailtether import (
     MailServerError,
     TLSFailure,
 )
-from mailtether.imap._connection import translate_error
+from mailtether.imap._errors import translate_error
 from mailtether.imap._locked import LockedClient
 from mailtether.testing import FakeClock, FaultProxy
 

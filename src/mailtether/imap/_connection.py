@@ -13,67 +13,36 @@ import contextlib
 import functools
 import imaplib
 import logging
-import select
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 from imapclient import IMAPClient
-from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 from imapclient.imapclient import SocketTimeout
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import (
-    AuthenticationFailed,
     CommandFailed,
     ConnectionLost,
     FolderMissing,
     MailServerError,
-    ResponseTimeout,
     TLSFailure,
 )
 from mailtether._keepalive import Keepalive
-from mailtether._network_errors import error_detail, translate_network_error
 from mailtether._settings import ImapSettings
+from mailtether.imap._errors import translate_error
+from mailtether.imap._idle import is_chatter, read_idle
 from mailtether.imap._locked import LockedClient
 
-__all__ = ["ImapConnection", "translate_error"]
+__all__ = ["ImapConnection"]
 
 log = logging.getLogger("mailtether.imap")
 _PROTOCOL_TRACE: Final = logging.getLogger("imapclient.imaplib")
 
 _T = TypeVar("_T")
-_SLICE: Final = 0.25  # IDLE is read in slices this long, to notice stop, waiting callers, EOF
-_EARLY_EMPTY: Final = 3  # so many instant empty idle_check returns in a row mean EOF
-# Untagged responses that only say "still here": not a change of the mailbox.
-_CHATTER: Final = {b"OK"}
-
-
-def translate_error(error: BaseException, doing: str, *, secret: str = "") -> MailServerError:
-    """Turn whatever imapclient, imaplib, ssl or socket raised into a named error.
-
-    *secret* (the password or token) is removed from the message, whatever the library put
-    in it.
-    """
-    network = translate_network_error(error, doing, secret=secret)
-    if network is not None:
-        return network
-    detail = error_detail(error, secret=secret)
-    if isinstance(error, LoginError):
-        return AuthenticationFailed(f"{doing}: the server rejected the credentials ({detail})")
-    if isinstance(error, IMAPClientAbortError | imaplib.IMAP4.abort):
-        if "timed out" in detail:
-            return ResponseTimeout(f"{doing}: no answer in time ({detail})")
-        return ConnectionLost(f"{doing}: the connection broke ({detail})")
-    if isinstance(error, IMAPClientError | imaplib.IMAP4.error):
-        if "AUTHENTICATIONFAILED" in detail.upper() or "LOGIN" in doing.upper():
-            return AuthenticationFailed(f"{doing}: the server rejected the credentials ({detail})")
-        return CommandFailed(f"{doing}: the server said {detail}")
-    return CommandFailed(f"{doing}: {type(error).__name__}: {detail}")
 
 
 class ImapConnection:
@@ -363,7 +332,9 @@ class ImapConnection:
             deadline = min(until, self.clock.monotonic() + self.keepalive.idle_renewal)
             self._call("starting IDLE", client.idle)
             try:
-                changes = self._read_idle(client, deadline, stop)
+                changes = read_idle(
+                    client, self._locked, self.clock, deadline, stop, secret=self.settings.password
+                )
             except MailServerError as error:
                 self._locked.mark_dead(
                     error if isinstance(error, ConnectionLost) else ConnectionLost(str(error))
@@ -372,55 +343,7 @@ class ImapConnection:
             # DONE is written raw by imapclient: its errors are translated here, and the
             # tagged answer must come within the response timeout (the socket's timeout).
             _, more = self._call("ending IDLE", client.idle_done)
-            return changes + [change for change in more if not _is_chatter(change)]
-
-    def _read_idle(
-        self, client: IMAPClient, deadline: float, stop: threading.Event | None
-    ) -> list[Any]:
-        early_empties = 0
-        changes: list[Any] = []
-        while True:
-            remaining = deadline - self.clock.monotonic()
-            if (
-                remaining <= 0
-                or (stop is not None and stop.is_set())
-                or self._locked.callers_waiting  # another thread's call: end IDLE for it
-            ):
-                return changes
-            window = min(_SLICE, remaining)
-            # How long the read itself took is a fact about the socket, not a schedule: it is
-            # measured in real time whatever the clock.
-            started = time.monotonic()
-            try:
-                responses = client.idle_check(timeout=window)
-            except Exception as error:
-                raise translate_error(
-                    error, "waiting in IDLE", secret=self.settings.password
-                ) from None
-            except BaseException:  # Ctrl-C, SystemExit: passed on, the connection given up
-                self._locked.mark_dead(ConnectionLost("waiting in IDLE: interrupted"))
-                raise
-            if responses:
-                early_empties = 0
-                self._locked.touch()
-                for response in responses:
-                    if response and response[0] == b"BYE":
-                        words = b" ".join(part for part in response[1:] if isinstance(part, bytes))
-                        raise ConnectionLost(
-                            f"the server said BYE during IDLE ({words.decode('utf-8', 'replace')})"
-                        )
-                changes.extend(response for response in responses if not _is_chatter(response))
-                if changes:
-                    return changes
-                continue
-            # idle_check swallows EOF and returns [] at once; a real quiet spell takes the
-            # whole window. Several instant empty returns in a row: the socket is closed.
-            if time.monotonic() - started < window / 2 and _readable_now(client):
-                early_empties += 1
-                if early_empties >= _EARLY_EMPTY:
-                    raise ConnectionLost("the server closed the connection during IDLE (EOF)")
-            else:
-                early_empties = 0
+            return changes + [change for change in more if not is_chatter(change)]
 
     def _poll_once(self, duration: float, stop: threading.Event | None) -> list[Any]:
         interval = self.keepalive.noop_interval
@@ -430,7 +353,7 @@ class ImapConnection:
         due = self._locked.last_activity + interval - self.clock.monotonic()
         if due > 0 and (self.clock.sleep(min(due, duration), stop) or due > duration):
             return []
-        return [change for change in self.noop() if not _is_chatter(change)]
+        return [change for change in self.noop() if not is_chatter(change)]
 
     # -- closing -----------------------------------------------------------------------------------
 
@@ -472,21 +395,6 @@ class ImapConnection:
         state = "alive" if self.alive else "dead" if self._locked.error else "closed"
         settings = self.settings
         return f"ImapConnection({settings.username}@{settings.host}:{settings.port}, {state})"
-
-
-def _is_chatter(response: Any) -> bool:
-    return bool(response) and response[0] in _CHATTER
-
-
-def _readable_now(client: IMAPClient) -> bool:
-    sock = client.socket()
-    try:
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return True
-        ready, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True  # a closed socket: as good as EOF
-    return bool(ready)
 
 
 class _Ahead:

@@ -12,7 +12,7 @@ from typing import Any, Self
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import MailServerError
 from mailtether._keepalive import Keepalive
-from mailtether.imap._connection import translate_error
+from mailtether.imap._errors import translate_error
 from mailtether.imap._locked import LockedClient
 
 __all__ = ["KeepaliveWatchdog"]
