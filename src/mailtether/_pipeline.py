@@ -12,7 +12,7 @@ mailbox changes in flight) and the parts (attachments handed out of a mail not y
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Final
 
 from mailtether._clock import Clock
@@ -103,7 +103,34 @@ class Pipeline:
         called before each fetch.
         """
         last = self._cursor(port) if port.uses_cursor else 0
+        keys, fresh, newest = self._sort_out(port, last)
+        handled = 0
+        fetches = _Fetches(port, sorted(keys), check)
+        for batch, fetched in fetches:
+            mails = [(p, keys[p], *fetched[p]) for p in batch if p in fetched]  # else gone
+            began = self.clock.monotonic()
+            done, failed = self._handle(port, mails, fresh)
+            fetches.handled(len(mails), self.clock.monotonic() - began)
+            handled += done
+            if done or failed:
+                self.status.count(self.name, processed=done, failed=failed)
+            if port.uses_cursor:
+                last = self._advance(port, last, batch[-1])
+        if port.uses_cursor and newest:
+            self._advance(port, last, newest)
+        return handled
+
+    def _sort_out(
+        self, port: MailboxPort, last: int
+    ) -> tuple[dict[int, MessageKey], set[int], int]:
+        """List the mailbox past *last* and sort it with the guard.
+
+        Finishes the post-action of mail recorded done but still listed (a crash came in
+        between). Returns the keys to fetch by position, the positions of the mail never
+        seen, and the newest position listed (0 for none).
+        """
         listed = list(port.list_new(last))
+        newest = max((item.position for item in listed), default=0)
         where = {item.key.id: item.position for item in listed}
         if port.uses_cursor:  # older mail due another attempt is not past the cursor
             for key in self.guard.retryable(port.scope):
@@ -113,55 +140,11 @@ class Pipeline:
                     where[key.id] = position
         triage = self.guard.triage(item.key for item in listed)
         if triage.done:  # handled, but a crash came before the mailbox was changed
-            log.info(
-                "%s: finishing %d mailbox changes after a restart", self.name, len(triage.done)
-            )
+            count = len(triage.done)
+            log.info("%s: finishing %d mailbox changes after a restart", self.name, count)
             self.apply(port, [where[key.id] for key in triage.done], self.after)
-        fresh = {where[key.id] for key in triage.new}
         keys = {where[key.id]: key for key in (*triage.new, *triage.retry)}
-        todo = sorted(keys)
-        handled = 0
-        size = _FETCH_FIRST
-        start = 0
-
-        def ask(batch: list[int]) -> Callable[[], Mapping[int, FetchedMail]]:
-            check()  # the lease may have been lost during the last batch
-            return port.fetch(batch)
-
-        batch = todo[:size]
-        answer = ask(batch) if batch else None
-        per_mail: float | None = None  # seconds of handling per mail, once measured
-        while answer is not None:
-            fetched = answer()
-            mails = [(p, keys[p], *fetched[p]) for p in batch if p in fetched]  # else gone
-            if mails:
-                average = sum(len(raw) for _, _, raw, _ in mails) // len(mails) or 1
-                size = max(_FETCH_LEAST, min(_FETCH_MOST, _FETCH_BYTES // average))
-            if per_mail:  # and about a minute of handling at most: a server that hears
-                # nothing from its client for long logs it out (RFC 9051: 30 minutes at least)
-                size = max(1, min(size, int(_BATCH_SECONDS / per_mail)))
-            current, start = batch, start + len(batch)
-            batch = todo[start : start + size]
-            answer = None
-            # Ask for the next batch before handling this one, so the server reads and sends
-            # it meanwhile — when handling is known to be quick: a server drops a client that
-            # leaves its answer unread for long (Dovecot: after 5 minutes).
-            if batch and per_mail is not None and per_mail * len(mails) < _BATCH_SECONDS:
-                answer = ask(batch)
-            began = self.clock.monotonic()
-            done, failed = self._handle(port, mails, fresh)
-            if mails:
-                per_mail = (self.clock.monotonic() - began) / len(mails)
-            handled += done
-            if done or failed:
-                self.status.count(self.name, processed=done, failed=failed)
-            if port.uses_cursor:
-                last = self._advance(port, last, current[-1])
-            if batch and answer is None:
-                answer = ask(batch)
-        if port.uses_cursor and listed:
-            self._advance(port, last, max(item.position for item in listed))
-        return handled
+        return keys, {where[key.id] for key in triage.new}, newest
 
     def _cursor(self, port: MailboxPort) -> int:
         record = self.store.get(_CURSORS, self.name)
@@ -289,6 +272,57 @@ class Pipeline:
         self.store.put(_OUTBOX, key.id, "pending", {"action": action.kind, "folder": action.folder})
         port.apply([position], action)
         self.store.delete(_OUTBOX, key.id)
+
+
+class _Fetches:
+    """The fetches of one catch-up, in batches: iterate for ``(positions, fetched)``.
+
+    Batches hold up to ``_FETCH_MOST`` mails, fewer when they are big (about ``_FETCH_BYTES``
+    a batch, by the average size of the last one) or slow to handle (about
+    ``_BATCH_SECONDS`` of handling, by :meth:`handled`). The next batch is asked for before
+    the current one is handed over — once handling is known to be quick — so the server
+    reads and sends it meanwhile.
+    """
+
+    def __init__(self, port: MailboxPort, todo: list[int], check: Callable[[], None]) -> None:
+        self._port = port
+        self._todo = todo
+        self._check = check
+        self._per_mail: float | None = None  # seconds of handling per mail, once measured
+
+    def handled(self, mails: int, seconds: float) -> None:
+        """Report how long the last batch's *mails* took to handle."""
+        if mails:
+            self._per_mail = seconds / mails
+
+    def _ask(self, batch: list[int]) -> Callable[[], Mapping[int, FetchedMail]]:
+        self._check()  # the lease may have been lost during the last batch
+        return self._port.fetch(batch)
+
+    def __iter__(self) -> Iterator[tuple[list[int], Mapping[int, FetchedMail]]]:
+        todo, size, start = self._todo, _FETCH_FIRST, 0
+        batch = todo[:size]
+        answer = self._ask(batch) if batch else None
+        while answer is not None:
+            fetched = answer()
+            sizes = [len(fetched[p][0]) for p in batch if p in fetched]
+            if sizes:
+                average = sum(sizes) // len(sizes) or 1
+                size = max(_FETCH_LEAST, min(_FETCH_MOST, _FETCH_BYTES // average))
+            per_mail = self._per_mail
+            if per_mail:  # and about a minute of handling at most: a server that hears
+                # nothing from its client for long logs it out (RFC 9051: 30 minutes at least)
+                size = max(1, min(size, int(_BATCH_SECONDS / per_mail)))
+            current, start = batch, start + len(batch)
+            batch = todo[start : start + size]
+            answer = None
+            # Ask ahead only when handling is known to be quick: a server drops a client that
+            # leaves its answer unread for long (Dovecot: after 5 minutes).
+            if batch and per_mail is not None and per_mail * len(sizes) < _BATCH_SECONDS:
+                answer = self._ask(batch)
+            yield current, fetched
+            if batch and answer is None:
+                answer = self._ask(batch)
 
 
 class _Outcomes:
