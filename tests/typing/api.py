@@ -57,3 +57,25 @@ def backoff() -> None:
     saved = runner.state.to_dict()
     Backoff(Fixed(60), state=BackoffState.from_dict(saved)).succeeded()
     assert_type(mailtether.SYSTEM_CLOCK.sleep(1.0), bool)
+
+
+def listeners_and_the_guard() -> None:
+    def handle(delivery: mailtether.Delivery) -> None:
+        assert_type(delivery.key, mailtether.MessageKey)
+
+    store = mailtether.MemoryStore()
+    listener = mailtether.ImapListener("imaps://u:p@imap.example.com/INBOX", handle, store=store)
+    poller = mailtether.Pop3Poller("pop3s://u:p@pop.example.com/", handle, deliver="body")
+    assert_type(listener.wait_for_catch_ups(2, timeout=10), bool)
+    assert_type(poller.catch_ups, int)
+    guard = mailtether.DuplicateGuard(store)
+    key = mailtether.MessageKey.imap("a", "INBOX", 7, 1)
+    triage = guard.triage([key, key.with_uid(2)])
+    assert_type(triage, mailtether.Triage)
+    assert_type(guard.retryable(key.scope), list[mailtether.MessageKey])
+    for claim in guard.claim_many(triage.new):
+        claim.give_back()
+    entry = guard.lookup(key)
+    if entry is not None:
+        assert_type(entry.state, mailtether.GuardState)
+    assert_type(key.with_content(b"Subject: x\r\n\r\n"), mailtether.MessageKey)
