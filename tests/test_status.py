@@ -1,9 +1,13 @@
-"""StatusBoard: states, persistence, resume, de-duplicated notifications; SmtpNotifier."""
+"""StatusBoard: states, persistence, resume, de-duplicated notifications, STALE; SmtpNotifier."""
 
 from __future__ import annotations
 
+import io
+import json
 import time
+from collections.abc import Callable
 
+import attrs
 import pytest
 
 from mailtether import (
@@ -11,9 +15,12 @@ from mailtether import (
     MemoryStore,
     SmtpNotifier,
     SourceState,
+    SourceStatus,
+    SQLiteStore,
     StatusBoard,
     StatusChange,
 )
+from mailtether.cli._main import main
 from mailtether.testing import FakeClock
 
 
@@ -199,3 +206,170 @@ def test_a_silent_mail_server_never_holds_up_the_source(smtp_server, board, capl
         board.set("a", SourceState.ONLINE)
         assert notifier.flush(timeout=10)
     assert [m["Subject"] for m in received] == ["[mailtether] a is online"]
+
+
+# -- liveness: a source whose heartbeat expired reads as STALE -----------------------------------
+
+# FakeClock's wall clock starts at 1_700_000_000: 2023-11-14 22:13:20 UTC.
+START = "2023-11-14 22:13:20 UTC"
+
+
+def test_an_expired_heartbeat_reads_as_stale(board, clock, sent):
+    board.set("s", SourceState.ONLINE)
+    board.heartbeat("s", alive_for=30)
+    clock.advance(30)
+    assert board.get("s").state is SourceState.ONLINE, "alive until this very moment"
+    clock.advance(1)
+    status = board.get("s")
+    assert status.state is SourceState.STALE
+    assert status.reason == f"no heartbeat since {START}; last known state: online"
+    assert status.since == 1_700_000_000.0, "stale since the last heartbeat"
+    assert board.snapshot() == [status]
+    assert board.store.get("status", "s").state == "online", "derived on read, never written"
+    assert [c.current.state for c in sent] == [SourceState.ONLINE], "nobody is told"
+
+
+def test_a_stale_source_names_its_last_state_and_has_no_next_attempt(board, clock):
+    board.set("s", SourceState.RETRYING, reason="connection reset", next_attempt_at=1e10)
+    board.heartbeat("s", alive_for=30)
+    clock.advance(31)
+    status = board.get("s")
+    assert status.state is SourceState.STALE
+    assert status.reason == (
+        f"no heartbeat since {START}; last known state: retrying (connection reset)"
+    )
+    assert status.next_attempt_at is None, "no process is there to make the attempt"
+
+
+def test_a_stale_blocked_source_stays_blocked_and_can_be_resumed(board, clock):
+    board.set("s", SourceState.BLOCKED, reason="credentials rejected")
+    board.heartbeat("s", alive_for=30)
+    clock.advance(31)
+    status = board.get("s")
+    assert status.state is SourceState.BLOCKED
+    assert status.reason == f"credentials rejected (not running: no heartbeat since {START})"
+    assert board.resume("s")
+    assert board.store.get("status", "s").data["reason"] == "credentials rejected"
+
+
+def test_a_status_without_a_heartbeat_keeps_its_state(board, clock):
+    """Written by an older version, or by a source that has not beaten yet."""
+    board.set("s", SourceState.ONLINE)
+    clock.advance(365 * 86_400)
+    assert board.get("s").state is SourceState.ONLINE
+    assert board.get("s").alive_until is None
+
+
+def test_a_heartbeat_changes_neither_state_nor_since_and_notifies_nobody(board, clock, sent):
+    board.set("s", SourceState.RETRYING, reason="reset", attempts=2)
+    before = board.get("s")
+    clock.advance(5)
+    board.heartbeat("s", alive_for=30)
+    after = board.get("s")
+    assert after == attrs.evolve(before, heartbeat_at=clock.time(), alive_until=clock.time() + 30)
+    assert len(sent) == 1
+
+
+def test_a_heartbeat_for_a_source_that_never_reported_writes_nothing(board):
+    board.heartbeat("nobody", alive_for=30)
+    assert board.get("nobody") is None
+
+
+@pytest.mark.parametrize("alive_for", [0, -1, float("inf"), float("nan"), True])
+def test_a_heartbeat_needs_a_positive_alive_for(board, alive_for):
+    board.set("s", SourceState.ONLINE)
+    with pytest.raises(ValueError, match="alive_for"):
+        board.heartbeat("s", alive_for=alive_for)
+
+
+def test_a_restarted_source_carries_on_from_its_stored_state(board, clock):
+    board.set("s", SourceState.ONLINE, processed=7)
+    board.heartbeat("s", alive_for=30)
+    clock.advance(3600)
+    assert board.get("s").state is SourceState.STALE
+    board.heartbeat("s", alive_for=30)  # the new process's first beat
+    status = board.get("s")
+    assert (status.state, status.processed, status.since) == (SourceState.ONLINE, 7, 1.7e9)
+
+
+def test_stale_is_never_recorded(board):
+    with pytest.raises(ValueError, match="never recorded"):
+        board.set("s", SourceState.STALE)
+
+
+def test_counting_a_stale_source_keeps_its_stored_state(board, clock):
+    board.set("s", SourceState.ONLINE)
+    board.heartbeat("s", alive_for=30)
+    clock.advance(31)
+    board.count("s", processed=1)
+    assert board.store.get("status", "s").state == "online"
+    assert board.get("s").processed == 1
+
+
+class _Interleaving(MemoryStore):
+    """Another writer changes the state between the board's read and its write, once."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock=clock)
+        self.meanwhile: Callable[[], object] | None = None
+
+    def get(self, namespace, key):
+        record = super().get(namespace, key)
+        meanwhile, self.meanwhile = self.meanwhile, None
+        if meanwhile is not None:
+            meanwhile()
+        return record
+
+
+def test_a_heartbeat_never_overwrites_a_state_written_meanwhile(clock):
+    store = _Interleaving(clock)
+    board = StatusBoard(store, notifiers=[], clock=clock)
+    other = StatusBoard(store, notifiers=[], clock=clock)
+    board.set("s", SourceState.ONLINE)
+    store.meanwhile = lambda: other.set("s", SourceState.RETRYING, reason="reset")
+    board.heartbeat("s", alive_for=30)
+    status = board.get("s")
+    assert (status.state, status.reason, status.alive_until) == (
+        SourceState.RETRYING,
+        "reset",
+        clock.time() + 30,
+    )
+
+
+def test_alive_until_round_trips_and_older_and_newer_records_read(board, clock):
+    board.set("s", SourceState.ONLINE)
+    board.heartbeat("s", alive_for=30)
+    status = board.get("s")
+    assert status.alive_until == clock.time() + 30
+    assert SourceStatus.from_dict(status.to_dict()) == status
+    old = {"source": "s", "state": "online", "since": 1.0, "reason": "", "attempts": 0}
+    assert SourceStatus.from_dict(old).alive_until is None
+    assert SourceStatus.from_dict({**old, "added_later": 1}) == SourceStatus.from_dict(old)
+
+
+def test_mailtether_status_shows_stale(tmp_path):
+    """The command line reads with the system clock: the heartbeat expired 70 s ago."""
+    path = tmp_path / "state.db"
+    written = FakeClock(wall=time.time() - 100)
+    store = SQLiteStore(path)
+    board = StatusBoard(store, notifiers=[], clock=written)
+    board.set("a@x/INBOX", SourceState.RETRYING, reason="reset", next_attempt_at=1e10)
+    board.heartbeat("a@x/INBOX", alive_for=30)
+    board.set("b@x/INBOX", SourceState.ONLINE)
+    board.heartbeat("b@x/INBOX", alive_for=1e6)
+    store.close()
+    out = io.StringIO()
+    assert main(["status", "--store", f"sqlite://{path}"], out=out) == 0
+    rows = {line.split()[0]: line for line in out.getvalue().splitlines() if "@x/" in line}
+    assert rows["a@x/INBOX"].split()[1] == "STALE"
+    assert "no heartbeat since" in rows["a@x/INBOX"]
+    assert "last known state: retrying (reset)" in rows["a@x/INBOX"]
+    assert "2286-" not in rows["a@x/INBOX"], "no next attempt shown (1e10 is in 2286)"
+    assert rows["b@x/INBOX"].split()[1] == "ONLINE"
+    out = io.StringIO()
+    assert main(["status", "--store", f"sqlite://{path}", "--json"], out=out) == 0
+    sources = {s["source"]: s for s in json.loads(out.getvalue())["sources"]}
+    assert sources["a@x/INBOX"]["state"] == "stale"
+    assert sources["a@x/INBOX"]["alive_until"] == pytest.approx(time.time() - 70, abs=5)
+    assert sources["a@x/INBOX"]["next_attempt_at"] is None
+    assert sources["b@x/INBOX"]["state"] == "online"

@@ -1,10 +1,12 @@
-"""Per-source status (ONLINE, RETRYING, OFFLINE, BLOCKED), persisted, and notifications."""
+"""Per-source status (ONLINE, RETRYING, OFFLINE, BLOCKED; STALE), persisted, and notifications."""
 
 from __future__ import annotations
 
 import enum
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
@@ -39,6 +41,13 @@ class SourceState(enum.Enum):
     BLOCKED = "blocked"
     """Needs a person: credentials rejected, attempts exhausted, a mail that keeps coming back.
     Nothing is retried until :meth:`StatusBoard.resume`."""
+    STALE = "stale"
+    """No heartbeat since …: the process that ran it stopped, or hangs.
+
+    Never stored: :meth:`StatusBoard.get` reads a source as STALE once the ``alive_until`` its
+    heartbeat wrote has passed, and the record keeps its last real state, so a restarted source
+    carries on from there. A stale BLOCKED source is still shown as BLOCKED (a person must act
+    either way), its reason noting that it is not running."""
 
 
 @attrs.frozen
@@ -55,6 +64,10 @@ class SourceStatus:
         processed: Mails handled successfully, in all.
         failed: Failed handler runs, in all.
         resume_requested: A person asked to resume it; the listener clears this.
+        heartbeat_at: When its run loop last said it was alive (wall-clock seconds), if ever.
+        alive_until: Until when that heartbeat vouches for it; past this the source reads as
+            :attr:`SourceState.STALE`. ``None``: no heartbeat was ever recorded (a record
+            from an older version), and the stored state is shown as it is.
     """
 
     source: str
@@ -66,6 +79,31 @@ class SourceStatus:
     processed: int = 0
     failed: int = 0
     resume_requested: bool = False
+    heartbeat_at: float | None = None
+    alive_until: float | None = None
+
+    def as_of(self, now: float) -> SourceStatus:
+        """This status as a reader at *now* sees it: STALE once ``alive_until`` has passed.
+
+        The stale view says since when no heartbeat came and what the last known state was,
+        and has no next attempt (no process is there to make it). BLOCKED stays BLOCKED, with
+        "not running" added to its reason. A status that is not stale is returned as it is.
+        """
+        if self.alive_until is None or now <= self.alive_until or self.state is SourceState.STALE:
+            return self
+        last_beat = self.alive_until if self.heartbeat_at is None else self.heartbeat_at
+        silent = f"no heartbeat since {_utc(last_beat)}"
+        if self.state is SourceState.BLOCKED:
+            reason = f"{self.reason} (not running: {silent})" if self.reason else silent
+            return attrs.evolve(self, reason=reason)
+        known = self.state.value + (f" ({self.reason})" if self.reason else "")
+        return attrs.evolve(
+            self,
+            state=SourceState.STALE,
+            since=last_beat,
+            reason=f"{silent}; last known state: {known}",
+            next_attempt_at=None,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-compatible dict (for the store and ``--json``)."""
@@ -76,9 +114,15 @@ class SourceStatus:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SourceStatus:
         """Rebuild a status saved with :meth:`to_dict`."""
-        values = dict(data)
+        # Keys a newer version added are left out, so an older reader does not fail on them.
+        names = {field.name for field in attrs.fields(cls)}
+        values = {name: value for name, value in data.items() if name in names}
         values["state"] = SourceState(values["state"])
         return cls(**values)
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 @attrs.frozen
@@ -141,7 +185,10 @@ class StatusBoard:
             work to a thread as :class:`~mailtether.SmtpNotifier` does.
         offline_after: A source retrying for longer than this is OFFLINE.
         quiet_period: Seconds in which a repeated (source, state) notification is held back.
-        clock: Wall-clock time for ``since``.
+        clock: Wall-clock time for ``since`` and the heartbeat's ``alive_until``, and for
+            deciding, when reading, whether a heartbeat has expired. The default, the system
+            clock, is what ``mailtether status`` reads with: hosts that share a store need
+            clocks that agree to well within a heartbeat's ``alive_for``.
     """
 
     def __init__(
@@ -168,53 +215,73 @@ class StatusBoard:
         self._lock = threading.Lock()
 
     def get(self, source: str) -> SourceStatus | None:
-        """The source's status, or ``None`` if it never reported."""
+        """The source's status as of now, or ``None`` if it never reported.
+
+        A source whose heartbeat expired reads as STALE (see :meth:`SourceStatus.as_of`).
+        """
         record = self.store.get(_NAMESPACE, source)
-        return None if record is None else SourceStatus.from_dict(dict(record.data))
+        if record is None:
+            return None
+        return SourceStatus.from_dict(dict(record.data)).as_of(self.clock.time())
 
     def snapshot(self) -> list[SourceStatus]:
-        """Every source's status, by name."""
+        """Every source's status as of now, by name."""
         records = self.store.scan(_NAMESPACE)
+        now = self.clock.time()
         return sorted(
-            (SourceStatus.from_dict(dict(record.data)) for record in records),
+            (SourceStatus.from_dict(dict(record.data)).as_of(now) for record in records),
             key=lambda status: status.source,
         )
 
     def set(self, source: str, state: SourceState, **fields: Any) -> SourceStatus:
-        """Record the source's state (and fields), notifying if the state changed."""
-        for _ in range(16):
-            record = self.store.get(_NAMESPACE, source)
-            previous = None if record is None else SourceStatus.from_dict(dict(record.data))
-            now = self.clock.time()
+        """Record the source's state (and fields), notifying if the state changed.
+
+        Raises:
+            ValueError: for :attr:`SourceState.STALE`, which is read, never recorded.
+        """
+        if state is SourceState.STALE:
+            raise ValueError("STALE is derived from an expired heartbeat and is never recorded")
+
+        def change(previous: SourceStatus | None, now: float) -> SourceStatus:
             if previous is None:
-                status = SourceStatus(source, state, now, **fields)
-            else:
-                since = previous.since if previous.state is state else now
-                status = attrs.evolve(previous, state=state, since=since, **fields)
-            written = self.store.put(
-                _NAMESPACE,
-                source,
-                state.value,
-                status.to_dict(),
-                expect=0 if record is None else record.version,
-            )
-            if written is not None:
-                if previous is None or previous.state is not state:
-                    self._notify(StatusChange(source, previous.state if previous else None, status))
-                return status
-        raise RuntimeError(f"could not record the status of {source}: it kept changing")
+                return SourceStatus(source, state, now, **fields)
+            since = previous.since if previous.state is state else now
+            return attrs.evolve(previous, state=state, since=since, **fields)
+
+        previous, status = self._update(source, change)
+        assert status is not None  # change() always gives one
+        if previous is None or previous.state is not state:
+            self._notify(StatusChange(source, previous.state if previous else None, status))
+        return status
+
+    def heartbeat(self, source: str, alive_for: float) -> None:
+        """Say the source's run loop is alive for *alive_for* more seconds.
+
+        Writes ``heartbeat_at`` and ``alive_until`` only: the state stays as it is and nobody
+        is notified. A source that never reported a state is left alone (there is nothing to
+        vouch for yet). :class:`~mailtether.Heartbeat` calls this on a schedule.
+        """
+        if isinstance(alive_for, bool) or not 0 < alive_for < math.inf:
+            raise ValueError(f"alive_for must be a positive number of seconds, got {alive_for!r}")
+
+        def change(previous: SourceStatus | None, now: float) -> SourceStatus | None:
+            if previous is None:
+                return None
+            return attrs.evolve(previous, heartbeat_at=now, alive_until=now + alive_for)
+
+        self._update(source, change)
 
     def count(self, source: str, *, processed: int = 0, failed: int = 0) -> None:
         """Add to the source's counters."""
-        status = self.get(source)
-        if status is None:
-            return
-        self.set(
-            source,
-            status.state,
-            processed=status.processed + processed,
-            failed=status.failed + failed,
-        )
+
+        def change(previous: SourceStatus | None, now: float) -> SourceStatus | None:
+            if previous is None:
+                return None
+            return attrs.evolve(
+                previous, processed=previous.processed + processed, failed=previous.failed + failed
+            )
+
+        self._update(source, change)
 
     def resume(self, source: str) -> bool:
         """Ask a BLOCKED source's listener to try again now (a person's decision).
@@ -226,6 +293,33 @@ class StatusBoard:
             return False
         self.set(source, SourceState.BLOCKED, resume_requested=True)
         return True
+
+    def _update(
+        self,
+        source: str,
+        change: Callable[[SourceStatus | None, float], SourceStatus | None],
+    ) -> tuple[SourceStatus | None, SourceStatus | None]:
+        """Write ``change(stored status, now)``, compare-and-set; (stored before, written).
+
+        Tried again if someone wrote meanwhile; ``None`` from *change* writes nothing. It works
+        on the stored status, never on the STALE view of it.
+        """
+        for _ in range(16):
+            record = self.store.get(_NAMESPACE, source)
+            previous = None if record is None else SourceStatus.from_dict(dict(record.data))
+            status = change(previous, self.clock.time())
+            if status is None:
+                return previous, None
+            written = self.store.put(
+                _NAMESPACE,
+                source,
+                status.state.value,
+                status.to_dict(),
+                expect=0 if record is None else record.version,
+            )
+            if written is not None:
+                return previous, status
+        raise RuntimeError(f"could not record the status of {source}: it kept changing")
 
     def _notify(self, change: StatusChange) -> None:
         key = (change.source, change.current.state)
