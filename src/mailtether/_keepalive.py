@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import attrs
 
-from mailtether._durations import MINUTE, to_seconds
+from mailtether._durations import MINUTE, Duration, check_seconds
+from mailtether._errors import ConfigError
 
 __all__ = ["Keepalive"]
 
 
-def _interval(*, allow_zero: bool) -> Any:
-    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        where = f"Keepalive.{attribute.name}"
-        if isinstance(value, bool) or not isinstance(value, float):
-            raise TypeError(f"{where} must be seconds or a timedelta, not {type(value).__name__}")
-        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-            bound = ">= 0 (0 disables)" if allow_zero else "> 0"
-            raise ValueError(f"{where} must be finite and {bound}, got {value!r}")
+# One named converter per field: mypy's attrs plugin types __init__ from named functions only.
+def _noop_interval(value: Duration | str) -> float:
+    return check_seconds(value, "Keepalive.noop_interval", allow_zero=True)
 
-    return check
+
+def _idle_renewal(value: Duration | str) -> float:
+    return check_seconds(value, "Keepalive.idle_renewal")
+
+
+def _response_timeout(value: Duration | str) -> float:
+    return check_seconds(value, "Keepalive.response_timeout")
 
 
 @attrs.frozen
@@ -38,6 +37,10 @@ class Keepalive:
         response_timeout: Any command, or the end of IDLE, unanswered for this long marks the
             connection dead (a half-open connection answers nothing, ever).
 
+    Each takes seconds, a :class:`~datetime.timedelta` or a string such as ``"9m"``; NaN,
+    infinities, negatives and (but for *noop_interval*) zero raise
+    :class:`~mailtether.ConfigError` naming the field.
+
     A black-holed connection is therefore found within
     ``max(noop_interval, idle_renewal) + response_timeout`` (:attr:`detection_bound`),
     whatever the server does.
@@ -49,19 +52,13 @@ class Keepalive:
         25.333333333333332
     """
 
-    noop_interval: float = attrs.field(
-        default=25 * MINUTE, converter=to_seconds, validator=_interval(allow_zero=True)
-    )
-    idle_renewal: float = attrs.field(
-        default=25 * MINUTE, converter=to_seconds, validator=_interval(allow_zero=False)
-    )
-    response_timeout: float = attrs.field(
-        default=30.0, converter=to_seconds, validator=_interval(allow_zero=False)
-    )
+    noop_interval: float = attrs.field(default=25 * MINUTE, converter=_noop_interval)
+    idle_renewal: float = attrs.field(default=25 * MINUTE, converter=_idle_renewal)
+    response_timeout: float = attrs.field(default=30.0, converter=_response_timeout)
 
     def __attrs_post_init__(self) -> None:
         if self.idle_renewal >= 29 * MINUTE:
-            raise ValueError(
+            raise ConfigError(
                 f"Keepalive.idle_renewal ({self.idle_renewal:g} s) must be under 29 minutes: "
                 "RFC 2177 servers may drop an IDLE older than that"
             )

@@ -8,6 +8,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
 
+from mailtether._durations import DAY, Duration, check_count, check_seconds
 from mailtether._errors import ConfigError
 
 __all__ = ["ImapSettings", "Security"]
@@ -23,11 +24,8 @@ def _hidden(value: object) -> str:
     return "'***'" if value else "''"
 
 
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 86_400:
-        raise ValueError(
-            f"ImapSettings.{attribute.name} must be seconds in (0, 86400), got {value!r}"
-        )
+def _connect_timeout(value: Duration | str) -> float:
+    return check_seconds(value, "ImapSettings.connect_timeout", maximum=DAY)
 
 
 def _text(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -52,7 +50,8 @@ class ImapSettings:
         folder: The folder to listen to.
         auth: ``"password"`` (LOGIN; USER/PASS for POP3), ``"xoauth2"`` (Gmail, Microsoft
             365), or ``"apop"`` (POP3's APOP challenge, where the server offers it).
-        connect_timeout: Seconds for the TCP connect, TLS handshake and greeting.
+        connect_timeout: Seconds for the TCP connect, TLS handshake and greeting (at most a
+            day): a number, a :class:`~datetime.timedelta` or a string such as ``"15s"``.
         ssl_context: Certificate verification settings; default: the system's CAs, host
             name checked.
 
@@ -73,20 +72,15 @@ class ImapSettings:
     auth: Literal["password", "xoauth2", "apop"] = attrs.field(
         default="password", validator=attrs.validators.in_(("password", "xoauth2", "apop"))
     )
-    connect_timeout: float = attrs.field(default=15.0, converter=float, validator=_positive)
+    connect_timeout: float = attrs.field(default=15.0, converter=_connect_timeout)
     ssl_context: ssl.SSLContext | None = attrs.field(default=None, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.password, str) or "\r" in self.password or "\n" in self.password:
             raise ValueError("ImapSettings.password must be text without line breaks")
-        if self.port == 0:  # the security's standard port
-            object.__setattr__(self, "port", _DEFAULT_PORTS[self.security])
-        if (
-            isinstance(self.port, bool)
-            or not isinstance(self.port, int)
-            or not 0 < self.port < 65536
-        ):
-            raise ValueError(f"ImapSettings.port must be 1-65535, got {self.port!r}")
+        port = check_count(self.port, "ImapSettings.port", minimum=0, maximum=65535)
+        # 0: the security's standard port
+        object.__setattr__(self, "port", port or _DEFAULT_PORTS[self.security])
 
     @classmethod
     def from_url(cls, url: str, *, ssl_context: ssl.SSLContext | None = None) -> ImapSettings:
@@ -95,7 +89,7 @@ class ImapSettings:
         ``imaps://`` is implicit TLS; ``imap://`` requires STARTTLS; plaintext needs
         ``imap://…?security=plain``. Percent-encode ``@`` and ``:`` in the user name and
         password. Options: ``auth=xoauth2`` (the password part is the access token),
-        ``connect_timeout=<seconds>``.
+        ``connect_timeout=<seconds>`` (or a duration such as ``15s``).
 
         Raises:
             ConfigError: the URL cannot be used; the message never contains the password.
@@ -132,7 +126,7 @@ class ImapSettings:
                 security=security,  # type: ignore[arg-type]
                 folder=folder,
                 auth=auth,  # type: ignore[arg-type]
-                connect_timeout=float(timeout),
+                connect_timeout=timeout,
                 ssl_context=ssl_context,
             )
         except (TypeError, ValueError) as error:
