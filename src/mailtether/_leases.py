@@ -9,9 +9,10 @@ from types import TracebackType
 from typing import Self
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
-from mailtether._errors import LeaseLost, LeaseUnavailable, StoreError
+from mailtether._durations import Duration, check_seconds
+from mailtether._errors import ConfigError, LeaseLost, LeaseUnavailable, StoreError
 from mailtether.stores._protocol import Lease, Store, default_owner
-from mailtether.stores._shared import check_key, check_ttl
+from mailtether.stores._shared import MIN_TTL, check_key
 
 __all__ = ["ProcessLock", "acquire_lease"]
 
@@ -21,11 +22,11 @@ log = logging.getLogger("mailtether.leases")
 def acquire_lease(
     store: Store,
     name: str,
-    ttl: float,
+    ttl: Duration | str,
     *,
     owner: str | None = None,
-    timeout: float = 0.0,
-    poll: float | None = None,
+    timeout: Duration | str = 0.0,
+    poll: Duration | str | None = None,
     clock: Clock = SYSTEM_CLOCK,
     stop: threading.Event | None = None,
 ) -> Lease | None:
@@ -45,8 +46,14 @@ def acquire_lease(
         clock: The clock to wait on.
         stop: An event that ends the wait early.
 
+    Durations are seconds, a :class:`~datetime.timedelta` or a string such as ``"30s"``.
+
     Returns:
         The lease, or ``None`` if it was still held by another owner at the timeout.
+
+    Raises:
+        ConfigError: *ttl* is under 1 ms, *timeout* negative, *poll* not positive, or one
+            of them NaN, infinite or no duration at all; the message names it.
 
     Example:
         >>> from mailtether import MemoryStore, acquire_lease
@@ -61,7 +68,10 @@ def acquire_lease(
     """
     check_key(name, "name")
     owner = default_owner() if owner is None else check_key(owner, "owner")
-    return _acquire(store, name, check_ttl(ttl), owner, timeout, poll, clock, stop)[0]
+    seconds = check_seconds(ttl, "ttl", minimum=MIN_TTL)
+    waited = check_seconds(timeout, "timeout", allow_zero=True)
+    interval = check_seconds(poll, "poll", allow_none=True)
+    return _acquire(store, name, seconds, owner, waited, interval, clock, stop)[0]
 
 
 def _acquire(
@@ -74,12 +84,11 @@ def _acquire(
     clock: Clock,
     stop: threading.Event | None,
 ) -> tuple[Lease | None, float]:
-    """Try until *timeout*; return the lease and the monotonic time its request was sent."""
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0, got {timeout!r}")
+    """Try until *timeout*; return the lease and the monotonic time its request was sent.
+
+    The arguments are checked already.
+    """
     interval = poll if poll is not None else min(1.0, max(0.01, ttl / 10))
-    if interval <= 0:
-        raise ValueError(f"poll must be > 0, got {poll!r}")
     deadline = clock.monotonic() + timeout
     while True:
         sent = clock.monotonic()
@@ -115,7 +124,12 @@ class ProcessLock:
         on_lost: Called (from the heartbeat thread) with the LeaseLost when the lock is lost.
         clock: The clock for the heartbeat and the expiry estimate.
 
+    Durations are seconds, a :class:`~datetime.timedelta` or a string such as ``"30s"``.
+
     Raises:
+        ConfigError: at construction, if *ttl* is under 1 ms, *heartbeat* not in
+            (0, *ttl*), *timeout* negative, or one of them NaN, infinite or no duration; the
+            message names it.
         LeaseUnavailable: on entry, if another owner held the lock for all of *timeout*.
 
     Example:
@@ -133,9 +147,9 @@ class ProcessLock:
         store: Store,
         name: str,
         *,
-        ttl: float,
-        heartbeat: float | None = None,
-        timeout: float = 0.0,
+        ttl: Duration | str,
+        heartbeat: Duration | str | None = None,
+        timeout: Duration | str = 0.0,
         owner: str | None = None,
         on_lost: Callable[[LeaseLost], object] | None = None,
         clock: Clock = SYSTEM_CLOCK,
@@ -144,17 +158,17 @@ class ProcessLock:
         """The store the lease lives in."""
         self.name = check_key(name, "name")
         """The lock's name."""
-        self.ttl = check_ttl(ttl)
+        self.ttl = check_seconds(ttl, "ProcessLock.ttl", minimum=MIN_TTL)
         """The lease time-to-live."""
-        self.heartbeat = self.ttl / 3 if heartbeat is None else float(heartbeat)
-        """Seconds between renewals."""
-        if not 0 < self.heartbeat < self.ttl:
-            raise ValueError(
-                f"heartbeat must be > 0 and shorter than ttl ({self.ttl}), got {heartbeat!r}"
+        beat = check_seconds(heartbeat, "ProcessLock.heartbeat", allow_none=True)
+        if beat is not None and beat >= self.ttl:
+            raise ConfigError(
+                f"ProcessLock.heartbeat must be shorter than ttl ({self.ttl:g} s) so the lease "
+                f"is renewed before it expires, got {heartbeat!r}"
             )
-        if timeout < 0:
-            raise ValueError(f"timeout must be >= 0, got {timeout!r}")
-        self.timeout = float(timeout)
+        self.heartbeat = self.ttl / 3 if beat is None else beat
+        """Seconds between renewals."""
+        self.timeout = check_seconds(timeout, "ProcessLock.timeout", allow_zero=True)
         """Seconds to wait for the lock on entry."""
         self.owner = default_owner() if owner is None else check_key(owner, "owner")
         """Who holds it."""
