@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
+from mailtether._durations import Duration, check_count, check_seconds
 from mailtether._errors import ClaimLost, MailtetherError, RepeatedMessage
 from mailtether._guard_states import (
     DONE,
@@ -161,7 +162,8 @@ class DuplicateGuard(GuardViews):
     Args:
         store: Where the records live (shared by every worker of the mailbox).
         max_failures: Failed attempts before a message is held.
-        claim_ttl: Seconds a claim lasts before another worker may take it over.
+        claim_ttl: Seconds a claim lasts before another worker may take it over (a number,
+            a :class:`~datetime.timedelta` or a string such as ``"10m"``).
         repeat: The repeat policy.
         name: Separates several guards in one store (records go to namespace
             ``guard`` or ``guard:<name>``).
@@ -183,22 +185,20 @@ class DuplicateGuard(GuardViews):
         store: Store,
         *,
         max_failures: int = 3,
-        claim_ttl: float = 600.0,
+        claim_ttl: Duration | str = 600.0,
         repeat: RepeatPolicy = "block",
         name: str | None = None,
         owner: str | None = None,
     ) -> None:
-        if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 1:
-            raise ValueError(f"max_failures must be an int >= 1, got {max_failures!r}")
-        if not isinstance(claim_ttl, int | float) or not 0 < claim_ttl < float("inf"):
-            raise ValueError(f"claim_ttl must be a finite number of seconds > 0, got {claim_ttl!r}")
+        failures = check_count(max_failures, "DuplicateGuard.max_failures")
+        claim_seconds = check_seconds(claim_ttl, "DuplicateGuard.claim_ttl")
         if repeat not in _POLICIES:
             raise ValueError(f"repeat must be one of {', '.join(_POLICIES)}, got {repeat!r}")
         self.store = store
         """Where the records live."""
-        self.max_failures = max_failures
+        self.max_failures = failures
         """Failed attempts before a message is held."""
-        self.claim_ttl = float(claim_ttl)
+        self.claim_ttl = claim_seconds
         """Seconds a claim lasts."""
         self.repeat: RepeatPolicy = repeat
         """The repeat policy."""
