@@ -24,6 +24,7 @@ from imapclient import IMAPClient
 from imapclient.imapclient import SocketTimeout
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
+from mailtether._durations import check_seconds
 from mailtether._errors import (
     CommandFailed,
     ConnectionLost,
@@ -304,12 +305,13 @@ class ImapConnection:
         ends, and IDLE is renewed, when the test advances the clock.
 
         Raises:
+            ConfigError: *timeout* is negative, NaN, infinite or not a duration (a
+                :class:`ValueError`).
             ConnectionLost: the connection died (EOF, reset, BYE, or no answer within the
                 response timeout); it is found within ``keepalive.detection_bound``.
         """
-        if timeout < 0:
-            raise ValueError(f"timeout must be >= 0, got {timeout!r}")
-        deadline = self.clock.monotonic() + timeout
+        # NaN would wait forever (no deadline compares as passed), so it is refused here.
+        deadline = self.clock.monotonic() + check_seconds(timeout, "timeout", allow_zero=True)
         while True:
             remaining = deadline - self.clock.monotonic()
             if remaining <= 0 or (stop is not None and stop.is_set()):
