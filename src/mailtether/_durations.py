@@ -116,7 +116,7 @@ def _parse_text(text: str) -> float:
 
 # -- checks of settings: one place, so every constructor refuses the same values alike ----------
 
-_DURATION_FORMS: Final = "a number of seconds, a timedelta, or a string like '15s' or '2m'"
+_DURATION_FORMS: Final = "finite: a number, a timedelta, or a string like '15s' or '2m'"
 
 
 @overload
@@ -181,7 +181,7 @@ def check_seconds(
         >>> check_seconds(float("nan"), "lease_ttl")
         Traceback (most recent call last):
         ...
-        mailtether._errors.ConfigError: lease_ttl must be a finite duration > 0 s ...
+        mailtether._errors.ConfigError: lease_ttl must be a positive number of seconds ...
     """
     if value is None and allow_none:
         return None
@@ -194,8 +194,8 @@ def check_seconds(
         or (maximum is not None and seconds > maximum)
     ):
         raise ConfigError(
-            f"{field} must be a finite duration {_bounds(minimum, maximum, allow_zero)} "
-            f"({_DURATION_FORMS}), got {_shown(value)}"
+            f"{field} must be {_rule(minimum, maximum, allow_zero)} ({_DURATION_FORMS}), "
+            f"got {_shown(value)}"
         )
     return seconds
 
@@ -218,9 +218,12 @@ def _seconds_of(value: object) -> float | None:
     return None
 
 
-def _bounds(minimum: float, maximum: float | None, allow_zero: bool) -> str:
-    low = f">= {minimum:g} s" if minimum > 0 else (">= 0 s" if allow_zero else "> 0 s")
-    return low if maximum is None else f"{low} and <= {maximum:g} s"
+def _rule(minimum: float, maximum: float | None, allow_zero: bool) -> str:
+    if minimum > 0:
+        rule = f"a number of seconds >= {minimum:g}"
+    else:
+        rule = "a number of seconds >= 0" if allow_zero else "a positive number of seconds"
+    return rule if maximum is None else f"{rule}, at most {maximum:g}"
 
 
 def check_count(value: object, field: str, *, minimum: int = 1, maximum: int | None = None) -> int:

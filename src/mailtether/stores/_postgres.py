@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from mailtether._durations import check_seconds
 from mailtether._errors import ConfigError, SchemaError, StoreError
 from mailtether.stores._pool import Pool
 from mailtether.stores._postgres_watchdog import WATCHDOG
@@ -25,7 +26,6 @@ from mailtether.stores._shared import (
     check_lease,
     check_namespace,
     check_prefix,
-    check_seconds,
     check_ttl,
     lease_lost,
     redact_url,
@@ -114,8 +114,8 @@ class PostgresStore(PutFromPutMany):
         connect_timeout: float = 5.0,
         statement_timeout: float = 5.0,
     ) -> None:
-        connect_timeout = check_seconds(connect_timeout, "connect_timeout")
-        statement_timeout = check_seconds(statement_timeout, "statement_timeout")
+        connect_timeout = check_seconds(connect_timeout, "PostgresStore.connect_timeout")
+        statement_timeout = check_seconds(statement_timeout, "PostgresStore.statement_timeout")
         self._psycopg = require("psycopg", "postgres")
         self.url = redact_url(url)
         """The URL, password hidden."""

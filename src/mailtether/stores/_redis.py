@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from mailtether._durations import check_seconds
 from mailtether._errors import ConfigError, SchemaError, StoreError
 from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
 from mailtether.stores._redis_scripts import SCRIPTS
@@ -18,7 +19,6 @@ from mailtether.stores._shared import (
     check_limit,
     check_namespace,
     check_prefix,
-    check_seconds,
     check_state,
     check_time,
     check_ttl,
@@ -76,8 +76,8 @@ class RedisStore(PutFromPutMany):
         socket_timeout: float = 5.0,
         connect_timeout: float = 5.0,
     ) -> None:
-        socket_timeout = check_seconds(socket_timeout, "socket_timeout")
-        connect_timeout = check_seconds(connect_timeout, "connect_timeout")
+        socket_timeout = check_seconds(socket_timeout, "RedisStore.socket_timeout")
+        connect_timeout = check_seconds(connect_timeout, "RedisStore.connect_timeout")
         redis = require("redis", "redis")
         retry, backoff = require("redis.retry", "redis"), require("redis.backoff", "redis")
         self._redis = redis

@@ -34,7 +34,6 @@ __all__ = [
     "check_namespace",
     "check_prefix",
     "check_put",
-    "check_seconds",
     "check_state",
     "check_time",
     "check_ttl",
@@ -186,18 +185,6 @@ def check_writes(writes: object) -> list[Write]:
             check_put(write.namespace, key, write.state, expect)
         checked.append(write)
     return checked
-
-
-def check_seconds(value: object, what: str) -> float:
-    """Return *value* as float if it is a positive, finite number of seconds (a timeout)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
-    return float(value)
 
 
 def check_prefix(prefix: object, pattern: re.Pattern[str], what: str, rule: str) -> str:
