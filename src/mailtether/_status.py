@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -13,7 +12,7 @@ from typing import Any, Final, Protocol
 import attrs
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
-from mailtether._durations import HOUR
+from mailtether._durations import HOUR, check_seconds
 from mailtether.stores._protocol import Store
 
 __all__ = [
@@ -261,8 +260,7 @@ class StatusBoard:
         is notified. A source that never reported a state is left alone (there is nothing to
         vouch for yet). :class:`~mailtether.Heartbeat` calls this on a schedule.
         """
-        if isinstance(alive_for, bool) or not 0 < alive_for < math.inf:
-            raise ValueError(f"alive_for must be a positive number of seconds, got {alive_for!r}")
+        alive_for = check_seconds(alive_for, "StatusBoard.heartbeat(alive_for)")
 
         def change(previous: SourceStatus | None, now: float) -> SourceStatus | None:
             if previous is None:
