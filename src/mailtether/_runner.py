@@ -39,11 +39,14 @@ from mailtether._strategies import Exponential, ReconnectStrategy
 from mailtether.stores._memory import MemoryStore
 from mailtether.stores._protocol import Store
 
-__all__ = ["SourceRunner", "either"]
+__all__ = ["UNEXPECTED_LIMIT", "SourceRunner", "either"]
 
 log = logging.getLogger("mailtether.listener")
 
 BACKOFFS: Final = "backoff"
+UNEXPECTED_LIMIT: Final = 5
+"""Unexpected errors in a row (no catch-up finished between them) that block a source."""
+_TAKEOVER_MARGIN: Final = 0.05
 
 
 class SourceRunner:
@@ -131,6 +134,10 @@ class SourceRunner:
         self._thread: threading.Thread | None = None
         self._catch_ups = 0
         self._caught_up = threading.Condition()
+        self._unexpected = 0  # unexpected errors in a row (a finished catch-up resets it)
+        self._last_unexpected = ""
+        self._unwritten: tuple[float, str] | None = None  # a status the store did not take
+        self._wanted: tuple[SourceState, dict[str, Any]] = (SourceState.RETRYING, {})
         record = self.store.get(BACKOFFS, self.name)
         state = BackoffState.from_dict(dict(record.data)) if record is not None else None
         self._backoff = Backoff(self.reconnect, clock=clock, state=state)
@@ -157,6 +164,10 @@ class SourceRunner:
     def _catch_up(self, port: MailboxPort, check: Callable[[], None] = lambda: None) -> int:
         """One pass of the pipeline over the mailbox (see :meth:`wait_for_catch_ups`)."""
         handled = self.pipeline.catch_up(port, check)
+        self._unexpected = 0
+        if self._unwritten is not None:  # the store is back: the status it missed, now
+            state, fields = self._wanted
+            self._tell(state, **fields)
         with self._caught_up:
             self._catch_ups += 1
             self._caught_up.notify_all()
@@ -180,31 +191,88 @@ class SourceRunner:
     # -- running -----------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event | None = None) -> None:
-        """Run until *stop* (or :meth:`stop`) — blocking; never raises for mail faults."""
+        """Run until *stop* (or :meth:`stop`) — blocking; never raises for mail faults.
+
+        Whatever goes wrong inside ends in a state, never in a dead loop: faults a reconnect
+        may cure (the connection, the lease, the state store) are RETRYING on the reconnect
+        strategy; faults that need a person are BLOCKED with a sentence; an unexpected
+        exception is logged with its traceback, retried on the strategy, and BLOCKED once
+        it has repeated ``UNEXPECTED_LIMIT`` times in a row. Only ``KeyboardInterrupt`` and
+        ``SystemExit`` end it.
+        """
         stop = stop or self._stop
         while not stop.is_set() and not self._stop.is_set():
-            status = self.status.get(self.name)
-            if status is not None and status.state is SourceState.BLOCKED:
-                if not status.resume_requested:
-                    self.clock.sleep(min(self.poll_interval, 1.0), stop)
-                    continue
-                log.info("%s: resumed by a person", self.name)
-                self._backoff.reset()
-                self._save_backoff()
-                self.status.set(self.name, SourceState.RETRYING, resume_requested=False, reason="")
-            self._run_once(stop)
+            try:
+                if not self._waiting_for_a_person(stop):
+                    self._run_once(stop)
+            except Exception as error:  # only a fault in handling a fault gets here
+                log.critical("%s: the run loop itself failed; going on", self.name, exc_info=error)
+                self.clock.sleep(min(self.poll_interval, 1.0), either(stop, self._stop))
 
     def _run_once(self, stop: threading.Event) -> None:
         try:
             self._session(stop)
         except LeaseUnavailable:
             log.info("%s: another %s works this mailbox; standing by", self.name, self.kind)
-            # Look again about once per lease TTL: a crashed holder is taken over promptly.
-            self.clock.sleep(min(self.poll_interval, self.lease_ttl or self.poll_interval), stop)
+            self.clock.sleep(self._until_takeover(), either(stop, self._stop))
         except self.blocking_errors as error:
             self._block(str(error))
         except self.retry_errors as error:
             self._retry(error, stop)
+        except Exception as error:  # a bug, here or in a server's answer: never a dead loop
+            self._unexpected_error(error, stop)
+
+    def _waiting_for_a_person(self, stop: threading.Event) -> bool:
+        """While BLOCKED, wait (a short while) and return ``True``; on resume, clear it."""
+        try:
+            status = self.status.get(self.name)
+        except StoreError as error:  # the store is down: a fault like any other
+            self._retry(error, stop)
+            return True
+        if status is None or status.state is not SourceState.BLOCKED:
+            return False
+        if not status.resume_requested:
+            self.clock.sleep(min(self.poll_interval, 1.0), stop)
+            return True
+        log.info("%s: resumed by a person", self.name)
+        self._backoff.reset()
+        self._unexpected = 0
+        self._save_backoff()
+        self._tell(SourceState.RETRYING, resume_requested=False, reason="")
+        return False
+
+    def _until_takeover(self) -> float:
+        """Seconds until the holder's lease runs out (were it not renewed), and a little."""
+        ttl = self.lease_ttl or self.poll_interval
+        try:
+            holder = self.store.holder(self._lease_name)
+            left = ttl if holder is None else holder.expires_at - self.store.now()
+        except StoreError:
+            left = ttl
+        # Asking again just after the expiry takes a dead holder's mailbox over within the
+        # TTL and a moment; a live holder renews before that, and costs one more look.
+        return min(ttl, max(0.0, left)) + min(_TAKEOVER_MARGIN, ttl / 10)
+
+    def _unexpected_error(self, error: Exception, stop: threading.Event) -> None:
+        self._unexpected += 1
+        described = f"{type(error).__name__}: {error}"
+        if described != self._last_unexpected:
+            log.error("%s: unexpected error (retried): %s", self.name, described, exc_info=error)
+            self._last_unexpected = described
+        else:
+            log.error(
+                "%s: the same unexpected error, %d times in a row: %s",
+                self.name,
+                self._unexpected,
+                described,
+            )
+        if self._unexpected >= UNEXPECTED_LIMIT:
+            self._block(
+                f"an unexpected error repeated {self._unexpected} times in a row ({described}); "
+                "its traceback is in the log: fix the cause, then resume the source"
+            )
+            return
+        self._retry(_Unexpected(f"unexpected error: {described}"), stop)
 
     def run_in_thread(self) -> threading.Thread:
         """Start :meth:`run` in a daemon thread; :meth:`stop` ends it."""
@@ -228,12 +296,16 @@ class SourceRunner:
         """Clear BLOCKED and reconnect now (see :meth:`StatusBoard.resume`)."""
         return self.status.resume(self.name)
 
+    @property
+    def _lease_name(self) -> str:
+        return f"listener:{self.name}"
+
     def _lease(self) -> Any:
         if self.lease_ttl is None:
             return _NoLease()
         return ProcessLock(
             self.store,
-            f"listener:{self.name}",
+            self._lease_name,
             ttl=self.lease_ttl,
             on_lost=lambda _: self._drop_connection(),
         )
@@ -241,32 +313,83 @@ class SourceRunner:
     def _online(self) -> None:
         self._backoff.succeeded()
         self._save_backoff()
-        self.status.set(self.name, SourceState.ONLINE, reason="", attempts=0, next_attempt_at=None)
+        self._tell(SourceState.ONLINE, reason="", attempts=0, next_attempt_at=None)
 
     def _save_backoff(self) -> None:
-        self.store.put(BACKOFFS, self.name, "state", self._backoff.state.to_dict())
+        """Write the backoff state; while the store is down it lives on in memory only."""
+        try:
+            self.store.put(BACKOFFS, self.name, "state", self._backoff.state.to_dict())
+        except Exception as error:  # the store is down (or failing): kept in memory meanwhile
+            log.debug("%s: backoff state kept in memory (%s)", self.name, error)
+
+    def _tell(self, state: SourceState, **fields: Any) -> None:
+        """Set the status; when the store cannot take it, say so in the log and next time."""
+        self._wanted = (state, dict(fields))
+        if self._unwritten is not None and fields.get("reason") is not None:
+            since, cause = self._unwritten
+            fields["reason"] = "; ".join(
+                part
+                for part in (
+                    fields["reason"],
+                    f"(status could not be saved for {self.clock.monotonic() - since:.0f} s: "
+                    f"{cause})",
+                )
+                if part
+            )
+        try:
+            self.status.set(self.name, state, **fields)
+        except Exception as error:  # the store is down (or failing): said in the next write
+            if self._unwritten is None:
+                self._unwritten = (self.clock.monotonic(), f"{type(error).__name__}: {error}")
+            log.warning(
+                "%s: %s (not saved: %s)",
+                self.name,
+                state.name,
+                error,
+                exc_info=None if isinstance(error, StoreError) else error,
+            )
+            return
+        self._unwritten = None
 
     def _block(self, reason: str) -> None:
         log.error("%s: BLOCKED: %s", self.name, reason)
-        self.status.set(self.name, SourceState.BLOCKED, reason=reason, next_attempt_at=None)
+        self._tell(SourceState.BLOCKED, reason=reason, next_attempt_at=None)
 
     def _retry(self, error: BaseException, stop: threading.Event) -> None:
-        delay = self._backoff.failed()
+        try:
+            delay = self._backoff.failed()
+        except Exception as broken:  # a strategy that answers NaN, or raises
+            self._block(
+                f"the reconnect strategy failed ({type(broken).__name__}: {broken}) after: "
+                f"{_reason_of(error)}; fix the strategy, then resume the source"
+            )
+            return
         self._save_backoff()
         state = self._backoff.state
+        reason = _reason_of(error)
         if delay is None:
-            self._block(f"gave up after {state.attempt} reconnect attempts; last error: {error}")
+            self._block(f"gave up after {state.attempt} reconnect attempts; last error: {reason}")
             return
-        log.info("%s: reconnect attempt %d in %.2f s (%s)", self.name, state.attempt, delay, error)
+        log.info("%s: reconnect attempt %d in %.2f s (%s)", self.name, state.attempt, delay, reason)
         offline = self._backoff.offline_for >= self.status.offline_after
-        self.status.set(
-            self.name,
+        self._tell(
             SourceState.OFFLINE if offline else SourceState.RETRYING,
-            reason=str(error),
+            reason=reason,
             attempts=state.attempt,
             next_attempt_at=state.next_attempt_at,
         )
         self.clock.sleep(delay, either(stop, self._stop))
+
+
+def _reason_of(error: BaseException) -> str:
+    """The sentence a status shows for *error*."""
+    if isinstance(error, StoreError):
+        return f"the state store is unreachable: {error}"
+    return str(error)
+
+
+class _Unexpected(Exception):
+    """An unexpected error, as the reason of a retry."""
 
 
 class _NoLease:
