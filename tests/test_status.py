@@ -366,6 +366,7 @@ def test_mailtether_status_shows_stale(tmp_path):
     assert "last known state: retrying (reset)" in rows["a@x/INBOX"]
     assert "2286-" not in rows["a@x/INBOX"], "no next attempt shown (1e10 is in 2286)"
     assert rows["b@x/INBOX"].split()[1] == "ONLINE"
+    assert "STALE: the process that ran the source stopped or hangs" in out.getvalue()
     out = io.StringIO()
     assert main(["status", "--store", f"sqlite://{path}", "--json"], out=out) == 0
     sources = {s["source"]: s for s in json.loads(out.getvalue())["sources"]}

@@ -259,6 +259,9 @@ class StatusBoard:
         Writes ``heartbeat_at`` and ``alive_until`` only: the state stays as it is and nobody
         is notified. A source that never reported a state is left alone (there is nothing to
         vouch for yet). :class:`~mailtether.Heartbeat` calls this on a schedule.
+
+        Raises:
+            ConfigError: *alive_for* is not a positive duration.
         """
         alive_for = check_seconds(alive_for, "StatusBoard.heartbeat(alive_for)")
 

@@ -1,4 +1,8 @@
-"""``mailtether status``: every source's state and the held messages, as tables or JSON."""
+"""``mailtether status``: every source's state and the held messages, as tables or JSON.
+
+The states are read as of now: a source whose heartbeat expired shows as STALE, since its
+last heartbeat, with no next attempt (nobody is there to make it).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import TextIO
 
 from mailtether._guard import DuplicateGuard
 from mailtether._guard_states import GuardEntry
-from mailtether._status import SourceStatus, StatusBoard
+from mailtether._status import SourceState, SourceStatus, StatusBoard
 from mailtether.cli._outcome import OK
 from mailtether.stores._protocol import Store
 
@@ -55,6 +59,11 @@ def run_status(store: Store, args: argparse.Namespace, out: TextIO) -> int:
             ["SOURCE", "STATE", "SINCE", "ATTEMPTS", "NEXT", "OK/FAILED", "REASON"],
             [_status_row(status) for status in sources],
         )
+        if any(status.state is SourceState.STALE for status in sources):
+            out.write(
+                "\nSTALE: the process that ran the source stopped or hangs (no heartbeat); "
+                "start it again, or look at why it stopped.\n"
+            )
     else:
         out.write("no sources have reported to this store yet\n")
     counts = guard.counts()
