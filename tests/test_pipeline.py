@@ -15,6 +15,7 @@ from mailtether import (
     Delivery,
     DuplicateGuard,
     GuardState,
+    LeaseLost,
     MemoryStore,
     MessageKey,
     StatusBoard,
@@ -192,3 +193,39 @@ def test_post_actions_read_back_as_written(value):
 def test_bad_post_actions_are_refused_by_name(value):
     with pytest.raises(ValueError, match="after must be one of seen, move:<folder>, leave"):
         PostAction.parse(value, "after", ("seen", "move", "leave"))
+
+
+class Fence:
+    """A lease that is lost once *good* more checks have passed."""
+
+    def __init__(self, token: int, good: int) -> None:
+        self.token = token
+        self.good = good
+
+    def check(self) -> None:
+        if self.good <= 0:
+            raise LeaseLost("the lease was taken over")
+        self.good -= 1
+
+
+def test_a_lost_lease_hands_out_nothing_more_and_the_next_holder_finishes_the_changes():
+    seen: list[Delivery] = []
+    pipeline, mailbox = make(seen.append)
+    for uid in range(1, 6):
+        mailbox.add(uid, f"m{uid}")
+    # one check before the fetch, then one before each mail: lost before the third mail
+    with pytest.raises(LeaseLost):
+        pipeline.catch_up(mailbox, Fence(token=7, good=3))
+    assert subjects(seen) == ["m1", "m2"], "nothing handed out after the loss"
+    assert {d.token for d in seen} == {7}, "deliveries carry the holder's fencing token"
+    assert mailbox.applied == [], "no mailbox change by a holder that lost the lease"
+    assert pipeline.guard.counts()["done"] == 2, "what was handled is recorded"
+    assert pipeline.guard.counts()["processing"] == 0, "unstarted claims were given back"
+
+    # The next holder (same store, same mailbox) hands out the rest once and finishes the
+    # changes the first one left, wherever they are in the folder.
+    assert pipeline.catch_up(mailbox, Fence(token=8, good=100)) == 3
+    assert subjects(seen) == ["m1", "m2", "m3", "m4", "m5"]
+    assert sorted(p for positions, _ in mailbox.applied for p in positions) == [1, 2, 3, 4, 5]
+    assert mailbox.states_when_applied == [GuardState.DONE] * 5
+    assert pipeline.store.scan("outbox") == []

@@ -45,6 +45,11 @@ class Delivery:
     content: bytes | None = attrs.field(default=None, repr=False)
     """With ``deliver="attachments"``: the attachment's decoded bytes; with
     ``deliver="body"``: the message body (plain text preferred), UTF-8 encoded."""
+    token: int | None = None
+    """The fencing token of the mailbox lease under which it is handed out (``None``
+    without a lease): strictly greater for each new holder of the mailbox. A handler that
+    writes to a system able to compare it can refuse work from a holder that lost the lease
+    (a paused process waking up after another took over)."""
 
     @functools.cached_property
     def message(self) -> EmailMessage:

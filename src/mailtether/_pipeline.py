@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Final
+from typing import Final, Protocol
 
 from mailtether._clock import Clock
 from mailtether._delivery import Delivery
@@ -23,9 +23,9 @@ from mailtether._handover import Handover
 from mailtether._mailbox_port import FetchedMail, Listed, MailboxPort, PostAction
 from mailtether._message_key import MessageKey
 from mailtether._status import StatusBoard
-from mailtether.stores._protocol import Store
+from mailtether.stores._protocol import Store, Write
 
-__all__ = ["Pipeline"]
+__all__ = ["NO_FENCE", "Fence", "Pipeline"]
 
 log = logging.getLogger("mailtether.listener")
 
@@ -40,6 +40,28 @@ _FETCH_BYTES: Final = 16 * 2**20
 _BATCH_SECONDS: Final = 60.0
 _CURSORS: Final = "cursor"
 _OUTBOX: Final = "outbox"
+
+
+class Fence(Protocol):
+    """What guards a catch-up: the mailbox lease (a :class:`~mailtether.ProcessLock`)."""
+
+    @property
+    def token(self) -> int | None:
+        """The lease's fencing token (``None`` without a lease)."""
+
+    def check(self) -> None:
+        """Raise :class:`~mailtether.LeaseLost` if the mailbox may no longer be worked."""
+
+
+class _NoFence:
+    token = None
+
+    def check(self) -> None:
+        return None
+
+
+NO_FENCE: Final[Fence] = _NoFence()
+"""No lease: the caller guarantees one worker per mailbox."""
 
 
 class Pipeline:
@@ -80,8 +102,13 @@ class Pipeline:
 
     # -- recovery --------------------------------------------------------------------------------
 
-    def recover(self, port: MailboxPort) -> None:
-        """Finish single mailbox changes that a crash interrupted (outcome recorded, not done)."""
+    def recover(self, port: MailboxPort) -> set[str]:
+        """Apply the mailbox changes left in the outbox (outcome recorded, change not made).
+
+        Left by a crash between the two, by a fault in the middle of a batch, or by a holder
+        that lost the lease. Returns the ids of the keys whose change was applied.
+        """
+        applied: set[str] = set()
         for record in self.store.scan(_OUTBOX):
             if not record.key.startswith(port.scope):
                 continue
@@ -91,25 +118,29 @@ class Pipeline:
             position = port.locate(key)
             if position is None:
                 continue  # not here now: kept for a later session
-            log.info("%s: finishing %s of %s after a restart", self.name, action, key)
+            log.info("%s: finishing %s of %s left undone", self.name, action, key)
             self.apply_one(port, position, key, action)
+            applied.add(key.id)
+        return applied
 
     # -- catching up -----------------------------------------------------------------------------
 
-    def catch_up(self, port: MailboxPort, check: Callable[[], None] = lambda: None) -> int:
+    def catch_up(self, port: MailboxPort, fence: Fence = NO_FENCE) -> int:
         """Handle everything new in the mailbox; return how many mails were handled.
 
-        *check* raises if the source may no longer work the mailbox (a lost lease); it is
-        called before each fetch.
+        *fence* is checked before each fetch and before each mail is handed over: once the
+        lease is lost, nothing more is handed out, the outcomes of what was handled are
+        recorded, with their mailbox changes left in the outbox for the next holder.
         """
+        recovered = self.recover(port)  # changes another holder (or a fault) left undone
         last = self._cursor(port) if port.uses_cursor else 0
-        keys, fresh, newest = self._sort_out(port, last)
+        keys, fresh, newest = self._sort_out(port, last, recovered)
         handled = 0
-        fetches = _Fetches(port, sorted(keys), check)
+        fetches = _Fetches(port, sorted(keys), fence.check)
         for batch, fetched in fetches:
             mails = [(p, keys[p], *fetched[p]) for p in batch if p in fetched]  # else gone
             began = self.clock.monotonic()
-            done, failed = self._handle(port, mails, fresh)
+            done, failed = self._handle(port, mails, fresh, fence)
             fetches.handled(len(mails), self.clock.monotonic() - began)
             handled += done
             if done or failed:
@@ -121,13 +152,14 @@ class Pipeline:
         return handled
 
     def _sort_out(
-        self, port: MailboxPort, last: int
+        self, port: MailboxPort, last: int, recovered: set[str]
     ) -> tuple[dict[int, MessageKey], set[int], int]:
         """List the mailbox past *last* and sort it with the guard.
 
         Finishes the post-action of mail recorded done but still listed (a crash came in
-        between). Returns the keys to fetch by position, the positions of the mail never
-        seen, and the newest position listed (0 for none).
+        between), but for the *recovered* ones (just finished from the outbox). Returns the
+        keys to fetch by position, the positions of the mail never seen, and the newest
+        position listed (0 for none).
         """
         listed = list(port.list_new(last))
         newest = max((item.position for item in listed), default=0)
@@ -139,10 +171,11 @@ class Pipeline:
                     listed.append(Listed(position, key))
                     where[key.id] = position
         triage = self.guard.triage(item.key for item in listed)
-        if triage.done:  # handled, but a crash came before the mailbox was changed
-            count = len(triage.done)
+        unchanged = [where[key.id] for key in triage.done if key.id not in recovered]
+        if unchanged:  # handled, but a crash came before the mailbox was changed
+            count = len(unchanged)
             log.info("%s: finishing %d mailbox changes after a restart", self.name, count)
-            self.apply(port, [where[key.id] for key in triage.done], self.after)
+            self.apply(port, unchanged, self.after)
         keys = {where[key.id]: key for key in (*triage.new, *triage.retry)}
         return keys, {where[key.id] for key in triage.new}, newest
 
@@ -163,6 +196,7 @@ class Pipeline:
         port: MailboxPort,
         mails: list[tuple[int, MessageKey, bytes, tuple[bytes, ...]]],
         fresh: set[int],
+        fence: Fence,
     ) -> tuple[int, int]:
         """Hand one fetched batch over; record the outcomes; change the mailbox.
 
@@ -184,10 +218,12 @@ class Pipeline:
         claimed_at = self.clock.monotonic()
         try:
             for position, _, raw, flags in mails:
+                fence.check()  # a lost lease hands out nothing more
                 key = keys[position]
                 claim = claims.pop(position, None)
                 if claim is None:  # known to the guard: one at a time, recorded at once
-                    self._one(port, batch, position, self.guard.claim(key), raw, flags)
+                    claim = self.guard.claim(key)
+                    self._one(port, batch, position, claim, raw, flags, fence.token)
                 elif not claim.acquired:
                     self._not_new(port, batch, position, claim)
                 else:
@@ -198,7 +234,7 @@ class Pipeline:
                                 waiting.extend()
                         claimed_at = self.clock.monotonic()
                     began = self.clock.monotonic()
-                    error = self._run_handler(claim, raw, flags)
+                    error = self._run_handler(claim, raw, flags, fence.token)
                     batch.add(position, claim, error, self.clock.monotonic() - began)
         except BaseException:
             batch.record_after_fault()
@@ -222,12 +258,13 @@ class Pipeline:
         claim: Claim,
         raw: bytes,
         flags: tuple[bytes, ...],
+        token: int | None,
     ) -> None:
         """Handle one claimed mail, its outcome recorded at once."""
         if not claim.acquired:
             self._not_new(port, batch, position, claim)
             return
-        error = self._run_handler(claim, raw, flags)
+        error = self._run_handler(claim, raw, flags, token)
         for held in self.guard.finish_many([(claim, error)]):
             self.apply_one(port, position, held, self.on_poison)
         batch.count(position, error)
@@ -242,10 +279,12 @@ class Pipeline:
         elif claim.status is ClaimStatus.QUARANTINE:
             self.apply_one(port, position, key, self.on_poison)
 
-    def _run_handler(self, claim: Claim, raw: bytes, flags: tuple[bytes, ...]) -> str | None:
+    def _run_handler(
+        self, claim: Claim, raw: bytes, flags: tuple[bytes, ...], token: int | None
+    ) -> str | None:
         """Run the handler; return ``None`` or the error as text (a failed attempt)."""
         key = claim.key
-        delivery = Delivery(key, key.uid or 0, flags, raw, claim.attempt)
+        delivery = Delivery(key, key.uid or 0, flags, raw, claim.attempt, token=token)
         try:
             self.handover.hand_over(delivery)
         except Exception as error:
@@ -330,12 +369,15 @@ class _Outcomes:
 
     def __init__(self, pipeline: Pipeline) -> None:
         self._guard = pipeline.guard
+        self._store = pipeline.store
+        self._after = pipeline.after
         self._window = pipeline.commit_window
         self._name = pipeline.name
         self._pending: list[tuple[int, Claim, str | None]] = []
         self._work = 0.0  # handler seconds behind the pending outcomes
         self.finished: list[int] = []
         """Positions recorded as done: their post-action is due."""
+        self.finished_keys: list[MessageKey] = []
         self.poisoned: list[MessageKey] = []
         """Keys held by the outcomes just recorded."""
         self.position_of: dict[str, int] = {}
@@ -349,10 +391,12 @@ class _Outcomes:
         if self._work >= self._window:
             self.record()
 
-    def count(self, position: int, error: str | None) -> None:
-        """Count an outcome recorded elsewhere."""
+    def count(self, position: int, error: str | None, key: MessageKey | None = None) -> None:
+        """Count an outcome recorded elsewhere (*key*: the mail's, when it is done)."""
         if error is None:
             self.finished.append(position)
+            if key is not None:
+                self.finished_keys.append(key)
             self.done += 1
         else:
             self.failed += 1
@@ -364,12 +408,22 @@ class _Outcomes:
         pending, self._pending, self._work = self._pending, [], 0.0
         self.position_of.update((claim.key.id, position) for position, claim, _ in pending)
         self.poisoned.extend(self._guard.finish_many((c, e) for _, c, e in pending))
-        for position, _, error in pending:
-            self.count(position, error)
+        for position, claim, error in pending:
+            self.count(position, error, claim.key)
 
     def record_after_fault(self) -> None:
-        """Record what was handled before a fault, without hiding the fault behind another."""
+        """Record what was handled before a fault, without hiding the fault behind another.
+
+        Their mailbox changes go to the outbox: whoever works the mailbox next (this source
+        after a reconnect, or another holder of the lease) applies them.
+        """
         try:
             self.record()
+            action = self._after
+            if self.finished_keys and action.kind != "leave":
+                data = {"action": action.kind, "folder": action.folder}
+                self._store.put_many(
+                    [Write(_OUTBOX, key.id, "pending", data) for key in self.finished_keys]
+                )
         except Exception as error:
             log.error("%s: could not record the outcomes of handled mail: %s", self._name, error)

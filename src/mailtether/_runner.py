@@ -33,7 +33,7 @@ from mailtether._guard import DuplicateGuard
 from mailtether._handover import Handover
 from mailtether._leases import ProcessLock
 from mailtether._mailbox_port import MailboxPort, PostAction
-from mailtether._pipeline import Pipeline
+from mailtether._pipeline import NO_FENCE, Fence, Pipeline
 from mailtether._status import SourceState, StatusBoard
 from mailtether._strategies import Exponential, ReconnectStrategy
 from mailtether.stores._memory import MemoryStore
@@ -161,9 +161,9 @@ class SourceRunner:
             raise TypeError("handler must be callable with a Delivery")
         self.pipeline.handover.handler = handler
 
-    def _catch_up(self, port: MailboxPort, check: Callable[[], None] = lambda: None) -> int:
+    def _catch_up(self, port: MailboxPort, fence: Fence = NO_FENCE) -> int:
         """One pass of the pipeline over the mailbox (see :meth:`wait_for_catch_ups`)."""
-        handled = self.pipeline.catch_up(port, check)
+        handled = self.pipeline.catch_up(port, fence)
         self._unexpected = 0
         if self._unwritten is not None:  # the store is back: the status it missed, now
             state, fields = self._wanted
@@ -398,6 +398,8 @@ class _NoLease:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+    token = None
 
     def check(self) -> None:
         return None

@@ -137,10 +137,10 @@ class ImapListener(SourceRunner):
 
         For cron-style use. Raises the connection's errors instead of retrying.
         """
-        with self._lease():
+        with self._lease() as lease:
             connection = self._open()
             try:
-                return self._catch_up(_ImapMailbox(connection, self.settings))
+                return self._catch_up(_ImapMailbox(connection, self.settings), lease)
             finally:
                 self._connection = None
                 connection.close()
@@ -169,14 +169,13 @@ class ImapListener(SourceRunner):
                     )
                 mailbox = _ImapMailbox(connection, self.settings)
                 self._online()
-                self.pipeline.recover(mailbox)
-                self._catch_up(mailbox, lease.check)
+                self._catch_up(mailbox, lease)
                 use_idle = self.mode == "auto"
                 while not stop.is_set() and not self._stop.is_set():
                     lease.check()
                     connection.wait(self.poll_interval, either(stop, self._stop), use_idle=use_idle)
                     lease.check()
-                    self._catch_up(mailbox, lease.check)
+                    self._catch_up(mailbox, lease)
             finally:
                 self._connection = None
                 connection.close()

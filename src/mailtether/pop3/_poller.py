@@ -114,7 +114,7 @@ class Pop3Poller(SourceRunner):
             connection = self._connection = Pop3Connection.open(self.settings, self.timeout)
             try:
                 self._online()
-                handled = self._catch_up(_Pop3Mailbox(connection), lease.check)
+                handled = self._catch_up(_Pop3Mailbox(connection), lease)
                 connection.quit()  # only now does the server delete
                 return handled
             finally:
