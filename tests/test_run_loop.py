@@ -29,6 +29,7 @@ from mailtether import (
 from mailtether._runner import UNEXPECTED_LIMIT
 from mailtether.imap import _listener as imap_listener
 from mailtether.imap._connection import ImapConnection
+from mailtether.testing import FakeClock
 
 FAST = Keepalive(noop_interval=1, idle_renewal=1, response_timeout=1)
 
@@ -224,3 +225,20 @@ def test_a_status_the_store_did_not_take_is_written_later_and_says_so(mailbox, l
     reason = listener.status.get(listener.name).reason
     assert "status could not be saved" in reason
     assert "the store is read-only" in reason
+
+
+def test_a_standby_asks_again_just_after_the_holders_lease_would_expire():
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    listener = ImapListener(
+        ImapSettings("127.0.0.1", "u", "p", port=9, security="plain"),
+        Collector(),
+        store=store,
+        lease_ttl=3.0,
+        clock=clock,
+    )
+    assert store.acquire(f"listener:{listener.name}", "another-worker", 3.0) is not None
+    clock.advance(1.0)
+    assert listener._until_takeover() == pytest.approx(2.0 + 0.05)  # its expiry, and a moment
+    clock.advance(5.0)  # expired: its holder died, and the lease is free: at once
+    assert listener._until_takeover() == pytest.approx(0.05)

@@ -246,7 +246,7 @@ class SourceRunner:
         ttl = self.lease_ttl or self.poll_interval
         try:
             holder = self.store.holder(self._lease_name)
-            left = ttl if holder is None else holder.expires_at - self.store.now()
+            left = 0.0 if holder is None else holder.expires_at - self.store.now()
         except StoreError:
             left = ttl
         # Asking again just after the expiry takes a dead holder's mailbox over within the
