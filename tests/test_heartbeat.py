@@ -258,7 +258,12 @@ def test_a_killed_listener_reads_as_stale_within_the_heartbeat_bound(mailbox, tm
             if child.poll() is not None:
                 raise AssertionError(f"the worker exited: {errors.read_text()}")
             status = board.snapshot()
-            return bool(status) and status[0].state is SourceState.ONLINE
+            # beating: the first beat may come just after the state (no record to vouch for)
+            return (
+                bool(status)
+                and status[0].state is SourceState.ONLINE
+                and status[0].alive_until is not None
+            )
 
         eventually(online, timeout=20)
         watched = time.monotonic() + 10 * BEAT  # longer than alive_for: beats keep coming
