@@ -252,6 +252,13 @@ def test_a_stale_blocked_source_stays_blocked_and_can_be_resumed(board, clock):
     assert board.store.get("status", "s").data["reason"] == "credentials rejected"
 
 
+def test_a_stale_blocked_source_without_a_reason_says_it_is_not_running(board, clock):
+    board.set("s", SourceState.BLOCKED)
+    board.heartbeat("s", alive_for=30)
+    clock.advance(31)
+    assert board.get("s").reason == f"not running: no heartbeat since {START}"
+
+
 def test_a_status_without_a_heartbeat_keeps_its_state(board, clock):
     """Written by an older version, or by a source that has not beaten yet."""
     board.set("s", SourceState.ONLINE)

@@ -93,7 +93,11 @@ class SourceStatus:
         last_beat = self.alive_until if self.heartbeat_at is None else self.heartbeat_at
         silent = f"no heartbeat since {_utc(last_beat)}"
         if self.state is SourceState.BLOCKED:
-            reason = f"{self.reason} (not running: {silent})" if self.reason else silent
+            reason = (
+                f"{self.reason} (not running: {silent})"
+                if self.reason
+                else f"not running: {silent}"
+            )
             return attrs.evolve(self, reason=reason)
         known = self.state.value + (f" ({self.reason})" if self.reason else "")
         return attrs.evolve(
