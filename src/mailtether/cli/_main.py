@@ -100,8 +100,8 @@ def _main(argv: Sequence[str] | None, out: TextIO) -> int:
         except MailtetherError as error:
             out.write(f"mailtether: {error}\n")
             return ERROR
-    try:
-        store = store_from_url(args.store)
+    try:  # these commands look at or steer a store: a missing one is a mistyped path
+        store = store_from_url(args.store, create=False)
     except MailtetherError as error:
         out.write(f"mailtether: {error}\n")
         return ERROR

@@ -13,6 +13,8 @@ NOT_FOUND: Final = 1
 """Not found, or not in a state that allows what was asked."""
 USAGE: Final = 2
 ERROR: Final = 3
+"""An error: the store cannot be opened (a SQLite file that does not exist is one: the
+commands that read a store never create it), or a command failed on the way."""
 
 
 def answer(out: TextIO, *, as_json: bool, field: str, subject: str, done: bool, said: str) -> int:

@@ -14,7 +14,7 @@ from mailtether.stores._sqlite import SQLiteStore
 __all__ = ["store_from_url"]
 
 
-def store_from_url(url: str, *, clock: Clock = SYSTEM_CLOCK) -> Store:
+def store_from_url(url: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = True) -> Store:
     """Open the store a URL names.
 
     - ``memory:`` — a :class:`~mailtether.MemoryStore`;
@@ -25,9 +25,14 @@ def store_from_url(url: str, *, clock: Clock = SYSTEM_CLOCK) -> Store:
     - ``postgresql://user:password@host[:port]/database[?table_prefix=name]`` — a
       :class:`~mailtether.PostgresStore` (needs ``mailtether[postgres]``).
 
+    With ``create=False`` a SQLite file that does not exist is not created but refused (the
+    read-only commands of ``mailtether`` open their store so); the other stores ignore it.
+
     Raises:
         ConfigError: the URL's scheme is unknown or its path is missing; the message never
             shows the password.
+        StoreError: the store cannot be opened (with ``create=False``: the SQLite file does
+            not exist, or is not a mailtether store).
 
     Example:
         >>> from mailtether import store_from_url
@@ -46,7 +51,7 @@ def store_from_url(url: str, *, clock: Clock = SYSTEM_CLOCK) -> Store:
                 f"{redact_url(url)!r} names no file: write sqlite:///absolute/path.db or "
                 "sqlite:relative/path.db"
             )
-        return SQLiteStore(path, clock=clock)
+        return SQLiteStore(path, clock=clock, create=create)
     if scheme in ("redis", "rediss", "unix"):
         from mailtether.stores._redis import RedisStore
 
