@@ -9,6 +9,7 @@ from typing import TextIO
 
 from mailtether._check import check
 from mailtether._errors import MailtetherError
+from mailtether.cli import _flags
 from mailtether.cli._outcome import USAGE
 
 __all__ = ["add_check_arguments", "run_check"]
@@ -17,7 +18,7 @@ __all__ = ["add_check_arguments", "run_check"]
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``mailtether check``."""
     parser.add_argument("url", help="imaps://user:password@host/folder (or imap://...)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per step")
+    parser.add_argument("--timeout", type=_flags.seconds(), default=10.0, help="seconds per step")
     parser.add_argument("--cafile", default=None, help="trust this CA (PEM) for the server")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 

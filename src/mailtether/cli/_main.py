@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import Final, TextIO
+from typing import Final, NoReturn, TextIO
 
 from mailtether._errors import MailtetherError
 from mailtether.cli._check import add_check_arguments, run_check
@@ -32,8 +32,15 @@ _STORE_COMMANDS: Final[dict[str, Callable[[Store, argparse.Namespace, TextIO], i
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line: the command, what is wrong, where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mailtether",
         description="Keep mail listeners connected and honest: inspect and steer them.",
     )

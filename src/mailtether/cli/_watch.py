@@ -10,15 +10,16 @@ import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from mailtether._config import strategy_from_config
 from mailtether._delivery import Delivery
-from mailtether._durations import parse_duration
+from mailtether._durations import check_count, check_seconds
 from mailtether._errors import ConfigError
 from mailtether._guard import DuplicateGuard
 from mailtether._keepalive import Keepalive
 from mailtether._status import LoggingNotifier, StatusBoard, StatusChange
+from mailtether.cli import _flags
 from mailtether.imap._listener import ImapListener
 from mailtether.stores._url import store_from_url
 
@@ -40,6 +41,16 @@ _OPTIONS = (
     "lease_ttl",
     "deliver",
 )
+# The duration settings, with their flags' help; each flag and each value from the settings
+# file is checked alike (_flags.seconds, _checked).
+_DURATIONS: Final = {
+    "poll_interval": "e.g. 60s",
+    "noop_interval": "e.g. 25m (0 disables)",
+    "idle_renewal": "e.g. 9m",
+    "response_timeout": "e.g. 30s",
+    "lease_ttl": "e.g. 60s",
+}
+_ZERO_DISABLES: Final = frozenset({"noop_interval"})
 
 
 def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,15 +63,27 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-poison", dest="on_poison", help="leave | flag | move:<folder>")
     parser.add_argument("--mode", choices=("auto", "poll"))
     parser.add_argument("--deliver", choices=("message", "attachments", "body"))
-    parser.add_argument("--poll-interval", dest="poll_interval", help="e.g. 60s")
-    parser.add_argument("--noop-interval", dest="noop_interval", help="e.g. 25m (0 disables)")
-    parser.add_argument("--idle-renewal", dest="idle_renewal", help="e.g. 9m")
-    parser.add_argument("--response-timeout", dest="response_timeout", help="e.g. 30s")
-    parser.add_argument("--max-failures", dest="max_failures", type=int)
+    for name, example in _DURATIONS.items():
+        flag = "--" + name.replace("_", "-")
+        seconds = _flags.seconds(allow_zero=name in _ZERO_DISABLES)
+        parser.add_argument(flag, dest=name, type=seconds, help=example)
+    parser.add_argument("--max-failures", dest="max_failures", type=_flags.count(), help="e.g. 3")
     parser.add_argument("--repeat", choices=("block", "skip", "quarantine"))
-    parser.add_argument("--lease-ttl", dest="lease_ttl", help="e.g. 60s")
     parser.add_argument("--config", help="a TOML file with these settings (under [watch])")
     parser.add_argument("--quiet", action="store_true", help="no live status line")
+
+
+def _checked(section: dict[str, Any], source: str) -> dict[str, Any]:
+    """*section* of the settings file with its numbers checked as the flags check theirs."""
+    checked = dict(section)
+    for name in _DURATIONS:
+        if name in checked:
+            checked[name] = check_seconds(
+                checked[name], f"{name} in {source}", allow_zero=name in _ZERO_DISABLES
+            )
+    if "max_failures" in checked:
+        checked["max_failures"] = check_count(checked["max_failures"], f"max_failures in {source}")
+    return checked
 
 
 def _load_handler(spec: str) -> Callable[[Delivery], object]:
@@ -84,7 +107,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             loaded = tomllib.loads(Path(args.config).read_text())
         except (OSError, tomllib.TOMLDecodeError) as error:
             raise ConfigError(f"cannot read {args.config}: {error}") from None
-        merged.update(loaded.get("watch", loaded))
+        merged.update(_checked(loaded.get("watch", loaded), args.config))
     for name in ("url", *_OPTIONS):
         value = getattr(args, name, None)
         if value is not None:
@@ -99,17 +122,7 @@ def run_watch(args: argparse.Namespace, out: TextIO, stop: threading.Event | Non
         raise ConfigError("watch needs a URL and --handler module:function (or both in --config)")
     handler = _load_handler(str(options["handler"]))
     store = store_from_url(str(options.get("store", "sqlite:mailtether-state.db")))
-    seconds = {
-        name: parse_duration(options[name])
-        for name in (
-            "poll_interval",
-            "noop_interval",
-            "idle_renewal",
-            "response_timeout",
-            "lease_ttl",
-        )
-        if name in options
-    }
+    seconds = {name: options[name] for name in _DURATIONS if name in options}  # checked
     keepalive = Keepalive(
         **{
             k: seconds[k]
@@ -125,7 +138,7 @@ def run_watch(args: argparse.Namespace, out: TextIO, stop: threading.Event | Non
     board = StatusBoard(store, notifiers=[LoggingNotifier(), remember])
     guard = DuplicateGuard(
         store,
-        max_failures=int(options.get("max_failures", 3)),
+        max_failures=options.get("max_failures", 3),
         repeat=options.get("repeat", "block"),
     )
     listener = ImapListener(
