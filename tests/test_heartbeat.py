@@ -231,7 +231,6 @@ listener.run()
 """
 
 
-@pytest.mark.xfail(strict=True, reason="needs the runner wiring")
 def test_a_killed_listener_reads_as_stale_within_the_heartbeat_bound(mailbox, tmp_path):
     db = tmp_path / "state.db"
     errors = tmp_path / "worker.err"

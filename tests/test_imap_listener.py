@@ -143,7 +143,12 @@ def test_rejected_credentials_block_without_hammering(mailbox, start):
     handler = Collector()
     with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
         clock = FakeClock(auto_advance=False)
-        listener = start(settings_for(mailbox, proxy.port, password="wrong"), handler, clock=clock)
+        listener = start(  # heartbeat=None: nothing else asleep on the fake clock
+            settings_for(mailbox, proxy.port, password="wrong"),
+            handler,
+            clock=clock,
+            heartbeat=None,
+        )
         eventually(lambda: state_of(listener) is SourceState.BLOCKED)
         status = listener.status.get(listener.name)
         assert "rejected the credentials" in status.reason
@@ -182,7 +187,9 @@ def test_a_mail_that_cannot_be_moved_blocks_the_source(mailbox, start):
     mailbox.append(mail(1))
     handler = Collector()
     clock = FakeClock(auto_advance=False)
-    listener = start(settings_for(mailbox), handler, after="move:NoSuchFolder", clock=clock)
+    listener = start(
+        settings_for(mailbox), handler, after="move:NoSuchFolder", clock=clock, heartbeat=None
+    )
     eventually(lambda: state_of(listener) is SourceState.BLOCKED)
     reason = listener.status.get(listener.name).reason
     assert "could not be marked or moved" in reason
@@ -316,6 +323,7 @@ def test_the_reconnect_schedule_follows_the_strategy_on_a_fake_clock(mailbox):
             reconnect=Exponential(1, growth=1, max_attempts=4).immediate_first(),
             status=StatusBoard(store, notifiers=[watch], clock=clock),
             lease_ttl=None,
+            heartbeat=None,  # its sleeps would be in clock.sleeps too
         )
         listener.run(stop)
     assert clock.sleeps == [1.0, 2.0, 4.0, 8.0], "0 s first (not a sleep), then 1, 2, 4, 8"

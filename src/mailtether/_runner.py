@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Final
 from mailtether._backoff import Backoff, BackoffState
 from mailtether._clock import Clock
 from mailtether._delivery import DeliverMode, Delivery
-from mailtether._durations import MINUTE
+from mailtether._durations import MINUTE, check_seconds
 from mailtether._errors import (
     AuthenticationFailed,
     CommandFailed,
@@ -31,6 +31,7 @@ from mailtether._errors import (
 )
 from mailtether._guard import DuplicateGuard
 from mailtether._handover import Handover
+from mailtether._heartbeat import Heartbeat
 from mailtether._leases import ProcessLock
 from mailtether._mailbox_port import MailboxPort, PostAction
 from mailtether._pipeline import NO_FENCE, Fence, Pipeline
@@ -85,6 +86,7 @@ class SourceRunner:
         on_poison: PostAction,
         deliver: DeliverMode,
         commit_window: float,
+        heartbeat: float | None,
     ) -> None:
         self.reconnect = (
             reconnect or Exponential(1, growth=1, max_delay=5 * MINUTE).immediate_first()
@@ -130,6 +132,8 @@ class SourceRunner:
             commit_window=self.commit_window,
         )
         """The mail pipeline every catch-up runs through."""
+        self.heartbeat = check_seconds(heartbeat, "heartbeat", allow_none=True)
+        """Seconds between liveness beats while running (``None``: no beats)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._catch_ups = 0
@@ -201,13 +205,26 @@ class SourceRunner:
         ``SystemExit`` end it.
         """
         stop = stop or self._stop
-        while not stop.is_set() and not self._stop.is_set():
-            try:
-                if not self._waiting_for_a_person(stop):
-                    self._run_once(stop)
-            except Exception as error:  # only a fault in handling a fault gets here
-                log.critical("%s: the run loop itself failed; going on", self.name, exc_info=error)
-                self.clock.sleep(min(self.poll_interval, 1.0), either(stop, self._stop))
+        beats = None
+        if self.heartbeat is not None:
+            loop = threading.current_thread()
+            beats = Heartbeat(
+                self.status, self.name, every=self.heartbeat, clock=self.clock, alive=loop.is_alive
+            )
+            beats.start()
+        try:
+            while not stop.is_set() and not self._stop.is_set():
+                try:
+                    if not self._waiting_for_a_person(stop):
+                        self._run_once(stop)
+                except Exception as error:  # only a fault in handling a fault gets here
+                    log.critical(
+                        "%s: the run loop itself failed; going on", self.name, exc_info=error
+                    )
+                    self.clock.sleep(min(self.poll_interval, 1.0), either(stop, self._stop))
+        finally:
+            if beats is not None:
+                beats.stop(timeout=1.0)
 
     def _run_once(self, stop: threading.Event) -> None:
         try:

@@ -78,6 +78,9 @@ class ImapListener(SourceRunner):
             before the mailbox is changed); a handler that runs longer has its outcome
             recorded at once. A hard crash (``kill -9``, power loss) can therefore hand out
             again at most this much handler work. ``0`` records every outcome on its own.
+        heartbeat: Seconds between liveness beats while it runs: its status record says it
+            is alive for three beats, after which ``mailtether status`` shows it STALE (its
+            process stopped or hangs). ``None``: no beats.
         name: The source's name in status and logs; default ``user@host/folder``.
         clock: The clock for reconnect waits.
     """
@@ -101,6 +104,7 @@ class ImapListener(SourceRunner):
         poll_interval: float = 60.0,
         lease_ttl: float | None = 60.0,
         commit_window: float = 0.01,
+        heartbeat: float | None = 10.0,
         name: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
@@ -121,6 +125,7 @@ class ImapListener(SourceRunner):
             on_poison=PostAction.parse(on_poison, "on_poison", ("leave", "flag", "move")),
             deliver=deliver,
             commit_window=commit_window,
+            heartbeat=heartbeat,
         )
         self.settings = settings
         """Where the mailbox is."""

@@ -72,6 +72,7 @@ class Pop3Poller(SourceRunner):
         lease_ttl: float | None = None,
         timeout: float = 30.0,
         commit_window: float = 0.01,
+        heartbeat: float | None = 10.0,
         name: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
@@ -92,6 +93,7 @@ class Pop3Poller(SourceRunner):
             on_poison=LEAVE,  # POP3 can only delete: a held mail stays on the server
             deliver=deliver,
             commit_window=commit_window,
+            heartbeat=heartbeat,
         )
         self.settings = settings
         """Where the mailbox is."""
