@@ -1,7 +1,11 @@
+import math
 import textwrap
 from datetime import timedelta
+from fractions import Fraction
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailtether import (
     DAY,
@@ -15,6 +19,7 @@ from mailtether import (
     parse_duration,
     strategy_from_config,
 )
+from mailtether._durations import check_count, check_seconds
 from mailtether.testing import check_strategy
 
 # -- durations -------------------------------------------------------------------------------
@@ -51,6 +56,81 @@ def test_parse_duration_refuses_nonsense(text):
 
 def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
+
+
+# -- check_seconds and check_count: the one check of every setting's numbers ------------------
+
+finite_positive = st.floats(min_value=1e-6, max_value=1e9, allow_nan=False, allow_infinity=False)
+not_finite = st.sampled_from([math.nan, math.inf, -math.inf, "nan", "inf", "-inf", "1e400"])
+negative = st.floats(max_value=-1e-9, allow_nan=False, allow_infinity=False) | st.integers(
+    max_value=-1
+)
+no_duration = st.sampled_from([True, False, "abc", "", "5 parsecs", [1], {}, b"15", object()])
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@given(finite_positive)
+def test_check_seconds_takes_any_positive_finite_number(seconds):
+    assert check_seconds(seconds, "f") == seconds
+    assert (
+        check_seconds(timedelta(seconds=seconds), "f") == timedelta(seconds=seconds).total_seconds()
+    )
+
+
+@given(st.integers(min_value=1, max_value=10**6), st.sampled_from(sorted(_UNITS)))
+def test_check_seconds_reads_duration_strings(number, unit):
+    assert check_seconds(f"{number}{unit}", "f") == pytest.approx(number * _UNITS[unit])
+    assert isinstance(check_seconds(number, "f"), float)
+
+
+@given(not_finite | negative | no_duration, st.booleans())
+def test_check_seconds_refuses_non_durations_naming_the_field(value, allow_zero):
+    with pytest.raises(ConfigError, match=r"^Thing\.field must be .*finite") as info:
+        check_seconds(value, "Thing.field", allow_zero=allow_zero)
+    assert "got " in str(info.value)
+
+
+@pytest.mark.parametrize("zero", [0, 0.0, -0.0, "0", "0s", timedelta(0)])
+def test_check_seconds_takes_zero_only_when_allowed(zero):
+    with pytest.raises(ConfigError, match="t must be a positive number of seconds"):
+        check_seconds(zero, "t")
+    assert check_seconds(zero, "t", allow_zero=True) == 0.0
+
+
+def test_check_seconds_bounds_and_none():
+    assert check_seconds(None, "t", allow_none=True) is None
+    with pytest.raises(ConfigError, match="t must be"):
+        check_seconds(None, "t")
+    assert check_seconds(Fraction(1, 4), "t") == 0.25
+    with pytest.raises(ConfigError, match=r"t must be a number of seconds >= 0\.001"):
+        check_seconds(0.0005, "t", minimum=0.001)
+    assert check_seconds(0.001, "t", minimum=0.001) == 0.001
+    with pytest.raises(ConfigError, match="at most 60"):
+        check_seconds("61s", "t", maximum=60)
+    assert check_seconds("1m", "t", maximum=60) == 60.0
+
+
+def test_check_seconds_cuts_a_long_value_short():
+    with pytest.raises(ConfigError) as info:
+        check_seconds("x" * 10_000, "t")
+    assert len(str(info.value)) < 200
+
+
+@given(st.integers(min_value=1, max_value=2**64))
+def test_check_count_takes_whole_numbers(count):
+    assert check_count(count, "n") == count
+
+
+@pytest.mark.parametrize("value", [0, -1, True, False, 2.0, 2.5, math.nan, math.inf, "3", None])
+def test_check_count_refuses_the_rest_naming_the_field(value):
+    with pytest.raises(ConfigError, match=r"^Thing\.count must be a whole number >= 1, got"):
+        check_count(value, "Thing.count")
+
+
+def test_check_count_bounds():
+    assert check_count(0, "port", minimum=0, maximum=65535) == 0
+    with pytest.raises(ConfigError, match="port must be a whole number from 0 to 65535"):
+        check_count(65536, "port", minimum=0, maximum=65535)
 
 
 # -- built-in types --------------------------------------------------------------------------
