@@ -10,10 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from mailtether.cli._main import main
 
 HANDLER = """
 from pathlib import Path
+
+import pytest
 
 def handle(delivery):
     with open(Path(__file__).with_name("handled.txt"), "a") as out:
@@ -122,3 +126,81 @@ def test_watch_needs_a_handler_it_can_import(tmp_path):
     out = io.StringIO()
     assert main(["watch", "imaps://u:p@example.com/"], out=out) == 2
     assert "--handler" in out.getvalue()
+
+
+# -- numbers are checked before anything starts ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--lease-ttl", "0"),
+        ("--lease-ttl", "-1"),
+        ("--poll-interval", "nan"),
+        ("--poll-interval", "inf"),
+        ("--noop-interval", "-1"),
+        ("--idle-renewal", "0"),
+        ("--response-timeout", "abc"),
+        ("--response-timeout", "1e400"),
+        ("--max-failures", "0"),
+        ("--max-failures", "2.5"),
+        ("--max-failures", "nan"),
+    ],
+)
+def test_a_bad_number_is_refused_naming_its_flag(tmp_path, capsys, flag, value):
+    argv = ["watch", "imaps://u:p@example.com/", "--handler", "my_handlers:handle"]
+    store = tmp_path / "s.db"
+    out = io.StringIO()
+    assert main([*argv, "--store", f"sqlite:{store}", f"{flag}={value}"], out=out) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1, error
+    assert error.startswith(f"mailtether watch: argument {flag}: the value must be")
+    assert f"got {value}" in error.replace("'", "")
+    assert not store.exists(), "refused before the store is opened"
+
+
+def test_zero_disables_the_noop_and_durations_take_units(tmp_path, capsys):
+    out = io.StringIO()
+    argv = ["watch", "imaps://u:p@example.com/", "--handler", "nope_module:handle"]
+    flags = ["--noop-interval", "0", "--lease-ttl", "2m", "--poll-interval", "90s"]
+    assert main([*argv, *flags, "--store", f"sqlite:{tmp_path / 's.db'}"], out=out) == 2
+    assert capsys.readouterr().err == ""
+    assert "cannot import handler module" in out.getvalue(), "got past the flags"
+
+
+def test_lease_ttl_zero_exits_2_in_one_line_without_a_traceback(tmp_path):
+    process = _start(tmp_path, "imaps://u:p@example.com/", "--handler", "x:y", "--lease-ttl", "0")
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 2, output
+    assert output.splitlines() == [
+        "mailtether watch: argument --lease-ttl: the value must be a positive number of seconds "
+        "(finite: a number, a timedelta, or a string like '15s' or '2m'), got '0' "
+        "(see mailtether watch --help)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("lease_ttl = nan", "lease_ttl in watch.toml must be a positive number of seconds"),
+        ("poll_interval = -5", "poll_interval in watch.toml must be a positive number"),
+        ('idle_renewal = "soon"', "idle_renewal in watch.toml must be a positive number"),
+        ("noop_interval = inf", "noop_interval in watch.toml must be a number of seconds >= 0"),
+        ("max_failures = true", "max_failures in watch.toml must be a whole number >= 1"),
+        ("max_failures = 2.5", "max_failures in watch.toml must be a whole number >= 1"),
+    ],
+)
+def test_a_bad_number_in_the_settings_file_is_refused_naming_it(tmp_path, monkeypatch, line, words):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "watch.toml").write_text(
+        f'[watch]\nurl = "imaps://u:p@example.com/"\nhandler = "json:dumps"\n{line}\n'
+    )
+    out = io.StringIO()
+    code = main(
+        ["watch", "--config", "watch.toml", "--store", f"sqlite:{tmp_path}/s.db"],
+        out=out,
+    )
+    assert code == 2
+    assert out.getvalue().startswith(f"mailtether: {words}"), out.getvalue()
+    assert out.getvalue().count("\n") == 1
+    assert not (tmp_path / "s.db").exists()
