@@ -123,3 +123,30 @@ def test_unexpected_errors_are_one_line_unless_debug(tmp_path, monkeypatch):
     assert text == "mailtether: unexpected RuntimeError: boom (rerun with --debug)\n"
     with pytest.raises(RuntimeError, match="boom"):
         main(["--debug", "status", "--store", "sqlite:x.db"], out=io.StringIO())
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "abc"])
+def test_check_timeout_must_be_a_duration(capsys, value):
+    assert run("check", "imaps://u:p@example.com/", f"--timeout={value}")[0] == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert error.startswith("mailtether check: argument --timeout: the value must be a positive")
+
+
+def test_usage_errors_are_one_line_saying_where_help_is(capsys):
+    assert run("status")[0] == 2
+    assert capsys.readouterr().err == (
+        "mailtether status: the following arguments are required: --store "
+        "(see mailtether status --help)\n"
+    )
+
+
+def test_a_missing_sqlite_store_is_not_created_by_status(tmp_path):
+    path = tmp_path / "stat.db"  # a typo of state.db
+    code, text = run("status", "--store", f"sqlite://{path}")
+    assert code == 3
+    assert text == (
+        f"mailtether: the SQLiteStore file {path} does not exist: check the path, or start a "
+        "listener on it first\n"
+    )
+    assert not path.exists()

@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "_guard_states": 2,
     "_guard_views": 2,
     "_status": 2,
+    "_heartbeat": 2,
     "_smtp_notifier": 2,
     "_settings": 2,
     "testing": 2,
