@@ -229,3 +229,24 @@ def test_a_lost_lease_hands_out_nothing_more_and_the_next_holder_finishes_the_ch
     assert sorted(p for positions, _ in mailbox.applied for p in positions) == [1, 2, 3, 4, 5]
     assert mailbox.states_when_applied == [GuardState.DONE] * 5
     assert pipeline.store.scan("outbox") == []
+
+
+def test_mail_another_worker_claimed_is_looked_at_again_until_it_is_settled():
+    """A stale holder's claims block a mail, never skip it: given back, it is handled."""
+    seen: list[Delivery] = []
+    pipeline, mailbox = make(seen.append)
+    for uid in (1, 2, 3, 4):
+        mailbox.add(uid, f"m{uid}")
+    # A paused worker holds the claims of UIDs 2 and 3, made in one batch it never started.
+    stale = pipeline.guard.claim_many([mailbox.base.with_uid(2), mailbox.base.with_uid(3)])
+    assert pipeline.catch_up(mailbox) == 2  # m1 and m4; m2 and m3 are someone else's
+    assert subjects(seen) == ["m1", "m4"]
+    assert pipeline.catch_up(mailbox) == 0
+    assert mailbox.listed_after[-1] == 4, "the cursor moves on past the claimed mail"
+    for claim in stale:  # it wakes up, learns the lease is gone, and gives them back
+        claim.give_back()
+    assert pipeline.catch_up(mailbox) == 2
+    assert subjects(seen) == ["m1", "m4", "m2", "m3"]
+    assert pipeline.catch_up(mailbox) == 0
+    assert sorted(p for positions, _ in mailbox.applied for p in positions) == [1, 2, 3, 4]
+    assert "busy" not in pipeline.store.get("cursor", "test").data, "nothing left to watch"

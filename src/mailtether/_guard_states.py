@@ -110,6 +110,9 @@ class Triage:
     """Handled before and still listed: only the post-action may be due."""
     waiting: tuple[MessageKey, ...]
     """Held, dropped, or being handled by another worker right now: leave them."""
+    busy: tuple[MessageKey, ...] = ()
+    """The part of :attr:`waiting` claimed by another worker right now: it may give them
+    back untouched (a holder that lost its lease does), so a catch-up must list them again."""
 
 
 @attrs.frozen

@@ -77,6 +77,7 @@ class GuardViews:
         retry: list[MessageKey] = []
         done: list[MessageKey] = []
         waiting: list[MessageKey] = []
+        busy: list[MessageKey] = []
         for key in keys:
             record = known.get(key.id)
             if record is None:
@@ -89,7 +90,9 @@ class GuardViews:
                 retry.append(key)
             else:
                 waiting.append(key)
-        return Triage(tuple(new), tuple(retry), tuple(done), tuple(waiting))
+                if record.state == PROCESSING:
+                    busy.append(key)
+        return Triage(tuple(new), tuple(retry), tuple(done), tuple(waiting), tuple(busy))
 
     def retryable(self, scope: str) -> list[MessageKey]:
         """Keys under *scope* (a :attr:`MessageKey.scope`) due another attempt.
@@ -173,4 +176,3 @@ class GuardViews:
                 log.info("%s %s by %s", record.key, event, by)
                 return True
         return False
-

@@ -133,8 +133,8 @@ class Pipeline:
         recorded, with their mailbox changes left in the outbox for the next holder.
         """
         recovered = self.recover(port)  # changes another holder (or a fault) left undone
-        last = self._cursor(port) if port.uses_cursor else 0
-        keys, fresh, newest = self._sort_out(port, last, recovered)
+        last, busy_before = self._cursor(port) if port.uses_cursor else (0, ())
+        keys, fresh, newest, busy = self._sort_out(port, last, busy_before, recovered)
         handled = 0
         fetches = _Fetches(port, sorted(keys), fence.check)
         for batch, fetched in fetches:
@@ -146,26 +146,31 @@ class Pipeline:
             if done or failed:
                 self.status.count(self.name, processed=done, failed=failed)
             if port.uses_cursor:
-                last = self._advance(port, last, batch[-1])
-        if port.uses_cursor and newest:
-            self._advance(port, last, newest)
+                last = self._advance(port, last, batch[-1], busy)
+        if port.uses_cursor and (newest > last or busy != busy_before):
+            self._save_cursor(port, max(last, newest), busy)
         return handled
 
     def _sort_out(
-        self, port: MailboxPort, last: int, recovered: set[str]
-    ) -> tuple[dict[int, MessageKey], set[int], int]:
+        self, port: MailboxPort, last: int, busy: tuple[str, ...], recovered: set[str]
+    ) -> tuple[dict[int, MessageKey], set[int], int, tuple[str, ...]]:
         """List the mailbox past *last* and sort it with the guard.
 
         Finishes the post-action of mail recorded done but still listed (a crash came in
         between), but for the *recovered* ones (just finished from the outbox). Returns the
-        keys to fetch by position, the positions of the mail never seen, and the newest
-        position listed (0 for none).
+        keys to fetch by position, the positions of the mail never seen, the newest position
+        listed (0 for none), and the ids of the mail another worker has claimed right now.
+
+        That worker may give such mail back untouched (a holder that lost its lease does),
+        so the cursor record keeps their ids (*busy*) and the next catch-up looks at them
+        again, wherever they are: a claim never makes a mail be skipped.
         """
         listed = list(port.list_new(last))
         newest = max((item.position for item in listed), default=0)
         where = {item.key.id: item.position for item in listed}
         if port.uses_cursor:  # older mail due another attempt is not past the cursor
-            for key in self.guard.retryable(port.scope):
+            again = (MessageKey.from_id(id_) for id_ in busy)
+            for key in (*self.guard.retryable(port.scope), *again):
                 position = port.locate(key)
                 if position is not None and key.id not in where:
                     listed.append(Listed(position, key))
@@ -177,19 +182,27 @@ class Pipeline:
             log.info("%s: finishing %d mailbox changes after a restart", self.name, count)
             self.apply(port, unchanged, self.after)
         keys = {where[key.id]: key for key in (*triage.new, *triage.retry)}
-        return keys, {where[key.id] for key in triage.new}, newest
+        busy = tuple(sorted(key.id for key in triage.busy))
+        return keys, {where[key.id] for key in triage.new}, newest, busy
 
-    def _cursor(self, port: MailboxPort) -> int:
+    def _cursor(self, port: MailboxPort) -> tuple[int, tuple[str, ...]]:
+        """The last position handed out, and the ids of mail claimed elsewhere back then."""
         record = self.store.get(_CURSORS, self.name)
         if record is None or record.data.get("scope") != port.scope:
-            return 0  # never ran, or the mailbox was recreated (a new UIDVALIDITY)
-        return int(record.data.get("last", 0))
+            return 0, ()  # never ran, or the mailbox was recreated (a new UIDVALIDITY)
+        return int(record.data.get("last", 0)), tuple(record.data.get("busy", ()))
 
-    def _advance(self, port: MailboxPort, last: int, position: int) -> int:
+    def _advance(self, port: MailboxPort, last: int, position: int, busy: tuple[str, ...]) -> int:
         if position > last:  # a retry of older mail never moves the cursor back
-            self.store.put(_CURSORS, self.name, "active", {"scope": port.scope, "last": position})
+            self._save_cursor(port, position, busy)
             return position
         return last
+
+    def _save_cursor(self, port: MailboxPort, last: int, busy: tuple[str, ...]) -> None:
+        data: dict[str, object] = {"scope": port.scope, "last": last}
+        if busy:
+            data["busy"] = list(busy)
+        self.store.put(_CURSORS, self.name, "active", data)
 
     def _handle(
         self,
