@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import socket
-import threading
 
 import pytest
 
 from mailtether import check
 from mailtether.cli._main import main
 from mailtether.testing import FaultProxy
+from scripted import Scripted
 
 
 def plain_url(mailbox, port: int | None = None, password: str | None = None, folder="INBOX") -> str:
@@ -206,38 +205,6 @@ def test_a_greeting_trickled_slower_than_the_step_timeout_fails_at_the_deadline(
     assert report.steps[-1].seconds < 1.5
 
 
-class ScriptedImap:
-    """An IMAP server on loopback that answers each command with the lines given for it."""
-
-    def __init__(self, answers: dict[bytes, bytes]) -> None:
-        self.answers = answers
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self) -> ScriptedImap:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.listener.close()
-        self.thread.join(5)
-
-    def _serve(self) -> None:
-        conn, _ = self.listener.accept()
-        with conn, conn.makefile("rb") as lines:
-            conn.sendall(b"* OK scripted\r\n")
-            for line in lines:
-                tag, command = line.split()[:2]
-                if command == b"AUTHENTICATE":
-                    conn.sendall(b"+ \r\n")
-                    lines.readline()
-                answer = self.answers.get(command, b"TAG OK done\r\n")
-                conn.sendall(answer.replace(b"TAG", tag))
-                if command == b"LOGOUT":
-                    return
-
-
 def test_a_literal_in_an_answer_is_read_whole():
     # The literal holds the line that would end SELECT's answer (c3: the third command); it
     # is data, not the end.
@@ -246,7 +213,7 @@ def test_a_literal_in_an_answer_is_read_whole():
         len(literal),
         literal,
     )
-    with ScriptedImap({b"SELECT": select}) as server:
+    with Scripted.imap({b"SELECT": select}) as server:
         report = check(f"imap://u:p@127.0.0.1:{server.port}/INBOX?security=plain", timeout=5)
     assert report.ok, report.sentence
     assert report.steps[-1].detail == "7 messages"
@@ -254,7 +221,7 @@ def test_a_literal_in_an_answer_is_read_whole():
 
 def test_a_line_past_the_bound_is_named():
     capability = b"* CAPABILITY IMAP4rev1 " + b"X" * 70_000 + b"\r\nTAG OK done\r\n"
-    with ScriptedImap({b"CAPABILITY": capability}) as server:
+    with Scripted.imap({b"CAPABILITY": capability}) as server:
         report = check(f"imap://u:p@127.0.0.1:{server.port}/INBOX?security=plain", timeout=5)
     assert report.steps[-1].name == "capabilities"
     assert "answered CAPABILITY with a line longer than 65536 bytes" in report.sentence

@@ -186,6 +186,19 @@ class LineTooLong(MailServerError):
     )
 
 
+class MalformedReply(ConnectionLost):
+    """The server's answer does not follow the protocol (a garbled line, a missing field).
+
+    Retried on the reconnect strategy like a broken connection: the answer may have been
+    garbled on the way, and a fresh connection asks again. Nothing is handed out on it.
+    """
+
+    default_hint = (
+        "the connection is replaced and the command asked again; if it repeats, the server "
+        "does not speak the protocol (check it with mailtether check)"
+    )
+
+
 class PeerClosed(ConnectionLost):
     """The peer closed the connection (EOF) before a whole line or byte count arrived."""
 

@@ -42,7 +42,6 @@ _POLICIES: Final = ("block", "skip", "quarantine")
 _RETRIES: Final = 32
 
 
-
 class Claim:
     """The result of :meth:`DuplicateGuard.claim`; a context manager when :attr:`acquired`.
 
@@ -468,5 +467,3 @@ class DuplicateGuard(GuardViews):
             f"DuplicateGuard({self.store!r}, max_failures={self.max_failures}, "
             f"repeat={self.repeat!r}, namespace={self.namespace!r})"
         )
-
-

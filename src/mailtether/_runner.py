@@ -169,6 +169,11 @@ class SourceRunner:
         """One pass of the pipeline over the mailbox (see :meth:`wait_for_catch_ups`)."""
         handled = self.pipeline.catch_up(port, fence)
         self._unexpected = 0
+        if self._backoff.state != BackoffState():
+            # Only a session that got through a catch-up counts as a success: a server that
+            # takes the login and then fails every time stays on the strategy's schedule.
+            self._backoff.succeeded()
+            self._save_backoff()
         if self._unwritten is not None:  # the store is back: the status it missed, now
             state, fields = self._wanted
             self._tell(state, **fields)
@@ -328,8 +333,6 @@ class SourceRunner:
         )
 
     def _online(self) -> None:
-        self._backoff.succeeded()
-        self._save_backoff()
         self._tell(SourceState.ONLINE, reason="", attempts=0, next_attempt_at=None)
 
     def _save_backoff(self) -> None:

@@ -30,6 +30,7 @@ from mailtether._errors import (
     ConnectionLost,
     FolderMissing,
     MailServerError,
+    MalformedReply,
     TLSFailure,
 )
 from mailtether._keepalive import Keepalive
@@ -199,8 +200,32 @@ class ImapConnection:
             response = self._call(f"selecting {folder!r}", select_writable_or_not)
         except CommandFailed as error:
             raise FolderMissing(f"folder {folder!r} cannot be selected ({error})") from None
-        self.uidvalidity = int(response[b"UIDVALIDITY"])
+        self.uidvalidity = self._uidvalidity(folder, response)
         return response
+
+    def _uidvalidity(self, folder: str, response: dict[bytes, Any]) -> int:
+        """The UIDVALIDITY of the SELECT answer, else of a STATUS command, or raise.
+
+        Without it UIDs mean nothing from one session to the next, so no mail is handed out.
+        """
+        value = response.get(b"UIDVALIDITY")
+        if value is None:  # some servers leave it out of SELECT (RFC 3501 requires it)
+            status = self._call(
+                f"asking {folder!r} for its UIDVALIDITY",
+                self._require().folder_status,
+                folder,
+                [b"UIDVALIDITY"],
+            )
+            value = status.get(b"UIDVALIDITY")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if not 0 < number < 2**32:
+            raise MalformedReply(
+                f"the server gave no valid UIDVALIDITY for {folder!r} (got {value!r})"
+            )
+        return number
 
     # -- using it ----------------------------------------------------------------------------------
 

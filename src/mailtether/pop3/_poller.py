@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._delivery import DeliverMode, Delivery
-from mailtether._errors import ConnectionLost
+from mailtether._errors import ConnectionLost, MalformedReply
 from mailtether._guard import DuplicateGuard
 from mailtether._mailbox_port import LEAVE, FetchedMail, Listed, PostAction
 from mailtether._message_key import MessageKey, content_digest
@@ -147,12 +147,12 @@ class _Pop3Mailbox:
         connection = self._connection
         try:
             _, lines, _ = connection.call("UIDL", connection.pop.uidl)
-            listing = [line.decode("ascii", "replace").split(" ", 1) for line in lines]
-            numbered = [(int(number), uidl.strip()) for number, uidl in listing]
         except ConnectionLost as error:
-            if "UIDL" not in str(error):
-                raise
-            numbered = self._digests()  # the server has no UIDL: key by content
+            if type(error) is not ConnectionLost or not str(error).startswith("UIDL: the server"):
+                raise  # a broken connection, not a server without UIDL
+            numbered = self._digests()  # the server answered -ERR: key by content
+        else:
+            numbered = [_numbered(line, "UIDL") for line in lines]
         listed = [Listed(number, MessageKey.pop3(self._account, uidl)) for number, uidl in numbered]
         self._numbers = {item.key.id: item.position for item in listed}
         return listed
@@ -162,7 +162,7 @@ class _Pop3Mailbox:
         _, lines, _ = connection.call("LIST", connection.pop.list)
         numbered = []
         for line in lines:
-            number = int(line.split()[0])
+            number, _ = _numbered(line, "LIST")
             _, top, _ = connection.call("TOP", connection.pop.top, number, 0)
             numbered.append((number, content_digest(b"\r\n".join(top))[:64]))
         return numbered
@@ -186,3 +186,13 @@ class _Pop3Mailbox:
         connection = self._connection
         for number in positions:
             connection.call("DELE", connection.pop.dele, number)
+
+
+def _numbered(line: bytes, command: str) -> tuple[int, str]:
+    """Read one "number value" line of a UIDL or LIST answer (RFC 1939), or raise."""
+    number, _, value = line.decode("ascii", "replace").strip().partition(" ")
+    value = value.strip()
+    if not number.isdigit() or int(number) < 1 or not value or len(value) > 512:
+        shown = line[:80].decode("ascii", "replace")
+        raise MalformedReply(f"the server's {command} answer has a malformed line {shown!r}")
+    return int(number), value

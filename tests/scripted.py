@@ -1,0 +1,76 @@
+"""A server on loopback that answers each command with the bytes scripted for it.
+
+For what a cooperative Dovecot never does: leave a field out, send a garbled line. Each
+connection is greeted, then every command line gets the answer scripted for its verb (the
+default answer otherwise); ``TAG`` in an answer is replaced by the command's IMAP tag.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+
+class Scripted:
+    """Answers scripted by command verb, for any number of connections one after another."""
+
+    def __init__(
+        self, greeting: bytes, answers: dict[bytes, bytes], *, tagged: bool, default: bytes
+    ) -> None:
+        self.greeting = greeting
+        self.answers = answers
+        self.tagged = tagged
+        self.default = default
+        self.commands: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    @classmethod
+    def imap(cls, answers: dict[bytes, bytes]) -> Scripted:
+        """An IMAP4rev1 server: every command is answered OK unless scripted otherwise."""
+        capability = b"* CAPABILITY IMAP4rev1\r\nTAG OK done\r\n"
+        answers = {b"CAPABILITY": capability, **answers}
+        return cls(b"* OK scripted\r\n", answers, tagged=True, default=b"TAG OK done\r\n")
+
+    @classmethod
+    def pop3(cls, answers: dict[bytes, bytes]) -> Scripted:
+        """A POP3 server with an empty maildrop unless scripted otherwise."""
+        empty = b"+OK\r\n.\r\n"
+        answers = {b"CAPA": b"+OK\r\nUIDL\r\n.\r\n", b"LIST": empty, b"UIDL": empty, **answers}
+        return cls(b"+OK scripted\r\n", answers, tagged=False, default=b"+OK\r\n")
+
+    def __enter__(self) -> Scripted:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.listener.close()
+        self.thread.join(5)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            with conn, conn.makefile("rb") as lines:
+                try:
+                    self._converse(conn, lines)
+                except OSError:
+                    continue  # the client went away
+
+    def _converse(self, conn: socket.socket, lines: object) -> None:
+        conn.sendall(self.greeting)
+        for line in lines:  # type: ignore[attr-defined]
+            words = line.split()
+            if not words:
+                continue
+            tag, verb = (words[0], words[1].upper()) if self.tagged else (b"", words[0].upper())
+            self.commands.append(verb)
+            if verb == b"AUTHENTICATE":
+                conn.sendall(b"+ \r\n")
+                lines.readline()  # type: ignore[attr-defined]
+            conn.sendall(self.answers.get(verb, self.default).replace(b"TAG", tag))
+            if verb in (b"LOGOUT", b"QUIT"):
+                return
