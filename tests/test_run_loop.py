@@ -16,6 +16,7 @@ import pytest
 
 from helpers import Collector, eventually, state_of
 from mailtether import (
+    ClaimLost,
     DuplicateGuard,
     Fixed,
     ImapListener,
@@ -242,3 +243,25 @@ def test_a_standby_asks_again_just_after_the_holders_lease_would_expire():
     assert listener._until_takeover() == pytest.approx(2.0 + 0.05)  # its expiry, and a moment
     clock.advance(5.0)  # expired: its holder died, and the lease is free: at once
     assert listener._until_takeover() == pytest.approx(0.05)
+
+
+def test_a_lost_claim_is_retried_with_its_sentence_not_counted_as_unexpected(
+    mailbox, listen, monkeypatch
+):
+    mailbox.append(mail(3))
+    lost = ClaimLost("the claim of x expired and was taken over … raise claim_ttl")
+    break_step(monkeypatch, "bookkeeping", lost, times=10**6)
+    reasons: list[str] = []
+    real_set = StatusBoard.set
+
+    def set_(self, source, state, **fields):  # type: ignore[no-untyped-def]
+        reasons.append(str(fields.get("reason", "")))
+        return real_set(self, source, state, **fields)
+
+    monkeypatch.setattr(StatusBoard, "set", set_)
+    listener = listen(Collector())
+    eventually(lambda: any("raise claim_ttl" in reason for reason in reasons))
+    assert not [reason for reason in reasons if "unexpected" in reason], "a known fault"
+    assert listener.wait_for_catch_ups(1, timeout=10)
+    assert state_of(listener) is not SourceState.BLOCKED
+    assert alive(listener)

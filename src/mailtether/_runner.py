@@ -19,6 +19,7 @@ from mailtether._delivery import DeliverMode, Delivery
 from mailtether._durations import MINUTE, check_seconds
 from mailtether._errors import (
     AuthenticationFailed,
+    ClaimLost,
     CommandFailed,
     ConnectionLost,
     FolderMissing,
@@ -67,6 +68,7 @@ class SourceRunner:
         CommandFailed,
         LeaseLost,
         StoreError,
+        ClaimLost,
     )
     kind = "source"
 
