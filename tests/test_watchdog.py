@@ -280,3 +280,24 @@ def test_watchdog_translates_errors(mailbox, proxy):
             watchdog.client.noop()
         assert watchdog.dead.is_set()
     client.shutdown()
+
+
+def test_a_bug_in_the_keepalive_thread_gives_the_connection_up_instead_of_dying_quietly(
+    monkeypatch, caplog
+):
+    client = FakeClient()
+    deaths: list[MailServerError] = []
+
+    def broken_call(self, name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(KeepaliveWatchdog, "call", broken_call)
+    watchdog = KeepaliveWatchdog(
+        client, Keepalive(noop_interval=60), clock=FakeClock(), on_dead=deaths.append
+    )
+    with watchdog:
+        assert watchdog.dead.wait(5), "the connection is treated as dead, not left unwatched"
+    assert isinstance(watchdog.error, ConnectionLost)
+    assert "the keepalive thread failed (RuntimeError: a bug)" in str(watchdog.error)
+    assert deaths == [watchdog.error]
+    assert "the keepalive thread failed" in caplog.text

@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
-from mailtether._errors import MailServerError
+from mailtether._errors import ConnectionLost, MailServerError
 from mailtether._keepalive import Keepalive
 from mailtether.imap._errors import translate_error
 from mailtether.imap._locked import LockedClient
@@ -110,6 +110,15 @@ class KeepaliveWatchdog:
         self.stop()
 
     def _run(self) -> None:
+        try:
+            self._noops()
+        except Exception as error:  # a bug: the connection is given up, never left unwatched
+            log.exception("the keepalive thread failed; the connection is treated as dead")
+            self._locked.mark_dead(
+                ConnectionLost(f"the keepalive thread failed ({type(error).__name__}: {error})")
+            )
+
+    def _noops(self) -> None:
         interval = self.keepalive.noop_interval
         if interval <= 0:
             return
