@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import mailtether.imap._fetch as fetch_module
+from mailtether import CommandFailed, ConnectionLost
 from mailtether.imap._fetch import fetch_mail
 
 MAILS = [
@@ -125,3 +126,15 @@ def test_a_mail_not_asked_for_is_left_out(filled, monkeypatch):
     assert sorted(fetch_mail(filled, uids[:2])) == uids[:2]
     monkeypatch.setattr(fetch_module, "_usual", lambda data: None)  # imapclient's parser too
     assert sorted(fetch_mail(filled, uids[:2])) == uids[:2]
+
+
+def test_an_answer_that_does_not_parse_is_a_refusal_that_shows_no_mail_text():
+    secret_text = b"Subject: payroll of everyone"
+    garbled = [(b"1 (UID 5 BODY[] {28}", secret_text), b" FLAGS ((("]
+    with pytest.raises(CommandFailed) as caught:
+        fetch_module._parsed(garbled, False)
+    assert (
+        str(caught.value.message) == "the server's FETCH answer could not be read (ProtocolError)"
+    )
+    assert "payroll" not in str(caught.value)
+    assert not isinstance(caught.value, ConnectionLost), "the connection goes on"

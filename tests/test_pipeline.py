@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 import pytest
 
 from mailtether import (
+    CommandFailed,
     Delivery,
     DuplicateGuard,
     GuardState,
@@ -40,6 +41,9 @@ class MemoryMailbox:
         self.base = MessageKey.imap("a@example.com", "INBOX", 7, 1)
         self.scope = self.base.scope
         self.listed_after: list[int] = []
+        self.omit: set[int] = set()  # left out of every fetch answer (still in the mailbox)
+        self.refuse: set[int] = set()  # a fetch that asks for one of these fails (NO)
+        self.fetches: list[tuple[int, ...]] = []
 
     def add(self, uid: int, text: str) -> None:
         self.mails[uid] = f"Message-ID: <{text}@x>\r\nSubject: {text}\r\n\r\n{text}\r\n".encode()
@@ -52,7 +56,22 @@ class MemoryMailbox:
         return key.uid if key.uid in self.mails else None
 
     def fetch(self, positions: Sequence[int]) -> Callable[[], Mapping[int, FetchedMail]]:
-        return lambda: {p: (self.mails[p], ()) for p in positions if p in self.mails}
+        self.fetches.append(tuple(positions))
+
+        def answer() -> Mapping[int, FetchedMail]:
+            if self.refuse & set(positions):
+                raise CommandFailed("fetching new mail: the server said NO [SERVERBUG]\r\nboom")
+            return {
+                p: (self.mails[p], ()) for p in positions if p in self.mails and p not in self.omit
+            }
+
+        return answer
+
+    def present(self, positions: Sequence[int]) -> set[int]:
+        return set(positions) & set(self.mails)
+
+    def describe(self, position: int) -> str:
+        return f"UID {position}"
 
     def apply(self, positions: Sequence[int], action: PostAction) -> None:
         self.applied.append((tuple(positions), str(action)))
@@ -250,3 +269,70 @@ def test_mail_another_worker_claimed_is_looked_at_again_until_it_is_settled():
     assert pipeline.catch_up(mailbox) == 0
     assert sorted(p for positions, _ in mailbox.applied for p in positions) == [1, 2, 3, 4]
     assert "busy" not in pipeline.store.get("cursor", "test").data, "nothing left to watch"
+
+
+def test_a_mail_left_out_of_an_answer_is_asked_for_alone_and_never_passed_unrecorded():
+    seen: list[Delivery] = []
+    pipeline, mailbox = make(seen.append, max_failures=2)
+    for uid in (1, 2, 3):
+        mailbox.add(uid, f"m{uid}")
+    mailbox.omit = {2}
+    assert pipeline.catch_up(mailbox) == 2
+    assert subjects(seen) == ["m1", "m3"]
+    assert mailbox.fetches == [(1, 2, 3), (2,)], "asked again alone"
+    entry = pipeline.guard.lookup(mailbox.base.with_uid(2))
+    assert entry is not None
+    assert entry.state is GuardState.FAILED
+    assert (
+        entry.reason == "the server left UID 2 out of its answer, though it is still in the mailbox"
+    )
+    assert pipeline.guard.counts()["failed"] == 1
+
+    pipeline.catch_up(mailbox)  # the second failed attempt: held, like any poison mail
+    assert pipeline.guard.lookup(mailbox.base.with_uid(2)).state is GuardState.HELD
+
+    pipeline.guard.release(mailbox.base.with_uid(2).id)  # a person lets it try again
+    mailbox.omit = set()  # and the server gives it now
+    assert pipeline.catch_up(mailbox) == 1
+    assert subjects(seen) == ["m1", "m3", "m2"]
+
+
+def test_a_mail_gone_from_the_mailbox_between_listing_and_fetch_is_passed_over():
+    seen: list[Delivery] = []
+    pipeline, mailbox = make(seen.append)
+    for uid in (1, 2, 3):
+        mailbox.add(uid, f"m{uid}")
+    listed = mailbox.list_new
+    mailbox.list_new = lambda after: (listed(after), mailbox.mails.pop(2))[0]  # type: ignore[method-assign]
+    assert pipeline.catch_up(mailbox) == 2
+    assert pipeline.guard.lookup(mailbox.base.with_uid(2)) is None, "no attempt counted"
+    assert pipeline.guard.counts() == {**pipeline.guard.counts(), "failed": 0, "done": 2}
+
+
+def test_one_mail_the_server_refuses_is_found_by_halving_and_the_rest_is_handled():
+    seen: list[Delivery] = []
+    pipeline, mailbox = make(seen.append)
+    for uid in range(1, 9):
+        mailbox.add(uid, f"m{uid}")
+    mailbox.refuse = {6}
+    assert pipeline.catch_up(mailbox) == 7
+    assert sorted(subjects(seen)) == sorted(f"m{uid}" for uid in range(1, 9) if uid != 6)
+    assert mailbox.fetches == [
+        (1, 2, 3, 4, 5, 6, 7, 8),
+        (1, 2, 3, 4),
+        (5, 6, 7, 8),
+        (5, 6),
+        (5,),
+        (6,),
+        (7, 8),
+    ]
+    entry = pipeline.guard.lookup(mailbox.base.with_uid(6))
+    assert entry is not None
+    assert entry.state is GuardState.FAILED
+    assert (
+        entry.reason
+        == "the server could not give UID 6: fetching new mail: the server said NO [SERVERBUG] boom"
+    )
+    assert mailbox.listed_after[-1] == 0
+    pipeline.catch_up(mailbox)
+    assert mailbox.listed_after[-1] == 8, "the cursor passed UID 6: its failure is recorded"

@@ -136,6 +136,7 @@ class MailServerError(MailtetherError):
     """Talking to an IMAP or POP3 server failed.
 
     Attributes:
+        message: What happened, without the hint.
         hint: One sentence: what to do about it.
         retryable: Whether reconnecting later may help (the listener retries only these).
     """
@@ -144,6 +145,7 @@ class MailServerError(MailtetherError):
     default_hint = "check the server settings"
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
         self.hint = hint or self.default_hint
         super().__init__(f"{message}: {self.hint}" if self.hint else message)
 
@@ -239,3 +241,13 @@ class CommandFailed(MailServerError):
     """The server answered NO or BAD to a command."""
 
     default_hint = "see the server's answer above"
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """*text* made fit for a status sentence: one line, printable, at most *limit* characters.
+
+    Server answers can carry anything (a mail's bytes in a parser's complaint, control
+    characters); a status, a log line or a notification shows only this much of them.
+    """
+    cleaned = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"

@@ -86,8 +86,24 @@ class MailboxPort(Protocol):
         """Ask for whole mails now; the returned function reads them (once).
 
         A source that can pipeline sends its request here and reads the answer later. A
-        position missing from the answer was not delivered (gone, or not sent).
+        position missing from the answer was not delivered (gone, or left out): the pipeline
+        asks for it again alone, then :meth:`present`.
+
+        Raises:
+            CommandFailed: the server refused the request or its answer could not be read,
+                and the connection can go on: the pipeline splits the request to find the
+                mail at fault. Anything that breaks the connection is a ``ConnectionLost``.
         """
+
+    def present(self, positions: Sequence[int]) -> set[int]:
+        """Which of *positions* are in the mailbox now (asked of the server, not remembered).
+
+        The pipeline asks this about mail an answer left out, before it lets the cursor
+        pass it: gone mail is passed, mail still there counts a failed attempt.
+        """
+
+    def describe(self, position: int) -> str:
+        """A position as a person reads it in a status: ``"UID 17"``, ``"message 3"``."""
 
     def apply(self, positions: Sequence[int], action: PostAction) -> None:
         """Apply *action* to these mails, whose outcomes are recorded.

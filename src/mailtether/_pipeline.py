@@ -17,6 +17,7 @@ from typing import Final, Protocol
 
 from mailtether._clock import Clock
 from mailtether._delivery import Delivery
+from mailtether._errors import CommandFailed, one_line
 from mailtether._guard import Claim, DuplicateGuard
 from mailtether._guard_states import ClaimStatus
 from mailtether._handover import Handover
@@ -137,10 +138,11 @@ class Pipeline:
         keys, fresh, newest, busy = self._sort_out(port, last, busy_before, recovered)
         handled = 0
         fetches = _Fetches(port, sorted(keys), fence.check)
-        for batch, fetched in fetches:
+        for batch, fetched, unreadable in fetches:
             mails = [(p, keys[p], *fetched[p]) for p in batch if p in fetched]  # else gone
+            bad = [(p, keys[p], reason) for p, reason in unreadable.items()]
             began = self.clock.monotonic()
-            done, failed = self._handle(port, mails, fresh, fence)
+            done, failed = self._handle(port, mails, fresh, fence, bad)
             fetches.handled(len(mails), self.clock.monotonic() - began)
             handled += done
             if done or failed:
@@ -210,8 +212,12 @@ class Pipeline:
         mails: list[tuple[int, MessageKey, bytes, tuple[bytes, ...]]],
         fresh: set[int],
         fence: Fence,
+        unreadable: Sequence[tuple[int, MessageKey, str]] = (),
     ) -> tuple[int, int]:
         """Hand one fetched batch over; record the outcomes; change the mailbox.
+
+        Mail the server could not give (*unreadable*) is recorded as a failed attempt with
+        the server's words, like a handler's failure: held after ``max_failures``.
 
         Mail the guard has never seen is claimed in one store write and its outcomes are
         recorded in groups (see *commit_window*); mail it knows (a retry, a claim that
@@ -249,6 +255,12 @@ class Pipeline:
                     began = self.clock.monotonic()
                     error = self._run_handler(claim, raw, flags, fence.token)
                     batch.add(position, claim, error, self.clock.monotonic() - began)
+            for position, key, reason in unreadable:
+                claim = self.guard.claim(key)
+                if claim.acquired:
+                    batch.add(position, claim, reason, 0.0)
+                else:
+                    self._not_new(port, batch, position, claim)
         except BaseException:
             batch.record_after_fault()
             raise
@@ -351,12 +363,18 @@ class _Fetches:
         self._check()  # the lease may have been lost during the last batch
         return self._port.fetch(batch)
 
-    def __iter__(self) -> Iterator[tuple[list[int], Mapping[int, FetchedMail]]]:
+    def __iter__(self) -> Iterator[tuple[list[int], Mapping[int, FetchedMail], dict[int, str]]]:
+        """Yield each batch: its positions, the mails fetched, and the unreadable ones.
+
+        Every position of a batch ends up fetched, unreadable (with the server's words, a
+        failed attempt), or confirmed gone: none is passed over unasked.
+        """
         todo, size, start = self._todo, _FETCH_FIRST, 0
         batch = todo[:size]
         answer = self._ask(batch) if batch else None
         while answer is not None:
-            fetched = answer()
+            fetched, unreadable = self._read(batch, answer)
+            self._left_out(batch, fetched, unreadable)
             sizes = [len(fetched[p][0]) for p in batch if p in fetched]
             if sizes:
                 average = sum(sizes) // len(sizes) or 1
@@ -372,9 +390,60 @@ class _Fetches:
             # leaves its answer unread for long (Dovecot: after 5 minutes).
             if batch and per_mail is not None and per_mail * len(sizes) < _BATCH_SECONDS:
                 answer = self._ask(batch)
-            yield current, fetched
+            yield current, fetched, unreadable
             if batch and answer is None:
                 answer = self._ask(batch)
+
+    def _read(
+        self, batch: list[int], answer: Callable[[], Mapping[int, FetchedMail]]
+    ) -> tuple[dict[int, FetchedMail], dict[int, str]]:
+        """Read an answer; one the server refused or garbled is asked for again in halves.
+
+        Split until the mail at fault is alone, so one bad mail costs itself a failed
+        attempt, not the batch (nor the connection).
+        """
+        try:
+            return dict(answer()), {}
+        except CommandFailed as error:  # the connection goes on; the answer is no good
+            if len(batch) == 1:
+                words = one_line(error.message)
+                return {}, {batch[0]: f"the server could not give {self._name(batch[0])}: {words}"}
+            log.info("a fetch of %d mails failed (%s); asking in halves", len(batch), error)
+            half = len(batch) // 2
+            fetched, unreadable = self._read(batch[:half], self._ask(batch[:half]))
+            more, more_unreadable = self._read(batch[half:], self._ask(batch[half:]))
+            return fetched | more, unreadable | more_unreadable
+
+    def _left_out(
+        self, batch: list[int], fetched: dict[int, FetchedMail], unreadable: dict[int, str]
+    ) -> None:
+        """Ask again, alone, for mail the answer left out.
+
+        What is still missing but still in the mailbox is unreadable; only mail the server
+        confirms gone is passed over.
+        """
+        missing = [p for p in batch if p not in fetched and p not in unreadable]
+        if not missing:
+            return
+        if len(batch) > 1:
+            for position in missing:
+                again, failed = self._read([position], self._ask([position]))
+                fetched.update(again)
+                unreadable.update(failed)
+            missing = [p for p in missing if p not in fetched and p not in unreadable]
+            if not missing:
+                return
+        present = self._port.present(missing)
+        for position in missing:
+            if position in present:
+                log.warning("the server left %s out of its answer", self._name(position))
+                unreadable[position] = (
+                    f"the server left {self._name(position)} out of its answer, though it is "
+                    "still in the mailbox"
+                )
+
+    def _name(self, position: int) -> str:
+        return self._port.describe(position)
 
 
 class _Outcomes:

@@ -24,6 +24,8 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 from imapclient.response_parser import parse_fetch_response
 
+from mailtether._errors import CommandFailed
+
 __all__ = ["fetch_mail", "send_fetch"]
 
 FetchedMail = tuple[bytes, tuple[bytes, ...]]
@@ -75,7 +77,7 @@ def send_fetch(client: IMAPClient, uids: Sequence[int]) -> Callable[[], dict[int
         typ, data = imap._untagged_response(typ, data, "FETCH")
         fetched = _usual(data)
         if fetched is None:
-            fetched = _from_imapclient(parse_fetch_response(data, client.normalise_times, True))
+            fetched = _parsed(data, client.normalise_times)
         return _asked(fetched, wanted)
 
     return read
@@ -102,6 +104,21 @@ def _usual(data: list[Any]) -> dict[int, FetchedMail] | None:
             return None
         fetched[uid] = (raw, tuple(match[2].split()))
     return fetched
+
+
+def _parsed(data: list[Any], normalise_times: bool) -> dict[int, FetchedMail]:
+    """An answer of any other shape, read by imapclient's parser.
+
+    Raises:
+        CommandFailed: the answer does not parse (the whole answer has been read, so the
+            connection goes on). The message names the fault, never the mail's bytes.
+    """
+    try:
+        return _from_imapclient(parse_fetch_response(data, normalise_times, True))
+    except Exception as error:  # imapclient's ProtocolError, or worse on stranger input
+        raise CommandFailed(
+            f"the server's FETCH answer could not be read ({type(error).__name__})"
+        ) from None
 
 
 def _from_imapclient(response: dict[int, dict[bytes, Any]]) -> dict[int, FetchedMail]:

@@ -212,6 +212,16 @@ class _ImapMailbox:
     def locate(self, key: MessageKey) -> int | None:
         return key.uid if key.id.startswith(self.scope) else None
 
+    def present(self, positions: Sequence[int]) -> set[int]:
+        connection = self._connection
+        wanted = sorted(set(positions))
+        criteria = ["UID", ",".join(map(str, wanted))]
+        found = connection.call("looking for mail", connection.client.search, criteria)
+        return set(found) & set(wanted)
+
+    def describe(self, position: int) -> str:
+        return f"UID {position}"
+
     def fetch(self, positions: Sequence[int]) -> Callable[[], Mapping[int, FetchedMail]]:
         connection = self._connection
         return connection.call_ahead(

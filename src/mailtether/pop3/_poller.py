@@ -170,6 +170,13 @@ class _Pop3Mailbox:
     def locate(self, key: MessageKey) -> int | None:
         return self._numbers.get(key.id)
 
+    def present(self, positions: Sequence[int]) -> set[int]:
+        # A POP3 session's message numbers stay put until QUIT: listed is present.
+        return set(positions) & set(self._numbers.values())
+
+    def describe(self, position: int) -> str:
+        return f"message {position}"
+
     def fetch(self, positions: Sequence[int]) -> Callable[[], Mapping[int, FetchedMail]]:
         def retrieve() -> dict[int, FetchedMail]:
             connection = self._connection
