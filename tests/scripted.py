@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
+
+Answer = bytes | Callable[[bytes], bytes]
+"""The bytes to send, or a function of the whole command line that returns them."""
 
 
 class Scripted:
     """Answers scripted by command verb, for any number of connections one after another."""
 
     def __init__(
-        self, greeting: bytes, answers: dict[bytes, bytes], *, tagged: bool, default: bytes
+        self, greeting: bytes, answers: dict[bytes, Answer], *, tagged: bool, default: bytes
     ) -> None:
         self.greeting = greeting
         self.answers = answers
@@ -27,14 +31,14 @@ class Scripted:
         self.thread = threading.Thread(target=self._serve, daemon=True)
 
     @classmethod
-    def imap(cls, answers: dict[bytes, bytes]) -> Scripted:
+    def imap(cls, answers: dict[bytes, Answer]) -> Scripted:
         """An IMAP4rev1 server: every command is answered OK unless scripted otherwise."""
         capability = b"* CAPABILITY IMAP4rev1\r\nTAG OK done\r\n"
         answers = {b"CAPABILITY": capability, **answers}
         return cls(b"* OK scripted\r\n", answers, tagged=True, default=b"TAG OK done\r\n")
 
     @classmethod
-    def pop3(cls, answers: dict[bytes, bytes]) -> Scripted:
+    def pop3(cls, answers: dict[bytes, Answer]) -> Scripted:
         """A POP3 server with an empty maildrop unless scripted otherwise."""
         empty = b"+OK\r\n.\r\n"
         answers = {b"CAPA": b"+OK\r\nUIDL\r\n.\r\n", b"LIST": empty, b"UIDL": empty, **answers}
@@ -71,6 +75,9 @@ class Scripted:
             if verb == b"AUTHENTICATE":
                 conn.sendall(b"+ \r\n")
                 lines.readline()  # type: ignore[attr-defined]
-            conn.sendall(self.answers.get(verb, self.default).replace(b"TAG", tag))
+            answer = self.answers.get(verb, self.default)
+            if callable(answer):
+                answer = answer(line)
+            conn.sendall(answer.replace(b"TAG", tag))
             if verb in (b"LOGOUT", b"QUIT"):
                 return

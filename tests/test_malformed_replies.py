@@ -8,10 +8,12 @@ from helpers import eventually
 from mailtether import (
     ConnectionLost,
     Fixed,
+    GuardState,
     ImapConnection,
     ImapSettings,
     MalformedReply,
     MemoryStore,
+    MessageKey,
     Pop3Poller,
     SourceState,
     StatusBoard,
@@ -99,3 +101,32 @@ def test_a_poller_fed_garbage_keeps_retrying_and_says_why():
             assert thread.is_alive()
         finally:
             poller.stop()
+
+
+def test_one_mail_a_pop3_server_refuses_costs_itself_an_attempt_not_the_session():
+    def retr(line: bytes) -> bytes:
+        number = int(line.split()[1])
+        if number == 2:
+            return b"-ERR [SYS/TEMP] cannot read message 2\r\n"
+        return b"+OK\r\nMessage-ID: <m%d@x>\r\nSubject: m%d\r\n\r\nbody\r\n.\r\n" % (number, number)
+
+    uidl = b"+OK\r\n1 one\r\n2 two\r\n3 three\r\n.\r\n"
+    store = MemoryStore()
+    handled: list[str] = []
+    with Scripted.pop3({b"UIDL": uidl, b"RETR": retr}) as server:
+        poller = Pop3Poller(
+            settings(server),
+            lambda delivery: handled.append(str(delivery.message["Subject"])),
+            store=store,
+            lease_ttl=None,
+        )
+        assert poller.poll_once() == 2
+    assert sorted(handled) == ["m1", "m3"]
+    assert server.commands.count(b"DELE") == 2, "the two handled mails are deleted"
+    failed = poller.guard.lookup(MessageKey.pop3("someone", "two"))
+    assert failed is not None
+    assert failed.state is GuardState.FAILED
+    assert failed.reason == (
+        "the server could not give message 2: RETR: the server said -ERR [SYS/TEMP] cannot "
+        "read message 2"
+    )

@@ -76,8 +76,18 @@ class Pop3Connection:
             with contextlib.suppress(Exception):
                 pop.close()
 
-    def call(self, doing: str, function: Callable[..., _T], *args: object) -> _T:
-        """Run a poplib command; its errors become named errors (the password removed)."""
+    def call(
+        self,
+        doing: str,
+        function: Callable[..., _T],
+        *args: object,
+        refused: type[MailServerError] = ConnectionLost,
+    ) -> _T:
+        """Run a poplib command; its errors become named errors (the password removed).
+
+        An ``-ERR`` answer raises *refused*: ``ConnectionLost`` by default (the session is
+        given up), ``CommandFailed`` where the session can go on (``RETR`` of one mail).
+        """
         try:
             return function(*args)
         except poplib.error_proto as error:
@@ -89,7 +99,7 @@ class Pop3Connection:
                 raise AuthenticationFailed(
                     f"logging in: the server rejected the credentials ({detail})"
                 ) from None
-            raise ConnectionLost(f"{doing}: the server said {detail}") from None
+            raise refused(f"{doing}: the server said {detail}") from None
         except MailServerError:
             raise
         except Exception as error:  # KeyboardInterrupt and SystemExit pass as they are

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._delivery import DeliverMode, Delivery
-from mailtether._errors import ConnectionLost, MalformedReply
+from mailtether._errors import CommandFailed, ConnectionLost, MalformedReply
 from mailtether._guard import DuplicateGuard
 from mailtether._mailbox_port import LEAVE, FetchedMail, Listed, PostAction
 from mailtether._message_key import MessageKey, content_digest
@@ -182,7 +182,9 @@ class _Pop3Mailbox:
             connection = self._connection
             fetched: dict[int, FetchedMail] = {}
             for number in positions:
-                _, body, _ = connection.call("RETR", connection.pop.retr, number)
+                _, body, _ = connection.call(
+                    "RETR", connection.pop.retr, number, refused=CommandFailed
+                )
                 fetched[number] = (b"\r\n".join(body) + b"\r\n", ())
             return fetched
 
