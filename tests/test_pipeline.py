@@ -336,3 +336,18 @@ def test_one_mail_the_server_refuses_is_found_by_halving_and_the_rest_is_handled
     assert mailbox.listed_after[-1] == 0
     pipeline.catch_up(mailbox)
     assert mailbox.listed_after[-1] == 8, "the cursor passed UID 6: its failure is recorded"
+
+
+def test_the_same_content_twice_in_one_batch_is_handed_over_once():
+    seen: list[Delivery] = []
+    pipeline, mailbox = make(seen.append)
+    mailbox.add(1, "m1")
+    mailbox.add(2, "m1")  # byte for byte the same mail, under a second UID
+    mailbox.add(3, "m3")
+    assert pipeline.catch_up(mailbox) == 2
+    assert subjects(seen) == ["m1", "m3"]
+    entry = pipeline.guard.lookup(mailbox.base.with_uid(2))
+    assert entry is not None
+    assert entry.state is GuardState.DONE, "recognised as a repeat of UID 1"
+    assert sorted(p for positions, _ in mailbox.applied for p in positions) == [1, 2, 3]
+    assert mailbox.states_when_applied == [GuardState.DONE] * 3

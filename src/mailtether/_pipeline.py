@@ -225,22 +225,28 @@ class Pipeline:
         that crashes the process is blamed alone. Returns how many were done and failed.
         """
         keys = {position: key.with_content(raw) for position, key, raw, _ in mails}
+        # The same content twice in one batch: the second waits until the first is recorded,
+        # and is then decided like any repeat (a duplicate of the first, if that was done).
+        firsts, repeats = _first_of_each_content([p for p, _, _, _ in mails if p in fresh], keys)
         claims = {
             position: claim
             for position, claim in zip(
-                (p for p, _, _, _ in mails if p in fresh),
-                self.guard.claim_many(keys[p] for p, _, _, _ in mails if p in fresh),
-                strict=True,
+                firsts, self.guard.claim_many(keys[p] for p in firsts), strict=True
             )
         }
         batch = _Outcomes(self)
         claimed_at = self.clock.monotonic()
+        later = [mail for mail in mails if mail[0] in repeats]
         try:
-            for position, _, raw, flags in mails:
+            for position, _, raw, flags in [m for m in mails if m[0] not in repeats] + later:
                 fence.check()  # a lost lease hands out nothing more
                 key = keys[position]
                 claim = claims.pop(position, None)
-                if claim is None:  # known to the guard: one at a time, recorded at once
+                if position in repeats:
+                    batch.record()  # the first of this content is recorded by now
+                    claim = self.guard.claim(key)
+                    self._one(port, batch, position, claim, raw, flags, fence.token)
+                elif claim is None:  # known to the guard: one at a time, recorded at once
                     claim = self.guard.claim(key)
                     self._one(port, batch, position, claim, raw, flags, fence.token)
                 elif not claim.acquired:
@@ -336,6 +342,24 @@ class Pipeline:
         self.store.put(_OUTBOX, key.id, "pending", {"action": action.kind, "folder": action.folder})
         port.apply([position], action)
         self.store.delete(_OUTBOX, key.id)
+
+
+def _first_of_each_content(
+    positions: list[int], keys: Mapping[int, MessageKey]
+) -> tuple[list[int], set[int]]:
+    """Split *positions* into the first of each content and the repeats after it."""
+    contents: set[str] = set()
+    firsts: list[int] = []
+    repeats: set[int] = set()
+    for position in positions:
+        content = keys[position].content_id
+        if content is not None and content in contents:
+            repeats.add(position)
+        else:
+            firsts.append(position)
+            if content is not None:
+                contents.add(content)
+    return firsts, repeats
 
 
 class _Fetches:
