@@ -1346,6 +1346,7 @@ class ScriptedImapServer:
         capabilities: Iterable[str] = _DEFAULT_CAPABILITIES,
     ) -> None:
         self.user = _check_text("user", user)
+        """The only user name the server accepts."""
         self._password = _check_text("password", password)
         folder = _check_text("folder", folder)
         self.folder = "INBOX" if folder.upper() == "INBOX" else folder
@@ -1487,7 +1488,7 @@ class ScriptedImapServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        """Where clients connect: ``(host, port)``.
+        """The ``(host, port)`` clients connect to.
 
         Raises:
             RuntimeError: The server was never started.
@@ -1526,7 +1527,9 @@ class ScriptedImapServer:
 
         For example ``"UID FETCH 1:3 (BODY.PEEK[] FLAGS)"``. Passwords are replaced by
         ``***`` (``"LOGIN someone ***"``), a literal appears as its announcement
-        (``"APPEND INBOX {310}"``), and the ``DONE`` that ends an IDLE is a command too.
+        (``'APPEND "INBOX" {310}'``), and the ``DONE`` that ends an IDLE is a command too.
+        A connection silenced by :meth:`never_answer` or :meth:`huge_literal` reads no
+        further commands.
         """
         with self._lock:
             return list(self._commands)
