@@ -33,7 +33,7 @@ import contextlib
 import datetime
 import email.utils
 import re
-import select
+import selectors
 import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -159,6 +159,14 @@ class _Folder:
 
     def star(self) -> int:
         return next(reversed(self.mails), 0)
+
+
+def _readable(*socks: socket.socket) -> list[object]:
+    """Wait until one of *socks* can be read (any descriptor number, unlike ``select``)."""
+    with selectors.DefaultSelector() as selector:
+        for sock in socks:
+            selector.register(sock, selectors.EVENT_READ)
+        return [key.fileobj for key, _ in selector.select()]
 
 
 def _now() -> datetime.datetime:
@@ -643,10 +651,8 @@ class _Session:
 
     def fill(self, *, wake: bool = False) -> bool:
         """Read more into the buffer; with *wake*, return ``False`` if woken up instead."""
-        if wake:
-            ready, _, _ = select.select([self.sock, self.wake_reader], [], [])
-            if self.sock not in ready:
-                return False
+        if wake and self.sock not in _readable(self.sock, self.wake_reader):
+            return False
         data = self.sock.recv(_RECV)
         if not data:
             raise _Close()
@@ -1456,8 +1462,7 @@ class ScriptedImapServer:
         assert wake is not None
         try:
             while not self._stopping.is_set():
-                ready, _, _ = select.select([listener, wake], [], [])
-                if listener in ready:
+                if listener in _readable(listener, wake):
                     self._accept(listener)
         finally:
             for sock in (listener, wake, self._wake_writer):
