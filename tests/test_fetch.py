@@ -138,3 +138,11 @@ def test_an_answer_that_does_not_parse_is_a_refusal_that_shows_no_mail_text():
     )
     assert "payroll" not in str(caught.value)
     assert not isinstance(caught.value, ConnectionLost), "the connection goes on"
+
+
+@pytest.mark.parametrize(
+    ("uids", "expected"),
+    [([5], "5"), ([1, 2, 3], "1:3"), ([3, 1, 2, 8, 10, 11], "1:3,8,10:11"), ([7, 7, 9], "7,9")],
+)
+def test_a_message_set_writes_runs_as_ranges(uids, expected):
+    assert fetch_module.message_set(uids) == expected

@@ -422,3 +422,54 @@ def test_a_listener_that_loses_its_lease_stops_working_the_mailbox(mailbox, star
     eventually(lambda: handler.count()["mail 1"] == 1, timeout=15)
     # It stopped working the mailbox: the mail waited for the other owner's lease to run out.
     assert handled_at[0] - lost_at >= 2.5
+
+
+def test_a_mail_past_max_message_bytes_is_held_unfetched_and_the_rest_flows(mailbox, start, store):
+    mailbox.append(mail(1))
+    big = mail(2).replace(b"\r\n\r\n", b"\r\n\r\n" + (b"x" * 78 + b"\r\n") * 60, 1)
+    mailbox.append(big)
+    mailbox.append(mail(3))
+    handler = Collector()
+    guard = DuplicateGuard(store)
+    listener = start(
+        settings_for(mailbox), handler, guard=guard, on_poison="flag", max_message_bytes=2048
+    )
+    eventually(lambda: len(handler.handled) == 2)
+    assert listener.wait_for_catch_ups(2, timeout=10)
+    assert handler.count() == Counter({"mail 1": 1, "mail 3": 1})
+    flags = flags_of(mailbox)
+    big_uid = sorted(flags)[1]
+    assert b"\\Seen" not in flags[big_uid], "never fetched (BODY[] would have set \\Seen)"
+    assert b"\\Flagged" in flags[big_uid], "put aside like any held mail"
+    held = guard.held()
+    assert [entry.key.uid for entry in held] == [big_uid]
+    assert held[0].reason == f"larger than max_message_bytes ({len(big)} bytes)"
+
+
+def test_a_mail_expunged_between_search_and_fetch_is_passed_over(mailbox, start, monkeypatch):
+    from mailtether.imap import _listener as listener_module
+
+    for n in (1, 2, 3):
+        mailbox.append(mail(n))
+    real = listener_module._ImapMailbox.sizes
+    expunged: list[int] = []
+
+    def sizes(self, positions):  # type: ignore[no-untyped-def]
+        if not expunged:  # another client deletes the second mail just after the SEARCH
+            client = mailbox.client()
+            client.select_folder("INBOX")
+            uid = sorted(client.search(["ALL"]))[1]
+            client.delete_messages([uid])
+            client.expunge()
+            client.logout()
+            expunged.append(uid)
+        return real(self, positions)
+
+    monkeypatch.setattr(listener_module._ImapMailbox, "sizes", sizes)
+    handler = Collector()
+    listener = start(settings_for(mailbox), handler)
+    eventually(lambda: len(handler.handled) == 2)
+    assert listener.wait_for_catch_ups(2, timeout=10)
+    assert handler.count() == Counter({"mail 1": 1, "mail 3": 1})
+    assert listener.guard.counts()["failed"] == 0, "gone, not unreadable"
+    assert sum(listener.guard.counts().values()) == 2, "no record of the expunged mail"

@@ -53,11 +53,10 @@ def fill(mailbox, count: int) -> None:
 
 @pytest.fixture
 def batches_of(monkeypatch):
-    """Make the listener's batches small: the first of *first* mails, then at most *most*."""
+    """Make the listener's batches small: at most *most* mails."""
     import mailtether._pipeline as pipeline_module
 
-    def set_sizes(first: int, most: int) -> None:
-        monkeypatch.setattr(pipeline_module, "_FETCH_FIRST", first)
+    def set_sizes(most: int) -> None:
         monkeypatch.setattr(pipeline_module, "_FETCH_MOST", most)
 
     return set_sizes
@@ -184,7 +183,7 @@ def test_a_mail_that_kills_the_process_is_held_alone(mailbox, tmp_path, window):
 
 def test_the_next_batch_is_asked_for_while_this_one_is_handled(mailbox, store, batches_of):
     """Pipelined batches: every mail once, in order, each batch's changes after its outcomes."""
-    batches_of(7, 10)
+    batches_of(7)
     fill(mailbox, 40)
     order: list[int] = []
     guard = DuplicateGuard(store, max_failures=1)
@@ -214,7 +213,7 @@ def test_the_next_batch_is_asked_for_ahead_only_when_handling_is_quick(
     """A server drops a client that leaves an answer unread for minutes: slow handlers wait."""
     import mailtether.imap._listener as listener_module
 
-    batches_of(10, 10)
+    batches_of(10)
     events: list[str] = []
     real_send = listener_module.send_fetch
 
@@ -241,7 +240,7 @@ def test_the_next_batch_is_asked_for_ahead_only_when_handling_is_quick(
         assert starts == [1, 11, 21]
         assert events.index("fetch 21") < events.index("mail 11")
     else:  # a minute of handling a batch at most, each asked for once the last is done
-        assert starts == [1, 11, 21, 27]  # sized down once the speed is known
+        assert starts == [1, 11, 17, 23, 29]  # sized down as soon as the speed is known
         for start in starts[1:]:
             assert events.index(f"fetch {start}") > events.index(f"mail {start - 1}")
 
@@ -251,7 +250,7 @@ def test_a_connection_lost_while_the_next_batch_is_on_its_way(mailbox, store, ba
     from mailtether import Fixed, Keepalive
     from mailtether.testing import FaultProxy
 
-    batches_of(10, 10)
+    batches_of(10)
     fill(mailbox, 40)
     calls: Counter[str] = Counter()
 

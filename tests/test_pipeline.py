@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
+import mailtether._pipeline as pipeline_module
 from mailtether import (
     CommandFailed,
     Delivery,
@@ -44,6 +45,8 @@ class MemoryMailbox:
         self.omit: set[int] = set()  # left out of every fetch answer (still in the mailbox)
         self.refuse: set[int] = set()  # a fetch that asks for one of these fails (NO)
         self.fetches: list[tuple[int, ...]] = []
+        self.sized: list[tuple[int, ...]] = []
+        self.size_of: dict[int, int] = {}  # sizes the server gives, where not the real one
 
     def add(self, uid: int, text: str) -> None:
         self.mails[uid] = f"Message-ID: <{text}@x>\r\nSubject: {text}\r\n\r\n{text}\r\n".encode()
@@ -69,6 +72,10 @@ class MemoryMailbox:
 
     def present(self, positions: Sequence[int]) -> set[int]:
         return set(positions) & set(self.mails)
+
+    def sizes(self, positions: Sequence[int]) -> dict[int, int]:
+        self.sized.append(tuple(positions))
+        return {p: self.size_of.get(p, len(self.mails[p])) for p in positions if p in self.mails}
 
     def describe(self, position: int) -> str:
         return f"UID {position}"
@@ -351,3 +358,53 @@ def test_the_same_content_twice_in_one_batch_is_handed_over_once():
     assert entry.state is GuardState.DONE, "recognised as a repeat of UID 1"
     assert sorted(p for positions, _ in mailbox.applied for p in positions) == [1, 2, 3]
     assert mailbox.states_when_applied == [GuardState.DONE] * 3
+
+
+def test_mail_larger_than_the_limit_is_held_without_being_fetched():
+    seen: list[Delivery] = []
+    pipeline, mailbox = make(seen.append, on_poison=PostAction("flag"))
+    pipeline.max_message_bytes = 10_000
+    for uid in (1, 2, 3):
+        mailbox.add(uid, f"m{uid}")
+    mailbox.size_of[2] = 10_001
+    assert pipeline.catch_up(mailbox) == 2
+    assert subjects(seen) == ["m1", "m3"]
+    assert all(2 not in fetched for fetched in mailbox.fetches), "never fetched"
+    entry = pipeline.guard.lookup(mailbox.base.with_uid(2))
+    assert entry is not None
+    assert entry.state is GuardState.HELD, "held at once, not after max_failures"
+    assert entry.reason == "larger than max_message_bytes (10001 bytes)"
+    assert ((2,), "flag") in mailbox.applied, "put aside like any held mail"
+    pipeline.catch_up(mailbox)
+    assert mailbox.listed_after[-1] == 3
+
+
+def test_every_batch_keeps_to_the_byte_budget_the_first_included(monkeypatch):
+    monkeypatch.setattr(pipeline_module, "_FETCH_BYTES", 1000)
+    seen: list[Delivery] = []
+    pipeline, mailbox = make(seen.append)
+    for uid in range(1, 8):
+        mailbox.add(uid, f"m{uid}")
+        mailbox.size_of[uid] = 400
+    mailbox.size_of[4] = 5000  # larger than a batch, within the limit: fetched alone
+    assert pipeline.catch_up(mailbox) == 7
+    assert mailbox.fetches == [(1, 2), (3,), (4,), (5, 6), (7,)]
+
+
+def test_the_listing_is_worked_through_in_windows(monkeypatch):
+    monkeypatch.setattr(pipeline_module, "_WINDOW", 3)
+    seen: list[Delivery] = []
+    pipeline, mailbox = make(seen.append)
+    for uid in range(1, 9):
+        mailbox.add(uid, f"m{uid}")
+    cursors: list[int] = []
+    real = pipeline._save_cursor
+    monkeypatch.setattr(
+        pipeline,
+        "_save_cursor",
+        lambda port, last, busy: (cursors.append(last), real(port, last, busy)),
+    )
+    assert pipeline.catch_up(mailbox) == 8
+    assert mailbox.sized == [(1, 2, 3), (4, 5, 6), (7, 8)], "sized a window at a time"
+    assert cursors[-1] == 8
+    assert {3, 6} <= set(cursors), "the cursor moves on after each window"

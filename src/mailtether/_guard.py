@@ -60,6 +60,7 @@ class Claim:
         """What was decided."""
         self._record = record
         self._finished = False
+        self._hold = False  # set by hold(): this failure puts it aside at once
 
     @property
     def acquired(self) -> bool:
@@ -109,6 +110,18 @@ class Claim:
         """Record a failed attempt (done automatically when the block raises)."""
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+        self.guard.finish_many([(self, reason)])
+
+    def hold(self, reason: str) -> None:
+        """Put the message aside at once, with *reason*, without more attempts.
+
+        For mail that no attempt can handle (larger than the listener takes, say): it is
+        recorded as a failed attempt and held, as after ``max_failures``; a person can
+        release or drop it like any held mail.
+        """
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, not {type(reason).__name__}")
+        self._hold = True
         self.guard.finish_many([(self, reason)])
 
     def abandon(self) -> None:
@@ -393,7 +406,7 @@ class DuplicateGuard(GuardViews):
         contents: list[Write] = []
         for claim, record, reason in finishing:
             claim._finished = True
-            write = self._outcome(claim.key, record, reason, now)
+            write = self._outcome(claim.key, record, reason, now, hold=claim._hold)
             writes.append(write)
             # The content is recorded in the same write: handled is handled, even when the
             # claim turns out to be lost (the mail may then have been handled twice, not never).
@@ -412,7 +425,7 @@ class DuplicateGuard(GuardViews):
             if result is not None and write.state == HELD:
                 held.append(claim.key)
                 log.warning(
-                    "%s: held after %d failed attempts: %s",
+                    "%s: held after %d failed attempt(s): %s",
                     write.key,
                     write.data["attempts"],
                     write.data.get("reason", ""),
@@ -425,8 +438,13 @@ class DuplicateGuard(GuardViews):
             )
         return held
 
-    def _outcome(self, key: MessageKey, record: Record, reason: str | None, now: float) -> Write:
-        """The write that records a claim's outcome: done (*reason* ``None``) or failed."""
+    def _outcome(
+        self, key: MessageKey, record: Record, reason: str | None, now: float, *, hold: bool
+    ) -> Write:
+        """The write that records a claim's outcome: done (*reason* ``None``) or failed.
+
+        A failure is held after ``max_failures`` attempts, or at once if *hold*.
+        """
         data = dict(record.data)
         data.pop("owner", None)
         data.pop("expires_at", None)
@@ -437,9 +455,10 @@ class DuplicateGuard(GuardViews):
             history = add_event(history_of(data), now, "failed", reason)
             data["attempts"] = int(data.get("attempts", 0)) + 1
             data["reason"] = reason[:ERROR_TEXT]
-            if data["attempts"] >= self.max_failures:
+            if hold or data["attempts"] >= self.max_failures:
                 state = HELD
-                history = add_event(history, now, "held", f"{data['attempts']} failed attempts")
+                why = reason[:ERROR_TEXT] if hold else f"{data['attempts']} failed attempts"
+                history = add_event(history, now, "held", why)
             data["history"] = history
         elif "history" in data:  # it failed before: finish its story
             data["history"] = add_event(history_of(data), now, "done", "")

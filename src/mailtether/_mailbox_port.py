@@ -10,13 +10,13 @@ window, post-actions after the outcome is recorded, recovery after a crash — f
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, Protocol, overload
 
 import attrs
 
 from mailtether._message_key import MessageKey
 
-__all__ = ["LEAVE", "FetchedMail", "Listed", "MailboxPort", "PostAction"]
+__all__ = ["LEAVE", "FetchedMail", "Listed", "Listing", "MailboxPort", "PostAction"]
 
 FetchedMail = tuple[bytes, tuple[bytes, ...]]
 """A fetched mail: its raw bytes and its flags (none for POP3)."""
@@ -57,6 +57,33 @@ class Listed:
     key: MessageKey
 
 
+class Listing(Sequence[Listed]):
+    """Positions listed, whose :class:`Listed` (and key) are made only when read.
+
+    A folder of 100,000 mails is 100,000 integers here, not 100,000 keys: the pipeline
+    reads it a window at a time.
+    """
+
+    __slots__ = ("_key_of", "_positions")
+
+    def __init__(self, positions: Sequence[int], key_of: Callable[[int], MessageKey]) -> None:
+        self._positions = positions
+        self._key_of = key_of
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    @overload
+    def __getitem__(self, index: int) -> Listed: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Listed]: ...
+    def __getitem__(self, index: int | slice) -> Listed | list[Listed]:
+        if isinstance(index, slice):
+            return [Listed(p, self._key_of(p)) for p in self._positions[index]]
+        position = self._positions[index]
+        return Listed(position, self._key_of(position))
+
+
 class MailboxPort(Protocol):
     """A mailbox as the pipeline drives it, for the length of one connected session.
 
@@ -93,6 +120,13 @@ class MailboxPort(Protocol):
             CommandFailed: the server refused the request or its answer could not be read,
                 and the connection can go on: the pipeline splits the request to find the
                 mail at fault. Anything that breaks the connection is a ``ConnectionLost``.
+        """
+
+    def sizes(self, positions: Sequence[int]) -> Mapping[int, int]:
+        """The sizes in bytes the server gives for these mails (``RFC822.SIZE``, ``LIST``).
+
+        Asked for before they are fetched, so batches keep to a byte budget and mail larger
+        than the pipeline takes is never fetched. A position left out has no known size.
         """
 
     def present(self, positions: Sequence[int]) -> set[int]:

@@ -31,11 +31,12 @@ __all__ = ["NO_FENCE", "Fence", "Pipeline"]
 log = logging.getLogger("mailtether.listener")
 
 # Mails per fetch: up to _FETCH_MOST, fewer when they are big (about _FETCH_BYTES per batch,
-# by the average size of the last batch), so a mailbox of large mail cannot fill memory.
-_FETCH_FIRST: Final = 50
-_FETCH_LEAST: Final = 5
+# by the sizes the server gives first), so a mailbox of large mail cannot fill memory.
 _FETCH_MOST: Final = 500
 _FETCH_BYTES: Final = 16 * 2**20
+_SIZE_UNKNOWN: Final = 64 * 2**10  # what a mail the server gave no size for counts as
+# Mails sorted, sized and fetched at a time: memory does not grow with the folder.
+_WINDOW: Final = 5000
 # Seconds of handling a batch should take at most: batches of slow mail are made smaller, and
 # the next batch is asked for ahead only when handling this one should take less than this.
 _BATCH_SECONDS: Final = 60.0
@@ -76,6 +77,7 @@ class Pipeline:
         on_poison: The post-action of a mail the guard holds.
         handover: How mail is handed to *handler* (whole, by attachment, body only).
         commit_window: Seconds of handler work whose outcomes may be recorded together.
+        max_message_bytes: Mail larger than this is held without being fetched.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class Pipeline:
         on_poison: PostAction,
         handover: Handover,
         commit_window: float,
+        max_message_bytes: int = 64 * 2**20,
     ) -> None:
         self.name = name
         self.store = store
@@ -100,6 +103,7 @@ class Pipeline:
         self.on_poison = on_poison
         self.handover = handover
         self.commit_window = commit_window
+        self.max_message_bytes = max_message_bytes
 
     # -- recovery --------------------------------------------------------------------------------
 
@@ -129,54 +133,58 @@ class Pipeline:
     def catch_up(self, port: MailboxPort, fence: Fence = NO_FENCE) -> int:
         """Handle everything new in the mailbox; return how many mails were handled.
 
-        *fence* is checked before each fetch and before each mail is handed over: once the
-        lease is lost, nothing more is handed out, the outcomes of what was handled are
-        recorded, with their mailbox changes left in the outbox for the next holder.
+        The listing is worked through in windows of ``_WINDOW`` mails (sorted with the guard,
+        sized, fetched in batches, handled, the cursor moved on), so memory does not grow
+        with the size of the folder. *fence* is checked before each fetch and before each
+        mail is handed over: once the lease is lost, nothing more is handed out, the
+        outcomes of what was handled are recorded, with their mailbox changes left in the
+        outbox for the next holder.
         """
         recovered = self.recover(port)  # changes another holder (or a fault) left undone
         last, busy_before = self._cursor(port) if port.uses_cursor else (0, ())
-        keys, fresh, newest, busy = self._sort_out(port, last, busy_before, recovered)
+        listed = port.list_new(last)
+        first: list[Listed] = self._again(port, last, busy_before) if port.uses_cursor else []
+        busy: tuple[str, ...] = ()
         handled = 0
-        fetches = _Fetches(port, sorted(keys), fence.check)
-        for batch, fetched, unreadable in fetches:
-            mails = [(p, keys[p], *fetched[p]) for p in batch if p in fetched]  # else gone
-            bad = [(p, keys[p], reason) for p, reason in unreadable.items()]
-            began = self.clock.monotonic()
-            done, failed = self._handle(port, mails, fresh, fence, bad)
-            fetches.handled(len(mails), self.clock.monotonic() - began)
-            handled += done
-            if done or failed:
-                self.status.count(self.name, processed=done, failed=failed)
+        for start in range(0, len(listed) or (1 if first else 0), _WINDOW):
+            window = [*first, *listed[start : start + _WINDOW]] if start == 0 else None
+            window = window if window is not None else list(listed[start : start + _WINDOW])
+            newest = max((item.position for item in window), default=0)
+            keys, fresh, window_busy = self._sort_out(port, window, recovered)
+            busy = tuple(sorted({*busy, *window_busy}))
+            handled += self._work_through(port, keys, fresh, fence, last, busy)
             if port.uses_cursor:
-                last = self._advance(port, last, batch[-1], busy)
-        if port.uses_cursor and (newest > last or busy != busy_before):
-            self._save_cursor(port, max(last, newest), busy)
+                last = self._advance(port, last, newest, busy)
+        if port.uses_cursor and busy != busy_before:
+            self._save_cursor(port, last, busy)
         return handled
 
+    def _again(self, port: MailboxPort, last: int, busy: tuple[str, ...]) -> list[Listed]:
+        """Mail at or below the cursor to look at again.
+
+        Due another attempt, or claimed elsewhere when the cursor passed it (that worker may
+        have given it back untouched, as a holder that lost its lease does: a claim never
+        makes a mail be skipped).
+        """
+        found: dict[str, Listed] = {}
+        for key in (*self.guard.retryable(port.scope), *map(MessageKey.from_id, busy)):
+            position = port.locate(key)
+            if position is not None and position <= last and key.id not in found:
+                found[key.id] = Listed(position, key)
+        return list(found.values())
+
     def _sort_out(
-        self, port: MailboxPort, last: int, busy: tuple[str, ...], recovered: set[str]
-    ) -> tuple[dict[int, MessageKey], set[int], int, tuple[str, ...]]:
-        """List the mailbox past *last* and sort it with the guard.
+        self, port: MailboxPort, listed: list[Listed], recovered: set[str]
+    ) -> tuple[dict[int, MessageKey], set[int], tuple[str, ...]]:
+        """Sort listed mail with the guard, in one batched look-up.
 
         Finishes the post-action of mail recorded done but still listed (a crash came in
         between), but for the *recovered* ones (just finished from the outbox). Returns the
-        keys to fetch by position, the positions of the mail never seen, the newest position
-        listed (0 for none), and the ids of the mail another worker has claimed right now.
-
-        That worker may give such mail back untouched (a holder that lost its lease does),
-        so the cursor record keeps their ids (*busy*) and the next catch-up looks at them
-        again, wherever they are: a claim never makes a mail be skipped.
+        keys to fetch by position, the positions of the mail never seen, and the ids of the
+        mail another worker has claimed right now (kept in the cursor record, so the next
+        catch-up looks at them again).
         """
-        listed = list(port.list_new(last))
-        newest = max((item.position for item in listed), default=0)
         where = {item.key.id: item.position for item in listed}
-        if port.uses_cursor:  # older mail due another attempt is not past the cursor
-            again = (MessageKey.from_id(id_) for id_ in busy)
-            for key in (*self.guard.retryable(port.scope), *again):
-                position = port.locate(key)
-                if position is not None and key.id not in where:
-                    listed.append(Listed(position, key))
-                    where[key.id] = position
         triage = self.guard.triage(item.key for item in listed)
         unchanged = [where[key.id] for key in triage.done if key.id not in recovered]
         if unchanged:  # handled, but a crash came before the mailbox was changed
@@ -185,7 +193,46 @@ class Pipeline:
             self.apply(port, unchanged, self.after)
         keys = {where[key.id]: key for key in (*triage.new, *triage.retry)}
         busy = tuple(sorted(key.id for key in triage.busy))
-        return keys, {where[key.id] for key in triage.new}, newest, busy
+        return keys, {where[key.id] for key in triage.new}, busy
+
+    def _work_through(
+        self,
+        port: MailboxPort,
+        keys: dict[int, MessageKey],
+        fresh: set[int],
+        fence: Fence,
+        last: int,
+        busy: tuple[str, ...],
+    ) -> int:
+        """Size, fetch and hand over the mail of one window; return how many were handled.
+
+        Mail larger than ``max_message_bytes`` is held without being fetched.
+        """
+        sizes = port.sizes(sorted(keys)) if keys else {}
+        limit = self.max_message_bytes
+        too_large = [
+            (p, keys[p], f"larger than max_message_bytes ({sizes[p]} bytes)", True)
+            for p in sorted(keys)
+            if sizes.get(p, 0) > limit
+        ]
+        if too_large:
+            done, failed = self._handle(port, [], fresh, fence, too_large)
+            self.status.count(self.name, processed=done, failed=failed)
+        todo = sorted(p for p in keys if sizes.get(p, 0) <= limit)
+        handled = 0
+        fetches = _Fetches(port, todo, sizes, fence.check)
+        for batch, fetched, unreadable in fetches:
+            mails = [(p, keys[p], *fetched[p]) for p in batch if p in fetched]  # else gone
+            bad = [(p, keys[p], reason, False) for p, reason in unreadable.items()]
+            began = self.clock.monotonic()
+            done, failed = self._handle(port, mails, fresh, fence, bad)
+            fetches.handled(len(mails), self.clock.monotonic() - began)
+            handled += done
+            if done or failed:
+                self.status.count(self.name, processed=done, failed=failed)
+            if port.uses_cursor:
+                last = self._advance(port, last, batch[-1], busy)
+        return handled
 
     def _cursor(self, port: MailboxPort) -> tuple[int, tuple[str, ...]]:
         """The last position handed out, and the ids of mail claimed elsewhere back then."""
@@ -212,12 +259,13 @@ class Pipeline:
         mails: list[tuple[int, MessageKey, bytes, tuple[bytes, ...]]],
         fresh: set[int],
         fence: Fence,
-        unreadable: Sequence[tuple[int, MessageKey, str]] = (),
+        unreadable: Sequence[tuple[int, MessageKey, str, bool]] = (),
     ) -> tuple[int, int]:
         """Hand one fetched batch over; record the outcomes; change the mailbox.
 
-        Mail the server could not give (*unreadable*) is recorded as a failed attempt with
-        the server's words, like a handler's failure: held after ``max_failures``.
+        Mail the server could not give (*unreadable*: position, key, reason, hold at once)
+        is recorded as a failed attempt with the server's words, like a handler's failure:
+        held after ``max_failures``, or at once when it says so (too large to fetch).
 
         Mail the guard has never seen is claimed in one store write and its outcomes are
         recorded in groups (see *commit_window*); mail it knows (a retry, a claim that
@@ -261,9 +309,13 @@ class Pipeline:
                     began = self.clock.monotonic()
                     error = self._run_handler(claim, raw, flags, fence.token)
                     batch.add(position, claim, error, self.clock.monotonic() - began)
-            for position, key, reason in unreadable:
+            for position, key, reason, hold in unreadable:
                 claim = self.guard.claim(key)
-                if claim.acquired:
+                if claim.acquired and hold:  # no attempt can handle it: aside at once
+                    claim.hold(reason)
+                    self.apply_one(port, position, key, self.on_poison)
+                    batch.count(position, reason)
+                elif claim.acquired:
                     batch.add(position, claim, reason, 0.0)
                 else:
                     self._not_new(port, batch, position, claim)
@@ -363,18 +415,26 @@ def _first_of_each_content(
 
 
 class _Fetches:
-    """The fetches of one catch-up, in batches: iterate for ``(positions, fetched)``.
+    """The fetches of one window, in batches: iterate for ``(positions, fetched, unreadable)``.
 
-    Batches hold up to ``_FETCH_MOST`` mails, fewer when they are big (about ``_FETCH_BYTES``
-    a batch, by the average size of the last one) or slow to handle (about
+    Batches hold up to ``_FETCH_MOST`` mails and about ``_FETCH_BYTES`` by the sizes the
+    server gave (the first batch too; a mail alone may be larger, up to the pipeline's
+    ``max_message_bytes``), and fewer when they are slow to handle (about
     ``_BATCH_SECONDS`` of handling, by :meth:`handled`). The next batch is asked for before
     the current one is handed over — once handling is known to be quick — so the server
     reads and sends it meanwhile.
     """
 
-    def __init__(self, port: MailboxPort, todo: list[int], check: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        port: MailboxPort,
+        todo: list[int],
+        sizes: Mapping[int, int],
+        check: Callable[[], None],
+    ) -> None:
         self._port = port
         self._todo = todo
+        self._sizes = sizes
         self._check = check
         self._per_mail: float | None = None  # seconds of handling per mail, once measured
 
@@ -387,35 +447,45 @@ class _Fetches:
         self._check()  # the lease may have been lost during the last batch
         return self._port.fetch(batch)
 
+    def _next(self, start: int) -> list[int]:
+        """The batch that starts at *start* in the to-do list."""
+        most = _FETCH_MOST
+        if self._per_mail:  # and about a minute of handling at most: a server that hears
+            # nothing from its client for long logs it out (RFC 9051: 30 minutes at least)
+            most = max(1, min(most, int(_BATCH_SECONDS / self._per_mail)))
+        batch: list[int] = []
+        total = 0
+        for position in self._todo[start : start + most]:
+            size = self._sizes.get(position, _SIZE_UNKNOWN)
+            if batch and total + size > _FETCH_BYTES:
+                break
+            batch.append(position)
+            total += size
+        return batch
+
     def __iter__(self) -> Iterator[tuple[list[int], Mapping[int, FetchedMail], dict[int, str]]]:
         """Yield each batch: its positions, the mails fetched, and the unreadable ones.
 
         Every position of a batch ends up fetched, unreadable (with the server's words, a
         failed attempt), or confirmed gone: none is passed over unasked.
         """
-        todo, size, start = self._todo, _FETCH_FIRST, 0
-        batch = todo[:size]
+        start = 0
+        batch = self._next(start)
         answer = self._ask(batch) if batch else None
         while answer is not None:
             fetched, unreadable = self._read(batch, answer)
             self._left_out(batch, fetched, unreadable)
-            sizes = [len(fetched[p][0]) for p in batch if p in fetched]
-            if sizes:
-                average = sum(sizes) // len(sizes) or 1
-                size = max(_FETCH_LEAST, min(_FETCH_MOST, _FETCH_BYTES // average))
-            per_mail = self._per_mail
-            if per_mail:  # and about a minute of handling at most: a server that hears
-                # nothing from its client for long logs it out (RFC 9051: 30 minutes at least)
-                size = max(1, min(size, int(_BATCH_SECONDS / per_mail)))
             current, start = batch, start + len(batch)
-            batch = todo[start : start + size]
+            batch = self._next(start)
             answer = None
             # Ask ahead only when handling is known to be quick: a server drops a client that
             # leaves its answer unread for long (Dovecot: after 5 minutes).
-            if batch and per_mail is not None and per_mail * len(sizes) < _BATCH_SECONDS:
+            per_mail = self._per_mail
+            if batch and per_mail is not None and per_mail * len(current) < _BATCH_SECONDS:
                 answer = self._ask(batch)
             yield current, fetched, unreadable
             if batch and answer is None:
+                batch = self._next(start)  # by the handling time just measured
                 answer = self._ask(batch)
 
     def _read(

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Final
 from mailtether._backoff import Backoff, BackoffState
 from mailtether._clock import Clock
 from mailtether._delivery import DeliverMode, Delivery
-from mailtether._durations import MINUTE, check_seconds
+from mailtether._durations import MINUTE, check_count, check_seconds
 from mailtether._errors import (
     AuthenticationFailed,
     ClaimLost,
@@ -89,6 +89,7 @@ class SourceRunner:
         deliver: DeliverMode,
         commit_window: float,
         heartbeat: float | None,
+        max_message_bytes: int = 64 * 2**20,
     ) -> None:
         self.reconnect = (
             reconnect or Exponential(1, growth=1, max_delay=5 * MINUTE).immediate_first()
@@ -132,6 +133,7 @@ class SourceRunner:
             on_poison=on_poison,
             handover=Handover(handler, deliver, self.store),
             commit_window=self.commit_window,
+            max_message_bytes=check_count(max_message_bytes, "max_message_bytes", minimum=1024),
         )
         """The mail pipeline every catch-up runs through."""
         self.heartbeat = check_seconds(heartbeat, "heartbeat", allow_none=True)

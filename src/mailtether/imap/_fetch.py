@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import imaplib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 from imapclient import IMAPClient
@@ -26,7 +26,7 @@ from imapclient.response_parser import parse_fetch_response
 
 from mailtether._errors import CommandFailed
 
-__all__ = ["fetch_mail", "send_fetch"]
+__all__ = ["fetch_mail", "fetch_sizes", "message_set", "send_fetch"]
 
 FetchedMail = tuple[bytes, tuple[bytes, ...]]
 """A fetched mail: its raw bytes and its flags."""
@@ -83,6 +83,64 @@ def send_fetch(client: IMAPClient, uids: Sequence[int]) -> Callable[[], dict[int
     return read
 
 
+_SIZE: Final = re.compile(rb"\d+ \((?:UID (\d+) RFC822\.SIZE (\d+)|RFC822\.SIZE (\d+) UID (\d+))\)")
+
+
+def fetch_sizes(client: IMAPClient, uids: Sequence[int]) -> dict[int, int]:
+    """``UID FETCH`` *uids* ``(RFC822.SIZE)``, the set written as ranges: ``{uid: size}``.
+
+    Mails the answer leaves out (or gives no size for) are missing from the result.
+    """
+    wanted = set(uids)
+    if not wanted:
+        return {}
+    imap = getattr(client, "_imap", None)
+    if (
+        not client.use_uid
+        or not isinstance(imap, imaplib.IMAP4)
+        or not all(callable(getattr(imap, part, None)) for part in _IMAPLIB_PARTS)
+    ):  # not the imapclient this was written against: its public road
+        answer = client.fetch(sorted(wanted), ["RFC822.SIZE"])
+        return _sizes_of(answer, wanted)
+    tag = imap._command("UID", "FETCH", message_set(wanted), "(RFC822.SIZE)")
+    typ, data = imap._command_complete("FETCH", tag)
+    if typ != "OK":
+        raise IMAPClientError(f"fetch failed: {_text(data)}")
+    typ, data = imap._untagged_response(typ, data, "FETCH")
+    sizes: dict[int, int] = {}
+    for line in data:
+        match = _SIZE.fullmatch(line) if isinstance(line, bytes) else None
+        if match is None:  # another shape: imapclient's parser reads the whole answer
+            return _sizes_of(_parsed_items(data, client.normalise_times), wanted)
+        uid, size = (match[1], match[2]) if match[1] else (match[4], match[3])
+        if int(uid) in wanted:
+            sizes[int(uid)] = int(size)
+    return sizes
+
+
+def _sizes_of(answer: dict[int, dict[bytes, Any]], wanted: set[int]) -> dict[int, int]:
+    sizes = {}
+    for uid, items in answer.items():
+        size = items.get(b"RFC822.SIZE")
+        if uid in wanted and isinstance(size, int) and size >= 0:
+            sizes[uid] = size
+    return sizes
+
+
+def message_set(positions: Iterable[int]) -> str:
+    """*positions* as an IMAP sequence set, runs written as ranges: ``1:5,8,10:12``."""
+    ordered = sorted(set(positions))
+    runs: list[str] = []
+    start = previous = ordered[0]
+    for position in ordered[1:]:
+        if position != previous + 1:
+            runs.append(str(start) if start == previous else f"{start}:{previous}")
+            start = position
+        previous = position
+    runs.append(str(start) if start == previous else f"{start}:{previous}")
+    return ",".join(runs)
+
+
 def _usual(data: list[Any]) -> dict[int, FetchedMail] | None:
     """Read an answer of the usual shape, or return ``None`` if it is anything else."""
     if data == [None]:
@@ -113,8 +171,13 @@ def _parsed(data: list[Any], normalise_times: bool) -> dict[int, FetchedMail]:
         CommandFailed: the answer does not parse (the whole answer has been read, so the
             connection goes on). The message names the fault, never the mail's bytes.
     """
+    return _from_imapclient(_parsed_items(data, normalise_times))
+
+
+def _parsed_items(data: list[Any], normalise_times: bool) -> dict[int, dict[bytes, Any]]:
+    """A FETCH answer by imapclient's parser, or :class:`CommandFailed` without its bytes."""
     try:
-        return _from_imapclient(parse_fetch_response(data, normalise_times, True))
+        return parse_fetch_response(data, normalise_times, True)  # type: ignore[no-any-return]
     except Exception as error:  # imapclient's ProtocolError, or worse on stranger input
         raise CommandFailed(
             f"the server's FETCH answer could not be read ({type(error).__name__})"

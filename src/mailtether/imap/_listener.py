@@ -18,14 +18,14 @@ from mailtether._delivery import DeliverMode, Delivery
 from mailtether._errors import CommandFailed, MailboxUnchangeable
 from mailtether._guard import DuplicateGuard
 from mailtether._keepalive import Keepalive
-from mailtether._mailbox_port import FetchedMail, Listed, PostAction
+from mailtether._mailbox_port import FetchedMail, Listing, PostAction
 from mailtether._message_key import MessageKey
 from mailtether._runner import SourceRunner, either
 from mailtether._settings import ImapSettings
 from mailtether._status import StatusBoard
 from mailtether._strategies import ReconnectStrategy
 from mailtether.imap._connection import ImapConnection
-from mailtether.imap._fetch import send_fetch
+from mailtether.imap._fetch import fetch_sizes, message_set, send_fetch
 from mailtether.stores._protocol import Store
 
 __all__ = ["ImapListener"]
@@ -81,6 +81,10 @@ class ImapListener(SourceRunner):
         heartbeat: Seconds between liveness beats while it runs: its status record says it
             is alive for three beats, after which ``mailtether status`` shows it STALE (its
             process stopped or hangs). ``None``: no beats.
+        max_message_bytes: Mail larger than this (by the size the server gives) is never
+            fetched: it is held at once with "larger than max_message_bytes (N bytes)",
+            for a person to release or drop. Default 64 MiB. Fetches keep to about 16 MiB
+            a batch (a larger mail goes alone), so memory stays bounded.
         name: The source's name in status and logs; default ``user@host/folder``.
         clock: The clock for reconnect waits.
     """
@@ -105,6 +109,7 @@ class ImapListener(SourceRunner):
         lease_ttl: float | None = 60.0,
         commit_window: float = 0.01,
         heartbeat: float | None = 10.0,
+        max_message_bytes: int = 64 * 2**20,
         name: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
@@ -126,6 +131,7 @@ class ImapListener(SourceRunner):
             deliver=deliver,
             commit_window=commit_window,
             heartbeat=heartbeat,
+            max_message_bytes=max_message_bytes,
         )
         self.settings = settings
         """Where the mailbox is."""
@@ -201,23 +207,28 @@ class _ImapMailbox:
         self._base = MessageKey.imap(settings.username, settings.folder, uidvalidity, 1)
         self.scope = self._base.scope
 
-    def list_new(self, after: int) -> list[Listed]:
+    def list_new(self, after: int) -> Listing:
         connection = self._connection
         criteria = ["UID", f"{after + 1}:*"] if after else ["ALL"]
         found = connection.call("searching for new mail", connection.client.search, criteria)
         # "UID n:*" always matches the newest mail, even when n is past the end.
-        base = self._base
-        return [Listed(uid, base.with_uid(uid)) for uid in sorted(found) if uid > after]
+        return Listing(sorted(uid for uid in found if uid > after), self._base.with_uid)
+
+    def sizes(self, positions: Sequence[int]) -> dict[int, int]:
+        connection = self._connection
+        return connection.call(
+            "asking for mail sizes", fetch_sizes, connection.client, list(positions)
+        )
 
     def locate(self, key: MessageKey) -> int | None:
         return key.uid if key.id.startswith(self.scope) else None
 
     def present(self, positions: Sequence[int]) -> set[int]:
         connection = self._connection
-        wanted = sorted(set(positions))
-        criteria = ["UID", ",".join(map(str, wanted))]
+        wanted = set(positions)
+        criteria = ["UID", message_set(wanted)]
         found = connection.call("looking for mail", connection.client.search, criteria)
-        return set(found) & set(wanted)
+        return set(found) & wanted
 
     def describe(self, position: int) -> str:
         return f"UID {position}"
@@ -244,3 +255,4 @@ class _ImapMailbox:
                 connection.call(f"moving mail to {action.folder}", client.move, uids, action.folder)
         except CommandFailed as error:
             raise MailboxUnchangeable(f"{len(uids)} mail(s) from UID {uids[0]}: {error}") from None
+

@@ -51,8 +51,8 @@ class Pop3Poller(SourceRunner):
         delete: Delete handled mail (``DELE``); POP3 cannot mark mail read.
         poll_interval: Seconds between polls; also the default lease TTL (seed 001).
         timeout: Seconds for connecting and for each command.
-        Other arguments: as for :class:`~mailtether.ImapListener` (``deliver`` and
-            ``commit_window`` included).
+        Other arguments: as for :class:`~mailtether.ImapListener` (``deliver``,
+            ``commit_window`` and ``max_message_bytes`` included; sizes come from ``LIST``).
     """
 
     kind = "poller"
@@ -73,6 +73,7 @@ class Pop3Poller(SourceRunner):
         timeout: float = 30.0,
         commit_window: float = 0.01,
         heartbeat: float | None = 10.0,
+        max_message_bytes: int = 64 * 2**20,
         name: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
@@ -94,6 +95,7 @@ class Pop3Poller(SourceRunner):
             deliver=deliver,
             commit_window=commit_window,
             heartbeat=heartbeat,
+            max_message_bytes=max_message_bytes,
         )
         self.settings = settings
         """Where the mailbox is."""
@@ -169,6 +171,17 @@ class _Pop3Mailbox:
 
     def locate(self, key: MessageKey) -> int | None:
         return self._numbers.get(key.id)
+
+    def sizes(self, positions: Sequence[int]) -> dict[int, int]:
+        connection = self._connection
+        _, lines, _ = connection.call("LIST", connection.pop.list)
+        wanted = set(positions)
+        sizes = {}
+        for line in lines:
+            number, octets = _numbered(line, "LIST")
+            if number in wanted and octets.isdigit():
+                sizes[number] = int(octets)
+        return sizes
 
     def present(self, positions: Sequence[int]) -> set[int]:
         # A POP3 session's message numbers stay put until QUIT: listed is present.
