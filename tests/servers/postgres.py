@@ -67,45 +67,49 @@ class PostgresServer:
         return f"postgresql://{USER}:{PASSWORD}@{host}:{port}/{DATABASE}"
 
     def start(self) -> PostgresServer:
+        """Start (or, after ``stop(remove=False)``, restart on the same port and data)."""
         bin_dir = _bin_dir()
         as_postgres = service_user("postgres")
-        self.directory = make_temp_dir("postgres")
-        if as_postgres:
-            shutil.chown(self.directory, "postgres", "postgres")
+        fresh = self.directory is None
+        if self.directory is None:
+            self.directory = make_temp_dir("postgres")
+            if as_postgres:
+                shutil.chown(self.directory, "postgres", "postgres")
         data = self.directory / "data"
-        pwfile = self.directory / "pw"
-        pwfile.write_text(PASSWORD + "\n")
-        if as_postgres:
-            shutil.chown(pwfile, "postgres", "postgres")
         log = self.directory / "postgres.log"
         # PostgreSQL refuses to run as root: every child runs as the postgres user, in a
         # directory it can read (the caller's working directory may be closed to it).
         run = {"cwd": self.directory, "env": {**os.environ, "LC_ALL": "C"}, **as_postgres}
-        initdb = subprocess.run(
-            [
-                str(bin_dir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                USER,
-                f"--pwfile={pwfile}",
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "--no-instructions",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            **run,
-        )
-        if initdb.returncode != 0:
-            self.stop()
-            raise ServerUnavailable(f"initdb failed: {initdb.stderr.strip()[-500:]}")
-        self.port = free_port()
-        with open(log, "wb") as out:
+        if fresh:
+            pwfile = self.directory / "pw"
+            pwfile.write_text(PASSWORD + "\n")
+            if as_postgres:
+                shutil.chown(pwfile, "postgres", "postgres")
+            initdb = subprocess.run(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    USER,
+                    f"--pwfile={pwfile}",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                    "--no-instructions",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+                **run,
+            )
+            if initdb.returncode != 0:
+                self.stop()
+                raise ServerUnavailable(f"initdb failed: {initdb.stderr.strip()[-500:]}")
+            self.port = free_port()
+        with open(log, "ab") as out:
             self.process = subprocess.Popen(
                 [
                     str(bin_dir / "postgres"),
@@ -165,19 +169,21 @@ class PostgresServer:
                 process=self.process,
                 log=log,
             )
-            created = psql(f"CREATE DATABASE {DATABASE}")
-            if created.returncode != 0:
-                raise ServerUnavailable(f"could not create the test database: {created.stderr}")
+            if fresh:
+                created = psql(f"CREATE DATABASE {DATABASE}")
+                if created.returncode != 0:
+                    raise ServerUnavailable(f"could not create the test database: {created.stderr}")
         except BaseException:
-            self.stop()
+            self.stop(remove=fresh)
             raise
         return self
 
-    def stop(self) -> None:
+    def stop(self, *, remove: bool = True) -> None:
+        """Stop the server; with ``remove=False`` keep its data so :meth:`start` resumes."""
         if self.process is not None:
             # SIGINT is PostgreSQL's "fast" shutdown: open sessions are ended, not waited for.
             stop_process(self.process, signal_number=signal.SIGINT, grace=15)
             self.process = None
-        if self.directory is not None:
+        if remove and self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
