@@ -281,12 +281,6 @@ def test_a_status_board_kept_elsewhere_shows_the_outage_as_retrying(
         source.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14: the RETRYING the store missed is never written: once it is back, "
-    "SourceRunner._online() writes ONLINE first (only its reason has the 'status could not be "
-    "saved' note) and clears _unwritten, so _catch_up's 'the status it missed' never runs",
-)
 @pytest.mark.parametrize("kind", ["imap", "pop3"])
 def test_the_status_the_store_missed_is_written_once_it_is_back(
     remote, store, mailbox, kind, caplog

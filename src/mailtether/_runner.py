@@ -347,8 +347,21 @@ class SourceRunner:
             log.debug("%s: backoff state kept in memory (%s)", self.name, error)
 
     def _tell(self, state: SourceState, **fields: Any) -> None:
-        """Set the status; when the store cannot take it, say so in the log and next time."""
+        """Set the status; when the store cannot take it, say so in the log and next time.
+
+        A state the store missed (RETRYING through a store outage) is written first, with
+        the note, when the next state differs: the board and the notifiers hear of the
+        outage, not only of its end.
+        """
+        missed = self._wanted
         self._wanted = (state, dict(fields))
+        if self._unwritten is not None and missed[0] is not state:
+            self._write(missed[0], **missed[1])
+            if self._unwritten is not None:
+                return  # still down: the log said so
+        self._write(state, **fields)
+
+    def _write(self, state: SourceState, **fields: Any) -> None:
         if self._unwritten is not None and fields.get("reason") is not None:
             since, cause = self._unwritten
             fields["reason"] = "; ".join(
