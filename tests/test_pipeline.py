@@ -14,6 +14,7 @@ import pytest
 import mailtether._pipeline as pipeline_module
 from mailtether import (
     CommandFailed,
+    ConnectionLost,
     Delivery,
     DuplicateGuard,
     GuardState,
@@ -44,6 +45,7 @@ class MemoryMailbox:
         self.listed_after: list[int] = []
         self.omit: set[int] = set()  # left out of every fetch answer (still in the mailbox)
         self.refuse: set[int] = set()  # a fetch that asks for one of these fails (NO)
+        self.breaks: set[int] = set()  # a fetch that asks for one of these breaks the link
         self.fetches: list[tuple[int, ...]] = []
         self.sized: list[tuple[int, ...]] = []
         self.size_of: dict[int, int] = {}  # sizes the server gives, where not the real one
@@ -62,6 +64,8 @@ class MemoryMailbox:
         self.fetches.append(tuple(positions))
 
         def answer() -> Mapping[int, FetchedMail]:
+            if self.breaks & set(positions):
+                raise ConnectionLost("fetching new mail: the connection broke (garbage)")
             if self.refuse & set(positions):
                 raise CommandFailed("fetching new mail: the server said NO [SERVERBUG]\r\nboom")
             return {
@@ -408,3 +412,28 @@ def test_the_listing_is_worked_through_in_windows(monkeypatch):
     assert mailbox.sized == [(1, 2, 3), (4, 5, 6), (7, 8)], "sized a window at a time"
     assert cursors[-1] == 8
     assert {3, 6} <= set(cursors), "the cursor moves on after each window"
+
+
+def test_a_mail_whose_fetch_breaks_the_connection_is_found_and_held_not_looped_on():
+    seen: list[Delivery] = []
+    pipeline, mailbox = make(seen.append, max_failures=2, on_poison=PostAction("flag"))
+    for uid in (1, 2, 3, 4):
+        mailbox.add(uid, f"m{uid}")
+    mailbox.breaks = {3}
+    sessions = 0
+    while True:  # each ConnectionLost is a reconnect; the run loop would start a new session
+        sessions += 1
+        assert sessions < 10, "a mail that breaks the connection must not stall the mailbox"
+        try:
+            pipeline.catch_up(mailbox)
+            break
+        except ConnectionLost:
+            continue
+    assert sorted(subjects(seen)) == ["m1", "m2", "m4"]
+    entry = pipeline.guard.lookup(mailbox.base.with_uid(3))
+    assert entry is not None
+    assert entry.state is GuardState.HELD
+    assert entry.reason.startswith("the connection broke while UID 3 was being fetched, again")
+    assert mailbox.fetches[:3] == [(1, 2, 3, 4), (1,), (2,)], "one at a time after a break"
+    assert sessions == 4  # the batch, then UID 3 alone twice (two attempts), then the rest
+    assert ((3,), "flag") in mailbox.applied, "its poison action was waiting in the outbox"

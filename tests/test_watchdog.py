@@ -7,6 +7,7 @@ client; the watchdog's run against a real Dovecot.
 
 from __future__ import annotations
 
+import imaplib
 import ssl
 import threading
 import time
@@ -301,3 +302,9 @@ def test_a_bug_in_the_keepalive_thread_gives_the_connection_up_instead_of_dying_
     assert "the keepalive thread failed (RuntimeError: a bug)" in str(watchdog.error)
     assert deaths == [watchdog.error]
     assert "the keepalive thread failed" in caplog.text
+
+
+def test_a_line_past_imaplibs_bound_breaks_the_connection_not_just_the_command():
+    error = translate_error(imaplib.IMAP4.error("got more than 1000000 bytes"), "fetching new mail")
+    assert isinstance(error, ConnectionLost), "the rest of the line is still on its way"
+    assert "a line too long" in str(error)

@@ -12,12 +12,12 @@ mailbox changes in flight) and the parts (attachments handed out of a mail not y
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Final, Protocol
 
 from mailtether._clock import Clock
 from mailtether._delivery import Delivery
-from mailtether._errors import CommandFailed, one_line
+from mailtether._errors import CommandFailed, ConnectionLost, one_line
 from mailtether._guard import Claim, DuplicateGuard
 from mailtether._guard_states import ClaimStatus
 from mailtether._handover import Handover
@@ -104,6 +104,10 @@ class Pipeline:
         self.handover = handover
         self.commit_window = commit_window
         self.max_message_bytes = max_message_bytes
+        # Ids of mail whose fetch broke the connection (kept across reconnects): fetched one
+        # at a time from then on, so a mail that breaks it every time is found and held.
+        self._suspects: set[str] = set()
+        self._sizes_broke = False  # asking for sizes broke the connection: fetch without
 
     # -- recovery --------------------------------------------------------------------------------
 
@@ -157,6 +161,7 @@ class Pipeline:
                 last = self._advance(port, last, newest, busy)
         if port.uses_cursor and busy != busy_before:
             self._save_cursor(port, last, busy)
+        self._sizes_broke = False
         return handled
 
     def _again(self, port: MailboxPort, last: int, busy: tuple[str, ...]) -> list[Listed]:
@@ -208,7 +213,7 @@ class Pipeline:
 
         Mail larger than ``max_message_bytes`` is held without being fetched.
         """
-        sizes = port.sizes(sorted(keys)) if keys else {}
+        sizes = self._sizes(port, sorted(keys)) if keys else {}
         limit = self.max_message_bytes
         too_large = [
             (p, keys[p], f"larger than max_message_bytes ({sizes[p]} bytes)", True)
@@ -220,19 +225,79 @@ class Pipeline:
             self.status.count(self.name, processed=done, failed=failed)
         todo = sorted(p for p in keys if sizes.get(p, 0) <= limit)
         handled = 0
-        fetches = _Fetches(port, todo, sizes, fence.check)
-        for batch, fetched, unreadable in fetches:
-            mails = [(p, keys[p], *fetched[p]) for p in batch if p in fetched]  # else gone
-            bad = [(p, keys[p], reason, False) for p, reason in unreadable.items()]
-            began = self.clock.monotonic()
-            done, failed = self._handle(port, mails, fresh, fence, bad)
-            fetches.handled(len(mails), self.clock.monotonic() - began)
-            handled += done
-            if done or failed:
-                self.status.count(self.name, processed=done, failed=failed)
-            if port.uses_cursor:
-                last = self._advance(port, last, batch[-1], busy)
+        alone = {p for p in todo if keys[p].id in self._suspects}
+        fetches = _Fetches(port, todo, sizes, fence.check, alone)
+        try:
+            for batch, fetched, unreadable in fetches:
+                self._suspects.difference_update(keys[p].id for p in fetched)
+                mails = [(p, keys[p], *fetched[p]) for p in batch if p in fetched]  # else gone
+                bad = [(p, keys[p], reason, False) for p, reason in unreadable.items()]
+                began = self.clock.monotonic()
+                done, failed = self._handle(port, mails, fresh, fence, bad)
+                fetches.handled(len(mails), self.clock.monotonic() - began)
+                handled += done
+                if done or failed:
+                    self.status.count(self.name, processed=done, failed=failed)
+                if port.uses_cursor:
+                    last = self._advance(port, last, batch[-1], busy)
+        except ConnectionLost as error:
+            if fetches.reading:
+                self._broke(port, [(p, keys[p]) for p in fetches.reading], error)
+            raise
         return handled
+
+    def _sizes(self, port: MailboxPort, positions: list[int]) -> Mapping[int, int]:
+        """The sizes of these mails, or none known when the server will not say.
+
+        A refusal (one unreadable mail can fail the whole request) leaves the sizes unknown
+        for this window; a request that broke the connection is not made again until a
+        catch-up gets through: the fetches then find the mail at fault, one at a time.
+        """
+        if self._sizes_broke:
+            return {}
+        try:
+            return port.sizes(positions)
+        except CommandFailed as error:
+            log.warning("%s: the server gave no sizes (%s); fetching without", self.name, error)
+            return {}
+        except ConnectionLost:
+            self._sizes_broke = True
+            raise
+
+    def _broke(
+        self, port: MailboxPort, reading: list[tuple[int, MessageKey]], error: ConnectionLost
+    ) -> None:
+        """The connection broke while these mails' answer was being read.
+
+        They are fetched one at a time from then on. A mail that breaks it again when
+        fetched alone counts a failed attempt (held after ``max_failures``; its poison
+        action waits in the outbox for the next session), so a mail that breaks the
+        connection every time cannot stall the mailbox.
+        """
+        if len(reading) > 1 or reading[0][1].id not in self._suspects:
+            self._suspects.update(key.id for _, key in reading)
+            log.warning(
+                "%s: the connection broke while %d mail(s) were being fetched; they are "
+                "fetched one at a time next",
+                self.name,
+                len(reading),
+            )
+            return
+        position, key = reading[0]
+        reason = (
+            f"the connection broke while {port.describe(position)} was being fetched, again: "
+            f"{one_line(error.message)}"
+        )
+        try:
+            claim = self.guard.claim(key)
+            if not claim.acquired:
+                return
+            if self.guard.finish_many([(claim, reason)]) and self.on_poison.kind != "leave":
+                action = {"action": self.on_poison.kind, "folder": self.on_poison.folder}
+                self.store.put(_OUTBOX, key.id, "pending", action)
+            self.status.count(self.name, failed=1)
+        except Exception as failure:  # the fault in hand is the connection's: keep it
+            log.error("%s: could not record the failed fetch of %s: %s", self.name, key, failure)
 
     def _cursor(self, port: MailboxPort) -> tuple[int, tuple[str, ...]]:
         """The last position handed out, and the ids of mail claimed elsewhere back then."""
@@ -431,11 +496,15 @@ class _Fetches:
         todo: list[int],
         sizes: Mapping[int, int],
         check: Callable[[], None],
+        alone: Collection[int] = (),
     ) -> None:
         self._port = port
         self._todo = todo
         self._sizes = sizes
         self._check = check
+        self._alone = set(alone)
+        self.reading: list[int] | None = None
+        """The positions whose answer is being read (still set if reading it failed)."""
         self._per_mail: float | None = None  # seconds of handling per mail, once measured
 
     def handled(self, mails: int, seconds: float) -> None:
@@ -456,6 +525,8 @@ class _Fetches:
         batch: list[int] = []
         total = 0
         for position in self._todo[start : start + most]:
+            if position in self._alone:  # its fetch broke the connection once: by itself
+                return batch or [position]
             size = self._sizes.get(position, _SIZE_UNKNOWN)
             if batch and total + size > _FETCH_BYTES:
                 break
@@ -496,9 +567,13 @@ class _Fetches:
         Split until the mail at fault is alone, so one bad mail costs itself a failed
         attempt, not the batch (nor the connection).
         """
+        self.reading = batch
         try:
-            return dict(answer()), {}
+            fetched = dict(answer())
+            self.reading = None
+            return fetched, {}
         except CommandFailed as error:  # the connection goes on; the answer is no good
+            self.reading = None
             if len(batch) == 1:
                 words = one_line(error.message)
                 return {}, {batch[0]: f"the server could not give {self._name(batch[0])}: {words}"}

@@ -24,7 +24,7 @@ from imapclient import IMAPClient
 from imapclient.imapclient import SocketTimeout
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
-from mailtether._durations import check_seconds
+from mailtether._durations import check_count, check_seconds
 from mailtether._errors import (
     CommandFailed,
     ConnectionLost,
@@ -77,6 +77,7 @@ class ImapConnection:
         *,
         keepalive: Keepalive | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        max_literal: int | None = None,
     ) -> None:
         self.settings = settings
         """Where it connects."""
@@ -84,6 +85,13 @@ class ImapConnection:
         """Its deadlines."""
         self.clock = clock
         """The clock for keepalive scheduling: NOOPs due, IDLE renewal, :meth:`wait` deadlines."""
+        self.max_literal = (
+            None if max_literal is None else check_count(max_literal, "max_literal", minimum=1024)
+        )
+        """The largest literal (``{n}`` in an answer) read, in bytes; ``None``: no bound.
+
+        An answer announcing more ends the connection (``ConnectionLost``) before a byte of
+        it is read into memory."""
         self._locked: LockedClient[IMAPClient] = LockedClient(
             None,
             name=f"the connection to {settings.host}",
@@ -109,6 +117,7 @@ class ImapConnection:
         keepalive: Keepalive | None = None,
         clock: Clock = SYSTEM_CLOCK,
         select_folder: bool = True,
+        max_literal: int | None = None,
     ) -> ImapConnection:
         """Connect, secure, log in and (by default) select the folder.
 
@@ -116,7 +125,7 @@ class ImapConnection:
             ServerUnreachable, TLSFailure, AuthenticationFailed, FolderMissing,
             ConnectionLost: each with a sentence of what to do.
         """
-        connection = cls(settings, keepalive=keepalive, clock=clock)
+        connection = cls(settings, keepalive=keepalive, clock=clock, max_literal=max_literal)
         try:
             connection._connect()
             connection._login()
@@ -153,6 +162,8 @@ class ImapConnection:
         imap = getattr(client, "_imap", None)
         if imap is not None and not _PROTOCOL_TRACE.isEnabledFor(logging.DEBUG):
             imap.debug = 0
+        if isinstance(imap, imaplib.IMAP4) and self.max_literal is not None:
+            _bound_literals(imap, self.max_literal)
         with contextlib.suppress(OSError):  # not TCP (a test stream): nothing to tune
             client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if settings.security == "starttls":
@@ -432,3 +443,23 @@ class _Ahead:
         self.read = read
         self.value: Any = None
         self.error: MailServerError | None = None
+
+
+def _bound_literals(imap: imaplib.IMAP4, limit: int) -> None:
+    """Make *imap* refuse a literal over *limit* bytes before reading any of it.
+
+    imaplib reads a literal whole, at whatever size the server announces (2 GB, if it says
+    so); past *limit* the connection is given up instead (imaplib's ``abort``: a
+    ``ConnectionLost``), since the rest of the answer can no longer be read.
+    """
+    read = imap.read
+
+    def bounded(size: int) -> bytes:
+        if size > limit:
+            raise imaplib.IMAP4.abort(
+                f"the server announced a literal of {size} bytes, more than the {limit} "
+                "this connection reads"
+            )
+        return read(size)
+
+    imap.read = bounded  # type: ignore[method-assign]

@@ -34,6 +34,10 @@ def translate_error(error: BaseException, doing: str, *, secret: str = "") -> Ma
         if "timed out" in detail:
             return ResponseTimeout(f"{doing}: no answer in time ({detail})")
         return ConnectionLost(f"{doing}: the connection broke ({detail})")
+    if isinstance(error, imaplib.IMAP4.error) and detail.startswith("got more than"):
+        # imaplib's line bound: the rest of that line is still on its way, so the
+        # connection cannot be read further.
+        return ConnectionLost(f"{doing}: the server sent a line too long ({detail})")
     if isinstance(error, IMAPClientError | imaplib.IMAP4.error):
         if "AUTHENTICATIONFAILED" in detail.upper() or "LOGIN" in doing.upper():
             return AuthenticationFailed(f"{doing}: the server rejected the credentials ({detail})")

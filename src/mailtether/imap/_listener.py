@@ -30,6 +30,9 @@ from mailtether.stores._protocol import Store
 
 __all__ = ["ImapListener"]
 
+# A body may come a little larger than the RFC822.SIZE the server gave (line endings): room.
+_LITERAL_SLACK = 2**20
+
 log = logging.getLogger("mailtether.listener")
 
 
@@ -159,7 +162,12 @@ class ImapListener(SourceRunner):
     # -- one connected session ---------------------------------------------------------------------
 
     def _open(self) -> ImapConnection:
-        connection = ImapConnection.open(self.settings, keepalive=self.keepalive, clock=self.clock)
+        connection = ImapConnection.open(
+            self.settings,
+            keepalive=self.keepalive,
+            clock=self.clock,
+            max_literal=self.pipeline.max_message_bytes + _LITERAL_SLACK,
+        )
         self._connection = connection
         return connection
 
@@ -255,4 +263,3 @@ class _ImapMailbox:
                 connection.call(f"moving mail to {action.folder}", client.move, uids, action.folder)
         except CommandFailed as error:
             raise MailboxUnchangeable(f"{len(uids)} mail(s) from UID {uids[0]}: {error}") from None
-
