@@ -187,6 +187,11 @@ class SourceRunner:
         return handled
 
     @property
+    def max_message_bytes(self) -> int:
+        """Mail larger than this is held without being fetched."""
+        return self.pipeline.max_message_bytes
+
+    @property
     def catch_ups(self) -> int:
         """How many catch-ups (passes over the whole mailbox) have finished so far."""
         return self._catch_ups
