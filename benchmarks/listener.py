@@ -1,7 +1,7 @@
 """The listener beside plain imapclient (and imap_tools), in one run on a loopback Dovecot.
 
-Run: ``.venv/bin/python benchmarks/listener.py [a] [b] [c] [d]`` (as root, or where Dovecot
-can run); no argument runs all four.
+Run: ``.venv/bin/python benchmarks/listener.py [a] [b] [c] [d] [e]`` (as root, or where
+Dovecot can run); no argument runs all five.
 
 (a) recovery: a server-side kick (BYE) until the listener is in IDLE again, beside plain
     connect + LOGIN + SELECT + IDLE, interleaved (target <= 1.2x);
@@ -10,13 +10,24 @@ can run); no argument runs all four.
 (c) first sync of N small messages through the guard (SQLite) + mark seen, messages/s,
     beside a plain batched imapclient FETCH + STORE and imap_tools (target >= 0.8x); with the
     default commit_window and with commit_window=0 (every outcome its own commit);
-(d) resident memory of the process with one idle listener.
+(d) resident memory of the process with one idle listener;
+(e) first sync of 1,000, 10,000 and 100,000 small messages, each run in a fresh child process:
+    peak RSS (``VmHWM``) and messages/s of plain imapclient (batched FETCH + STORE, as in (c)),
+    mailtether now (this checkout's ``src``, or the directory in ``MAILTETHER_NOW_SRC``) and
+    mailtether at the release ``BEFORE_RELEASE`` (its ``src`` from ``git archive``, or the
+    directory in ``MAILTETHER_BEFORE_SRC``), interleaved (targets:
+    peak < 40 MB at 100,000 mails; throughput now >= before). The mailboxes are written
+    straight into Dovecot's maildir, outside the timing.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import resource
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +51,10 @@ from servers.dovecot import DovecotServer
 from servers.tls import make_ca
 
 SYNC_MESSAGES = 10_000
+# (e): mailbox sizes, and timed rounds of each contender per size (after a warm-up round).
+SCALE_ROUNDS = {1_000: 7, 10_000: 7, 100_000: 3}
+BEFORE_RELEASE = "fbae026"  # the release before bounded memory (sizes first, windows)
+RSS_TARGET = 40_000_000  # bytes of peak RSS after a first sync of 100,000 mails (issue 15)
 
 
 def mail(n: int) -> bytes:
@@ -266,12 +281,178 @@ def memory(server: DovecotServer, tmp: Path) -> None:
     )
 
 
+# The child of (e): one first sync, then its own peak RSS. It imports only what its contender
+# needs, so the figure is that contender's alone (not this script's, nor the test servers').
+_SCALE_CHILD = """
+import json, sys, time
+
+def status(field):
+    with open("/proc/self/status") as lines:
+        for line in lines:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+
+args = json.loads(sys.argv[1])
+if args["who"] == "plain":
+    from imapclient import IMAPClient
+    where = None
+else:
+    import mailtether
+    from mailtether import ImapListener, ImapSettings, SQLiteStore
+    where = mailtether.__file__
+base = status("VmRSS")
+started, cpu = time.perf_counter(), time.process_time()
+if args["who"] == "plain":
+    client = IMAPClient("127.0.0.1", port=args["port"], ssl=False, timeout=60)
+    client.login(args["user"], args["password"])
+    client.select_folder("INBOX")
+    uids = client.search(["ALL"])
+    for i in range(0, len(uids), 500):
+        batch = uids[i : i + 500]
+        client.fetch(batch, ["BODY.PEEK[]", "FLAGS"])
+        client.add_flags(batch, [b"\\\\Seen"])
+    client.logout()
+    done = len(uids)
+else:
+    settings = ImapSettings(
+        "127.0.0.1", args["user"], args["password"], port=args["port"], security="plain"
+    )
+    store = SQLiteStore(args["db"])
+    listener = ImapListener(settings, lambda d: None, store=store, lease_ttl=None)
+    done = listener.poll_once()
+    store.close()
+took, cpu = time.perf_counter() - started, time.process_time() - cpu
+print(json.dumps({"done": done, "seconds": took, "cpu": cpu, "base": base,
+                  "peak": status("VmHWM"), "module": where}))
+"""
+
+
+def fill_maildir(server: DovecotServer, user: str, count: int) -> None:
+    """Put *count* messages (``mail(0)`` to ``mail(count - 1)``) in *user*'s INBOX, fast.
+
+    The first by ``doveadm save`` (the mailbox made as delivery makes it); the rest written
+    straight into the maildir's ``cur/`` (as Dovecot writes them: LF line ends, ``S=`` and
+    ``W=`` sizes in the name), then indexed by a ``doveadm`` status: UIDs in order of name.
+    """
+    server.save(user, mail(0))
+    assert server.root is not None
+    cur = server.root / "mail" / user / "cur"
+    owner = cur.stat()
+    stamp = int(time.time())
+    for n in range(1, count):
+        body = mail(n).replace(b"\r\n", b"\n")
+        name = f"{stamp}.M{n:07d}P0.bench,S={len(body)},W={len(mail(n))}:2,"
+        path = cur / name
+        path.write_bytes(body)
+        os.chown(path, owner.st_uid, owner.st_gid)
+    server.doveadm("mailbox", "status", "-u", user, "messages", "INBOX")
+
+
+def release_source(tmp: Path) -> Path:
+    """The ``src`` directory of mailtether at ``BEFORE_RELEASE`` (or MAILTETHER_BEFORE_SRC)."""
+    given = os.environ.get("MAILTETHER_BEFORE_SRC")
+    if given:
+        return Path(given).resolve()
+    root = Path(__file__).resolve().parent.parent
+    into = tmp / f"release-{BEFORE_RELEASE}"
+    into.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", BEFORE_RELEASE, "src"],
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into / "src"
+
+
+def scale(server: DovecotServer, tmp: Path) -> None:
+    given = os.environ.get("MAILTETHER_NOW_SRC")
+    now_src = Path(given).resolve() if given else Path(__file__).resolve().parent.parent / "src"
+    before_src = release_source(tmp)
+    sources = {"plain": None, "now": now_src, "before": before_src}
+    runs = 0
+
+    def child(who: str, user: str, count: int) -> dict[str, float]:
+        nonlocal runs
+        runs += 1
+        db = tmp / f"scale-{runs}.db"  # a first sync: the guard knows nothing
+        source = sources[who]
+        env = dict(os.environ)
+        env.pop("PYTHONPATH", None)
+        if source is not None:
+            env["PYTHONPATH"] = str(source)  # ahead of the installed (editable) mailtether
+        args = {"who": who, "port": server.imap_port, "user": user, "db": str(db)}
+        args["password"] = server.password(user)
+        answer = subprocess.run(
+            [sys.executable, "-c", _SCALE_CHILD, json.dumps(args)],
+            env=env,
+            cwd=tmp,
+            capture_output=True,
+            check=False,
+            timeout=1800,
+        )
+        if answer.returncode != 0:
+            raise RuntimeError(f"{who} at {count:,}: {answer.stderr.decode()[-2000:]}")
+        result = json.loads(answer.stdout.decode().splitlines()[-1])
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        if source is not None:  # the library imported must be the one meant
+            assert Path(result["module"]).is_relative_to(source), (who, result["module"])
+        assert result["done"] == count, (who, count, result["done"])
+        return result
+
+    print(
+        f"\n(e) first sync in a fresh child process, fetched and marked seen: msg/s and peak "
+        f"RSS (VmHWM); median of the rounds, interleaved (noisy: other work shares the host);"
+        f"\n    now = {now_src}, before = {BEFORE_RELEASE} ({before_src})"
+    )
+    names = list(sources)
+    summary = []
+    for count, rounds in SCALE_ROUNDS.items():
+        user = server.add_user()
+        started = time.perf_counter()
+        fill_maildir(server, user, count)
+        filled = time.perf_counter() - started
+        for who in names:
+            child(who, user, count)  # warm-up: Dovecot's index and cache, the page cache
+        results: dict[str, list[dict[str, float]]] = {who: [] for who in names}
+        for round_ in range(rounds):  # each round in another order
+            for who in names[round_ % 3 :] + names[: round_ % 3]:
+                results[who].append(child(who, user, count))
+        rate = {w: statistics.median(r["done"] / r["seconds"] for r in results[w]) for w in names}
+        best = {w: max(r["done"] / r["seconds"] for r in results[w]) for w in names}
+        cpu = {w: statistics.median(r["cpu"] / r["done"] * 1e6 for r in results[w]) for w in names}
+        peak = {w: max(r["peak"] for r in results[w]) / 2**20 for w in names}
+        base = {w: statistics.median(r["base"] for r in results[w]) / 2**20 for w in names}
+        print(f"  {count:,} messages (filled in {filled:.0f} s), {rounds} rounds")
+        for who in names:
+            print(
+                f"    {who:<6} {rate[who]:9,.0f} msg/s (best {best[who]:6,.0f}, client CPU "
+                f"{cpu[who]:4.0f} µs/msg)   peak {peak[who]:6.1f} MiB "
+                f"(after imports {base[who]:5.1f} MiB)"
+            )
+        print(
+            f"    now/before {rate['now'] / rate['before']:.2f}x msg/s, "
+            f"{peak['now'] / peak['before']:.2f}x peak;   now/plain "
+            f"{rate['now'] / rate['plain']:.2f}x msg/s, {peak['now'] / peak['plain']:.2f}x peak"
+        )
+        summary.append((count, peak["now"] * 2**20))
+        if server.root is not None:  # the next size in a mailbox of its own: free the disk
+            shutil.rmtree(server.root / "mail" / user, ignore_errors=True)
+    count, peak_bytes = summary[-1]
+    holds = "holds" if peak_bytes < RSS_TARGET else "does NOT hold"
+    print(
+        f"  target: peak RSS < {RSS_TARGET / 1e6:.0f} MB after a first sync of {count:,} "
+        f"mails: {peak_bytes / 1e6:.1f} MB now, {holds}"
+    )
+
+
 def main() -> int:
-    parts = {"d": memory, "a": recovery, "b": push_latency, "c": first_sync}
+    parts = {"d": memory, "a": recovery, "b": push_latency, "c": first_sync, "e": scale}
     chosen = sys.argv[1:] or list(parts)
     unknown = set(chosen) - set(parts)
     if unknown:
-        print(f"usage: listener.py [a] [b] [c] [d] (unknown: {', '.join(sorted(unknown))})")
+        print(f"usage: listener.py [a] [b] [c] [d] [e] (unknown: {', '.join(sorted(unknown))})")
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="mailtether-bench-"))
     ca = make_ca(tmp / "ca")
