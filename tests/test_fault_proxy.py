@@ -510,3 +510,42 @@ def test_bad_arguments(call, words):
 def test_bad_addresses(upstream, listen, words):
     with pytest.raises(ValueError, match=words):
         FaultProxy(upstream, listen=listen)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((0, 7), {}, "smallest must be a whole number >= 1"),
+        ((1, 2.5), {}, "largest must be a whole number >= 1"),
+        ((8, 7), {}, r"smallest \(8\) must not exceed largest \(7\)"),
+        ((1, 7), {"gap": float("nan")}, "gap must be a finite number"),
+        ((1, 7), {"gap": -1}, "gap must be a finite number"),
+        ((1, 7), {"direction": "sideways"}, "direction must be"),
+    ],
+)
+def test_fragment_refuses_bad_settings_by_name(args, kwargs, message):
+    proxy = FaultProxy(("127.0.0.1", 1))
+    with pytest.raises(ValueError, match=message):
+        proxy.fragment(*args, **kwargs)
+
+
+def test_fragmented_bytes_arrive_whole_in_order_and_in_pieces():
+    server = socket.create_server(("127.0.0.1", 0))
+    with server, FaultProxy(server.getsockname()) as proxy:
+        proxy.fragment(1, 3, gap=0.002, seed=7)
+        assert "fragment=1-3B" in repr(proxy)
+        client = socket.create_connection(proxy.address)
+        upstream, _ = server.accept()
+        payload = bytes(range(256)) * 4
+        upstream.sendall(payload)
+        received, reads = b"", 0
+        client.settimeout(5)
+        while len(received) < len(payload):
+            chunk = client.recv(65536)
+            assert chunk
+            received += chunk
+            reads += 1
+        assert received == payload, "nothing lost, nothing reordered"
+        assert reads > 20, "it came in many pieces"
+        client.close()
+        upstream.close()

@@ -502,7 +502,7 @@ def test_a_reset_during_idle_is_found_at_once(mailbox, proxy):
     with ImapConnection.open(plain(mailbox, port=proxy.port), keepalive=Keepalive()) as connection:
         threading.Timer(0.3, proxy.reset_all).start()
         started = time.monotonic()
-        with pytest.raises(ConnectionLost):
+        with pytest.raises(ConnectionLost, match=r"the connection was reset during IDLE \(RST\)"):
             connection.wait(60)
         assert time.monotonic() - started < 3, "not after the 25-minute renewal"
 
@@ -532,7 +532,7 @@ def test_a_killed_server_process_is_found_at_once(mailbox):
         pid = _session_pid(mailbox)
         threading.Timer(0.3, os.kill, args=(pid, signal.SIGKILL)).start()
         started = time.monotonic()
-        with pytest.raises(ConnectionLost):
+        with pytest.raises(ConnectionLost, match=r"closed the connection during IDLE \(EOF\)"):
             connection.wait(60)
         assert time.monotonic() - started < 3
 

@@ -36,10 +36,12 @@ from mailtether._errors import (
 from mailtether._keepalive import Keepalive
 from mailtether._settings import ImapSettings
 from mailtether.imap._errors import translate_error
-from mailtether.imap._idle import is_chatter, read_idle
+from mailtether.imap._idle import IdleReader, is_chatter
 from mailtether.imap._locked import LockedClient
 
 __all__ = ["ImapConnection"]
+
+_IDLE_LITERAL: Final = 16 * 2**20  # the largest literal read inside an IDLE push
 
 log = logging.getLogger("mailtether.imap")
 _PROTOCOL_TRACE: Final = logging.getLogger("imapclient.imaplib")
@@ -369,19 +371,19 @@ class ImapConnection:
             # wait for its turn.
             deadline = min(until, self.clock.monotonic() + self.keepalive.idle_renewal)
             self._call("starting IDLE", client.idle)
+            # Read by the library, not by imapclient's idle_check (see imap/_idle.py): whole
+            # lines through any split, literals, EOF and RST told apart, DONE included.
+            reader = IdleReader(client, max_literal=self.max_literal or _IDLE_LITERAL)
             try:
-                changes = read_idle(
-                    client, self._locked, self.clock, deadline, stop, secret=self.settings.password
-                )
+                changes = reader.read(self._locked, self.clock, deadline, stop)
+                more = reader.done(self.keepalive.response_timeout)
             except MailServerError as error:
                 self._locked.mark_dead(
                     error if isinstance(error, ConnectionLost) else ConnectionLost(str(error))
                 )
                 raise
-            # DONE is written raw by imapclient: its errors are translated here, and the
-            # tagged answer must come within the response timeout (the socket's timeout).
-            _, more = self._call("ending IDLE", client.idle_done)
-            return changes + [change for change in more if not is_chatter(change)]
+            self._locked.touch()
+            return changes + more
 
     def _poll_once(self, duration: float, stop: threading.Event | None) -> list[Any]:
         interval = self.keepalive.noop_interval

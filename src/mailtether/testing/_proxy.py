@@ -39,6 +39,7 @@ import collections
 import contextlib
 import errno
 import math
+import random
 import selectors
 import socket
 import struct
@@ -153,6 +154,28 @@ class _Cut:
             return None
         middle = index + max(1, len(self.pattern) // 2)
         return max(0, middle - len(self.tail))
+
+
+class _Fragments:
+    """How one direction is cut into pieces: sizes and gaps drawn from a seeded generator."""
+
+    def __init__(self, smallest: int, largest: int, gap: float, seed: int | None) -> None:
+        self.smallest = smallest
+        self.largest = largest
+        self.gap_most = float(gap)
+        self.random = random.Random(seed)
+
+    def split(self, data: bytes) -> list[bytes]:
+        pieces = []
+        start = 0
+        while start < len(data):
+            size = self.random.randint(self.smallest, self.largest)
+            pieces.append(data[start : start + size])
+            start += size
+        return pieces
+
+    def gap(self) -> float:
+        return self.random.uniform(0.0, self.gap_most)
 
 
 class _Item:
@@ -272,6 +295,7 @@ class FaultProxy:
             "up": None,
         }
         self._rewrites: dict[Direction, tuple[tuple[bytes, bytes], ...]] = {"down": (), "up": ()}
+        self._fragments: dict[Direction, _Fragments | None] = {"down": None, "up": None}
         # Owned by the proxy thread while it runs.
         self._links: set[_Link] = set()
         self._accepted = 0
@@ -523,7 +547,48 @@ class FaultProxy:
             raise ValueError(f"new must be bytes, got {new!r}")
         self._call(self._add_rewrite, _check_direction(direction), old, new)
 
+    def fragment(
+        self,
+        smallest: int = 1,
+        largest: int = 7,
+        gap: float = 0.003,
+        *,
+        direction: Direction | Literal["both"] = "down",
+        seed: int | None = None,
+    ) -> None:
+        """Pass the stream on in pieces of *smallest* to *largest* bytes, 0 to *gap* s apart.
+
+        What a long path, a small MTU or a TLS record boundary can do to any line: a
+        client that assumes a line arrives in one read breaks on it (imapclient's
+        ``idle_check`` does: issue #519). No byte is lost or reordered. Sizes and gaps are
+        drawn from *seed*, so a failure can be replayed. Lasts until :meth:`pass_through`.
+
+        Example:
+            >>> from mailtether.testing import FaultProxy
+            >>> proxy = FaultProxy(("127.0.0.1", 1))
+            >>> proxy.fragment(1, 7, gap=0.003, seed=42)
+
+        Raises:
+            ValueError: the sizes are not whole numbers with 1 <= *smallest* <= *largest*,
+                *gap* is negative or not finite, or *direction* is unknown.
+        """
+        for name, value in (("smallest", smallest), ("largest", largest)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if smallest > largest:
+            raise ValueError(f"smallest ({smallest}) must not exceed largest ({largest})")
+        if isinstance(gap, bool) or not isinstance(gap, int | float) or not 0 <= gap < math.inf:
+            raise ValueError(f"gap must be a finite number of seconds >= 0, got {gap!r}")
+        directions: tuple[Direction, ...] = (
+            ("down", "up") if direction == "both" else (_check_direction(direction),)
+        )
+        for each in directions:
+            self._call(self._set_fragments, each, _Fragments(smallest, largest, gap, seed))
+
     # -- fault changes, run by the proxy thread --------------------------------------------------
+
+    def _set_fragments(self, direction: Direction, fragments: _Fragments) -> None:
+        self._fragments[direction] = fragments
 
     def _call(self, function: Callable[..., _T], *args: object) -> _T:
         """Run ``function(*args)`` on the proxy thread (or here, if it is not running)."""
@@ -551,6 +616,7 @@ class FaultProxy:
         self._bandwidth = None
         self._cuts = {"down": None, "up": None}
         self._rewrites = {"down": (), "up": ()}
+        self._fragments = {"down": None, "up": None}
         for link in self._links:
             link.cuts = {"down": None, "up": None}
         if self._refusing:
@@ -711,9 +777,16 @@ class FaultProxy:
             return
         for old, new in self._rewrites[pipe.direction]:
             data = data.replace(old, new)
-        if data:
-            pipe.queue.append(_Item(now + self._latency, _DATA, data))
-            pipe.queued += len(data)
+        if not data:
+            return
+        due = max(now + self._latency, pipe.queue[-1].due if pipe.queue else 0.0)
+        fragments = self._fragments[pipe.direction]
+        pieces = [data] if fragments is None else fragments.split(data)
+        for index, piece in enumerate(pieces):
+            if index and fragments is not None:
+                due += fragments.gap()
+            pipe.queue.append(_Item(due, _DATA, piece))
+        pipe.queued += len(data)
 
     def _wants_read(self, link: _Link, pipe: _Pipe) -> bool:
         return (
@@ -921,6 +994,12 @@ class FaultProxy:
             faults.append(f"latency={self._latency:g}s")
         if self._bandwidth is not None:
             faults.append(f"bandwidth={self._bandwidth:g}B/s")
+        for direction, fragments in self._fragments.items():
+            if fragments is not None:
+                faults.append(
+                    f"fragment={fragments.smallest}-{fragments.largest}B/"
+                    f"{fragments.gap_most:g}s({direction})"
+                )
         for direction, spec in self._cuts.items():
             if spec is not None:
                 n_bytes, pattern = spec
