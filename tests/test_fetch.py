@@ -146,3 +146,23 @@ def test_an_answer_that_does_not_parse_is_a_refusal_that_shows_no_mail_text():
 )
 def test_a_message_set_writes_runs_as_ranges(uids, expected):
     assert fetch_module.message_set(uids) == expected
+
+
+def test_search_uids_is_imapclients_search_as_a_compact_array(filled):
+    uids = sorted(filled.search(["ALL"]))
+    assert list(fetch_module.search_uids(filled, 0)) == uids
+    assert list(fetch_module.search_uids(filled, uids[2])) == uids[3:]
+    assert list(fetch_module.search_uids(filled, uids[-1])) == [], "n:* past the end: nothing"
+    assert list(fetch_module.search_uids(filled, uids[-1] + 100)) == []
+    assert fetch_module.search_uids(filled, 0).itemsize <= 8
+
+
+def test_fetch_sizes_is_imapclients_rfc822_size(filled):
+    uids = sorted(filled.search(["ALL"]))
+    expected = {
+        uid: items[b"RFC822.SIZE"] for uid, items in filled.fetch(uids, ["RFC822.SIZE"]).items()
+    }
+    assert fetch_module.fetch_sizes(filled, uids) == expected
+    assert fetch_module.fetch_sizes(filled, [uids[0], uids[3], uids[4]]) == {
+        uid: expected[uid] for uid in (uids[0], uids[3], uids[4])
+    }

@@ -33,6 +33,7 @@ log = logging.getLogger("mailtether.listener")
 # Mails per fetch: up to _FETCH_MOST, fewer when they are big (about _FETCH_BYTES per batch,
 # by the sizes the server gives first), so a mailbox of large mail cannot fill memory.
 _FETCH_MOST: Final = 500
+_FETCH_FIRST: Final = 50  # until the handling speed is known: the next batch comes sooner
 _FETCH_BYTES: Final = 16 * 2**20
 _SIZE_UNKNOWN: Final = 64 * 2**10  # what a mail the server gave no size for counts as
 # Mails sorted, sized and fetched at a time: memory does not grow with the folder.
@@ -108,6 +109,7 @@ class Pipeline:
         # at a time from then on, so a mail that breaks it every time is found and held.
         self._suspects: set[str] = set()
         self._sizes_broke = False  # asking for sizes broke the connection: fetch without
+        self._per_mail: float | None = None  # handling seconds per mail, last measured
 
     # -- recovery --------------------------------------------------------------------------------
 
@@ -226,7 +228,7 @@ class Pipeline:
         todo = sorted(p for p in keys if sizes.get(p, 0) <= limit)
         handled = 0
         alone = {p for p in todo if keys[p].id in self._suspects}
-        fetches = _Fetches(port, todo, sizes, fence.check, alone)
+        fetches = _Fetches(port, todo, sizes, fence.check, alone, self._per_mail)
         try:
             for batch, fetched, unreadable in fetches:
                 self._suspects.difference_update(keys[p].id for p in fetched)
@@ -244,6 +246,8 @@ class Pipeline:
             if fetches.reading:
                 self._broke(port, [(p, keys[p]) for p in fetches.reading], error)
             raise
+        finally:
+            self._per_mail = fetches.per_mail  # the next window asks ahead from its start
         return handled
 
     def _sizes(self, port: MailboxPort, positions: list[int]) -> Mapping[int, int]:
@@ -497,6 +501,7 @@ class _Fetches:
         sizes: Mapping[int, int],
         check: Callable[[], None],
         alone: Collection[int] = (),
+        per_mail: float | None = None,
     ) -> None:
         self._port = port
         self._todo = todo
@@ -505,7 +510,12 @@ class _Fetches:
         self._alone = set(alone)
         self.reading: list[int] | None = None
         """The positions whose answer is being read (still set if reading it failed)."""
-        self._per_mail: float | None = None  # seconds of handling per mail, once measured
+        self._per_mail = per_mail  # seconds of handling per mail, once measured
+
+    @property
+    def per_mail(self) -> float | None:
+        """Seconds of handling per mail, as last measured (``None``: not yet)."""
+        return self._per_mail
 
     def handled(self, mails: int, seconds: float) -> None:
         """Report how long the last batch's *mails* took to handle."""
@@ -518,7 +528,7 @@ class _Fetches:
 
     def _next(self, start: int) -> list[int]:
         """The batch that starts at *start* in the to-do list."""
-        most = _FETCH_MOST
+        most = _FETCH_MOST if self._per_mail is not None else min(_FETCH_FIRST, _FETCH_MOST)
         if self._per_mail:  # and about a minute of handling at most: a server that hears
             # nothing from its client for long logs it out (RFC 9051: 30 minutes at least)
             most = max(1, min(most, int(_BATCH_SECONDS / self._per_mail)))

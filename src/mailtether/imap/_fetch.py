@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import imaplib
 import re
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
@@ -26,7 +27,7 @@ from imapclient.response_parser import parse_fetch_response
 
 from mailtether._errors import CommandFailed
 
-__all__ = ["fetch_mail", "fetch_sizes", "message_set", "send_fetch"]
+__all__ = ["fetch_mail", "fetch_sizes", "message_set", "search_uids", "send_fetch"]
 
 FetchedMail = tuple[bytes, tuple[bytes, ...]]
 """A fetched mail: its raw bytes and its flags."""
@@ -116,6 +117,43 @@ def fetch_sizes(client: IMAPClient, uids: Sequence[int]) -> dict[int, int]:
         if int(uid) in wanted:
             sizes[int(uid)] = int(size)
     return sizes
+
+
+_NUMBER: Final = re.compile(rb"\d+")
+
+
+def search_uids(client: IMAPClient, after: int) -> Sequence[int]:
+    """The UIDs past *after* (all for 0), ascending, as a compact array of integers.
+
+    ``UID SEARCH UID n:*`` (``ALL`` for 0), read straight from imaplib: imapclient's parser
+    makes a string of every number first, 21 MiB at 100,000 mails; this stays near the size
+    of the answer itself. (``n:*`` always matches the newest mail, even past the end: it is
+    left out.)
+    """
+    imap = getattr(client, "_imap", None)
+    if (
+        not client.use_uid
+        or not isinstance(imap, imaplib.IMAP4)
+        or not all(callable(getattr(imap, part, None)) for part in _IMAPLIB_PARTS)
+    ):  # not the imapclient this was written against: its public road
+        found = client.search(["UID", f"{after + 1}:*"] if after else ["ALL"])
+        return array("L", sorted(uid for uid in found if uid > after))
+    criteria = ("UID", f"{after + 1}:*") if after else ("ALL",)
+    tag = imap._command("UID", "SEARCH", *criteria)
+    typ, data = imap._command_complete("SEARCH", tag)
+    if typ != "OK":
+        raise IMAPClientError(f"search failed: {_text(data)}")
+    typ, data = imap._untagged_response(typ, data, "SEARCH")
+    uids = array("L")
+    for line in data:
+        if isinstance(line, bytes):
+            uids.extend(int(number[0]) for number in _NUMBER.finditer(line))
+    if any(uids[i] > uids[i + 1] for i in range(len(uids) - 1)):
+        uids = array("L", sorted(uids))
+    start = 0
+    while start < len(uids) and uids[start] <= after:
+        start += 1
+    return uids[start:] if start else uids
 
 
 def _sizes_of(answer: dict[int, dict[bytes, Any]], wanted: set[int]) -> dict[int, int]:

@@ -25,7 +25,7 @@ from mailtether._settings import ImapSettings
 from mailtether._status import StatusBoard
 from mailtether._strategies import ReconnectStrategy
 from mailtether.imap._connection import ImapConnection
-from mailtether.imap._fetch import fetch_sizes, message_set, send_fetch
+from mailtether.imap._fetch import fetch_sizes, message_set, search_uids, send_fetch
 from mailtether.stores._protocol import Store
 
 __all__ = ["ImapListener"]
@@ -217,10 +217,8 @@ class _ImapMailbox:
 
     def list_new(self, after: int) -> Listing:
         connection = self._connection
-        criteria = ["UID", f"{after + 1}:*"] if after else ["ALL"]
-        found = connection.call("searching for new mail", connection.client.search, criteria)
-        # "UID n:*" always matches the newest mail, even when n is past the end.
-        return Listing(sorted(uid for uid in found if uid > after), self._base.with_uid)
+        found = connection.call("searching for new mail", search_uids, connection.client, after)
+        return Listing(found, self._base.with_uid)
 
     def sizes(self, positions: Sequence[int]) -> dict[int, int]:
         connection = self._connection
