@@ -20,13 +20,16 @@ import pytest
 from mailtether import (
     ConfigError,
     DuplicateGuard,
+    ImapListener,
     ImapSettings,
     Keepalive,
     Lease,
     MemoryStore,
+    Pop3Poller,
     ProcessLock,
     RedisStore,
     SQLiteStore,
+    StatusBoard,
     acquire_lease,
 )
 from mailtether.imap._connection import ImapConnection
@@ -65,6 +68,18 @@ def _lock(**kwargs: Any) -> ProcessLock:
     return ProcessLock(MemoryStore(), "run", **kwargs)
 
 
+def _listener(**kwargs: Any) -> ImapListener:
+    return ImapListener("imaps://u:secret@mail.example.com/", print, store=MemoryStore(), **kwargs)
+
+
+def _poller(**kwargs: Any) -> Pop3Poller:
+    return Pop3Poller("pop3s://u:secret@mail.example.com/", print, store=MemoryStore(), **kwargs)
+
+
+def _board(**kwargs: Any) -> StatusBoard:
+    return StatusBoard(MemoryStore(), **kwargs)
+
+
 def _nothing_kept(thing: object) -> None:
     assert thing is not None
 
@@ -89,6 +104,15 @@ DURATIONS = [
     Setting(
         "RedisStore.socket_timeout", lambda v: RedisStore("redis://127.0.0.1:1/0", socket_timeout=v)
     ),
+    Setting("ImapListener.poll_interval", lambda v: _listener(poll_interval=v).poll_interval),
+    Setting("ImapListener.lease_ttl", lambda v: _listener(lease_ttl=v).lease_ttl, none_ok=True),
+    Setting("ImapListener.commit_window", lambda v: _listener(commit_window=v).commit_window, True),
+    Setting("ImapListener.heartbeat", lambda v: _listener(heartbeat=v).heartbeat, none_ok=True),
+    Setting("Pop3Poller.poll_interval", lambda v: _poller(poll_interval=v).poll_interval),
+    Setting("Pop3Poller.lease_ttl", lambda v: _poller(lease_ttl=v).lease_ttl, none_ok=True),
+    Setting("Pop3Poller.timeout", lambda v: _poller(timeout=v).timeout),
+    Setting("StatusBoard.offline_after", lambda v: _board(offline_after=v).offline_after, True),
+    Setting("StatusBoard.quiet_period", lambda v: _board(quiet_period=v).quiet_period, True),
 ]
 
 BAD = [math.nan, math.inf, -math.inf, -5, True, "abc", "nan", None, [15]]

@@ -103,25 +103,18 @@ class SourceRunner:
         """The duplicate guard."""
         self.status = status or StatusBoard(self.store, clock=clock)
         """The status board."""
-        if not 0 < poll_interval < float("inf"):
-            raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
-        self.poll_interval = float(poll_interval)
+        kind = type(self).__name__
+        self.poll_interval = check_seconds(poll_interval, f"{kind}.poll_interval")
         """Seconds between polls (and catch-ups)."""
-        self.lease_ttl = lease_ttl
+        self.lease_ttl = check_seconds(lease_ttl, f"{kind}.lease_ttl", allow_none=True)
         """The mailbox lease's TTL, or ``None`` for no lease."""
         self.name = name
         """The source's name."""
         self.clock = clock
         """The clock for reconnect waits."""
-        if (
-            isinstance(commit_window, bool)
-            or not isinstance(commit_window, int | float)
-            or not 0 <= commit_window < float("inf")
-        ):
-            raise ValueError(
-                f"commit_window must be a finite number of seconds >= 0, got {commit_window!r}"
-            )
-        self.commit_window = float(commit_window)
+        self.commit_window = check_seconds(
+            commit_window, f"{kind}.commit_window", allow_zero=True
+        )
         """Seconds of handler work whose outcomes may wait to be recorded together."""
         self.pipeline = Pipeline(
             name=name,
@@ -133,10 +126,12 @@ class SourceRunner:
             on_poison=on_poison,
             handover=Handover(handler, deliver, self.store),
             commit_window=self.commit_window,
-            max_message_bytes=check_count(max_message_bytes, "max_message_bytes", minimum=1024),
+            max_message_bytes=check_count(
+                max_message_bytes, f"{kind}.max_message_bytes", minimum=1024
+            ),
         )
         """The mail pipeline every catch-up runs through."""
-        self.heartbeat = check_seconds(heartbeat, "heartbeat", allow_none=True)
+        self.heartbeat = check_seconds(heartbeat, f"{kind}.heartbeat", allow_none=True)
         """Seconds between liveness beats while running (``None``: no beats)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

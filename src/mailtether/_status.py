@@ -207,9 +207,11 @@ class StatusBoard:
         """Where statuses live."""
         self.notifiers = list(notifiers) if notifiers is not None else [LoggingNotifier()]
         """Who is told."""
-        self.offline_after = float(offline_after)
+        self.offline_after = check_seconds(
+            offline_after, "StatusBoard.offline_after", allow_zero=True
+        )
         """Retrying longer than this is OFFLINE."""
-        self.quiet_period = float(quiet_period)
+        self.quiet_period = check_seconds(quiet_period, "StatusBoard.quiet_period", allow_zero=True)
         """Repeated notifications are held back this long."""
         self.clock = clock
         """The clock."""

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._delivery import DeliverMode, Delivery
+from mailtether._durations import check_seconds
 from mailtether._errors import CommandFailed, ConnectionLost, MalformedReply
 from mailtether._guard import DuplicateGuard
 from mailtether._mailbox_port import LEAVE, FetchedMail, Listed, PostAction
@@ -101,7 +102,7 @@ class Pop3Poller(SourceRunner):
         """Where the mailbox is."""
         self.delete = delete
         """Whether handled mail is deleted."""
-        self.timeout = float(timeout)
+        self.timeout = check_seconds(timeout, "Pop3Poller.timeout")
         """Seconds for connecting and each command."""
         self._connection: Pop3Connection | None = None
 
