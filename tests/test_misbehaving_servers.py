@@ -21,6 +21,7 @@ from mailtether import (
     Delivery,
     DuplicateGuard,
     Fixed,
+    ImapConnection,
     ImapListener,
     ImapSettings,
     Keepalive,
@@ -238,3 +239,17 @@ def test_big_mails_are_fetched_within_the_byte_budget_in_bounded_memory():
     assert handled == 4
     assert len(fetches) == 4, "one mail a fetch: each is past the 16 MiB budget"
     assert peak_mib < 150, f"peak RSS {peak_mib} MiB (all four at once would be over 150)"
+
+
+def test_untagged_noise_is_not_kept_and_new_mail_in_it_is_not_missed(server):
+    settings = ImapSettings(server.host, USER, PASSWORD, port=server.port, security="plain")
+    with ImapConnection.open(settings, keepalive=FAST) as connection:
+        client = connection.client
+        server.flood_expunge(5000)
+        connection.call("searching", client.search, ["ALL"])
+        assert client._imap.untagged_responses == {}, "nothing kept after the command"
+        server.append(mail(7))
+        connection.call("searching", client.search, ["ALL"])  # its answer carries EXISTS
+        changes = connection.wait(5)
+        assert changes, "the EXISTS in another command's answer is a change for wait()"
+        assert changes[0][1] == b"EXISTS"

@@ -102,6 +102,7 @@ class ImapConnection:
             on_dead=self._log_death,
         )
         self._ahead: _Ahead | None = None
+        self._noticed: list[Any] = []  # a change seen in another command's answer
         self.capabilities: frozenset[bytes] = frozenset()
         """What the server offers (after login)."""
         self.uidvalidity: int | None = None
@@ -214,6 +215,7 @@ class ImapConnection:
         except CommandFailed as error:
             raise FolderMissing(f"folder {folder!r} cannot be selected ({error})") from None
         self.uidvalidity = self._uidvalidity(folder, response)
+        self._noticed = []  # the folder's counts as selected: not news
         return response
 
     def _uidvalidity(self, folder: str, response: dict[bytes, Any]) -> int:
@@ -303,7 +305,30 @@ class ImapConnection:
             if self._ahead is not None:  # an answer still on its way comes first
                 with contextlib.suppress(MailServerError):  # its reader will raise it
                     self._read_ahead(self._ahead)
-            return self._locked.call(doing, function, *args, **kwargs)
+            result = self._locked.call(doing, function, *args, **kwargs)
+            self._shed_untagged()
+            return result
+
+    def _shed_untagged(self) -> None:
+        """Drop the untagged responses no command took (imaplib keeps them all, forever).
+
+        An EXPUNGE storm from other clients left 20,000 of them on a live connection. What
+        they say that matters — new mail came (EXISTS, RECENT) — is kept as one change for
+        the next :meth:`wait`, which then returns at once instead of missing it.
+        """
+        client = self._locked.client
+        responses = getattr(getattr(client, "_imap", None), "untagged_responses", None)
+        if not responses:
+            return
+        exists = responses.get("EXISTS")
+        if exists or "RECENT" in responses:
+            count = exists[-1] if exists else b"0"
+            try:
+                number = int(count)
+            except (TypeError, ValueError):
+                number = 0
+            self._noticed = [(number, b"EXISTS")]
+        responses.clear()
 
     def abort(self, reason: str) -> None:
         """Break the connection now, from any thread; every call then raises ConnectionLost.
@@ -350,6 +375,9 @@ class ImapConnection:
         """
         # NaN would wait forever (no deadline compares as passed), so it is refused here.
         deadline = self.clock.monotonic() + check_seconds(timeout, "timeout", allow_zero=True)
+        if self._noticed:  # new mail announced in the answer to another command
+            noticed, self._noticed = self._noticed, []
+            return noticed
         while True:
             remaining = deadline - self.clock.monotonic()
             if remaining <= 0 or (stop is not None and stop.is_set()):
