@@ -166,3 +166,62 @@ def test_fetch_sizes_is_imapclients_rfc822_size(filled):
     assert fetch_module.fetch_sizes(filled, [uids[0], uids[3], uids[4]]) == {
         uid: expected[uid] for uid in (uids[0], uids[3], uids[4])
     }
+
+
+def test_fetch_sizes_reads_other_shapes_and_keeps_news_of_new_mail():
+    from imapclient import IMAPClient
+
+    from scripted import Scripted
+
+    answer = (
+        b"* 1 FETCH (RFC822.SIZE 10 UID 5)\r\n"  # the items the other way round
+        b"* 2 FETCH (UID 6 FLAGS (\\Seen) RFC822.SIZE 20)\r\n"  # with flags the server adds
+        b"* 9 EXISTS\r\n"  # new mail, told in passing
+        b"* 3 FETCH (UID 7 BODY[HEADER] {5}\r\nabcde RFC822.SIZE 30)\r\n"  # a literal: skipped
+        b"* 4 FETCH (UID 99 RFC822.SIZE 40)\r\n"  # not asked for
+        b"TAG OK done\r\n"
+    )
+    with Scripted.imap({b"UID": answer}) as server:
+        client = IMAPClient("127.0.0.1", port=server.port, ssl=False, timeout=5)
+        client.login("someone", "a-long-secret")
+        client.select_folder("INBOX")
+        assert fetch_module.fetch_sizes(client, [5, 6, 7]) == {5: 10, 6: 20}
+        assert client._imap.untagged_responses.get("EXISTS") == [b"9"]
+        assert client.noop()[0].startswith(b"done"), "the connection reads on where it was"
+        client.shutdown()
+
+
+def test_fetch_sizes_raises_the_servers_no():
+    from imapclient import IMAPClient
+    from imapclient.exceptions import IMAPClientError
+
+    from scripted import Scripted
+
+    with Scripted.imap({b"UID": b"TAG NO [SERVERBUG] cannot\r\n"}) as server:
+        client = IMAPClient("127.0.0.1", port=server.port, ssl=False, timeout=5)
+        client.login("someone", "a-long-secret")
+        client.select_folder("INBOX")
+        with pytest.raises(IMAPClientError, match=r"fetch failed: \[SERVERBUG\] cannot"):
+            fetch_module.fetch_sizes(client, [5])
+        client.shutdown()
+
+
+def test_search_uids_reads_a_listing_longer_than_imaplibs_line_bound():
+    """200,000 UIDs are 1.3 MB on one line; imaplib refuses lines over 1,000,000 bytes."""
+    from imapclient import IMAPClient
+
+    from scripted import Scripted
+
+    numbers = b" ".join(b"%d" % uid for uid in range(1, 200_001))
+    answer = b"* SEARCH " + numbers + b"\r\n* 200001 EXISTS\r\nTAG OK done\r\n"
+    with Scripted.imap({b"UID": answer}) as server:
+        client = IMAPClient("127.0.0.1", port=server.port, ssl=False, timeout=5)
+        client.login("someone", "a-long-secret")
+        client.select_folder("INBOX")
+        uids = fetch_module.search_uids(client, 0)
+        assert len(uids) == 200_000
+        assert list(uids[:3]) == [1, 2, 3]
+        assert uids[-1] == 200_000
+        assert list(fetch_module.search_uids(client, 199_998)) == [199_999, 200_000]
+        assert client._imap.untagged_responses.get("EXISTS") == [b"200001", b"200001"]
+        client.shutdown()

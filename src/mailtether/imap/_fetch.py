@@ -19,7 +19,7 @@ import imaplib
 import re
 from array import array
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import Any, BinaryIO, Final, cast
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
@@ -104,19 +104,62 @@ def fetch_sizes(client: IMAPClient, uids: Sequence[int]) -> dict[int, int]:
         answer = client.fetch(sorted(wanted), ["RFC822.SIZE"])
         return _sizes_of(answer, wanted)
     tag = imap._command("UID", "FETCH", message_set(wanted), "(RFC822.SIZE)")
-    typ, data = imap._command_complete("FETCH", tag)
-    if typ != "OK":
-        raise IMAPClientError(f"fetch failed: {_text(data)}")
-    typ, data = imap._untagged_response(typ, data, "FETCH")
+    # The answer is a line a mail; imaplib spends ~5 µs on each (its per-line patterns and
+    # bookkeeping), as much as the rest of a catch-up. Read the lines here, up to the tag.
     sizes: dict[int, int] = {}
-    for line in data:
-        match = _SIZE.fullmatch(line) if isinstance(line, bytes) else None
-        if match is None:  # another shape: imapclient's parser reads the whole answer
-            return _sizes_of(_parsed_items(data, client.normalise_times), wanted)
-        uid, size = (match[1], match[2]) if match[1] else (match[4], match[3])
-        if int(uid) in wanted:
+    prefix = tag + b" "
+    file = cast(BinaryIO, imap.file)
+    while True:
+        line = file.readline(_SIZE_LINE_MOST + 1)
+        if not line:
+            raise imaplib.IMAP4.abort("socket error: EOF")
+        if len(line) > _SIZE_LINE_MOST or not line.endswith(b"\n"):
+            raise imaplib.IMAP4.abort(f"got more than {_SIZE_LINE_MOST} bytes")
+        if line.startswith(prefix):
+            imap.tagged_commands.pop(tag, None)
+            status, _, words = line[len(prefix) :].partition(b" ")
+            if status.upper() != b"OK":
+                raise IMAPClientError(f"fetch failed: {words.strip().decode('utf-8', 'replace')}")
+            return sizes
+        match = _SIZE.fullmatch(line.rstrip(b"\r\n"))
+        if match is not None:
+            uid, size = (match[1], match[2]) if match[1] else (match[4], match[3])
+        else:
+            uid, size = _other_size_line(imap, line)
+        if uid is not None and int(uid) in wanted:
             sizes[int(uid)] = int(size)
-    return sizes
+
+
+_SIZE_LINE_MOST: Final = 64 * 1024
+_UID_ITEM: Final = re.compile(rb"\bUID (\d+)")
+_SIZE_ITEM: Final = re.compile(rb"\bRFC822\.SIZE (\d+)")
+_EXISTS: Final = re.compile(rb"\* (\d+) (EXISTS|RECENT)\r?\n\Z", re.IGNORECASE)
+
+
+def _other_size_line(imap: imaplib.IMAP4, line: bytes) -> tuple[bytes | None, bytes]:
+    """A line of a sizes answer in another shape: its (UID, size), or ``(None, b"")``.
+
+    A FETCH with other items too (flags a server adds) gives its UID and size; news of new
+    mail is left where imaplib keeps it (the connection notices it); a literal is read and
+    dropped, within the line bound.
+    """
+    literal = re.search(rb"\{(\d+)\}\r?\n\Z", line)
+    if literal is not None:
+        length = int(literal[1])
+        if length > _SIZE_LINE_MOST:
+            raise imaplib.IMAP4.abort(f"a literal of {length} bytes in a sizes answer")
+        imap.file.read(length)
+        imap.file.readline(_SIZE_LINE_MOST)  # the rest of that response
+        return None, b""
+    news = _EXISTS.match(line)
+    if news is not None:
+        kind = news[2].upper().decode()
+        imap.untagged_responses.setdefault(kind, []).append(news[1])
+        return None, b""
+    uid_item, size_item = _UID_ITEM.search(line), _SIZE_ITEM.search(line)
+    if line.startswith(b"* ") and b" FETCH " in line and uid_item and size_item:
+        return uid_item[1], size_item[1]
+    return None, b""
 
 
 _NUMBER: Final = re.compile(rb"\d+")
@@ -140,20 +183,57 @@ def search_uids(client: IMAPClient, after: int) -> Sequence[int]:
         return array("L", sorted(uid for uid in found if uid > after))
     criteria = ("UID", f"{after + 1}:*") if after else ("ALL",)
     tag = imap._command("UID", "SEARCH", *criteria)
-    typ, data = imap._command_complete("SEARCH", tag)
-    if typ != "OK":
-        raise IMAPClientError(f"search failed: {_text(data)}")
-    typ, data = imap._untagged_response(typ, data, "SEARCH")
-    uids = array("L")
-    for line in data:
-        if isinstance(line, bytes):
-            uids.extend(int(number[0]) for number in _NUMBER.finditer(line))
+    uids = _read_search(imap, tag)
     if any(uids[i] > uids[i + 1] for i in range(len(uids) - 1)):
         uids = array("L", sorted(uids))
     start = 0
     while start < len(uids) and uids[start] <= after:
         start += 1
     return uids[start:] if start else uids
+
+
+def _read_search(imap: imaplib.IMAP4, tag: bytes) -> array[int]:
+    """Read a SEARCH answer up to *tag*, its numbers straight into an array.
+
+    The ``* SEARCH`` line holds every UID: past about 140,000 mails it is longer than the
+    1,000,000 bytes imaplib takes in one line, so it is read here in pieces of 64 KiB, a
+    number cut between two pieces carried over.
+    """
+    file = cast(BinaryIO, imap.file)
+    uids: array[int] = array("L")
+    prefix = tag + b" "
+    at_start, in_search, carry = True, False, b""
+    while True:
+        piece = file.readline(_SIZE_LINE_MOST)
+        if not piece:
+            raise imaplib.IMAP4.abort("socket error: EOF")
+        ended = piece.endswith(b"\n")
+        if at_start:
+            if piece.startswith(prefix):
+                if not ended:
+                    raise imaplib.IMAP4.abort(f"got more than {_SIZE_LINE_MOST} bytes")
+                imap.tagged_commands.pop(tag, None)
+                status, _, words = piece[len(prefix) :].partition(b" ")
+                if status.upper() != b"OK":
+                    raise IMAPClientError(
+                        f"search failed: {words.strip().decode('utf-8', 'replace')}"
+                    )
+                return uids
+            in_search = piece[:8].upper() == b"* SEARCH"
+            if in_search:
+                piece = piece[8:]
+            elif ended:
+                _other_size_line(imap, piece)  # news of new mail is kept; the rest dropped
+        if in_search:
+            text = carry + piece
+            carry = b""
+            if not ended:  # a number may go on in the next piece
+                cut = len(text)
+                while cut and text[cut - 1 : cut].isdigit():
+                    cut -= 1
+                text, carry = text[:cut], text[cut:]
+            uids.extend(int(number[0]) for number in _NUMBER.finditer(text))
+        at_start = ended
 
 
 def _sizes_of(answer: dict[int, dict[bytes, Any]], wanted: set[int]) -> dict[int, int]:
