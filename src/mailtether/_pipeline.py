@@ -37,7 +37,7 @@ _FETCH_FIRST: Final = 50  # until the handling speed is known: the next batch co
 _FETCH_BYTES: Final = 16 * 2**20
 _SIZE_UNKNOWN: Final = 64 * 2**10  # what a mail the server gave no size for counts as
 # Mails sorted, sized and fetched at a time: memory does not grow with the folder.
-_WINDOW: Final = 5000
+_WINDOW: Final = 2000
 # Seconds of handling a batch should take at most: batches of slow mail are made smaller, and
 # the next batch is asked for ahead only when handling this one should take less than this.
 _BATCH_SECONDS: Final = 60.0
