@@ -79,3 +79,22 @@ def listeners_and_the_guard() -> None:
     if entry is not None:
         assert_type(entry.state, mailtether.GuardState)
     assert_type(key.with_content(b"Subject: x\r\n\r\n"), mailtether.MessageKey)
+    assert_type(triage.busy, tuple[mailtether.MessageKey, ...])
+    assert_type(listener.max_message_bytes, int)
+
+
+def misbehaving_servers() -> None:
+    from mailtether.testing import FaultProxy, ScriptedImapServer
+
+    with ScriptedImapServer(user="u", password="a-secret") as server:
+        assert_type(server.append(b"Subject: x\r\n\r\nbody\r\n"), int)
+        server.omit_from_fetch(1, times=1)
+        server.fetch_no(1)
+        server.huge_literal(1, then="close")
+        assert_type(server.port, int)
+        with FaultProxy(server.address) as proxy:
+            proxy.fragment(1, 7, gap=0.003, direction="both", seed=1)
+    try:
+        raise mailtether.MalformedReply("garbled")
+    except mailtether.ConnectionLost as error:
+        assert_type(error.message, str)
