@@ -847,3 +847,25 @@ def test_tls_errors_raised_by_hand_are_named_too():
     untrusted = translate_error(ssl.SSLCertVerificationError("no issuer"), "connecting")
     assert isinstance(untrusted, TLSFailure)
     assert "not trusted (no issuer)" in str(untrusted)
+
+
+def test_idle_over_tls_through_split_packets_sees_each_push_and_the_close(mailbox, tls_ca):
+    """TLS records cut into pieces: the reader waits for whole records, then whole lines."""
+    with FaultProxy(("127.0.0.1", mailbox.server.imaps_port)) as proxy:
+        proxy.fragment(1, 7, gap=0.002, direction="both", seed=11)
+        settings = ImapSettings(
+            "127.0.0.1",
+            mailbox.user,
+            mailbox.password,
+            port=proxy.port,
+            ssl_context=tls_ca.client_context(),
+        )
+        with ImapConnection.open(settings, keepalive=FAST) as connection:
+            for count in (1, 2):
+                threading.Timer(0.3, mailbox.append, args=(MAIL,)).start()
+                changes = connection.wait(10)
+                assert (count, b"EXISTS") in changes
+            assert proxy.accepted == 1
+            threading.Timer(0.3, mailbox.kick).start()
+            with pytest.raises(ConnectionLost, match=r"BYE|EOF"):
+                connection.wait(10)
