@@ -62,11 +62,9 @@ def send_fetch(client: IMAPClient, uids: Sequence[int]) -> Callable[[], dict[int
     wanted = list(uids)
     if not wanted:
         return dict
-    imap = getattr(client, "_imap", None)
+    imap = _imaplib_of(client)
     if (
-        not client.use_uid
-        or not isinstance(imap, imaplib.IMAP4)
-        or not all(callable(getattr(imap, part, None)) for part in _IMAPLIB_PARTS)
+        imap is None
     ):  # not the imapclient this was written against: take its public road, at read time
         return lambda: _asked(_from_imapclient(client.fetch(wanted, _ITEMS)), wanted)
     tag = imap._command("UID", "FETCH", ",".join(map(str, wanted)), "(BODY.PEEK[] FLAGS)")
@@ -95,12 +93,8 @@ def fetch_sizes(client: IMAPClient, uids: Sequence[int]) -> dict[int, int]:
     wanted = set(uids)
     if not wanted:
         return {}
-    imap = getattr(client, "_imap", None)
-    if (
-        not client.use_uid
-        or not isinstance(imap, imaplib.IMAP4)
-        or not all(callable(getattr(imap, part, None)) for part in _IMAPLIB_PARTS)
-    ):  # not the imapclient this was written against: its public road
+    imap = _imaplib_of(client)
+    if imap is None:  # not the imapclient this was written against: its public road
         answer = client.fetch(sorted(wanted), ["RFC822.SIZE"])
         return _sizes_of(answer, wanted)
     tag = imap._command("UID", "FETCH", message_set(wanted), "(RFC822.SIZE)")
@@ -173,12 +167,8 @@ def search_uids(client: IMAPClient, after: int) -> Sequence[int]:
     of the answer itself. (``n:*`` always matches the newest mail, even past the end: it is
     left out.)
     """
-    imap = getattr(client, "_imap", None)
-    if (
-        not client.use_uid
-        or not isinstance(imap, imaplib.IMAP4)
-        or not all(callable(getattr(imap, part, None)) for part in _IMAPLIB_PARTS)
-    ):  # not the imapclient this was written against: its public road
+    imap = _imaplib_of(client)
+    if imap is None:  # not the imapclient this was written against: its public road
         found = client.search(["UID", f"{after + 1}:*"] if after else ["ALL"])
         return array("L", sorted(uid for uid in found if uid > after))
     criteria = ("UID", f"{after + 1}:*") if after else ("ALL",)
@@ -257,6 +247,22 @@ def message_set(positions: Iterable[int]) -> str:
         previous = position
     runs.append(str(start) if start == previous else f"{start}:{previous}")
     return ",".join(runs)
+
+
+def _imaplib_of(client: IMAPClient) -> imaplib.IMAP4 | None:
+    """The imaplib connection under *client*, or ``None``: then use imapclient's own road.
+
+    ``None`` unless it is the one this module was written against: UIDs on, and the
+    imaplib internals called here present.
+    """
+    imap = getattr(client, "_imap", None)
+    if (
+        not client.use_uid
+        or not isinstance(imap, imaplib.IMAP4)
+        or not all(callable(getattr(imap, part, None)) for part in _IMAPLIB_PARTS)
+    ):
+        return None
+    return imap
 
 
 def _usual(data: list[Any]) -> dict[int, FetchedMail] | None:
