@@ -119,7 +119,7 @@ def fetch_sizes(client: IMAPClient, uids: Sequence[int]) -> dict[int, int]:
         if match is not None:
             uid, size = (match[1], match[2]) if match[1] else (match[4], match[3])
         else:
-            uid, size = _other_size_line(imap, line)
+            uid, size = _other_line(imap, line)
         if uid is not None and int(uid) in wanted:
             sizes[int(uid)] = int(size)
 
@@ -130,8 +130,8 @@ _SIZE_ITEM: Final = re.compile(rb"\bRFC822\.SIZE (\d+)")
 _EXISTS: Final = re.compile(rb"\* (\d+) (EXISTS|RECENT)\r?\n\Z", re.IGNORECASE)
 
 
-def _other_size_line(imap: imaplib.IMAP4, line: bytes) -> tuple[bytes | None, bytes]:
-    """A line of a sizes answer in another shape: its (UID, size), or ``(None, b"")``.
+def _other_line(imap: imaplib.IMAP4, line: bytes) -> tuple[bytes | None, bytes]:
+    """A line of a sizes or SEARCH answer in another shape: ``(UID, size)`` or ``(None, b"")``.
 
     A FETCH with other items too (flags a server adds) gives its UID and size; news of new
     mail is left where imaplib keeps it (the connection notices it); a literal is read and
@@ -213,7 +213,7 @@ def _read_search(imap: imaplib.IMAP4, tag: bytes) -> array[int]:
             if in_search:
                 piece = piece[8:]
             elif ended:
-                _other_size_line(imap, piece)  # news of new mail is kept; the rest dropped
+                _other_line(imap, piece)  # news of new mail is kept; the rest dropped
         if in_search:
             text = carry + piece
             carry = b""

@@ -132,15 +132,14 @@ class IdleReader:
     def _responses(self, until: float, doing: str) -> list[Any]:
         """The untagged responses complete by *until* (real time); more may follow."""
         responses: list[Any] = []
-        while not self._ended:
-            chunk = self._peek(until, doing)
-            if chunk is None:
-                break
+        chunk = self._peek(until, doing)
+        while chunk is not None and not self._ended:
             response = self._take(chunk, doing)
-            if response is not None:
-                responses.append(response)
-                if not self._file_has_more():
-                    break
+            if response is None:  # not yet whole (wait for the rest), or the IDLE's end
+                chunk = None if self._ended else self._peek(until, doing)
+                continue
+            responses.append(response)
+            chunk = self._peek_now(doing) or None  # more only if it is there already
         return responses
 
     def _peek(self, until: float, doing: str) -> bytes | None:
@@ -155,14 +154,13 @@ class IdleReader:
             if chunk:
                 return chunk
             left = until - time.monotonic()
-            if left <= 0 or not self._readable(left):
+            if left <= 0 or not self._readable(left, doing):
                 return None
             chunk = self._peek_now(doing)
             if chunk:
                 return chunk
             if chunk is not None:  # readable, yet nothing: the end
-                where = "during IDLE" if doing == "IDLE" else f"while {doing}"
-                raise ConnectionLost(f"the server closed the connection {where} (EOF)")
+                raise ConnectionLost(f"the server closed the connection {_where(doing)} (EOF)")
 
     def _peek_now(self, doing: str) -> bytes | None:
         """The buffered bytes, topped up by one read that does not wait.
@@ -183,18 +181,14 @@ class IdleReader:
         finally:
             self._sock.settimeout(previous)
 
-    def _readable(self, seconds: float) -> bool:
+    def _readable(self, seconds: float, doing: str) -> bool:
         if self._tls and self._sock.pending():  # type: ignore[attr-defined]
             return True
         try:
             ready, _, _ = select.select([self._sock], [], [], seconds)
         except (OSError, ValueError) as error:  # closed under us
-            raise ConnectionLost(f"the connection was closed during IDLE ({error})") from None
+            raise ConnectionLost(f"the connection was closed {_where(doing)} ({error})") from None
         return bool(ready)
-
-    def _file_has_more(self) -> bool:
-        """Whether more bytes are there to read right now (no waiting)."""
-        return bool(self._peek_now("IDLE"))
 
     def _take(self, chunk: bytes, doing: str) -> Any | None:
         """Consume from *chunk* (peeked) up to the end of the current line or literal.
@@ -283,8 +277,12 @@ def _shown(text: bytes) -> str:
     return text[:80].decode("ascii", "replace")
 
 
+def _where(doing: str) -> str:
+    return "during IDLE" if doing == "IDLE" else f"while {doing}"
+
+
 def _broken(error: OSError, doing: str) -> ConnectionLost:
-    where = "during IDLE" if doing == "IDLE" else f"while {doing}"
     if isinstance(error, ConnectionResetError):
-        return ConnectionLost(f"the connection was reset {where} (RST)")
-    return ConnectionLost(f"the connection broke {where} ({type(error).__name__}: {error})")
+        return ConnectionLost(f"the connection was reset {_where(doing)} (RST)")
+    kind = type(error).__name__
+    return ConnectionLost(f"the connection broke {_where(doing)} ({kind}: {error})")
