@@ -72,8 +72,7 @@ def test_heartbeat_renews_at_its_interval(clock, store):
             # the lease itself (the last beat's lease is later than the first one too).
             eventually(
                 lambda beat=beat: (
-                    store.renewals == beat
-                    and lock.lease.expires_at == first.expires_at + 10 * beat
+                    store.renewals == beat and lock.lease.expires_at == first.expires_at + 10 * beat
                 )
             )
             eventually(lambda: clock.sleepers == 1)

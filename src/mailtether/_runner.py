@@ -112,9 +112,7 @@ class SourceRunner:
         """The source's name."""
         self.clock = clock
         """The clock for reconnect waits."""
-        self.commit_window = check_seconds(
-            commit_window, f"{kind}.commit_window", allow_zero=True
-        )
+        self.commit_window = check_seconds(commit_window, f"{kind}.commit_window", allow_zero=True)
         """Seconds of handler work whose outcomes may wait to be recorded together."""
         self.pipeline = Pipeline(
             name=name,
