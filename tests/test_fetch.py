@@ -191,6 +191,27 @@ def test_fetch_sizes_reads_other_shapes_and_keeps_news_of_new_mail():
         client.shutdown()
 
 
+def test_fetch_sizes_reads_the_usual_lines_without_the_slow_road(monkeypatch):
+    from imapclient import IMAPClient
+
+    from scripted import Scripted
+
+    answer = (
+        b"* 1 FETCH (UID 5 RFC822.SIZE 10)\r\n* 2 FETCH (RFC822.SIZE 20 UID 6)\r\nTAG OK done\r\n"
+    )
+
+    def slow(imap, line):  # type: ignore[no-untyped-def]
+        raise AssertionError(f"the usual line {line!r} took the slow road")
+
+    monkeypatch.setattr(fetch_module, "_other_line", slow)
+    with Scripted.imap({b"UID": answer}) as server:
+        client = IMAPClient("127.0.0.1", port=server.port, ssl=False, timeout=5)
+        client.login("someone", "a-long-secret")
+        client.select_folder("INBOX")
+        assert fetch_module.fetch_sizes(client, [5, 6]) == {5: 10, 6: 20}
+        client.shutdown()
+
+
 def test_fetch_sizes_raises_the_servers_no():
     from imapclient import IMAPClient
     from imapclient.exceptions import IMAPClientError

@@ -77,9 +77,10 @@ class MemoryMailbox:
     def present(self, positions: Sequence[int]) -> set[int]:
         return set(positions) & set(self.mails)
 
-    def sizes(self, positions: Sequence[int]) -> dict[int, int]:
+    def sizes(self, positions: Sequence[int]) -> Callable[[], Mapping[int, int]]:
         self.sized.append(tuple(positions))
-        return {p: self.size_of.get(p, len(self.mails[p])) for p in positions if p in self.mails}
+        found = {p: self.size_of.get(p, len(self.mails[p])) for p in positions if p in self.mails}
+        return lambda: found
 
     def describe(self, position: int) -> str:
         return f"UID {position}"
@@ -412,6 +413,50 @@ def test_the_listing_is_worked_through_in_windows(monkeypatch):
     assert mailbox.sized == [(1, 2, 3), (4, 5, 6), (7, 8)], "sized a window at a time"
     assert cursors[-1] == 8
     assert {3, 6} <= set(cursors), "the cursor moves on after each window"
+
+
+def test_the_next_window_is_asked_for_before_the_last_batch_of_a_window_is_handed_over(
+    monkeypatch,
+):
+    """At a window's edge the server is not left idle: sizes and first fetch go out ahead."""
+    monkeypatch.setattr(pipeline_module, "_WINDOW", 3)
+    asked_when: dict[str, tuple[int, int]] = {}
+    pipeline, mailbox = make(
+        lambda delivery: asked_when.setdefault(
+            str(delivery.message["Subject"]), (len(mailbox.sized), len(mailbox.fetches))
+        )
+    )
+    for uid in range(1, 8):
+        mailbox.add(uid, f"m{uid}")
+    assert pipeline.catch_up(mailbox) == 7
+    assert mailbox.sized == [(1, 2, 3), (4, 5, 6), (7,)]
+    # m1..m3 are the first window's one batch (the handling speed is not yet known when it
+    # is asked for); by the time m4's batch is handed over, the third window is asked for.
+    assert asked_when["m4"] == (3, 3), "window 3 sized and its first batch asked before m4"
+    assert mailbox.fetches == [(1, 2, 3), (4, 5, 6), (7,)]
+    assert mailbox.applied == [((1, 2, 3), "seen"), ((4, 5, 6), "seen"), ((7,), "seen")]
+
+
+def test_a_break_in_the_next_windows_answer_leaves_the_cursor_after_the_window_handled(
+    monkeypatch,
+):
+    monkeypatch.setattr(pipeline_module, "_WINDOW", 3)
+    seen: list[Delivery] = []
+    pipeline, mailbox = make(seen.append)
+    for uid in range(1, 10):
+        mailbox.add(uid, f"m{uid}")
+    pipeline.catch_up(mailbox)  # the speed is known from here on: every batch asked ahead
+    for uid in range(10, 16):
+        mailbox.add(uid, f"m{uid}")
+    mailbox.breaks = {13}  # the next window's first batch breaks the connection
+    with pytest.raises(ConnectionLost):
+        pipeline.catch_up(mailbox)
+    assert subjects(seen)[9:] == ["m10", "m11", "m12"], "the window before was handled"
+    assert pipeline.store.get("cursor", "test").data["last"] == 12
+    assert [positions for positions, _ in mailbox.applied][-1] == (10, 11, 12)
+    mailbox.breaks = set()
+    assert pipeline.catch_up(mailbox) == 3
+    assert subjects(seen)[12:] == ["m13", "m14", "m15"], "nothing lost, nothing twice"
 
 
 def test_a_mail_whose_fetch_breaks_the_connection_is_found_and_held_not_looped_on():

@@ -122,11 +122,12 @@ class MailboxPort(Protocol):
                 mail at fault. Anything that breaks the connection is a ``ConnectionLost``.
         """
 
-    def sizes(self, positions: Sequence[int]) -> Mapping[int, int]:
-        """The sizes in bytes the server gives for these mails (``RFC822.SIZE``, ``LIST``).
+    def sizes(self, positions: Sequence[int]) -> Callable[[], Mapping[int, int]]:
+        """Ask for these mails' sizes in bytes now; the returned function reads them (once).
 
-        Asked for before they are fetched, so batches keep to a byte budget and mail larger
-        than the pipeline takes is never fetched. A position left out has no known size.
+        The sizes are the server's (``RFC822.SIZE``, ``LIST``), asked for before the mails are
+        fetched, so batches keep to a byte budget and mail larger than the pipeline takes is
+        never fetched. A position left out has no known size. Errors as :meth:`fetch`'s.
         """
 
     def present(self, positions: Sequence[int]) -> set[int]:

@@ -12,8 +12,10 @@ mailbox changes in flight) and the parts (attachments handed out of a mail not y
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Final, Protocol
+
+import attrs
 
 from mailtether._clock import Clock
 from mailtether._delivery import Delivery
@@ -141,30 +143,95 @@ class Pipeline:
 
         The listing is worked through in windows of ``_WINDOW`` mails (sorted with the guard,
         sized, fetched in batches, handled, the cursor moved on), so memory does not grow
-        with the size of the folder. *fence* is checked before each fetch and before each
-        mail is handed over: once the lease is lost, nothing more is handed out, the
-        outcomes of what was handled are recorded, with their mailbox changes left in the
-        outbox for the next holder.
+        with the size of the folder. The next window is sorted and sized, and its first
+        batch asked for, before the last batch of a window is handed over, so the server is
+        never left waiting at a window's edge. *fence* is checked before each fetch and
+        before each mail is handed over: once the lease is lost, nothing more is handed
+        out, the outcomes of what was handled are recorded, with their mailbox changes left
+        in the outbox for the next holder.
         """
         recovered = self.recover(port)  # changes another holder (or a fault) left undone
         last, busy_before = self._cursor(port) if port.uses_cursor else (0, ())
         listed = port.list_new(last)
         first: list[Listed] = self._again(port, last, busy_before) if port.uses_cursor else []
+        windows = self._windows(port, listed, first, recovered, fence)
+        fetches = _Fetches(port, windows, fence.check, self._per_mail)
         busy: tuple[str, ...] = ()
         handled = 0
-        for start in range(0, len(listed) or (1 if first else 0), _WINDOW):
-            window = [*first, *listed[start : start + _WINDOW]] if start == 0 else None
-            window = window if window is not None else list(listed[start : start + _WINDOW])
-            newest = max((item.position for item in window), default=0)
-            keys, fresh, window_busy = self._sort_out(port, window, recovered)
-            busy = tuple(sorted({*busy, *window_busy}))
-            handled += self._work_through(port, keys, fresh, fence, last, busy)
-            if port.uses_cursor:
-                last = self._advance(port, last, newest, busy)
+        try:
+            for window, batch, fetched, unreadable in fetches:
+                if not set(window.busy) <= set(busy):
+                    busy = tuple(sorted({*busy, *window.busy}))
+                if not batch:  # the window is worked through: the cursor passes all of it
+                    if port.uses_cursor:
+                        last = self._advance(port, last, window.newest, busy)
+                    continue
+                keys = window.keys
+                self._suspects.difference_update(keys[p].id for p in fetched)
+                mails = [(p, keys[p], *fetched[p]) for p in batch if p in fetched]  # else gone
+                bad = [(p, keys[p], reason, False) for p, reason in unreadable.items()]
+                began = self.clock.monotonic()
+                done, failed = self._handle(port, mails, window.fresh, fence, bad)
+                fetches.handled(len(mails), self.clock.monotonic() - began)
+                handled += done
+                if done or failed:
+                    self.status.count(self.name, processed=done, failed=failed)
+                if port.uses_cursor:
+                    last = self._advance(port, last, batch[-1], busy)
+        except ConnectionLost as error:
+            if fetches.reading:
+                self._broke(port, fetches.reading, error)
+            raise
+        finally:
+            self._per_mail = fetches.per_mail
         if port.uses_cursor and busy != busy_before:
             self._save_cursor(port, last, busy)
         self._sizes_broke = False
         return handled
+
+    def _windows(
+        self,
+        port: MailboxPort,
+        listed: Sequence[Listed],
+        first: list[Listed],
+        recovered: set[str],
+        fence: Fence,
+    ) -> Iterator[_Window]:
+        """The listing, a window of ``_WINDOW`` mails at a time, sorted and sized.
+
+        The sizes are asked for before the guard is asked (both answers on their way at
+        once). Mail larger than ``max_message_bytes`` is held here, without being fetched.
+        """
+        for start in range(0, len(listed) or (1 if first else 0), _WINDOW):
+            window = [*first, *listed[start : start + _WINDOW]] if start == 0 else None
+            window = window if window is not None else list(listed[start : start + _WINDOW])
+            sizes = self._ask_sizes(port, sorted({item.position for item in window}))
+            keys, fresh, busy, unchanged = self._sort_out(window, recovered)
+            known = self._read_sizes(sizes)
+            if unchanged:  # handled, but a crash came before the mailbox was changed
+                log.info(
+                    "%s: finishing %d mailbox changes after a restart", self.name, len(unchanged)
+                )
+                self.apply(port, unchanged, self.after)
+            limit = self.max_message_bytes
+            too_large = [
+                (p, keys[p], f"larger than max_message_bytes ({known[p]} bytes)", True)
+                for p in sorted(keys)
+                if known.get(p, 0) > limit
+            ]
+            if too_large:
+                done, failed = self._handle(port, [], fresh, fence, too_large)
+                self.status.count(self.name, processed=done, failed=failed)
+            todo = sorted(p for p in keys if known.get(p, 0) <= limit)
+            yield _Window(
+                keys=keys,
+                fresh=fresh,
+                busy=busy,
+                newest=max((item.position for item in window), default=0),
+                todo=todo,
+                sizes=known,
+                alone={p for p in todo if keys[p].id in self._suspects},
+            )
 
     def _again(self, port: MailboxPort, last: int, busy: tuple[str, ...]) -> list[Listed]:
         """Mail at or below the cursor to look at again.
@@ -181,86 +248,46 @@ class Pipeline:
         return list(found.values())
 
     def _sort_out(
-        self, port: MailboxPort, listed: list[Listed], recovered: set[str]
-    ) -> tuple[dict[int, MessageKey], set[int], tuple[str, ...]]:
+        self, listed: list[Listed], recovered: set[str]
+    ) -> tuple[dict[int, MessageKey], set[int], tuple[str, ...], list[int]]:
         """Sort listed mail with the guard, in one batched look-up.
 
-        Finishes the post-action of mail recorded done but still listed (a crash came in
-        between), but for the *recovered* ones (just finished from the outbox). Returns the
-        keys to fetch by position, the positions of the mail never seen, and the ids of the
-        mail another worker has claimed right now (kept in the cursor record, so the next
-        catch-up looks at them again).
+        Returns the keys to fetch by position, the positions of the mail never seen, the
+        ids of the mail another worker has claimed right now (kept in the cursor record, so
+        the next catch-up looks at them again), and the positions of mail recorded done but
+        still listed (a crash came in between: its post-action is due), but for the
+        *recovered* ones (just finished from the outbox).
         """
         where = {item.key.id: item.position for item in listed}
         triage = self.guard.triage(item.key for item in listed)
         unchanged = [where[key.id] for key in triage.done if key.id not in recovered]
-        if unchanged:  # handled, but a crash came before the mailbox was changed
-            count = len(unchanged)
-            log.info("%s: finishing %d mailbox changes after a restart", self.name, count)
-            self.apply(port, unchanged, self.after)
         keys = {where[key.id]: key for key in (*triage.new, *triage.retry)}
         busy = tuple(sorted(key.id for key in triage.busy))
-        return keys, {where[key.id] for key in triage.new}, busy
+        return keys, {where[key.id] for key in triage.new}, busy, unchanged
 
-    def _work_through(
-        self,
-        port: MailboxPort,
-        keys: dict[int, MessageKey],
-        fresh: set[int],
-        fence: Fence,
-        last: int,
-        busy: tuple[str, ...],
-    ) -> int:
-        """Size, fetch and hand over the mail of one window; return how many were handled.
-
-        Mail larger than ``max_message_bytes`` is held without being fetched.
-        """
-        sizes = self._sizes(port, sorted(keys)) if keys else {}
-        limit = self.max_message_bytes
-        too_large = [
-            (p, keys[p], f"larger than max_message_bytes ({sizes[p]} bytes)", True)
-            for p in sorted(keys)
-            if sizes.get(p, 0) > limit
-        ]
-        if too_large:
-            done, failed = self._handle(port, [], fresh, fence, too_large)
-            self.status.count(self.name, processed=done, failed=failed)
-        todo = sorted(p for p in keys if sizes.get(p, 0) <= limit)
-        handled = 0
-        alone = {p for p in todo if keys[p].id in self._suspects}
-        fetches = _Fetches(port, todo, sizes, fence.check, alone, self._per_mail)
+    def _ask_sizes(
+        self, port: MailboxPort, positions: list[int]
+    ) -> Callable[[], Mapping[int, int]] | None:
+        """Ask for the sizes of these mails (``None``: not asked, see :meth:`_read_sizes`)."""
+        if self._sizes_broke or not positions:
+            return None
         try:
-            for batch, fetched, unreadable in fetches:
-                self._suspects.difference_update(keys[p].id for p in fetched)
-                mails = [(p, keys[p], *fetched[p]) for p in batch if p in fetched]  # else gone
-                bad = [(p, keys[p], reason, False) for p, reason in unreadable.items()]
-                began = self.clock.monotonic()
-                done, failed = self._handle(port, mails, fresh, fence, bad)
-                fetches.handled(len(mails), self.clock.monotonic() - began)
-                handled += done
-                if done or failed:
-                    self.status.count(self.name, processed=done, failed=failed)
-                if port.uses_cursor:
-                    last = self._advance(port, last, batch[-1], busy)
-        except ConnectionLost as error:
-            if fetches.reading:
-                self._broke(port, [(p, keys[p]) for p in fetches.reading], error)
+            return port.sizes(positions)
+        except ConnectionLost:
+            self._sizes_broke = True
             raise
-        finally:
-            self._per_mail = fetches.per_mail  # the next window asks ahead from its start
-        return handled
 
-    def _sizes(self, port: MailboxPort, positions: list[int]) -> Mapping[int, int]:
-        """The sizes of these mails, or none known when the server will not say.
+    def _read_sizes(self, answer: Callable[[], Mapping[int, int]] | None) -> Mapping[int, int]:
+        """The sizes asked for, or none known when the server will not say.
 
         A refusal (one unreadable mail can fail the whole request) leaves the sizes unknown
         for this window; a request that broke the connection is not made again until a
         catch-up gets through: the fetches then find the mail at fault, one at a time.
         """
-        if self._sizes_broke:
+        if answer is None:
             return {}
         try:
-            return port.sizes(positions)
+            return answer()
         except CommandFailed as error:
             log.warning("%s: the server gave no sizes (%s); fetching without", self.name, error)
             return {}
@@ -483,33 +510,46 @@ def _first_of_each_content(
     return firsts, repeats
 
 
-class _Fetches:
-    """The fetches of one window, in batches: iterate for ``(positions, fetched, unreadable)``.
+@attrs.frozen
+class _Window:
+    """Up to ``_WINDOW`` listed mails, sorted with the guard and sized."""
 
-    Batches hold up to ``_FETCH_MOST`` mails and about ``_FETCH_BYTES`` by the sizes the
-    server gave (the first batch too; a mail alone may be larger, up to the pipeline's
-    ``max_message_bytes``), and fewer when they are slow to handle (about
+    keys: dict[int, MessageKey]  # the mail to fetch, by position
+    fresh: set[int]  # the positions the guard has never seen
+    busy: tuple[str, ...]  # the ids of mail claimed elsewhere right now
+    newest: int  # the last position listed in the window (the cursor passes it at the end)
+    todo: list[int]  # the positions to fetch, in order
+    sizes: Mapping[int, int]  # the sizes the server gave
+    alone: set[int]  # the positions to fetch one at a time (their fetch broke a connection)
+
+
+_Batch = tuple[_Window, list[int], Mapping[int, FetchedMail], dict[int, str]]
+
+
+class _Fetches:
+    """The fetches of a catch-up, in batches, window after window.
+
+    Iterate for ``(window, positions, fetched, unreadable)``; empty positions end a window.
+    Batches hold up to ``_FETCH_MOST`` mails of one window and about ``_FETCH_BYTES`` by the
+    sizes the server gave (the first batch too; a mail alone may be larger, up to the
+    pipeline's ``max_message_bytes``), and fewer when they are slow to handle (about
     ``_BATCH_SECONDS`` of handling, by :meth:`handled`). The next batch is asked for before
     the current one is handed over — once handling is known to be quick — so the server
-    reads and sends it meanwhile.
+    reads and sends it meanwhile; at a window's last batch, that is the next window's first.
     """
 
     def __init__(
         self,
         port: MailboxPort,
-        todo: list[int],
-        sizes: Mapping[int, int],
+        windows: Iterator[_Window],
         check: Callable[[], None],
-        alone: Collection[int] = (),
         per_mail: float | None = None,
     ) -> None:
         self._port = port
-        self._todo = todo
-        self._sizes = sizes
+        self._windows = windows
         self._check = check
-        self._alone = set(alone)
-        self.reading: list[int] | None = None
-        """The positions whose answer is being read (still set if reading it failed)."""
+        self.reading: list[tuple[int, MessageKey]] | None = None
+        """The mails whose answer is being read (still set if reading it failed)."""
         self._per_mail = per_mail  # seconds of handling per mail, once measured
 
     @property
@@ -526,58 +566,73 @@ class _Fetches:
         self._check()  # the lease may have been lost during the last batch
         return self._port.fetch(batch)
 
-    def _next(self, start: int) -> list[int]:
-        """The batch that starts at *start* in the to-do list."""
+    def _next(self, window: _Window, start: int) -> list[int]:
+        """The batch that starts at *start* in the window's to-do list."""
         most = _FETCH_MOST if self._per_mail is not None else min(_FETCH_FIRST, _FETCH_MOST)
         if self._per_mail:  # and about a minute of handling at most: a server that hears
             # nothing from its client for long logs it out (RFC 9051: 30 minutes at least)
             most = max(1, min(most, int(_BATCH_SECONDS / self._per_mail)))
         batch: list[int] = []
         total = 0
-        for position in self._todo[start : start + most]:
-            if position in self._alone:  # its fetch broke the connection once: by itself
+        for position in window.todo[start : start + most]:
+            if position in window.alone:  # its fetch broke the connection once: by itself
                 return batch or [position]
-            size = self._sizes.get(position, _SIZE_UNKNOWN)
+            size = window.sizes.get(position, _SIZE_UNKNOWN)
             if batch and total + size > _FETCH_BYTES:
                 break
             batch.append(position)
             total += size
         return batch
 
-    def __iter__(self) -> Iterator[tuple[list[int], Mapping[int, FetchedMail], dict[int, str]]]:
-        """Yield each batch: its positions, the mails fetched, and the unreadable ones.
+    def __iter__(self) -> Iterator[_Batch]:
+        """Yield each batch: its window and positions, the mails fetched, the unreadable ones.
 
         Every position of a batch ends up fetched, unreadable (with the server's words, a
         failed attempt), or confirmed gone: none is passed over unasked.
         """
+        window = next(self._windows, None)
         start = 0
-        batch = self._next(start)
+        batch = self._next(window, start) if window is not None else []
         answer = self._ask(batch) if batch else None
-        while answer is not None:
-            fetched, unreadable = self._read(batch, answer)
-            self._left_out(batch, fetched, unreadable)
+        while window is not None:
+            if answer is None:  # nothing (more) to fetch in this window
+                yield window, [], {}, {}
+                window, start = next(self._windows, None), 0
+                batch = self._next(window, start) if window is not None else []
+                answer = self._ask(batch) if batch else None
+                continue
+            fetched, unreadable = self._read(window, batch, answer)
+            self._left_out(window, batch, fetched, unreadable)
             current, start = batch, start + len(batch)
-            batch = self._next(start)
+            batch = self._next(window, start)
+            following: _Window | None = window
+            if not batch:  # the next window is sorted and sized while nothing is on the way
+                upcoming = next(self._windows, None)
+                following, start = upcoming, 0
+                batch = self._next(upcoming, start) if upcoming is not None else []
             answer = None
             # Ask ahead only when handling is known to be quick: a server drops a client that
             # leaves its answer unread for long (Dovecot: after 5 minutes).
             per_mail = self._per_mail
             if batch and per_mail is not None and per_mail * len(current) < _BATCH_SECONDS:
                 answer = self._ask(batch)
-            yield current, fetched, unreadable
-            if batch and answer is None:
-                batch = self._next(start)  # by the handling time just measured
+            yield window, current, fetched, unreadable
+            if following is not window:
+                yield window, [], {}, {}
+                window = following
+            if window is not None and batch and answer is None:
+                batch = self._next(window, start)  # by the handling time just measured
                 answer = self._ask(batch)
 
     def _read(
-        self, batch: list[int], answer: Callable[[], Mapping[int, FetchedMail]]
+        self, window: _Window, batch: list[int], answer: Callable[[], Mapping[int, FetchedMail]]
     ) -> tuple[dict[int, FetchedMail], dict[int, str]]:
         """Read an answer; one the server refused or garbled is asked for again in halves.
 
         Split until the mail at fault is alone, so one bad mail costs itself a failed
         attempt, not the batch (nor the connection).
         """
-        self.reading = batch
+        self.reading = [(position, window.keys[position]) for position in batch]
         try:
             fetched = dict(answer())
             self.reading = None
@@ -589,12 +644,16 @@ class _Fetches:
                 return {}, {batch[0]: f"the server could not give {self._name(batch[0])}: {words}"}
             log.info("a fetch of %d mails failed (%s); asking in halves", len(batch), error)
             half = len(batch) // 2
-            fetched, unreadable = self._read(batch[:half], self._ask(batch[:half]))
-            more, more_unreadable = self._read(batch[half:], self._ask(batch[half:]))
+            fetched, unreadable = self._read(window, batch[:half], self._ask(batch[:half]))
+            more, more_unreadable = self._read(window, batch[half:], self._ask(batch[half:]))
             return fetched | more, unreadable | more_unreadable
 
     def _left_out(
-        self, batch: list[int], fetched: dict[int, FetchedMail], unreadable: dict[int, str]
+        self,
+        window: _Window,
+        batch: list[int],
+        fetched: dict[int, FetchedMail],
+        unreadable: dict[int, str],
     ) -> None:
         """Ask again, alone, for mail the answer left out.
 
@@ -606,7 +665,7 @@ class _Fetches:
             return
         if len(batch) > 1:
             for position in missing:
-                again, failed = self._read([position], self._ask([position]))
+                again, failed = self._read(window, [position], self._ask([position]))
                 fetched.update(again)
                 unreadable.update(failed)
             missing = [p for p in missing if p not in fetched and p not in unreadable]

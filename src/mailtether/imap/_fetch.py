@@ -27,7 +27,14 @@ from imapclient.response_parser import parse_fetch_response
 
 from mailtether._errors import CommandFailed
 
-__all__ = ["fetch_mail", "fetch_sizes", "message_set", "search_uids", "send_fetch"]
+__all__ = [
+    "fetch_mail",
+    "fetch_sizes",
+    "message_set",
+    "search_uids",
+    "send_fetch",
+    "send_sizes",
+]
 
 FetchedMail = tuple[bytes, tuple[bytes, ...]]
 """A fetched mail: its raw bytes and its flags."""
@@ -82,7 +89,9 @@ def send_fetch(client: IMAPClient, uids: Sequence[int]) -> Callable[[], dict[int
     return read
 
 
-_SIZE: Final = re.compile(rb"\d+ \((?:UID (\d+) RFC822\.SIZE (\d+)|RFC822\.SIZE (\d+) UID (\d+))\)")
+_SIZE: Final = re.compile(
+    rb"\* \d+ FETCH \((?:UID (\d+) RFC822\.SIZE (\d+)|RFC822\.SIZE (\d+) UID (\d+))\)"
+)
 
 
 def fetch_sizes(client: IMAPClient, uids: Sequence[int]) -> dict[int, int]:
@@ -90,14 +99,26 @@ def fetch_sizes(client: IMAPClient, uids: Sequence[int]) -> dict[int, int]:
 
     Mails the answer leaves out (or gives no size for) are missing from the result.
     """
+    return send_sizes(client, uids)()
+
+
+def send_sizes(client: IMAPClient, uids: Sequence[int]) -> Callable[[], dict[int, int]]:
+    """Send the ``FETCH`` of :func:`fetch_sizes` now; return the function that reads its answer.
+
+    As :func:`send_fetch`: no other command may be sent on *client* until the answer is
+    read; call the returned function exactly once.
+    """
     wanted = set(uids)
     if not wanted:
-        return {}
+        return dict
     imap = _imaplib_of(client)
     if imap is None:  # not the imapclient this was written against: its public road
-        answer = client.fetch(sorted(wanted), ["RFC822.SIZE"])
-        return _sizes_of(answer, wanted)
+        return lambda: _sizes_of(client.fetch(sorted(wanted), ["RFC822.SIZE"]), wanted)
     tag = imap._command("UID", "FETCH", message_set(wanted), "(RFC822.SIZE)")
+    return lambda: _read_sizes(imap, tag, wanted)
+
+
+def _read_sizes(imap: imaplib.IMAP4, tag: bytes, wanted: set[int]) -> dict[int, int]:
     # The answer is a line a mail; imaplib spends ~5 µs on each (its per-line patterns and
     # bookkeeping), as much as the rest of a catch-up. Read the lines here, up to the tag.
     sizes: dict[int, int] = {}

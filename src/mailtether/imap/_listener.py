@@ -25,7 +25,7 @@ from mailtether._settings import ImapSettings
 from mailtether._status import StatusBoard
 from mailtether._strategies import ReconnectStrategy
 from mailtether.imap._connection import ImapConnection
-from mailtether.imap._fetch import fetch_sizes, message_set, search_uids, send_fetch
+from mailtether.imap._fetch import message_set, search_uids, send_fetch, send_sizes
 from mailtether.stores._protocol import Store
 
 __all__ = ["ImapListener"]
@@ -220,10 +220,10 @@ class _ImapMailbox:
         found = connection.call("searching for new mail", search_uids, connection.client, after)
         return Listing(found, self._base.with_uid)
 
-    def sizes(self, positions: Sequence[int]) -> dict[int, int]:
+    def sizes(self, positions: Sequence[int]) -> Callable[[], Mapping[int, int]]:
         connection = self._connection
-        return connection.call(
-            "asking for mail sizes", fetch_sizes, connection.client, list(positions)
+        return connection.call_ahead(
+            "asking for mail sizes", send_sizes, connection.client, list(positions)
         )
 
     def locate(self, key: MessageKey) -> int | None:

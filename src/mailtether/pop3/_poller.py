@@ -173,7 +173,11 @@ class _Pop3Mailbox:
     def locate(self, key: MessageKey) -> int | None:
         return self._numbers.get(key.id)
 
-    def sizes(self, positions: Sequence[int]) -> dict[int, int]:
+    def sizes(self, positions: Sequence[int]) -> Callable[[], Mapping[int, int]]:
+        found = self._sizes(positions)  # POP3 has no pipelining here: asked and read now
+        return lambda: found
+
+    def _sizes(self, positions: Sequence[int]) -> dict[int, int]:
         connection = self._connection
         _, lines, _ = connection.call("LIST", connection.pop.list)
         wanted = set(positions)
