@@ -20,6 +20,7 @@ LAYERS: dict[str, int] = {
     "_durations": 0,
     "_lines": 0,
     "_network_errors": 0,
+    "_step_deadlines": 0,
     # stores
     "stores": 1,
     # parts, each usable alone; and the test kit users get

@@ -16,7 +16,15 @@ import attrs
 
 from mailtether._message_key import MessageKey
 
-__all__ = ["LEAVE", "FetchedMail", "Listed", "Listing", "MailboxPort", "PostAction"]
+__all__ = [
+    "LEAVE",
+    "SIZE_UNKNOWN",
+    "FetchedMail",
+    "Listed",
+    "Listing",
+    "MailboxPort",
+    "PostAction",
+]
 
 FetchedMail = tuple[bytes, tuple[bytes, ...]]
 """A fetched mail: its raw bytes and its flags (none for POP3)."""
@@ -46,6 +54,9 @@ class PostAction:
 
 
 LEAVE: Final = PostAction("leave")
+
+SIZE_UNKNOWN: Final = 64 * 2**10
+"""The bytes a mail the server gave no size for counts as (byte budgets, deadlines)."""
 
 
 @attrs.frozen

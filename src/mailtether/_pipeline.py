@@ -23,7 +23,7 @@ from mailtether._errors import CommandFailed, ConnectionLost, one_line
 from mailtether._guard import Claim, DuplicateGuard
 from mailtether._guard_states import ClaimStatus
 from mailtether._handover import Handover
-from mailtether._mailbox_port import FetchedMail, Listed, MailboxPort, PostAction
+from mailtether._mailbox_port import SIZE_UNKNOWN, FetchedMail, Listed, MailboxPort, PostAction
 from mailtether._message_key import MessageKey
 from mailtether._status import StatusBoard
 from mailtether.stores._protocol import Store, Write
@@ -37,7 +37,6 @@ log = logging.getLogger("mailtether.listener")
 _FETCH_MOST: Final = 500
 _FETCH_FIRST: Final = 50  # until the handling speed is known: the next batch comes sooner
 _FETCH_BYTES: Final = 16 * 2**20
-_SIZE_UNKNOWN: Final = 64 * 2**10  # what a mail the server gave no size for counts as
 # Mails sorted, sized and fetched at a time: memory does not grow with the folder.
 _WINDOW: Final = 2000
 # Seconds of handling a batch should take at most: batches of slow mail are made smaller, and
@@ -577,7 +576,7 @@ class _Fetches:
         for position in window.todo[start : start + most]:
             if position in window.alone:  # its fetch broke the connection once: by itself
                 return batch or [position]
-            size = window.sizes.get(position, _SIZE_UNKNOWN)
+            size = window.sizes.get(position, SIZE_UNKNOWN)
             if batch and total + size > _FETCH_BYTES:
                 break
             batch.append(position)

@@ -35,9 +35,11 @@ from mailtether._errors import (
 )
 from mailtether._keepalive import Keepalive
 from mailtether._settings import ImapSettings
+from mailtether._step_deadlines import SLOWEST_RATE, StepDeadlines, overran
 from mailtether.imap._errors import translate_error
 from mailtether.imap._idle import IdleReader, is_chatter
 from mailtether.imap._locked import LockedClient
+from mailtether.imap._watched_client import WatchedIMAPClient
 
 __all__ = ["ImapConnection"]
 
@@ -94,12 +96,15 @@ class ImapConnection:
 
         An answer announcing more ends the connection (``ConnectionLost``) before a byte of
         it is read into memory."""
+        self._deadlines = StepDeadlines()
         self._locked: LockedClient[IMAPClient] = LockedClient(
             None,
             name=f"the connection to {settings.host}",
             translate=functools.partial(translate_error, secret=settings.password),
             clock=clock,
             on_dead=self._log_death,
+            deadlines=self._deadlines,
+            step_seconds=self.keepalive.response_timeout,
         )
         self._ahead: _Ahead | None = None
         self._noticed: list[Any] = []  # a change seen in another command's answer
@@ -148,16 +153,25 @@ class ImapConnection:
         timeout = SocketTimeout(
             connect=settings.connect_timeout, read=self.keepalive.response_timeout
         )
-        try:
-            client = IMAPClient(
-                settings.host,
-                port=settings.port,
-                ssl=settings.security == "tls",
-                ssl_context=self._context() if settings.security == "tls" else None,
-                timeout=timeout,
-            )
-        except Exception as error:  # Ctrl-C and SystemExit pass as they are
-            raise translate_error(error, where, secret=settings.password) from None
+        # One step, with its deadline: TCP, the TLS handshake and the greeting, however
+        # slowly the server sends them.
+        seconds = settings.connect_timeout + self.keepalive.response_timeout
+        with self._deadlines.step(where, seconds) as step:
+            try:
+                client = WatchedIMAPClient(
+                    settings.host,
+                    deadlines=self._deadlines,
+                    port=settings.port,
+                    ssl=settings.security == "tls",
+                    ssl_context=self._context() if settings.security == "tls" else None,
+                    timeout=timeout,
+                )
+                if step.finish():
+                    client.shutdown()
+                    raise step.error()  # a greeting cut short is no greeting
+            except Exception as error:  # Ctrl-C and SystemExit pass as they are
+                cause = overran(step, error)
+                raise translate_error(cause, where, secret=settings.password) from None
         self._locked.client = client
         # imapclient sets imaplib's debug level to 5, so imaplib formats every line it reads —
         # whole mails included — into a log message, logged or not: a third of the time of a
@@ -270,7 +284,11 @@ class ImapConnection:
         return self._call(doing, function, *args, **kwargs)
 
     def call_ahead(
-        self, doing: str, send: Callable[..., Callable[[], _T]], *args: Any
+        self,
+        doing: str,
+        send: Callable[..., Callable[[], _T]],
+        *args: Any,
+        expected_bytes: int = 0,
     ) -> Callable[[], _T]:
         """Send a command now and read its answer later (IMAP pipelining).
 
@@ -278,9 +296,14 @@ class ImapConnection:
         The answer is read when the returned function is called, or before the next command
         on this connection, whichever comes first; errors are translated as :meth:`call`
         translates them, and raised by the returned function.
+
+        Sending, and reading the answer, must each finish within the step deadline
+        (``keepalive.response_timeout``); reading an answer of *expected_bytes* gets one
+        more second for every 64 KiB of them.
         """
         with self._locked.held():
-            ahead = _Ahead(doing, self._call(doing, send, *args))
+            seconds = self.keepalive.response_timeout + expected_bytes / SLOWEST_RATE
+            ahead = _Ahead(doing, self._call(doing, send, *args), seconds)
             self._ahead = ahead
         return lambda: self._read_ahead(ahead)
 
@@ -289,7 +312,7 @@ class ImapConnection:
             if self._ahead is ahead:
                 self._ahead = None
                 try:
-                    ahead.value = self._call(ahead.doing, ahead.read)
+                    ahead.value = self._call_within(ahead.seconds, ahead.doing, ahead.read)
                 except MailServerError as error:
                     ahead.error = error
             if ahead.error is not None:
@@ -300,12 +323,17 @@ class ImapConnection:
         return self._locked.require()
 
     def _call(self, doing: str, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        return self._call_within(self.keepalive.response_timeout, doing, function, *args, **kwargs)
+
+    def _call_within(
+        self, seconds: float, doing: str, function: Callable[..., _T], *args: Any, **kwargs: Any
+    ) -> _T:
         with self._locked.held():
             self._require()
             if self._ahead is not None:  # an answer still on its way comes first
                 with contextlib.suppress(MailServerError):  # its reader will raise it
                     self._read_ahead(self._ahead)
-            result = self._locked.call(doing, function, *args, **kwargs)
+            result = self._locked.call_within(seconds, doing, function, *args, **kwargs)
             self._shed_untagged()
             return result
 
@@ -427,6 +455,12 @@ class ImapConnection:
 
     def close(self) -> None:
         """Log out politely if the connection is alive, then close it. Never raises."""
+        try:
+            self._close()
+        finally:
+            self._deadlines.close()
+
+    def _close(self) -> None:
         locked = self._locked
         if locked.alive:
             # Between commands (an IDLE in another thread ends for it): a LOGOUT sent in the
@@ -468,9 +502,10 @@ class ImapConnection:
 class _Ahead:
     """A command sent by :meth:`ImapConnection.call_ahead` whose answer is not yet used."""
 
-    def __init__(self, doing: str, read: Callable[[], Any]) -> None:
+    def __init__(self, doing: str, read: Callable[[], Any], seconds: float) -> None:
         self.doing = doing
         self.read = read
+        self.seconds = seconds  # to read the answer in
         self.value: Any = None
         self.error: MailServerError | None = None
 

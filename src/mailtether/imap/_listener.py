@@ -18,7 +18,7 @@ from mailtether._delivery import DeliverMode, Delivery
 from mailtether._errors import CommandFailed, MailboxUnchangeable
 from mailtether._guard import DuplicateGuard
 from mailtether._keepalive import Keepalive
-from mailtether._mailbox_port import FetchedMail, Listing, PostAction
+from mailtether._mailbox_port import SIZE_UNKNOWN, FetchedMail, Listing, PostAction
 from mailtether._message_key import MessageKey
 from mailtether._runner import SourceRunner, either
 from mailtether._settings import ImapSettings
@@ -214,6 +214,7 @@ class _ImapMailbox:
         self._connection = connection
         self._base = MessageKey.imap(settings.username, settings.folder, uidvalidity, 1)
         self.scope = self._base.scope
+        self._sizes: Mapping[int, int] = {}  # the last sizes the server gave
 
     def list_new(self, after: int) -> Listing:
         connection = self._connection
@@ -222,9 +223,15 @@ class _ImapMailbox:
 
     def sizes(self, positions: Sequence[int]) -> Callable[[], Mapping[int, int]]:
         connection = self._connection
-        return connection.call_ahead(
+        answer = connection.call_ahead(
             "asking for mail sizes", send_sizes, connection.client, list(positions)
         )
+
+        def read() -> Mapping[int, int]:
+            self._sizes = answer()  # the fetches' deadlines follow them
+            return self._sizes
+
+        return read
 
     def locate(self, key: MessageKey) -> int | None:
         return key.uid if key.id.startswith(self.scope) else None
@@ -241,8 +248,13 @@ class _ImapMailbox:
 
     def fetch(self, positions: Sequence[int]) -> Callable[[], Mapping[int, FetchedMail]]:
         connection = self._connection
+        expected = sum(self._sizes.get(position, SIZE_UNKNOWN) for position in positions)
         return connection.call_ahead(
-            "fetching new mail", send_fetch, connection.client, list(positions)
+            "fetching new mail",
+            send_fetch,
+            connection.client,
+            list(positions),
+            expected_bytes=expected,
         )
 
     def apply(self, positions: Sequence[int], action: PostAction) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from mailtether._clock import Clock
 from mailtether._errors import ConnectionLost, MailServerError, TLSFailure
+from mailtether._step_deadlines import Step, StepDeadlines, overran
 
 __all__ = ["LockedClient"]
 
@@ -39,6 +40,9 @@ class LockedClient(Generic[_C]):
         clock: Where :attr:`last_activity` is read.
         on_dead: Called once, by the thread that found the connection dead, after the
             socket was shut down.
+        deadlines: Where each call's deadline is kept (``None``: calls have none beyond
+            the socket's timeout per read).
+        step_seconds: Each call's deadline, in seconds (with *deadlines*).
 
     A call that fails with :class:`~mailtether.ConnectionLost` or
     :class:`~mailtether.TLSFailure` leaves nothing usable behind (imapclient cannot read
@@ -53,6 +57,8 @@ class LockedClient(Generic[_C]):
         translate: Callable[[BaseException, str], MailServerError],
         clock: Clock,
         on_dead: Callable[[MailServerError], object] | None = None,
+        deadlines: StepDeadlines | None = None,
+        step_seconds: float = 30.0,
     ) -> None:
         self.client = client
         """The library client; ``None`` before it is connected and after :meth:`detach`."""
@@ -66,6 +72,10 @@ class LockedClient(Generic[_C]):
         """When the server last answered a call (on :attr:`clock`'s monotonic time)."""
         self._translate = translate
         self._on_dead = on_dead
+        self.deadlines = deadlines
+        """Where each call's deadline is kept (``None``: no deadline per call)."""
+        self.step_seconds = step_seconds
+        """Each call's deadline, in seconds."""
         self._lock = threading.RLock()
         self._dying = threading.Lock()
         # Counted around the lock so that a holder (an IDLE) can tell it is wanted, and
@@ -128,25 +138,45 @@ class LockedClient(Generic[_C]):
         """Run ``function(*args, **kwargs)`` with the lock held and errors translated.
 
         *doing* names the step in error messages ("fetching new mail"). A success counts as
-        activity; a failure that breaks the connection marks it dead.
+        activity; a failure that breaks the connection marks it dead. The call must finish
+        within :attr:`step_seconds` (with :attr:`deadlines`).
 
         Raises:
-            MailServerError: what *translate* made of the failure.
+            MailServerError: what *translate* made of the failure;
+                :class:`~mailtether.ResponseTimeout` if the call ran out of time.
         """
+        return self.call_within(self.step_seconds, doing, function, *args, **kwargs)
+
+    def call_within(
+        self, seconds: float, doing: str, function: Callable[..., _T], *args: Any, **kwargs: Any
+    ) -> _T:
+        """:meth:`call`, with a deadline of *seconds* (an answer carrying mail takes longer)."""
         with self.held():
             self.require()
-            try:
-                result = function(*args, **kwargs)
-            except Exception as error:
-                translated = self._translate(error, doing)
-                if isinstance(translated, ConnectionLost | TLSFailure):
-                    self.mark_dead(translated)
-                raise translated from None
-            except BaseException:  # Ctrl-C, SystemExit: passed on, the connection given up
-                self.mark_dead(ConnectionLost(f"{doing}: interrupted"))
-                raise
+            with self._step(doing, seconds) as step:
+                try:
+                    result = function(*args, **kwargs)
+                    if step is not None and step.finish():
+                        raise step.error()  # what was read in time is not the whole answer
+                except Exception as error:
+                    cause = overran(step, error) if step is not None else error
+                    translated = self._translate(cause, doing)
+                    if isinstance(translated, ConnectionLost | TLSFailure):
+                        self.mark_dead(translated)
+                    raise translated from None
+                except BaseException:  # Ctrl-C, SystemExit: passed on, the connection given up
+                    self.mark_dead(ConnectionLost(f"{doing}: interrupted"))
+                    raise
             self.touch()
             return result
+
+    @contextlib.contextmanager
+    def _step(self, doing: str, seconds: float) -> Iterator[Step | None]:
+        if self.deadlines is None:
+            yield None
+        else:
+            with self.deadlines.step(doing, seconds) as step:
+                yield step
 
     def touch(self) -> None:
         """Record that the server answered just now."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import poplib
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Final, TypeVar
@@ -18,6 +19,7 @@ from mailtether._errors import (
 )
 from mailtether._network_errors import error_detail, translate_network_error
 from mailtether._settings import ImapSettings
+from mailtether._step_deadlines import SLOWEST_RATE, StepDeadlines, overran
 
 __all__ = ["Pop3Connection"]
 
@@ -29,7 +31,10 @@ class Pop3Connection:
     """One POP3 session, opened by :meth:`open`, that fails only with named errors.
 
     STLS is required when asked for, POP3S verifies certificates, plaintext only by name;
-    every command has *timeout*. Nothing is deleted until :meth:`quit` (RFC 1939).
+    each step (connecting with its TLS handshake and greeting, each command and its whole
+    answer) must finish within *timeout*, however slowly the server sends (a ``RETR`` of *n*
+    bytes gets a second more for every 64 KiB). Nothing is deleted until :meth:`quit`
+    (RFC 1939).
     """
 
     def __init__(self, settings: ImapSettings, timeout: float) -> None:
@@ -38,6 +43,7 @@ class Pop3Connection:
         self.timeout = timeout
         """Seconds for connecting and for each command."""
         self._pop: poplib.POP3 | None = None
+        self._deadlines = StepDeadlines()
 
     @classmethod
     def open(cls, settings: ImapSettings, timeout: float) -> Pop3Connection:
@@ -48,7 +54,11 @@ class Pop3Connection:
             ConnectionLost: each with a sentence of what to do.
         """
         connection = cls(settings, timeout)
-        connection._pop = connection._open()
+        try:
+            connection._pop = connection._open()
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     @property
@@ -75,6 +85,7 @@ class Pop3Connection:
         if pop is not None:
             with contextlib.suppress(Exception):
                 pop.close()
+        self._deadlines.close()
 
     def call(
         self,
@@ -82,45 +93,65 @@ class Pop3Connection:
         function: Callable[..., _T],
         *args: object,
         refused: type[MailServerError] = ConnectionLost,
+        expected_bytes: int = 0,
     ) -> _T:
         """Run a poplib command; its errors become named errors (the password removed).
 
         An ``-ERR`` answer raises *refused*: ``ConnectionLost`` by default (the session is
         given up), ``CommandFailed`` where the session can go on (``RETR`` of one mail).
+        The command and its whole answer must come within :attr:`timeout`, plus a second
+        for every 64 KiB of *expected_bytes* (else :class:`~mailtether.ResponseTimeout`).
         """
-        try:
-            return function(*args)
-        except poplib.error_proto as error:
+        seconds = self.timeout + expected_bytes / SLOWEST_RATE
+        with self._deadlines.step(doing, seconds) as step:
+            try:
+                result = function(*args)
+                if step.finish():
+                    raise step.error()  # what was read in time is not the whole answer
+                return result
+            except MailServerError:
+                raise
+            except Exception as error:  # KeyboardInterrupt and SystemExit pass as they are
+                raise self._named(doing, overran(step, error), refused) from None
+
+    def _named(
+        self, doing: str, error: BaseException, refused: type[MailServerError]
+    ) -> MailServerError:
+        """The named error for what a poplib command raised (the password removed)."""
+        if isinstance(error, poplib.error_proto):
             text = error.args[0] if error.args else b""
             detail = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
             if _IN_USE in (text if isinstance(text, bytes) else text.encode()):
-                raise MailboxInUse(f"{doing}: the mailbox is in use ({detail})") from None
+                return MailboxInUse(f"{doing}: the mailbox is in use ({detail})")
             if doing in ("USER", "PASS"):
-                raise AuthenticationFailed(
+                return AuthenticationFailed(
                     f"logging in: the server rejected the credentials ({detail})"
-                ) from None
-            raise refused(f"{doing}: the server said {detail}") from None
-        except MailServerError:
-            raise
-        except Exception as error:  # KeyboardInterrupt and SystemExit pass as they are
-            secret = self.settings.password
-            translated = translate_network_error(error, doing, secret=secret)
-            if translated is None:
-                detail = error_detail(error, secret=secret)
-                translated = CommandFailed(f"{doing}: {type(error).__name__}: {detail}")
-            raise translated from None
+                )
+            return refused(f"{doing}: the server said {detail}")
+        secret = self.settings.password
+        translated = translate_network_error(error, doing, secret=secret)
+        if translated is None:
+            detail = error_detail(error, secret=secret)
+            translated = CommandFailed(f"{doing}: {type(error).__name__}: {detail}")
+        return translated
 
     def _open(self) -> poplib.POP3:
         settings = self.settings
         context = settings.ssl_context or ssl.create_default_context()
         where = f"connecting to {settings.host}:{settings.port}"
-        if settings.security == "tls":
-            pop: poplib.POP3 = self.call(
-                where,
-                lambda: _ClosingPOP3_SSL(settings.host, settings.port, self.timeout, context),
-            )
-        else:
-            pop = self.call(where, lambda: _ClosingPOP3(settings.host, settings.port, self.timeout))
+        with self._deadlines.step(where, self.timeout) as step:  # TCP, TLS, greeting
+            try:
+                if settings.security == "tls":
+                    pop: poplib.POP3 = _ClosingPOP3_SSL(
+                        settings.host, settings.port, self.timeout, context, self._deadlines
+                    )
+                else:
+                    pop = _ClosingPOP3(settings.host, settings.port, self.timeout, self._deadlines)
+            except Exception as error:  # KeyboardInterrupt and SystemExit pass as they are
+                raise self._named(where, overran(step, error), ConnectionLost) from None
+            if step.finish():  # a greeting cut short is no greeting
+                _close_quietly(pop)
+                raise step.error()
         try:
             if settings.security == "starttls":
                 capabilities = self.call("CAPA", pop.capa)
@@ -149,25 +180,65 @@ class Pop3Connection:
 
 
 class _ClosingPOP3(poplib.POP3):
-    """poplib.POP3 that closes its socket when the greeting fails (poplib leaks it)."""
+    """poplib.POP3 that closes its socket when the greeting fails (poplib leaks it).
 
-    def __init__(self, host: str, port: int, timeout: float) -> None:
+    Its socket goes to *deadlines* as soon as it stands, before the greeting is read.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float, deadlines: StepDeadlines) -> None:
+        self._deadlines = deadlines
         try:
             super().__init__(host, port, timeout=timeout)
         except BaseException:
             _close_quietly(self)
             raise
 
+    def _create_socket(self, timeout: float) -> socket.socket:
+        return _watched_socket(self.host, self.port, timeout, self._deadlines)
+
 
 class _ClosingPOP3_SSL(poplib.POP3_SSL):
-    """poplib.POP3_SSL that closes its socket when the handshake or greeting fails."""
+    """poplib.POP3_SSL that closes its socket when the handshake or greeting fails.
 
-    def __init__(self, host: str, port: int, timeout: float, context: ssl.SSLContext) -> None:
+    Its socket goes to *deadlines* as soon as it stands, before the TLS handshake.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        context: ssl.SSLContext,
+        deadlines: StepDeadlines,
+    ) -> None:
+        self._deadlines = deadlines
+        self._context = context
         try:
             super().__init__(host, port, timeout=timeout, context=context)
         except BaseException:
             _close_quietly(self)
             raise
+
+    def _create_socket(self, timeout: float) -> socket.socket:
+        sock = _watched_socket(self.host, self.port, timeout, self._deadlines)
+        try:  # the handshake is part of the watched step
+            return self._context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+
+def _watched_socket(
+    host: str, port: int, timeout: float, deadlines: StepDeadlines
+) -> socket.socket:
+    """A TCP connection, handed to *deadlines* before anything is read from it."""
+    sock = socket.create_connection((host, port), timeout)
+    try:
+        deadlines.attach(sock)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _close_quietly(pop: poplib.POP3) -> None:

@@ -16,7 +16,7 @@ from mailtether._delivery import DeliverMode, Delivery
 from mailtether._durations import check_seconds
 from mailtether._errors import CommandFailed, ConnectionLost, MalformedReply
 from mailtether._guard import DuplicateGuard
-from mailtether._mailbox_port import LEAVE, FetchedMail, Listed, PostAction
+from mailtether._mailbox_port import LEAVE, SIZE_UNKNOWN, FetchedMail, Listed, PostAction
 from mailtether._message_key import MessageKey, content_digest
 from mailtether._runner import SourceRunner, either
 from mailtether._settings import ImapSettings
@@ -145,6 +145,7 @@ class _Pop3Mailbox:
         self._account = connection.settings.username
         self.scope = MessageKey.pop3(self._account, "-").scope
         self._numbers: dict[str, int] = {}
+        self._known: dict[int, int] = {}  # the sizes LIST gave
 
     def list_new(self, after: int) -> list[Listed]:
         connection = self._connection
@@ -175,6 +176,7 @@ class _Pop3Mailbox:
 
     def sizes(self, positions: Sequence[int]) -> Callable[[], Mapping[int, int]]:
         found = self._sizes(positions)  # POP3 has no pipelining here: asked and read now
+        self._known = found  # RETR's deadline follows the size
         return lambda: found
 
     def _sizes(self, positions: Sequence[int]) -> dict[int, int]:
@@ -201,7 +203,11 @@ class _Pop3Mailbox:
             fetched: dict[int, FetchedMail] = {}
             for number in positions:
                 _, body, _ = connection.call(
-                    "RETR", connection.pop.retr, number, refused=CommandFailed
+                    "RETR",
+                    connection.pop.retr,
+                    number,
+                    refused=CommandFailed,
+                    expected_bytes=self._known.get(number, SIZE_UNKNOWN),
                 )
                 fetched[number] = (b"\r\n".join(body) + b"\r\n", ())
             return fetched
