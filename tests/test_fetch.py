@@ -168,6 +168,32 @@ def test_fetch_sizes_is_imapclients_rfc822_size(filled):
     }
 
 
+def test_fetch_sizes_through_split_packets_is_imapclients_rfc822_size(mailbox):
+    """Runs of lines taken from the buffer whole, a line cut at the buffer's end read on."""
+    from imapclient import IMAPClient
+
+    from mailtether.testing import FaultProxy
+
+    client = mailbox.client()
+    for n in range(600):  # ~20 KB of answer: several buffers' worth
+        client.append("INBOX", b"Subject: %d\r\n\r\n%s\r\n" % (n, b"x" * n))
+    client.logout()
+    with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
+        proxy.fragment(1, 700, gap=0.0005, direction="down", seed=7)
+        split = IMAPClient("127.0.0.1", port=proxy.port, ssl=False, timeout=10)
+        split.login(mailbox.user, mailbox.password)
+        split.select_folder("INBOX")
+        uids = sorted(split.search(["ALL"]))
+        expected = {
+            uid: items[b"RFC822.SIZE"] for uid, items in split.fetch(uids, ["RFC822.SIZE"]).items()
+        }
+        assert len(expected) == 600
+        assert fetch_module.fetch_sizes(split, uids) == expected
+        assert fetch_module.fetch_sizes(split, uids[::7]) == {u: expected[u] for u in uids[::7]}
+        assert split.noop()[0], "the connection reads on where it was"
+        split.logout()
+
+
 def test_fetch_sizes_reads_other_shapes_and_keeps_news_of_new_mail():
     from imapclient import IMAPClient
 

@@ -124,7 +124,17 @@ def _read_sizes(imap: imaplib.IMAP4, tag: bytes, wanted: set[int]) -> dict[int, 
     sizes: dict[int, int] = {}
     prefix = tag + b" "
     file = cast(BinaryIO, imap.file)
+    peek = getattr(file, "peek", None)  # a buffered reader: whole runs of usual lines at once
     while True:
+        if peek is not None:
+            run = _SIZE_RUN.match(peek(1))
+            if run is not None:  # taken from what is buffered, then consumed: ~1 µs a mail
+                for uid, size, size_first, uid_after in _SIZE_PAIR.findall(run[0]):
+                    number = int(uid or uid_after)
+                    if number in wanted:
+                        sizes[number] = int(size or size_first)
+                file.read(run.end())
+                continue
         line = file.readline(_SIZE_LINE_MOST + 1)
         if not line:
             raise imaplib.IMAP4.abort("socket error: EOF")
@@ -146,6 +156,10 @@ def _read_sizes(imap: imaplib.IMAP4, tag: bytes, wanted: set[int]) -> dict[int, 
 
 
 _SIZE_LINE_MOST: Final = 64 * 1024
+_SIZE_RUN: Final = re.compile(
+    rb"(?:\* \d+ FETCH \((?:UID \d+ RFC822\.SIZE \d+|RFC822\.SIZE \d+ UID \d+)\)\r\n)+"
+)
+_SIZE_PAIR: Final = re.compile(rb"UID (\d+) RFC822\.SIZE (\d+)|RFC822\.SIZE (\d+) UID (\d+)")
 _UID_ITEM: Final = re.compile(rb"\bUID (\d+)")
 _SIZE_ITEM: Final = re.compile(rb"\bRFC822\.SIZE (\d+)")
 _EXISTS: Final = re.compile(rb"\* (\d+) (EXISTS|RECENT)\r?\n\Z", re.IGNORECASE)
