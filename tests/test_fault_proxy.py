@@ -33,6 +33,7 @@ class _Echo(socketserver.BaseRequestHandler):
                 self.server.endings.append("eof")
                 return
             self.server.received.append(data)
+            self.server.arrivals.append(time.monotonic())
             reply = b"x" * 100_000 if data.strip() == b"BIG" else data
             try:
                 self.request.sendall(reply)
@@ -48,6 +49,7 @@ class _Server(socketserver.ThreadingTCPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Echo)
         self.received: list[bytes] = []
+        self.arrivals: list[float] = []  # when each chunk of received came in
         self.endings: list[str] = []
         self.opened = 0
 
@@ -284,6 +286,51 @@ def test_latency_delays_chunks_without_queueing_them_one_after_another(proxy):
         assert 0.4 <= took < 1.0  # one round trip of delay, not five
 
 
+def one_way_times(client: socket.socket, echo: _Server) -> tuple[float, float]:
+    """Send a ping; return how long it took to reach the server, and its echo to come back."""
+    sent = time.monotonic()
+    client.sendall(b"ping")
+    assert read_exactly(client, 4) == b"ping"
+    answered = time.monotonic()
+    assert b"".join(echo.received) == b"ping"
+    arrived = echo.arrivals[0]
+    return arrived - sent, answered - arrived
+
+
+def test_latency_down_delays_the_answers_only(proxy, echo):
+    with connect(proxy) as client:
+        proxy.set_latency(0.3, direction="down")
+        up, down = one_way_times(client, echo)
+    assert up < 0.15, "the request reached the server at once"
+    assert down >= 0.3
+
+
+def test_latency_up_delays_the_requests_only(proxy, echo):
+    proxy.set_latency(0.3, direction="up")
+    started = time.monotonic()
+    with connect(proxy) as client:
+        assert time.monotonic() - started < 0.15, "the greeting came down at once"
+        up, down = one_way_times(client, echo)
+    assert up >= 0.3
+    assert down < 0.15, "the echo came back at once"
+
+
+def test_latency_of_one_direction_leaves_the_other_as_it_was(proxy):
+    proxy.set_latency(0.2, direction="up")
+    proxy.set_latency(0.1, direction="down")
+    assert "latency=0.1s(down), latency=0.2s(up)" in repr(proxy)
+    proxy.set_latency(0, direction="up")  # clears just that one
+    assert "faults=[latency=0.1s(down)]" in repr(proxy)
+    proxy.set_latency(0.3)  # "both", the default: the same each way
+    assert "faults=[latency=0.3s]" in repr(proxy)
+    proxy.set_latency(0.3, direction="both")
+    assert "faults=[latency=0.3s]" in repr(proxy)
+    proxy.pass_through()
+    assert "faults=[]" in repr(proxy)
+    with connect(proxy) as client:
+        assert round_trip(client, b"cleared") < 0.5  # not 0.6: 0.3 s each way
+
+
 def test_bandwidth_throttles_down(proxy):
     with connect(proxy) as client:
         proxy.set_bandwidth(250_000)
@@ -477,6 +524,9 @@ def test_repr_names_upstream_address_and_faults(proxy, echo):
         (lambda p: p.set_latency(float("nan")), "seconds"),
         (lambda p: p.set_latency(float("inf")), "seconds"),
         (lambda p: p.set_latency("1"), "seconds"),
+        (lambda p: p.set_latency(0.1, direction="sideways"), "direction must be .* or 'both'"),
+        (lambda p: p.set_latency(0.1, direction=None), "direction"),
+        (lambda p: p.set_latency(-1, direction="up"), "seconds"),
         (lambda p: p.set_bandwidth(0), "bytes_per_second"),
         (lambda p: p.set_bandwidth(-5.0), "bytes_per_second"),
         (lambda p: p.cut_after(-1), "n_bytes"),

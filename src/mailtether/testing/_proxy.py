@@ -17,7 +17,8 @@ Put it between any client and server in a test, point the client at
 - :meth:`~FaultProxy.drop_new`: new connections are accepted and then hear nothing (a
   firewall that drops packets, a server too busy to answer); open ones are untouched.
 - :meth:`~FaultProxy.set_latency` and :meth:`~FaultProxy.set_bandwidth`: a slow or far-away
-  link. Latency delays every chunk without limiting throughput, as a long pipe does.
+  link. Latency delays every chunk without limiting throughput, as a long pipe does; it can
+  be set for each direction apart (a slow uplink, a server slow to answer).
 - :meth:`~FaultProxy.cut_after` and :meth:`~FaultProxy.cut_on`: each connection is reset
   after exactly N more bytes, or in the middle of a given piece of a reply.
 - :meth:`~FaultProxy.rewrite`: a man in the middle that changes bytes on the way (strip
@@ -54,6 +55,9 @@ __all__ = ["FaultProxy"]
 
 Direction = Literal["down", "up"]
 """``"down"``: server to client; ``"up"``: client to server."""
+
+Directions = Direction | Literal["both"]
+"""One direction, or ``"both"``: what a fault that can apply to either way takes."""
 
 _T = TypeVar("_T")
 
@@ -99,6 +103,18 @@ def _check_direction(direction: object) -> Direction:
         return "up"
     raise ValueError(
         f"direction must be 'down' (server to client) or 'up' (client to server), got {direction!r}"
+    )
+
+
+def _check_directions(direction: object) -> tuple[Direction, ...]:
+    """The directions *direction* names: ``"down"``, ``"up"`` or ``"both"``."""
+    if direction == "both":
+        return ("down", "up")
+    if direction in ("down", "up"):
+        return (_check_direction(direction),)
+    raise ValueError(
+        "direction must be 'down' (server to client), 'up' (client to server) or 'both', "
+        f"got {direction!r}"
     )
 
 
@@ -288,7 +304,7 @@ class FaultProxy:
         self._blackholed = False
         self._refusing = False
         self._dropping = False
-        self._latency = 0.0
+        self._latency: dict[Direction, float] = {"down": 0.0, "up": 0.0}
         self._bandwidth: float | None = None
         self._cuts: dict[Direction, tuple[int | None, bytes | None] | None] = {
             "down": None,
@@ -459,20 +475,36 @@ class FaultProxy:
         """Accept new connections but never answer or forward them; open ones are not touched."""
         self._call(self._set, "_dropping", True)
 
-    def set_latency(self, seconds: float) -> None:
-        """Deliver every chunk, both ways, *seconds* after it arrived (0 clears).
+    def set_latency(self, seconds: float, *, direction: Directions = "both") -> None:
+        """Deliver every chunk in *direction* *seconds* after it arrived (0 clears it).
 
-        A round trip takes at least twice *seconds*. Throughput is not limited: chunks in
-        flight are delayed together, as on a long link.
+        With the default ``"both"``, a round trip takes at least twice *seconds*. With
+        ``"up"`` only your commands are late (a slow uplink); with ``"down"`` only the
+        server's answers are (a server slow to answer, a congested downlink). Setting one
+        direction leaves the other as it was. Throughput is not limited: chunks in flight are
+        delayed together, as on a long link. Lasts until :meth:`pass_through`.
+
+        Example:
+            >>> from mailtether.testing import FaultProxy
+            >>> proxy = FaultProxy(("127.0.0.1", 1))
+            >>> proxy.set_latency(0.2, direction="down")
+            >>> proxy.set_latency(0.05, direction="up")
+            >>> repr(proxy).endswith("faults=[latency=0.2s(down), latency=0.05s(up)])")
+            True
+
+        Args:
+            seconds: The delay, in seconds.
+            direction: ``"up"`` (client to server), ``"down"`` (server to client) or
+                ``"both"`` (the default).
 
         Raises:
-            ValueError: *seconds* is negative or not finite.
+            ValueError: *seconds* is negative or not finite, or *direction* is unknown.
         """
         if isinstance(seconds, bool) or not isinstance(seconds, int | float):
             raise ValueError(f"seconds must be a number >= 0, got {seconds!r}")
         if not math.isfinite(seconds) or seconds < 0:
             raise ValueError(f"seconds must be finite and >= 0, got {seconds!r}")
-        self._call(self._set, "_latency", float(seconds))
+        self._call(self._set_latency, _check_directions(direction), float(seconds))
 
     def set_bandwidth(self, bytes_per_second: float | None) -> None:
         """Throttle each connection to *bytes_per_second* in each direction; ``None`` clears.
@@ -553,7 +585,7 @@ class FaultProxy:
         largest: int = 7,
         gap: float = 0.003,
         *,
-        direction: Direction | Literal["both"] = "down",
+        direction: Directions = "down",
         seed: int | None = None,
     ) -> None:
         """Pass the stream on in pieces of *smallest* to *largest* bytes, 0 to *gap* s apart.
@@ -579,16 +611,17 @@ class FaultProxy:
             raise ValueError(f"smallest ({smallest}) must not exceed largest ({largest})")
         if isinstance(gap, bool) or not isinstance(gap, int | float) or not 0 <= gap < math.inf:
             raise ValueError(f"gap must be a finite number of seconds >= 0, got {gap!r}")
-        directions: tuple[Direction, ...] = (
-            ("down", "up") if direction == "both" else (_check_direction(direction),)
-        )
-        for each in directions:
+        for each in _check_directions(direction):
             self._call(self._set_fragments, each, _Fragments(smallest, largest, gap, seed))
 
     # -- fault changes, run by the proxy thread --------------------------------------------------
 
     def _set_fragments(self, direction: Direction, fragments: _Fragments) -> None:
         self._fragments[direction] = fragments
+
+    def _set_latency(self, directions: tuple[Direction, ...], seconds: float) -> None:
+        for direction in directions:
+            self._latency[direction] = seconds
 
     def _call(self, function: Callable[..., _T], *args: object) -> _T:
         """Run ``function(*args)`` on the proxy thread (or here, if it is not running)."""
@@ -612,7 +645,7 @@ class FaultProxy:
     def _pass_through(self) -> None:
         self._blackholed = False
         self._dropping = False
-        self._latency = 0.0
+        self._latency = {"down": 0.0, "up": 0.0}
         self._bandwidth = None
         self._cuts = {"down": None, "up": None}
         self._rewrites = {"down": (), "up": ()}
@@ -769,17 +802,17 @@ class FaultProxy:
             return
         except OSError:  # reset by that side: the RST travels on, after what came before it
             pipe.read_done = True
-            pipe.queue.append(_Item(now + self._latency, _RESET))
+            pipe.queue.append(_Item(now + self._latency[pipe.direction], _RESET))
             return
         if not data:
             pipe.read_done = True
-            pipe.queue.append(_Item(now + self._latency, _EOF))
+            pipe.queue.append(_Item(now + self._latency[pipe.direction], _EOF))
             return
         for old, new in self._rewrites[pipe.direction]:
             data = data.replace(old, new)
         if not data:
             return
-        due = max(now + self._latency, pipe.queue[-1].due if pipe.queue else 0.0)
+        due = max(now + self._latency[pipe.direction], pipe.queue[-1].due if pipe.queue else 0.0)
         fragments = self._fragments[pipe.direction]
         pieces = [data] if fragments is None else fragments.split(data)
         for index, piece in enumerate(pieces):
@@ -990,8 +1023,16 @@ class FaultProxy:
             faults.append("refuse_new")
         if self._dropping:
             faults.append("drop_new")
-        if self._latency:
-            faults.append(f"latency={self._latency:g}s")
+        down, up = self._latency["down"], self._latency["up"]
+        if down == up:
+            if down:
+                faults.append(f"latency={down:g}s")
+        else:
+            faults.extend(
+                f"latency={seconds:g}s({direction})"
+                for direction, seconds in (("down", down), ("up", up))
+                if seconds
+            )
         if self._bandwidth is not None:
             faults.append(f"bandwidth={self._bandwidth:g}B/s")
         for direction, fragments in self._fragments.items():
