@@ -869,3 +869,29 @@ def test_idle_over_tls_through_split_packets_sees_each_push_and_the_close(mailbo
             threading.Timer(0.3, mailbox.kick).start()
             with pytest.raises(ConnectionLost, match=r"BYE|EOF"):
                 connection.wait(10)
+
+
+def test_opening_asks_for_capabilities_no_more_than_imapclient_does(mailbox, monkeypatch):
+    """The list a LOGIN answer carries is used, not asked for again (a round trip each open)."""
+    sent: list[str] = []
+    real = imaplib.IMAP4._command
+
+    def command(self, name, *args):  # type: ignore[no-untyped-def]
+        sent.append(name)
+        return real(self, name, *args)
+
+    monkeypatch.setattr(imaplib.IMAP4, "_command", command)
+    settings = ImapSettings(
+        "127.0.0.1",
+        mailbox.user,
+        mailbox.password,
+        port=mailbox.server.imap_port,
+        security="plain",
+    )
+    connection = ImapConnection.open(settings)
+    try:
+        assert b"IDLE" in connection.capabilities
+    finally:
+        connection.close()
+    after_login = sent[sent.index("LOGIN") + 1 :]
+    assert "CAPABILITY" not in after_login, sent

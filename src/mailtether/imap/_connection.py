@@ -356,7 +356,10 @@ class ImapConnection:
             except (TypeError, ValueError):
                 number = 0
             self._noticed = [(number, b"EXISTS")]
+        capabilities = responses.get("CAPABILITY")
         responses.clear()
+        if capabilities:  # the list a LOGIN answer carries: imapclient takes it from here,
+            responses["CAPABILITY"] = capabilities[-1:]  # instead of asking again
 
     def abort(self, reason: str) -> None:
         """Break the connection now, from any thread; every call then raises ConnectionLost.
