@@ -8,6 +8,7 @@ steadily gets the time its size needs.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -198,3 +199,43 @@ def test_the_poller_reports_a_trickling_server_as_a_named_step(mailbox):
         with pytest.raises(ResponseTimeout, match="not finished within"):
             poller.poll_once()
         assert time.monotonic() - started < 2 + SLACK
+
+
+def test_a_trickled_tls_handshake_after_starttls_fails_at_the_steps_deadline(
+    mailbox, tls_ca, monkeypatch
+):
+    with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
+        target = ImapSettings(
+            "127.0.0.1",
+            mailbox.user,
+            mailbox.password,
+            port=proxy.port,
+            security="starttls",
+            ssl_context=tls_ca.client_context(),
+            connect_timeout=1,
+        )
+        real = ImapConnection._watch_socket
+
+        def throttled(self, client, *, duplicate=False):  # type: ignore[no-untyped-def]
+            real(self, client, duplicate=duplicate)
+            if duplicate:  # just before STARTTLS: the handshake trickles
+                proxy.set_bandwidth(200)
+
+        monkeypatch.setattr(ImapConnection, "_watch_socket", throttled)
+        started = time.monotonic()
+        with pytest.raises(ResponseTimeout) as raised:
+            ImapConnection.open(target, keepalive=Keepalive(response_timeout=1))
+        took = time.monotonic() - started
+    assert took < 2 + 1 + SLACK, f"the handshake held the step for {took:.1f} s"
+    assert str(raised.value).startswith("starting TLS: not finished within 1 s")
+
+
+def test_a_standing_connection_holds_no_file_descriptor_more_than_its_socket(mailbox):
+    target = settings(mailbox.server.imap_port, mailbox.user, mailbox.password)
+    before = len(os.listdir("/proc/self/fd"))
+    connection = ImapConnection.open(target)
+    try:
+        assert len(os.listdir("/proc/self/fd")) == before + 1
+    finally:
+        connection.close()
+    assert len(os.listdir("/proc/self/fd")) == before

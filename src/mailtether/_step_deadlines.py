@@ -68,25 +68,36 @@ class Step:
 class StepDeadlines:
     """The deadlines of one connection's steps, and the socket to cut when one passes.
 
-    :meth:`attach` the socket as soon as it exists (before the greeting is read); a step
-    that expired before that cuts it as it is attached. :meth:`close` with the connection.
+    :meth:`attach` the socket as soon as it exists (before the TLS handshake and the
+    greeting); a step that expired before that cuts it as it is attached. Attach the socket
+    in use again, without duplicating it, once the connection stands and after STARTTLS.
+    :meth:`close` with the connection.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._socket: socket.socket | None = None
+        self._owned = False  # the socket watched is a duplicate, closed here
         self._cut = False  # a step expired: the socket is (to be) shut down
         self._closed = False
 
-    def attach(self, sock: socket.socket) -> None:
-        """Watch *sock* (a duplicate of it is kept: shutting that down cuts the connection)."""
-        duplicate = sock.dup()
+    def attach(self, sock: socket.socket, *, duplicate: bool = True) -> None:
+        """Watch *sock*: the socket a step's deadline shuts down.
+
+        With *duplicate* (while the socket is being set up) a duplicate is kept, which
+        still reaches the connection once TLS wraps *sock* and detaches it; without, *sock*
+        itself (no file descriptor more per connection: attach the socket in use again
+        after TLS is started).
+        """
+        watched = sock.dup() if duplicate else sock
         with self._lock:
-            previous, self._socket = self._socket, duplicate
+            previous, self._socket = self._socket, watched
+            self._owned, owned_before = duplicate, self._owned
             cut_now = self._cut or self._closed
-        _close(previous)
+        if owned_before:
+            _close(previous)
         if cut_now:
-            _shut(duplicate)
+            _shut(watched)
 
     @contextlib.contextmanager
     def step(self, doing: str, seconds: float) -> Iterator[Step]:
@@ -107,7 +118,9 @@ class StepDeadlines:
         """Stop watching: the duplicate socket is closed (the connection itself is not)."""
         with self._lock:
             sock, self._socket, self._closed = self._socket, None, True
-        _close(sock)
+            owned, self._owned = self._owned, False
+        if owned:
+            _close(sock)
 
     def _expire(self, step: Step) -> None:
         with self._lock:

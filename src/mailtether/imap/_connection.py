@@ -173,6 +173,7 @@ class ImapConnection:
                 cause = overran(step, error)
                 raise translate_error(cause, where, secret=settings.password) from None
         self._locked.client = client
+        self._watch_socket(client)
         # imapclient sets imaplib's debug level to 5, so imaplib formats every line it reads —
         # whole mails included — into a log message, logged or not: a third of the time of a
         # bulk FETCH of small mail. Keep that trace only when someone is listening for it.
@@ -192,8 +193,15 @@ class ImapConnection:
                     hint="use implicit TLS (imaps://), or fix the server (or whatever strips "
                     "STARTTLS on the way)",
                 )
+            self._watch_socket(client, duplicate=True)  # TLS detaches the socket object
             self._call("starting TLS", client.starttls, self._context())
+            self._watch_socket(client)
         self._locked.touch()
+
+    def _watch_socket(self, client: IMAPClient, *, duplicate: bool = False) -> None:
+        """The socket in use is the one step deadlines cut (see StepDeadlines.attach)."""
+        with contextlib.suppress(OSError, AttributeError):  # a test stream: the duplicate stays
+            self._deadlines.attach(client.socket(), duplicate=duplicate)
 
     def _login(self) -> None:
         client = self._require()

@@ -152,6 +152,7 @@ class Pop3Connection:
             if step.finish():  # a greeting cut short is no greeting
                 _close_quietly(pop)
                 raise step.error()
+        self._deadlines.attach(pop.sock, duplicate=False)  # no file descriptor more
         try:
             if settings.security == "starttls":
                 capabilities = self.call("CAPA", pop.capa)
@@ -161,7 +162,9 @@ class Pop3Connection:
                         "in clear",
                         hint="use pop3s:// (port 995), or fix the server",
                     )
+                self._deadlines.attach(pop.sock)  # TLS detaches the socket object
                 self.call("STLS", pop.stls, context)
+                self._deadlines.attach(pop.sock, duplicate=False)
             if settings.auth == "apop":
                 if b"<" not in pop.getwelcome():
                     raise AuthenticationFailed(
