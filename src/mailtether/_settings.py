@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import ssl
 from typing import Any, Final, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote
 
 import attrs
 
 from mailtether._durations import DAY, Duration, check_count, check_seconds
 from mailtether._errors import ConfigError
+from mailtether._url_errors import redact, split_url
 
 __all__ = ["ImapSettings", "Security"]
 
@@ -87,50 +88,16 @@ class ImapSettings:
         """Read settings from ``imaps://user:password@host[:port][/folder][?options]``.
 
         ``imaps://`` is implicit TLS; ``imap://`` requires STARTTLS; plaintext needs
-        ``imap://…?security=plain``. Percent-encode ``@`` and ``:`` in the user name and
-        password. Options: ``auth=xoauth2`` (the password part is the access token),
+        ``imap://…?security=plain``. Percent-encode ``@ : / ? # %`` in the user name and
+        password (``urllib.parse.quote(password, safe="")``), and ``@`` in the folder.
+        Options: ``auth=xoauth2`` (the password part is the access token),
         ``connect_timeout=<seconds>`` (or a duration such as ``15s``).
 
         Raises:
-            ConfigError: the URL cannot be used; the message never contains the password.
+            ConfigError: the URL cannot be used; the message names the part, shows the URL
+                with the password as ``***`` and never holds the password or a piece of it.
         """
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as error:
-            raise ConfigError(f"cannot read the IMAP URL: {error}") from None
-        scheme = parts.scheme.lower()
-        if scheme not in ("imap", "imaps"):
-            raise ConfigError(
-                f"an IMAP URL starts with imaps:// or imap://, not {scheme or '?'}://"
-            )
-        options = dict(parse_qsl(parts.query, keep_blank_values=True))
-        security = options.pop("security", "tls" if scheme == "imaps" else "starttls")
-        if scheme == "imaps" and security != "tls":
-            raise ConfigError("imaps:// is implicit TLS; use imap:// with security=starttls|plain")
-        if security not in ("tls", "starttls", "plain"):
-            raise ConfigError(f"security must be tls, starttls or plain, got {security!r}")
-        auth = options.pop("auth", "password")
-        timeout = options.pop("connect_timeout", "15")
-        if options:
-            raise ConfigError(f"unknown IMAP URL option(s): {', '.join(sorted(options))}")
-        if not parts.hostname or parts.username is None:
-            raise ConfigError("an IMAP URL needs a user and a host: imaps://user:password@host/")
-        folder = unquote(parts.path.lstrip("/")) or "INBOX"
-        try:
-            return cls(
-                host=parts.hostname,
-                username=unquote(parts.username),
-                password=unquote(parts.password or ""),
-                port=port or 0,
-                security=security,  # type: ignore[arg-type]
-                folder=folder,
-                auth=auth,  # type: ignore[arg-type]
-                connect_timeout=timeout,
-                ssl_context=ssl_context,
-            )
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"cannot use the IMAP URL: {error}") from None
+        return cls._from_url(url, "IMAP", ssl_context)
 
     @classmethod
     def from_pop3_url(cls, url: str, *, ssl_context: ssl.SSLContext | None = None) -> ImapSettings:
@@ -140,17 +107,65 @@ class ImapSettings:
         plaintext needs ``?security=plain``; ``?auth=apop`` logs in with APOP.
 
         Raises:
-            ConfigError: the URL cannot be used.
+            ConfigError: the URL cannot be used (the message as for :meth:`from_url`).
         """
-        scheme, separator, rest = url.partition("://")
-        if not separator or scheme.lower() not in ("pop3", "pop3s"):
-            raise ConfigError(f"a POP3 URL starts with pop3s:// or pop3://, not {scheme or '?'}://")
-        imap_scheme = "imaps" if scheme.lower() == "pop3s" else "imap"
-        settings = cls.from_url(f"{imap_scheme}://{rest}", ssl_context=ssl_context)
+        return cls._from_url(url, "POP3", ssl_context)
+
+    @classmethod
+    def _from_url(
+        cls, url: str, protocol: Literal["IMAP", "POP3"], ssl_context: ssl.SSLContext | None
+    ) -> ImapSettings:
+        tls, plain = ("imaps", "imap") if protocol == "IMAP" else ("pop3s", "pop3")
+        starts = (
+            f"{'an' if protocol == 'IMAP' else 'a'} {protocol} URL starts with {tls}:// "
+            f"(implicit TLS) or {plain}:// ({'STARTTLS' if protocol == 'IMAP' else 'STLS'})"
+        )
+        if not isinstance(url, str) or "://" not in url:  # not shown: it may be no URL at all
+            raise ConfigError(f"{starts}: write {tls}://user:password@host/")
+        parts = split_url(url)  # a ConfigError that names the part and hides the password
+        shown = redact(url)
+        scheme = parts.scheme.lower()
+        if scheme not in (tls, plain):
+            raise ConfigError(f"the scheme of {shown} is not {tls}:// or {plain}://: {starts}")
+        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        security = options.pop("security", "tls" if scheme == tls else "starttls")
+        if scheme == tls and security != "tls":
+            raise ConfigError(
+                f"the security option of {shown} does not go with {tls}://, which is implicit "
+                f"TLS: use {plain}:// with security=starttls or security=plain"
+            )
+        if security not in ("tls", "starttls", "plain"):
+            raise ConfigError(
+                f"the security option of {shown} is {security!r}: use tls, starttls or plain"
+            )
+        auth = options.pop("auth", "password")
+        timeout = options.pop("connect_timeout", "15")
+        if options:
+            raise ConfigError(
+                f"the query of {shown} has unknown {protocol} URL option(s) "
+                f"{', '.join(sorted(options))}: use security, auth or connect_timeout"
+            )
+        if not parts.hostname or parts.username is None:
+            missing = "host" if not parts.hostname else "user name"
+            raise ConfigError(
+                f"the {missing} of {shown} is missing: write {scheme}://user:password@host/"
+            )
+        port = parts.port
+        if protocol == "POP3" and port is None:
+            port = 995 if security == "tls" else 110
+        problem = None
         try:
-            explicit_port = urlsplit(url).port
-        except ValueError as error:
-            raise ConfigError(f"cannot read the POP3 URL: {error}") from None
-        if explicit_port is None:
-            settings = attrs.evolve(settings, port=995 if settings.security == "tls" else 110)
-        return settings
+            return cls(
+                host=parts.hostname,
+                username=unquote(parts.username),
+                password=unquote(parts.password or ""),
+                port=port or 0,
+                security=security,  # type: ignore[arg-type]
+                folder=unquote(parts.path.lstrip("/")) or "INBOX",
+                auth=auth,  # type: ignore[arg-type]
+                connect_timeout=timeout,
+                ssl_context=ssl_context,
+            )
+        except (TypeError, ValueError) as error:  # no value of these messages is a secret
+            problem = f"{shown} cannot be used: {error}"
+        raise ConfigError(problem)  # outside the except: nothing chained

@@ -12,10 +12,11 @@ import re
 import select
 from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlunsplit
 
 from mailtether._durations import check_seconds
 from mailtether._errors import ConfigError, SchemaError, StoreError
+from mailtether._url_errors import split_url
 from mailtether.stores._pool import Pool
 from mailtether.stores._postgres_watchdog import WATCHDOG
 from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
@@ -73,6 +74,41 @@ INSERT INTO {p}_meta (key, value) VALUES ('schema_version', '{version}')
 """
 
 
+def _read_url(url: str, table_prefix: str, psycopg: Any) -> tuple[str, str, str, str]:
+    """(the DSN for libpq, the table prefix, the URL's ``options``, the password).
+
+    Raises:
+        ConfigError: the URL cannot be read for sure, or libpq refuses it; the message names
+            the part and never holds the password (see
+            :func:`~mailtether._url_errors.split_url`, here with libpq's own rules).
+    """
+    if not isinstance(url, str):
+        raise ConfigError(f"a PostgreSQL URL is text, not {type(url).__name__}")
+    parts = split_url(url, libpq=True)  # the port too: a bad one fails here, not at connect
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    table_prefix = check_prefix(
+        query.pop("table_prefix", table_prefix),
+        _PREFIX,
+        "table_prefix",
+        "a lower-case SQL identifier of up to 40 characters",
+    )
+    options = query.pop("options", "")
+    dsn = urlunsplit(parts._replace(query=urlencode(query)))
+    problem = None
+    try:
+        conninfo = psycopg.conninfo.conninfo_to_dict(dsn)
+    except (ValueError, psycopg.Error) as error:
+        # libpq quotes what it refuses: the DSN, the password, a password= parameter.
+        secrets = [parts.password or "", *(v for k, v in parse_qsl(parts.query) if k == "password")]
+        text = str(error).replace(dsn, redact_url(url))
+        for secret in sorted({*secrets, *map(unquote, secrets)}, key=len, reverse=True):
+            text = text.replace(secret, "***") if secret else text
+        problem = f"cannot use PostgreSQL URL {redact_url(url)!r}: {text}"
+    if problem is not None:  # raised outside the except: libpq's error is not chained
+        raise ConfigError(problem)
+    return dsn, table_prefix, options, str(conninfo.get("password") or "")
+
+
 class PostgresStore(PutFromPutMany):
     """A :class:`~mailtether.Store` in PostgreSQL: for listeners on many hosts.
 
@@ -119,26 +155,11 @@ class PostgresStore(PutFromPutMany):
         self._psycopg = require("psycopg", "postgres")
         self.url = redact_url(url)
         """The URL, password hidden."""
-        self._password = ""
-        parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        table_prefix = check_prefix(
-            query.pop("table_prefix", table_prefix),
-            _PREFIX,
-            "table_prefix",
-            "a lower-case SQL identifier of up to 40 characters",
+        self._dsn, table_prefix, options, self._password = _read_url(
+            url, table_prefix, self._psycopg
         )
         # Ours comes last, so it wins over a statement_timeout in the URL's own options.
-        options = f"{query.pop('options', '')} -c statement_timeout={_ms(statement_timeout)}"
-        self._dsn = urlunsplit(parts._replace(query=urlencode(query)))
-        try:
-            _ = parts.port  # a port that is not a number raises here rather than at connect
-            conninfo = self._psycopg.conninfo.conninfo_to_dict(self._dsn)
-        except (ValueError, self._psycopg.Error) as error:
-            raise ConfigError(
-                f"cannot use PostgreSQL URL {self.url!r}: {self._hide(str(error))}"
-            ) from None
-        self._password = str(conninfo.get("password") or "")
+        options = f"{options} -c statement_timeout={_ms(statement_timeout)}"
         self._options: dict[str, Any] = {
             "connect_timeout": max(2, math.ceil(connect_timeout)),
             "options": options.strip(),

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from mailtether._durations import check_seconds
 from mailtether._errors import ConfigError, SchemaError, StoreError
+from mailtether._url_errors import split_url
 from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
 from mailtether.stores._redis_scripts import SCRIPTS
 from mailtether.stores._shared import (
@@ -36,6 +37,33 @@ __all__ = ["RedisStore"]
 _T = TypeVar("_T")
 _PREFIX: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _BATCH: Final = 500
+
+
+def _read_url(url: str, prefix: str) -> tuple[str, str]:
+    """(the URL for redis-py, without our ``prefix``; the prefix), or a ConfigError.
+
+    The error names the part that is wrong and never holds the password (see
+    :func:`~mailtether._url_errors.split_url`).
+    """
+    if not isinstance(url, str):
+        raise ConfigError(f"a Redis URL is text, not {type(url).__name__}")
+    parts = split_url(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    prefix = check_prefix(
+        query.pop("prefix", prefix),
+        _PREFIX,
+        "Redis prefix",
+        "1-64 characters of A-Z a-z 0-9 _ . -",
+    )
+    return urlunsplit(parts._replace(query=urlencode(query))), prefix
+
+
+def _hide(text: str, url: str) -> str:
+    """*text* without the password of *url*, in the forms a library may quote it in."""
+    password = urlsplit(url).password or ""
+    for form in sorted({password, unquote(password)}, key=len, reverse=True):
+        text = text.replace(form, "***") if form else text
+    return text
 
 
 class RedisStore(PutFromPutMany):
@@ -81,17 +109,10 @@ class RedisStore(PutFromPutMany):
         redis = require("redis", "redis")
         retry, backoff = require("redis.retry", "redis"), require("redis.backoff", "redis")
         self._redis = redis
-        parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        prefix = check_prefix(
-            query.pop("prefix", prefix),
-            _PREFIX,
-            "Redis prefix",
-            "1-64 characters of A-Z a-z 0-9 _ . -",
-        )
+        clean, prefix = _read_url(url, prefix)
         self.url = redact_url(url)
         """The URL, password hidden."""
-        clean = urlunsplit(parts._replace(query=urlencode(query)))
+        problem = None
         try:
             self._client = redis.Redis.from_url(
                 clean,
@@ -103,7 +124,9 @@ class RedisStore(PutFromPutMany):
                 retry=retry.Retry(backoff.NoBackoff(), 0),
             )
         except ValueError as error:
-            raise ConfigError(f"cannot use Redis URL {self.url!r}: {error}") from None
+            problem = f"cannot use Redis URL {self.url!r}: {_hide(str(error), url)}"
+        if problem is not None:  # raised outside the except: redis-py's error is not chained
+            raise ConfigError(problem)
         self._base = "{" + prefix + "}"
         self._scripts = {
             name: self._client.register_script(source) for name, source in SCRIPTS.items()

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final, NamedTuple
 
 from mailtether._errors import ConfigError, LeaseLost
+from mailtether._url_errors import redact
 from mailtether.stores._protocol import Lease, Record, Write
 
 __all__ = [
@@ -331,16 +332,15 @@ def lease_lost(lease: Lease) -> LeaseLost:
     )
 
 
-_QUERY_PASSWORD: Final = re.compile(r"(?i)(password=)[^&#\s]*")
-
-
 def redact_url(url: str) -> str:
     """Return *url* with any password replaced by ``***``, for repr and messages.
 
-    Both places a password can hide are covered: before the host (``user:pw@``) and as a
-    ``password=`` parameter (a URL query, or a libpq ``key=value`` connection string).
+    Both places a password can hide are covered: before the host (``user:pw@``, everything
+    up to the last ``@``, so an unencoded ``/ ? # @ :`` in it is hidden too) and as a
+    ``password=`` parameter (a URL query, or a libpq ``key=value`` connection string). See
+    :func:`mailtether._url_errors.redact`.
     """
-    return _QUERY_PASSWORD.sub(r"\1***", re.sub(r"(?<=://)([^:/@]*):[^@/]*@", r"\1:***@", url))
+    return redact(url)
 
 
 def require(module: str, extra: str) -> Any:

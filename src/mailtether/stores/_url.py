@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from typing import Final
 from urllib.parse import urlsplit
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
@@ -12,6 +14,8 @@ from mailtether.stores._shared import redact_url
 from mailtether.stores._sqlite import SQLiteStore
 
 __all__ = ["store_from_url"]
+
+_SCHEME: Final = re.compile(r"[\x00-\x20]*([A-Za-z][A-Za-z0-9+.\-]*):")
 
 
 def store_from_url(url: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = True) -> Store:
@@ -41,11 +45,16 @@ def store_from_url(url: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = True
     """
     if not isinstance(url, str) or not url.strip():
         raise ConfigError("a store URL is a non-empty string such as 'sqlite:///var/lib/x.db'")
-    scheme = urlsplit(url).scheme.lower()
+    # The scheme without urlsplit, which can fail on the rest and quote the password doing so.
+    found = _SCHEME.match(url)
+    scheme = found.group(1).lower() if found else ""
     if scheme == "memory":
         return MemoryStore(clock=clock)
     if scheme == "sqlite":
-        path = urlsplit(url).path
+        try:
+            path = urlsplit(url).path
+        except ValueError:
+            path = ""  # a host part urllib refuses: sqlite URLs have none
         if not path or path == "/":
             raise ConfigError(
                 f"{redact_url(url)!r} names no file: write sqlite:///absolute/path.db or "
