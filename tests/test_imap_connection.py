@@ -371,7 +371,12 @@ def _wait_in(connection: ImapConnection, timeout: float) -> tuple[threading.Thre
     return thread, outcome
 
 
-def test_a_call_from_another_thread_ends_idle_at_once_and_the_wait_goes_on(mailbox, trace):
+def test_a_call_from_another_thread_ends_idle_at_once_and_the_wait_goes_on(
+    mailbox, trace, monkeypatch
+):
+    from mailtether.imap import _idle
+
+    monkeypatch.setattr(_idle, "_SLICE", 30.0)  # the bell, not a look every so often
     keepalive = Keepalive(noop_interval=60, idle_renewal=10, response_timeout=5)
     with ImapConnection.open(plain(mailbox), keepalive=keepalive) as connection:
         waiter, outcome = _wait_in(connection, 30)
@@ -391,6 +396,30 @@ def test_a_call_from_another_thread_ends_idle_at_once_and_the_wait_goes_on(mailb
         waiter.join(10)
         assert outcome, "the wait did not see the mail appended after the call"
         assert (1, b"EXISTS") in outcome[0]  # type: ignore[operator]
+
+
+def test_wake_has_a_wait_see_its_stop_event_at_once(mailbox, trace, monkeypatch):
+    from mailtether.imap import _idle
+
+    monkeypatch.setattr(_idle, "_SLICE", 30.0)  # without the bell: 30 s
+    keepalive = Keepalive(noop_interval=60, idle_renewal=60, response_timeout=5)
+    with ImapConnection.open(plain(mailbox), keepalive=keepalive) as connection:
+        stop = threading.Event()
+        ended: list[float] = []
+        waiter = threading.Thread(
+            target=lambda: (connection.wait(60, stop), ended.append(time.monotonic()))
+        )
+        waiter.start()
+        trace.wait_until_idling()
+        connection.wake()  # no stop yet: the wait goes on
+        time.sleep(0.3)
+        assert not ended, "a wake without a stop event set ended the wait"
+        started = time.monotonic()
+        stop.set()
+        connection.wake()
+        waiter.join(5)
+        assert ended, "the wait did not end"
+        assert ended[0] - started < 1, f"the stop was seen after {ended[0] - started:.1f} s"
 
 
 def test_many_calls_from_two_threads_during_idle(mailbox, trace):

@@ -151,6 +151,9 @@ class SourceRunner:
     def _drop_connection(self) -> None:
         """Break the current connection (the lease was lost)."""
 
+    def _wake_connection(self) -> None:
+        """Have a wait on the current connection look at the stop event now."""
+
     @property
     def handler(self) -> Callable[[Delivery], object]:
         """Called per mail (may be replaced; the next mail goes to the new one)."""
@@ -312,6 +315,7 @@ class SourceRunner:
     def stop(self, timeout: float = 5.0) -> None:
         """Ask it to stop and wait (at most *timeout*) for its thread to end."""
         self._stop.set()
+        self._wake_connection()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)

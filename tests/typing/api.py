@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import threading
 from datetime import timedelta
-from typing import assert_type
+from typing import Any, assert_type
 
 import mailtether
 from mailtether import (
@@ -98,3 +98,18 @@ def misbehaving_servers() -> None:
         raise mailtether.MalformedReply("garbled")
     except mailtether.ConnectionLost as error:
         assert_type(error.message, str)
+
+
+def the_wire() -> None:
+    from mailtether.testing import FaultProxy
+
+    settings = mailtether.ImapSettings("127.0.0.1", "u", "a-secret", security="plain")
+    keepalive = mailtether.Keepalive(response_timeout=20)  # the deadline of each step
+    with mailtether.ImapConnection.open(settings, keepalive=keepalive) as connection:
+        stop = threading.Event()
+        stop.set()
+        connection.wake()  # a wait in another thread sees its stop event at once
+        assert_type(connection.wait(60, stop), list[Any])
+    with FaultProxy(("127.0.0.1", 143)) as proxy:
+        proxy.set_latency(0.2, direction="down")
+        proxy.set_bandwidth(20)

@@ -61,8 +61,8 @@ class ImapConnection:
     - After the connection breaks, every call raises :class:`~mailtether.ConnectionLost` at
       once: a client that timed out cannot be used again; open a new connection.
     - Calls are serialised by a lock, so a keepalive thread and your code can share it. A
-      call from another thread during :meth:`wait` ends the IDLE within a quarter of a
-      second, runs, and lets the wait go on.
+      call from another thread during :meth:`wait` ends the IDLE at once, runs, and lets
+      the wait go on.
 
     Example:
         >>> from mailtether import ImapConnection, ImapSettings, ServerUnreachable
@@ -369,6 +369,14 @@ class ImapConnection:
         if capabilities:  # the list a LOGIN answer carries: imapclient takes it from here,
             responses["CAPABILITY"] = capabilities[-1:]  # instead of asking again
 
+    def wake(self) -> None:
+        """Have a :meth:`wait` in another thread look at its stop event now (thread-safe).
+
+        ``wait`` notices a stop event set by itself within a second; set the event, then
+        call this, and it returns at once. A wait whose event is not set goes on.
+        """
+        self._locked.wake()
+
     def abort(self, reason: str) -> None:
         """Break the connection now, from any thread; every call then raises ConnectionLost.
 
@@ -399,7 +407,7 @@ class ImapConnection:
         ``[]`` at the timeout or when *stop* is set.
 
         IDLE holds the connection, but not against other threads: a :meth:`call` from one
-        ends the IDLE within a quarter of a second, runs, and the wait goes on in a new IDLE.
+        ends the IDLE at once, runs, and the wait goes on in a new IDLE.
         (What that call's answer reports is its own: a change it reads is not seen here.)
 
         The timeout, the NOOP and the IDLE renewal follow :attr:`clock`; reads from the

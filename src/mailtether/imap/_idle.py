@@ -15,6 +15,7 @@ the tagged answer), so no byte is lost between IDLE and DONE either.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import select
 import socket
@@ -32,7 +33,9 @@ from mailtether.imap._locked import LockedClient
 
 __all__ = ["IdleReader", "is_chatter"]
 
-_SLICE: Final = 0.25  # IDLE is read in slices this long, to notice stop, waiting callers
+# IDLE is read in slices this long, to notice a stop event nobody rang the bell for; a
+# caller waiting for the connection, or ImapConnection.wake(), ends a slice at once.
+_SLICE: Final = 1.0
 _MAX_LINE: Final = 1_000_000  # as imaplib's own bound on a line
 _MAX_LITERAL: Final = 16 * 2**20  # a push carrying more than this is not a push
 _LITERAL: Final = re.compile(rb"\{(\d+)\+?\}\r?\n\Z")
@@ -70,6 +73,7 @@ class IdleReader:
         self._parts: list[bytes | tuple[bytes, bytes]] = []  # a response's lines and literals
         self._literal: int | None = None  # bytes of a literal still to come
         self._ended = False  # the server ended the IDLE itself (a tagged answer came)
+        self._bell: socket.socket | None = None  # rung when the wait should look up
 
     # -- reading the pushes ----------------------------------------------------------------------
 
@@ -82,12 +86,27 @@ class IdleReader:
     ) -> list[Any]:
         """Read pushes; return the changes (``[]`` for none).
 
-        Returns at the first change, at *deadline* (on *clock*), when *stop* is set, or when
+        Returns at the first change, at *deadline* (on *clock*), when *stop* is set (seen
+        within a second, at once if :meth:`LockedClient.wake` is called), or as soon as
         another thread waits to call through *locked*.
 
         Raises:
             ConnectionLost: BYE, EOF, a reset, or a line or literal past its bound.
         """
+        with locked.listening() as bell:
+            self._bell = bell
+            try:
+                return self._read(locked, clock, deadline, stop)
+            finally:
+                self._bell = None
+
+    def _read(
+        self,
+        locked: LockedClient[IMAPClient],
+        clock: Clock,
+        deadline: float,
+        stop: threading.Event | None,
+    ) -> list[Any]:
         while True:
             remaining = deadline - clock.monotonic()
             if (
@@ -182,13 +201,19 @@ class IdleReader:
             self._sock.settimeout(previous)
 
     def _readable(self, seconds: float, doing: str) -> bool:
+        """Whether the server sent something within *seconds*; ``False`` also at a ring."""
         if self._tls and self._sock.pending():  # type: ignore[attr-defined]
             return True
+        watched = [self._sock] if self._bell is None else [self._sock, self._bell]
         try:
-            ready, _, _ = select.select([self._sock], [], [], seconds)
+            ready, _, _ = select.select(watched, [], [], seconds)
         except (OSError, ValueError) as error:  # closed under us
             raise ConnectionLost(f"the connection was closed {_where(doing)} ({error})") from None
-        return bool(ready)
+        if self._bell is not None and self._bell in ready:
+            with contextlib.suppress(OSError):  # the rings are taken: wait on when looked up
+                while self._bell.recv(4096):
+                    pass
+        return self._sock in ready
 
     def _take(self, chunk: bytes, doing: str) -> Any | None:
         """Consume from *chunk* (peeked) up to the end of the current line or literal.

@@ -176,6 +176,11 @@ class ImapListener(SourceRunner):
         if connection is not None:
             connection.abort("the mailbox lease was lost")
 
+    def _wake_connection(self) -> None:
+        connection = self._connection
+        if connection is not None:
+            connection.wake()
+
     def _session(self, stop: threading.Event) -> None:
         with self._lease() as lease:
             connection = self._open()

@@ -83,6 +83,10 @@ class LockedClient(Generic[_C]):
         self._turns = threading.Condition()
         self._arrived = 0
         self._entered = 0
+        # A holder that waits on the socket (IDLE) listens to this too: a caller arriving,
+        # or wake(), rings it, so the holder need not look up every fraction of a second.
+        self._bell: tuple[socket.socket, socket.socket] | None = None
+        self._listening = False
 
     @property
     def alive(self) -> bool:
@@ -100,6 +104,8 @@ class LockedClient(Generic[_C]):
         """Hold the lock (re-entrant) for several calls that must not be interleaved."""
         with self._turns:
             self._arrived += 1
+        if self._listening:
+            self.wake()
         try:
             self._lock.acquire()
         finally:
@@ -110,6 +116,40 @@ class LockedClient(Generic[_C]):
             yield
         finally:
             self._lock.release()
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[socket.socket]:
+        """The bell of a holder in a long wait (IDLE): add it to the ``select``.
+
+        It becomes readable when a caller arrives or :meth:`wake` is called; take the rings
+        out (:meth:`hush`, or read it dry) once it rang.
+        """
+        bell = self._bell
+        if bell is None:
+            bell = self._bell = socket.socketpair()
+            for end in bell:
+                end.setblocking(False)
+        self._listening = True
+        try:
+            yield bell[0]
+        finally:
+            self._listening = False
+            self.hush()
+
+    def wake(self) -> None:
+        """Ring the bell of a holder that is :meth:`listening` (from any thread)."""
+        bell = self._bell
+        if bell is not None:
+            with contextlib.suppress(OSError):  # full (already rung) or closed
+                bell[1].send(b"\0")
+
+    def hush(self) -> None:
+        """Take the rings that came out of the bell."""
+        bell = self._bell
+        if bell is not None:
+            with contextlib.suppress(OSError):
+                while bell[0].recv(4096):
+                    pass
 
     def let_callers_in(self, timeout: float) -> None:
         """Wait until every thread now waiting for the lock has had it (up to *timeout* s).
@@ -202,6 +242,9 @@ class LockedClient(Generic[_C]):
     def detach(self) -> _C | None:
         """Take the client away (to close it); later calls raise ConnectionLost ("closed")."""
         client, self.client = self.client, None
+        bell, self._bell = self._bell, None
+        for end in bell or ():
+            end.close()
         return client
 
     def __repr__(self) -> str:
