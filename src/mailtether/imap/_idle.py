@@ -15,7 +15,6 @@ the tagged answer), so no byte is lost between IDLE and DONE either.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import select
 import socket
@@ -29,7 +28,7 @@ from imapclient.response_parser import parse_response
 
 from mailtether._clock import Clock
 from mailtether._errors import CommandFailed, ConnectionLost, LineTooLong, ResponseTimeout
-from mailtether.imap._locked import LockedClient
+from mailtether.imap._locked import Bell, LockedClient
 
 __all__ = ["IdleReader", "is_chatter"]
 
@@ -73,7 +72,7 @@ class IdleReader:
         self._parts: list[bytes | tuple[bytes, bytes]] = []  # a response's lines and literals
         self._literal: int | None = None  # bytes of a literal still to come
         self._ended = False  # the server ended the IDLE itself (a tagged answer came)
-        self._bell: socket.socket | None = None  # rung when the wait should look up
+        self._bell: Bell | None = None  # rung when the wait should look up
 
     # -- reading the pushes ----------------------------------------------------------------------
 
@@ -204,15 +203,13 @@ class IdleReader:
         """Whether the server sent something within *seconds*; ``False`` also at a ring."""
         if self._tls and self._sock.pending():  # type: ignore[attr-defined]
             return True
-        watched = [self._sock] if self._bell is None else [self._sock, self._bell]
+        watched: list[Any] = [self._sock] if self._bell is None else [self._sock, self._bell]
         try:
             ready, _, _ = select.select(watched, [], [], seconds)
         except (OSError, ValueError) as error:  # closed under us
             raise ConnectionLost(f"the connection was closed {_where(doing)} ({error})") from None
         if self._bell is not None and self._bell in ready:
-            with contextlib.suppress(OSError):  # the rings are taken: wait on when looked up
-                while self._bell.recv(4096):
-                    pass
+            self._bell.hush()  # the rings are taken: wait on once looked up
         return self._sock in ready
 
     def _take(self, chunk: bytes, doing: str) -> Any | None:

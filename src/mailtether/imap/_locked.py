@@ -10,6 +10,7 @@ socket, and refuses every later call.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from mailtether._clock import Clock
 from mailtether._errors import ConnectionLost, MailServerError, TLSFailure
 from mailtether._step_deadlines import Step, StepDeadlines, overran
 
-__all__ = ["LockedClient"]
+__all__ = ["Bell", "LockedClient"]
 
 
 class _HasSocket(Protocol):
@@ -85,7 +86,7 @@ class LockedClient(Generic[_C]):
         self._entered = 0
         # A holder that waits on the socket (IDLE) listens to this too: a caller arriving,
         # or wake(), rings it, so the holder need not look up every fraction of a second.
-        self._bell: tuple[socket.socket, socket.socket] | None = None
+        self._bell: Bell | None = None
         self._listening = False
 
     @property
@@ -118,38 +119,27 @@ class LockedClient(Generic[_C]):
             self._lock.release()
 
     @contextlib.contextmanager
-    def listening(self) -> Iterator[socket.socket]:
+    def listening(self) -> Iterator[Bell]:
         """The bell of a holder in a long wait (IDLE): add it to the ``select``.
 
         It becomes readable when a caller arrives or :meth:`wake` is called; take the rings
-        out (:meth:`hush`, or read it dry) once it rang.
+        out (:meth:`Bell.hush`) once it rang.
         """
         bell = self._bell
         if bell is None:
-            bell = self._bell = socket.socketpair()
-            for end in bell:
-                end.setblocking(False)
+            bell = self._bell = Bell()
         self._listening = True
         try:
-            yield bell[0]
+            yield bell
         finally:
             self._listening = False
-            self.hush()
+            bell.hush()
 
     def wake(self) -> None:
         """Ring the bell of a holder that is :meth:`listening` (from any thread)."""
         bell = self._bell
         if bell is not None:
-            with contextlib.suppress(OSError):  # full (already rung) or closed
-                bell[1].send(b"\0")
-
-    def hush(self) -> None:
-        """Take the rings that came out of the bell."""
-        bell = self._bell
-        if bell is not None:
-            with contextlib.suppress(OSError):
-                while bell[0].recv(4096):
-                    pass
+            bell.ring()
 
     def let_callers_in(self, timeout: float) -> None:
         """Wait until every thread now waiting for the lock has had it (up to *timeout* s).
@@ -243,10 +233,60 @@ class LockedClient(Generic[_C]):
         """Take the client away (to close it); later calls raise ConnectionLost ("closed")."""
         client, self.client = self.client, None
         bell, self._bell = self._bell, None
-        for end in bell or ():
-            end.close()
+        if bell is not None:
+            bell.close()
         return client
 
     def __repr__(self) -> str:
         state = "alive" if self.alive else "dead" if self.error is not None else "closed"
         return f"LockedClient({self.name}, {state})"
+
+
+class Bell:
+    """A file descriptor another thread makes readable: one ``eventfd`` (Linux) or a pair.
+
+    ``select`` on :meth:`fileno` wakes when :meth:`ring` is called; :meth:`hush` takes the
+    rings out. Non-blocking both ways: ringing never waits, nor does hushing.
+    """
+
+    def __init__(self) -> None:
+        self._pair: tuple[socket.socket, socket.socket] | None = None
+        eventfd = getattr(os, "eventfd", None)
+        if eventfd is not None:
+            self._fd: int = eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:  # pragma: no cover - not Linux
+            pair = socket.socketpair()
+            for end in pair:
+                end.setblocking(False)
+            self._pair = pair
+            self._fd = pair[0].fileno()
+
+    def fileno(self) -> int:
+        """The descriptor to ``select`` on."""
+        return self._fd
+
+    def ring(self) -> None:
+        """Make it readable (from any thread)."""
+        with contextlib.suppress(OSError):  # closed, or full of rings already
+            if self._pair is None:
+                os.eventfd_write(self._fd, 1)
+            else:  # pragma: no cover - not Linux
+                self._pair[1].send(b"\0")
+
+    def hush(self) -> None:
+        """Take every ring out, so that it is not readable until rung again."""
+        with contextlib.suppress(OSError):  # nothing to take (BlockingIOError), or closed
+            if self._pair is None:
+                os.eventfd_read(self._fd)
+            else:  # pragma: no cover - not Linux
+                while self._pair[0].recv(4096):
+                    pass
+
+    def close(self) -> None:
+        """Release the descriptor(s)."""
+        with contextlib.suppress(OSError):
+            if self._pair is None:
+                os.close(self._fd)
+            else:  # pragma: no cover - not Linux
+                for end in self._pair:
+                    end.close()
