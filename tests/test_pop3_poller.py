@@ -225,3 +225,32 @@ def test_apop_login_where_offered(mailbox, tmp_path):
             Pop3Poller(wrong, handler, store=store, lease_ttl=None).poll_once()
     finally:
         store.close()
+
+
+def test_a_mail_longer_than_its_list_size_is_cut_in_bounded_memory():
+    """A server whose RETR runs on past what LIST said: not read whole into memory."""
+    import tracemalloc
+
+    from mailtether import ConnectionLost, ImapSettings, MemoryStore, Pop3Poller
+    from scripted import Scripted
+
+    line = b"x" * 998 + b"\r\n"
+    retr = b"+OK\r\nSubject: long\r\n\r\n" + line * 8192 + b".\r\n"  # 8 MiB
+    answers = {b"UIDL": b"+OK\r\n1 long-one\r\n.\r\n", b"LIST": b"+OK\r\n1 100\r\n.\r\n"}
+    seen: list[object] = []
+    with Scripted.pop3({**answers, b"RETR": retr}) as server:
+        settings = ImapSettings(
+            "127.0.0.1", "someone", "a-long-secret", port=server.port, security="plain"
+        )
+        poller = Pop3Poller(
+            settings, seen.append, store=MemoryStore(), max_message_bytes=1024 * 1024
+        )
+        tracemalloc.start()
+        try:
+            with pytest.raises(ConnectionLost, match=r"RETR 1: the server sent more than"):
+                poller.poll_once()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert seen == []
+    assert peak < 5 * 2**20, f"{peak / 2**20:.1f} MiB held for a mail cut at 2 MiB"

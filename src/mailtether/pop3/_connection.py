@@ -7,7 +7,7 @@ import poplib
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from mailtether._errors import (
     AuthenticationFailed,
@@ -113,6 +113,41 @@ class Pop3Connection:
                 raise
             except Exception as error:  # KeyboardInterrupt and SystemExit pass as they are
                 raise self._named(doing, overran(step, error), refused) from None
+
+    def retr(self, number: int, *, expected_bytes: int, most: int) -> bytes:
+        """``RETR`` *number*: the mail, read up to *most* bytes (``+OK``, lines, ``.``).
+
+        poplib would read a mail of any size into memory; past *most* (the poller's
+        ``max_message_bytes`` and some) the connection is given up instead, in bounded
+        memory. The step deadline allows for *expected_bytes* (the size ``LIST`` gave).
+
+        Raises:
+            CommandFailed: the server answered ``-ERR`` (the session goes on).
+            ConnectionLost: the connection broke, or the mail runs past *most* bytes.
+        """
+
+        def retrieve() -> bytes:
+            pop: Any = self.pop  # poplib's line reader is private, and stable since 2.x
+            pop._putcmd(f"RETR {number}")
+            pop._getresp()
+            lines: list[bytes] = []
+            taken = 0
+            while True:
+                line, octets = pop._getline()
+                if line == b".":
+                    lines.append(b"")
+                    return b"\r\n".join(lines)
+                if line.startswith(b".."):
+                    line = line[1:]
+                taken += octets
+                if taken > most:
+                    raise ConnectionLost(
+                        f"RETR {number}: the server sent more than {most} bytes (it gave the "
+                        f"size as {expected_bytes}); the rest is not read"
+                    )
+                lines.append(line)
+
+        return self.call("RETR", retrieve, refused=CommandFailed, expected_bytes=expected_bytes)
 
     def _named(
         self, doing: str, error: BaseException, refused: type[MailServerError]

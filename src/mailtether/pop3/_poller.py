@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from typing import Final
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._delivery import DeliverMode, Delivery
 from mailtether._durations import check_seconds
-from mailtether._errors import CommandFailed, ConnectionLost, MalformedReply
+from mailtether._errors import ConnectionLost, MalformedReply
 from mailtether._guard import DuplicateGuard
 from mailtether._mailbox_port import LEAVE, SIZE_UNKNOWN, FetchedMail, Listed, PostAction
 from mailtether._message_key import MessageKey, content_digest
@@ -26,6 +27,8 @@ from mailtether.pop3._connection import Pop3Connection
 from mailtether.stores._protocol import Store
 
 __all__ = ["Pop3Poller"]
+
+_SLACK: Final = 2**20  # bytes past max_message_bytes a RETR may bring (a size given short)
 
 
 class Pop3Poller(SourceRunner):
@@ -119,7 +122,8 @@ class Pop3Poller(SourceRunner):
             connection = self._connection = Pop3Connection.open(self.settings, self.timeout)
             try:
                 self._online()
-                handled = self._catch_up(_Pop3Mailbox(connection), lease)
+                most = self.pipeline.max_message_bytes + _SLACK
+                handled = self._catch_up(_Pop3Mailbox(connection, most), lease)
                 connection.quit()  # only now does the server delete
                 return handled
             finally:
@@ -140,8 +144,9 @@ class _Pop3Mailbox:
 
     uses_cursor = False  # message numbers start at 1 in every session
 
-    def __init__(self, connection: Pop3Connection) -> None:
+    def __init__(self, connection: Pop3Connection, most: int) -> None:
         self._connection = connection
+        self._most = most  # bytes a RETR may bring: past it, the connection is given up
         self._account = connection.settings.username
         self.scope = MessageKey.pop3(self._account, "-").scope
         self._numbers: dict[str, int] = {}
@@ -202,14 +207,12 @@ class _Pop3Mailbox:
             connection = self._connection
             fetched: dict[int, FetchedMail] = {}
             for number in positions:
-                _, body, _ = connection.call(
-                    "RETR",
-                    connection.pop.retr,
+                raw = connection.retr(
                     number,
-                    refused=CommandFailed,
                     expected_bytes=self._known.get(number, SIZE_UNKNOWN),
+                    most=self._most,
                 )
-                fetched[number] = (b"\r\n".join(body) + b"\r\n", ())
+                fetched[number] = (raw, ())
             return fetched
 
         return retrieve
