@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "_lines": 0,
     "_network_errors": 0,
     "_step_deadlines": 0,
+    "_redaction": 0,
     "_url_errors": 0,
     # stores
     "stores": 1,

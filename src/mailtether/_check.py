@@ -21,6 +21,7 @@ import attrs
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import ConnectionLost, LineTooLong, MailServerError, ResponseTimeout
 from mailtether._lines import LineReader
+from mailtether._redaction import redact
 from mailtether._settings import ImapSettings
 
 __all__ = ["CheckReport", "CheckStep", "Probe", "Step", "StepFailed", "check"]
@@ -42,7 +43,8 @@ class CheckStep:
     ``login``, then ``select`` (IMAP) or ``stat`` (POP3)."""
     ok: bool
     seconds: float
-    detail: str = ""
+    detail: str = attrs.field(default="", converter=redact)
+    """What the step saw (the server's words: one line, no secret)."""
 
 
 @attrs.frozen
@@ -53,8 +55,9 @@ class CheckReport:
     """What was checked (no password)."""
     steps: tuple[CheckStep, ...]
     ok: bool
-    sentence: str
-    """What failed, the likely cause and what to do; or that all is well."""
+    sentence: str = attrs.field(converter=redact)
+    """What failed, the likely cause and what to do; or that all is well (no secret in it,
+    whatever the server said)."""
     reachable: bool
     """``False`` when the server could not be reached at all (DNS, network, firewall)."""
 

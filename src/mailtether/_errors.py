@@ -35,6 +35,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mailtether._redaction import redact
+
 if TYPE_CHECKING:  # a type only: the base layer imports nothing above it at run time
     from mailtether._message_key import MessageKey
 
@@ -64,7 +66,14 @@ __all__ = [
 
 
 class MailtetherError(Exception):
-    """Base class of every exception mailtether raises on purpose."""
+    """Base class of every exception mailtether raises on purpose.
+
+    Its text never holds a secret the process was given (see :mod:`mailtether._redaction`):
+    every string argument is redacted as the exception is made.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(arg) if isinstance(arg, str) else arg for arg in args))
 
 
 class ConfigError(MailtetherError, ValueError):
@@ -145,9 +154,9 @@ class MailServerError(MailtetherError):
     default_hint = "check the server settings"
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
-        self.message = message
-        self.hint = hint or self.default_hint
-        super().__init__(f"{message}: {self.hint}" if self.hint else message)
+        self.message = redact(message)
+        self.hint = redact(hint or self.default_hint)
+        super().__init__(f"{self.message}: {self.hint}" if self.hint else self.message)
 
 
 class ConnectionLost(MailServerError):

@@ -8,7 +8,6 @@ The look-ups and a person's decisions are in :mod:`mailtether._guard_views`, the
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Final, Literal, Self
@@ -30,12 +29,13 @@ from mailtether._guard_states import (
 )
 from mailtether._guard_views import GuardViews
 from mailtether._message_key import MessageKey
+from mailtether._redaction import redacting_logger
 from mailtether.stores._protocol import Record, Store, Write, default_owner
 from mailtether.stores._shared import check_namespace
 
 __all__ = ["Claim", "DuplicateGuard", "RepeatPolicy"]
 
-log = logging.getLogger("mailtether.guard")
+log = redacting_logger("mailtether.guard")
 
 RepeatPolicy = Literal["block", "skip", "quarantine"]
 _POLICIES: Final = ("block", "skip", "quarantine")

@@ -9,7 +9,6 @@ catch-up (:meth:`~GuardViews.triage`, :meth:`~GuardViews.retryable`,
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import Final
 
@@ -29,11 +28,12 @@ from mailtether._guard_states import (
     key_id,
 )
 from mailtether._message_key import MessageKey
+from mailtether._redaction import redacting_logger
 from mailtether.stores._protocol import Store
 
 __all__ = ["GuardViews"]
 
-log = logging.getLogger("mailtether.guard")
+log = redacting_logger("mailtether.guard")
 _RETRIES: Final = 32
 
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._durations import check_seconds
+from mailtether._redaction import redacting_logger
 from mailtether._status import StatusBoard
 
 __all__ = ["Heartbeat"]
 
-log = logging.getLogger("mailtether.status")
+log = redacting_logger("mailtether.status")
 
 
 class Heartbeat:

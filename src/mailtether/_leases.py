@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -11,12 +10,13 @@ from typing import Self
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._durations import Duration, check_seconds
 from mailtether._errors import ConfigError, LeaseLost, LeaseUnavailable, StoreError
+from mailtether._redaction import redacting_logger
 from mailtether.stores._protocol import Lease, Store, default_owner
 from mailtether.stores._shared import MIN_TTL, check_key
 
 __all__ = ["ProcessLock", "acquire_lease"]
 
-log = logging.getLogger("mailtether.leases")
+log = redacting_logger("mailtether.leases")
 
 
 def acquire_lease(

@@ -11,7 +11,6 @@ mailbox changes in flight) and the parts (attachments handed out of a mail not y
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Final, Protocol
 
@@ -25,12 +24,13 @@ from mailtether._guard_states import ClaimStatus
 from mailtether._handover import Handover
 from mailtether._mailbox_port import SIZE_UNKNOWN, FetchedMail, Listed, MailboxPort, PostAction
 from mailtether._message_key import MessageKey
+from mailtether._redaction import redacting_logger
 from mailtether._status import StatusBoard
 from mailtether.stores._protocol import Store, Write
 
 __all__ = ["NO_FENCE", "Fence", "Pipeline"]
 
-log = logging.getLogger("mailtether.listener")
+log = redacting_logger("mailtether.listener")
 
 # Mails per fetch: up to _FETCH_MOST, fewer when they are big (about _FETCH_BYTES per batch,
 # by the sizes the server gives first), so a mailbox of large mail cannot fill memory.

@@ -8,7 +8,6 @@ one :class:`~mailtether._pipeline.Pipeline`.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar, Final
@@ -36,6 +35,7 @@ from mailtether._heartbeat import Heartbeat
 from mailtether._leases import ProcessLock
 from mailtether._mailbox_port import MailboxPort, PostAction
 from mailtether._pipeline import NO_FENCE, Fence, Pipeline
+from mailtether._redaction import redacting_logger
 from mailtether._status import SourceState, StatusBoard
 from mailtether._strategies import Exponential, ReconnectStrategy
 from mailtether.stores._memory import MemoryStore
@@ -43,7 +43,7 @@ from mailtether.stores._protocol import Store
 
 __all__ = ["UNEXPECTED_LIMIT", "SourceRunner", "either"]
 
-log = logging.getLogger("mailtether.listener")
+log = redacting_logger("mailtether.listener")
 
 BACKOFFS: Final = "backoff"
 UNEXPECTED_LIMIT: Final = 5

@@ -10,6 +10,7 @@ import attrs
 
 from mailtether._durations import DAY, Duration, check_count, check_seconds
 from mailtether._errors import ConfigError
+from mailtether._redaction import remember_secret
 from mailtether._url_errors import redact, split_url
 
 __all__ = ["ImapSettings", "Security"]
@@ -79,6 +80,7 @@ class ImapSettings:
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.password, str) or "\r" in self.password or "\n" in self.password:
             raise ValueError("ImapSettings.password must be text without line breaks")
+        remember_secret(self.password)  # from now on no output of the process holds it
         port = check_count(self.port, "ImapSettings.port", minimum=0, maximum=65535)
         # 0: the security's standard port
         object.__setattr__(self, "port", port or _DEFAULT_PORTS[self.security])

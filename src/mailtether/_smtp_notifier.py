@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import queue
 import smtplib
 import ssl
@@ -14,11 +13,12 @@ from email.utils import formatdate, make_msgid
 from typing import Literal
 
 from mailtether._errors import ConfigError
+from mailtether._redaction import redacting_logger, remember_secret
 from mailtether._status import StatusChange
 
 __all__ = ["SmtpNotifier"]
 
-log = logging.getLogger("mailtether.status")
+log = redacting_logger("mailtether.status")
 
 _QUEUE: int = 100
 
@@ -73,6 +73,7 @@ class SmtpNotifier:
         self.port = port or {"starttls": 587, "tls": 465, "plain": 25}[security]
         self.username = username
         self._password = password
+        remember_secret(password)  # from now on no output of the process holds it
         self.timeout = timeout
         self.ssl_context = ssl_context
         self.only = None if only is None else {state.lower() for state in only}

@@ -13,6 +13,8 @@ import attrs
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._durations import HOUR, check_seconds
+from mailtether._errors import one_line
+from mailtether._redaction import redact, redacting_logger
 from mailtether.stores._protocol import Store
 
 __all__ = [
@@ -24,7 +26,10 @@ __all__ = [
     "StatusChange",
 ]
 
-log = logging.getLogger("mailtether.status")
+log = redacting_logger("mailtether.status")
+
+REASON_MOST: Final = 500
+"""The longest a status reason is kept (characters, on one line, printable)."""
 _NAMESPACE: Final = "status"
 
 
@@ -246,6 +251,8 @@ class StatusBoard:
         """
         if state is SourceState.STALE:
             raise ValueError("STALE is derived from an expired heartbeat and is never recorded")
+        if isinstance(fields.get("reason"), str):  # what a person reads, and gets by mail
+            fields["reason"] = one_line(redact(fields["reason"]), REASON_MOST)
 
         def change(previous: SourceStatus | None, now: float) -> SourceStatus:
             if previous is None:

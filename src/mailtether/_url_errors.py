@@ -19,9 +19,10 @@ import re
 import unicodedata
 from collections.abc import Callable
 from typing import Final
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from mailtether._errors import ConfigError
+from mailtether._redaction import remember_secret
 
 __all__ = ["redact", "split_url"]
 
@@ -143,6 +144,9 @@ def split_url(url: str, *, libpq: bool = False) -> SplitResult:
         except ValueError:  # a case the checks above missed: say it without urllib's text
             problem = _unreadable(url)
         else:
+            if parts.password:  # from now on no output of the process holds it
+                remember_secret(parts.password)
+                remember_secret(unquote(parts.password))
             return parts
     raise ConfigError(problem)
 

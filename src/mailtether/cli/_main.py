@@ -8,11 +8,13 @@ commands that read a store: ``status`` (:mod:`._status`), ``resume`` (:mod:`._re
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from collections.abc import Callable, Sequence
-from typing import Final, NoReturn, TextIO
+from typing import Final, NoReturn, TextIO, cast
 
 from mailtether._errors import MailtetherError
+from mailtether._redaction import redact
 from mailtether.cli._check import add_check_arguments, run_check
 from mailtether.cli._held import add_held_arguments, run_drop, run_release
 from mailtether.cli._outcome import ERROR, USAGE
@@ -68,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     """Run the command line; return the exit code (see :func:`_main`)."""
-    out = out or sys.stdout
+    out = cast(TextIO, _Redacting(out or sys.stdout))  # whatever is printed: no secret in it
     debug = "--debug" in (sys.argv[1:] if argv is None else list(argv))
     try:
         return _main(argv, out)
@@ -119,6 +121,23 @@ def _main(argv: Sequence[str] | None, out: TextIO) -> int:
         return ERROR
     finally:
         store.close()
+
+
+class _Redacting(io.TextIOBase):
+    """A text stream that writes to *out* what it is given, every secret removed."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._out.write(redact(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._out.flush()
 
 
 def run() -> None:

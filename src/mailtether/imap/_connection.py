@@ -34,6 +34,7 @@ from mailtether._errors import (
     TLSFailure,
 )
 from mailtether._keepalive import Keepalive
+from mailtether._redaction import redacting_logger
 from mailtether._settings import ImapSettings
 from mailtether._step_deadlines import SLOWEST_RATE, StepDeadlines, overran
 from mailtether.imap._errors import translate_error
@@ -45,8 +46,9 @@ __all__ = ["ImapConnection"]
 
 _IDLE_LITERAL: Final = 16 * 2**20  # the largest literal read inside an IDLE push
 
-log = logging.getLogger("mailtether.imap")
-_PROTOCOL_TRACE: Final = logging.getLogger("imapclient.imaplib")
+log = redacting_logger("mailtether.imap")
+_PROTOCOL_TRACE: Final = redacting_logger("imapclient.imaplib")
+redacting_logger("imapclient.imapclient")  # imapclient's own records: no secret in them either
 
 _T = TypeVar("_T")
 

@@ -8,7 +8,6 @@ runs a catch-up after every change.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
@@ -20,6 +19,7 @@ from mailtether._guard import DuplicateGuard
 from mailtether._keepalive import Keepalive
 from mailtether._mailbox_port import SIZE_UNKNOWN, FetchedMail, Listing, PostAction
 from mailtether._message_key import MessageKey
+from mailtether._redaction import redacting_logger
 from mailtether._runner import SourceRunner, either
 from mailtether._settings import ImapSettings
 from mailtether._status import StatusBoard
@@ -33,7 +33,7 @@ __all__ = ["ImapListener"]
 # A body may come a little larger than the RFC822.SIZE the server gave (line endings): room.
 _LITERAL_SLACK = 2**20
 
-log = logging.getLogger("mailtether.listener")
+log = redacting_logger("mailtether.listener")
 
 
 class ImapListener(SourceRunner):

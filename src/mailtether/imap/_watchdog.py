@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -12,12 +11,13 @@ from typing import Any, Self
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import ConnectionLost, MailServerError
 from mailtether._keepalive import Keepalive
+from mailtether._redaction import redacting_logger
 from mailtether.imap._errors import translate_error
 from mailtether.imap._locked import LockedClient
 
 __all__ = ["KeepaliveWatchdog"]
 
-log = logging.getLogger("mailtether.keepalive")
+log = redacting_logger("mailtether.keepalive")
 
 
 class KeepaliveWatchdog:

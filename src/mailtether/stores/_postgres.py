@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlunsplit
 
 from mailtether._durations import check_seconds
 from mailtether._errors import ConfigError, SchemaError, StoreError
+from mailtether._redaction import remember_secret
 from mailtether._url_errors import split_url
 from mailtether.stores._pool import Pool
 from mailtether.stores._postgres_watchdog import WATCHDOG
@@ -106,7 +107,9 @@ def _read_url(url: str, table_prefix: str, psycopg: Any) -> tuple[str, str, str,
         problem = f"cannot use PostgreSQL URL {redact_url(url)!r}: {text}"
     if problem is not None:  # raised outside the except: libpq's error is not chained
         raise ConfigError(problem)
-    return dsn, table_prefix, options, str(conninfo.get("password") or "")
+    password = str(conninfo.get("password") or "")
+    remember_secret(password)  # a password= parameter too: from now on in no output
+    return dsn, table_prefix, options, password
 
 
 class PostgresStore(PutFromPutMany):

@@ -1,0 +1,196 @@
+r"""The one redaction point: every secret the process was given, removed from any text.
+
+Passwords, tokens and store-URL passwords are remembered here when they are given (in
+:class:`~mailtether.ImapSettings`, a store URL, :class:`~mailtether.SmtpNotifier`). Every
+outward channel passes through :func:`redact`: the exceptions mailtether raises, the log
+records of its loggers and of the imapclient/imaplib trace, status reasons (and so
+notifications), the command line's text and JSON. Each secret is removed in every form it
+can take on the wire or in text:
+
+- as it is, which also covers an IMAP literal (``{n}`` and the raw bytes) and POP3's
+  ``PASS`` line;
+- IMAP-quoted (``"`` and ``\`` escaped), and either form as Python's ``repr`` of a str or
+  bytes shows it (imaplib's trace logs the lines it sends as ``bytes`` reprs), and as JSON
+  escapes it;
+- percent-encoded (upper and lower case hex, ``+`` for a space or not), as in a URL;
+- in base64, wherever it sits in the encoded string: that covers the SASL strings of
+  ``AUTHENTICATE PLAIN``, ``XOAUTH2`` and ``OAUTHBEARER`` (the parts of the encoding that
+  depend only on the secret's bytes, at each of the three alignments, standard and
+  URL-safe alphabets).
+
+A secret shorter than :data:`SHORTEST` characters is not remembered: it would be found by
+chance in any text, and cannot be told from it. What a handler logs itself is not the
+library's to see.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterable
+from typing import Final
+from urllib.parse import quote, quote_plus
+
+__all__ = ["REDACTED", "SHORTEST", "redact", "redacting_logger", "remember_secret"]
+
+SHORTEST: Final = 4
+"""Secrets shorter than this (in characters) are not remembered."""
+
+REDACTED: Final = "***"
+"""What a secret is replaced with."""
+
+_MOST: Final = 4096  # secrets remembered; the oldest are let go past this (tokens rotate)
+
+
+class _Secrets:
+    """The secrets remembered, and their forms by their first characters.
+
+    Finding them is one pass over the text: at each position, the forms that start with the
+    next :data:`SHORTEST` characters (a dictionary look-up) are tried, longest first. It
+    costs the same with one secret or thousands (a fleet's passwords), and remembering one
+    more costs only its own forms.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._secrets: dict[str, list[str]] = {}  # secret -> its forms; oldest first
+        self._by_head: dict[str, list[str]] = {}  # first characters -> forms, longest first
+
+    def remember(self, secret: str) -> None:
+        if len(secret) < SHORTEST:
+            return
+        with self._lock:
+            if secret in self._secrets:
+                return
+            forms = sorted({f for f in _forms(secret) if len(f) >= SHORTEST}, key=len)
+            self._secrets[secret] = forms
+            for form in forms:
+                self._file(form)
+            while len(self._secrets) > _MOST:
+                oldest = next(iter(self._secrets))
+                self._let_go(oldest, self._secrets.pop(oldest))
+
+    def _file(self, form: str) -> None:
+        heads = self._by_head.setdefault(form[:SHORTEST], [])
+        if form not in heads:
+            heads.append(form)
+            heads.sort(key=len, reverse=True)
+
+    def _let_go(self, secret: str, forms: list[str]) -> None:
+        still = {form for known in self._secrets.values() for form in known}
+        for form in forms:
+            heads = self._by_head.get(form[:SHORTEST])
+            if heads is not None and form in heads and form not in still:
+                heads.remove(form)
+                if not heads:
+                    del self._by_head[form[:SHORTEST]]
+
+    def redact(self, text: str) -> str:
+        by_head = self._by_head
+        if not by_head or len(text) < SHORTEST:
+            return text
+        pieces: list[str] = []
+        start = position = 0
+        last = len(text) - SHORTEST
+        while position <= last:
+            forms = by_head.get(text[position : position + SHORTEST])
+            if forms is not None:
+                for form in forms:
+                    if text.startswith(form, position):
+                        pieces += (text[start:position], REDACTED)
+                        position = start = position + len(form)
+                        break
+                else:
+                    position += 1
+            else:
+                position += 1
+        if not pieces:
+            return text
+        pieces.append(text[start:])
+        return "".join(pieces)
+
+    def snapshot(self) -> dict[str, list[str]]:
+        with self._lock:
+            return dict(self._secrets)
+
+    def restore(self, secrets: dict[str, list[str]]) -> None:
+        with self._lock:
+            self._secrets = dict(secrets)
+            self._by_head = {}
+            for forms in self._secrets.values():
+                for form in forms:
+                    self._file(form)
+
+
+_SECRETS: Final = _Secrets()
+
+
+def remember_secret(secret: str | bytes | None) -> None:
+    """Remember *secret*: from now on :func:`redact` removes it, in every form."""
+    if isinstance(secret, bytes):
+        secret = secret.decode("utf-8", "replace")
+    if secret:
+        _SECRETS.remember(secret)
+
+
+def redact(text: str) -> str:
+    """*text* with every remembered secret, in every form, replaced by ``***``."""
+    return _SECRETS.redact(text)
+
+
+def _forms(secret: str) -> Iterable[str]:
+    """Every form *secret* can take in text (see the module's docstring)."""
+    quoted = secret.replace("\\", "\\\\").replace('"', '\\"')
+    for plain in (secret, quoted):
+        yield plain
+        yield repr(plain)[1:-1]
+        yield repr(plain.encode("utf-8", "surrogatepass"))[2:-1]
+        yield json.dumps(plain)[1:-1]
+        yield json.dumps(plain, ensure_ascii=False)[1:-1]
+    for encoded in (quote(secret, safe=""), quote_plus(secret, safe="")):
+        yield encoded
+        yield re.sub(r"%[0-9A-F]{2}", lambda escape: escape[0].lower(), encoded)
+    yield from _base64_cores(secret.encode("utf-8", "surrogatepass"))
+
+
+def _base64_cores(data: bytes) -> Iterable[str]:
+    """The parts of any base64 text holding *data* that depend on *data* alone.
+
+    At offset *k* (mod 3) in the encoded bytes, character *i* of the encoding covers bits
+    ``6i .. 6i+6``; those within the secret's bits ``8k .. 8(k+n)`` are the same whatever
+    surrounds it.
+    """
+    for offset in range(3):
+        padded = b"\0" * offset + data
+        first = -(-8 * offset // 6)  # ceil
+        last = 8 * (offset + len(data)) // 6
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            yield encode(padded).decode("ascii")[first:last]
+
+
+class _RedactingFilter(logging.Filter):
+    """Rewrites a record's message with every secret removed (arguments merged in)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned is not message or record.args:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            formatted = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact(formatted)
+        return True
+
+
+_FILTER: Final = _RedactingFilter()
+
+
+def redacting_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)``, whose records have every secret removed."""
+    logger = logging.getLogger(name)
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+    return logger
