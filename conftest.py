@@ -1,7 +1,9 @@
 """Runs the code in README.md, docs/*.md and the docstrings of src/ as tests (Sybil)."""
 
+from collections.abc import Iterator
 from doctest import ELLIPSIS
 
+import pytest
 from sybil import Sybil
 from sybil.parsers.markdown import PythonCodeBlockParser, SkipParser
 from sybil.parsers.rest import DocTestParser
@@ -16,3 +18,19 @@ _docstrings = Sybil(
 )
 
 pytest_collect_file = (_markdown + _docstrings).pytest()
+
+
+@pytest.fixture(autouse=True)
+def _forget_the_tests_secrets() -> Iterator[None]:
+    """The secrets each test or docs example gave are forgotten after it.
+
+    The process remembers every secret it was given, for as long as it runs.
+
+    Random passwords a property test draws would otherwise be redacted from the output of
+    every later test ("INBOX" drawn once, "***" in every later message).
+    """
+    from mailtether._redaction import _SECRETS
+
+    before = _SECRETS.snapshot()
+    yield
+    _SECRETS.restore(before)

@@ -113,17 +113,3 @@ def tmp_dir() -> Iterator[Path]:
     path = make_temp_dir("test")
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(autouse=True)
-def _forget_the_tests_secrets() -> Iterator[None]:
-    """Each test's secrets are forgotten after it (the process remembers every one given).
-
-    Random passwords a property test draws would otherwise be redacted from the output of
-    every later test ("INBOX" drawn once, "***" in every later message).
-    """
-    from mailtether._redaction import _SECRETS
-
-    before = _SECRETS.snapshot()
-    yield
-    _SECRETS.restore(before)
