@@ -175,7 +175,11 @@ class _RedactingFilter(logging.Filter):
     """Rewrites a record's message with every secret removed (arguments merged in)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: the handler reports it, as logging does
+            record.msg, record.args = redact(str(record.msg)), None
+            return True
         cleaned = redact(message)
         if cleaned is not message or record.args:
             record.msg, record.args = cleaned, None
