@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "_lines": 0,
     "_network_errors": 0,
     "_step_deadlines": 0,
+    "_sasl": 0,
     "_redaction": 0,
     "_url_errors": 0,
     # stores
@@ -39,6 +40,7 @@ LAYERS: dict[str, int] = {
     "_heartbeat": 2,
     "_smtp_notifier": 2,
     "_settings": 2,
+    "_tokens": 2,
     "testing": 2,
     # the protocol-neutral pipeline and the run loop around it
     "_delivery": 3,

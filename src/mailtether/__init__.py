@@ -59,6 +59,16 @@ from mailtether._strategies import (
     ReconnectStrategy,
     Tiered,
 )
+from mailtether._tokens import (
+    AccessToken,
+    ClientCredentialsFlow,
+    FixedToken,
+    RefreshTokenFlow,
+    TokenCommand,
+    TokenRevoked,
+    TokenSource,
+    TokenUnavailable,
+)
 from mailtether.imap._connection import ImapConnection
 from mailtether.imap._listener import ImapListener
 from mailtether.imap._watchdog import KeepaliveWatchdog
@@ -79,6 +89,7 @@ __all__ = [
     "SECOND",
     "SYSTEM_CLOCK",
     "WEEK",
+    "AccessToken",
     "AuthenticationFailed",
     "Backoff",
     "BackoffState",
@@ -89,6 +100,7 @@ __all__ = [
     "Claim",
     "ClaimLost",
     "ClaimStatus",
+    "ClientCredentialsFlow",
     "Clock",
     "CommandFailed",
     "ConfigError",
@@ -99,6 +111,7 @@ __all__ = [
     "Duration",
     "Exponential",
     "Fixed",
+    "FixedToken",
     "FolderMissing",
     "GuardEntry",
     "GuardState",
@@ -132,6 +145,7 @@ __all__ = [
     "ReconnectStrategy",
     "Record",
     "RedisStore",
+    "RefreshTokenFlow",
     "RepeatPolicy",
     "RepeatedMessage",
     "ResponseTimeout",
@@ -149,6 +163,10 @@ __all__ = [
     "SystemClock",
     "TLSFailure",
     "Tiered",
+    "TokenCommand",
+    "TokenRevoked",
+    "TokenSource",
+    "TokenUnavailable",
     "Triage",
     "Write",
     "acquire_lease",

@@ -13,6 +13,7 @@ import abc
 import contextlib
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Final, TypeAlias
 
@@ -22,7 +23,8 @@ from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import ConnectionLost, LineTooLong, MailServerError, ResponseTimeout
 from mailtether._lines import LineReader
 from mailtether._redaction import redact
-from mailtether._settings import ImapSettings
+from mailtether._settings import ImapSettings, tokens_of
+from mailtether._tokens import AccessToken
 
 __all__ = ["CheckReport", "CheckStep", "Probe", "Step", "StepFailed", "check"]
 
@@ -369,6 +371,23 @@ class Probe(abc.ABC):
 
     def _remaining(self) -> float:
         return max(self.deadline - self.clock.monotonic(), 1e-3)
+
+
+def oauth2_token(settings: ImapSettings) -> AccessToken:
+    """A token from the settings' token source, or the login step's failure in words."""
+    try:
+        return tokens_of(settings).token()
+    except MailServerError as error:
+        raise StepFailed(
+            f"no OAuth2 token for {settings.username!r}: {error}", reachable=True
+        ) from None
+
+
+def token_expiry(token: AccessToken) -> str:
+    """``", token expires in 3540 s"`` (nothing when the token's expiry is not known)."""
+    if token.expires_at is None:
+        return ""
+    return f", token expires in {max(0.0, token.expires_at - time.time()):.0f} s"
 
 
 def check(

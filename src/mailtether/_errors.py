@@ -16,9 +16,11 @@
         │   ├── ServerUnreachable   DNS, refused, or connect timed out: retry later
         │   ├── ResponseTimeout     the server did not answer within the response timeout
         │   ├── PeerClosed          the server closed the connection in the middle of an answer
-        │   └── MailboxInUse        another POP3 session holds the mailbox ([IN-USE])
+        │   ├── MailboxInUse        another POP3 session holds the mailbox ([IN-USE])
+        │   └── TokenUnavailable    no OAuth2 token now: the token endpoint is down or slow
         ├── TLSFailure              certificate not trusted, wrong host, STARTTLS missing
         ├── AuthenticationFailed    credentials rejected: do not retry (accounts get locked)
+        │   └── TokenRevoked        the OAuth2 grant is gone: a person must authorise again
         ├── FolderMissing           the folder does not exist (or is not selectable)
         ├── MailboxUnchangeable     handled mail cannot be marked, moved or deleted
         ├── LineTooLong             the server sent a line over the reader's bound
@@ -62,6 +64,8 @@ __all__ = [
     "ServerUnreachable",
     "StoreError",
     "TLSFailure",
+    "TokenRevoked",
+    "TokenUnavailable",
 ]
 
 
@@ -260,3 +264,19 @@ def one_line(text: str, limit: int = 200) -> str:
     """
     cleaned = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+class TokenRevoked(AuthenticationFailed):
+    """The OAuth2 grant is no longer valid (revoked, expired, the app's secret changed).
+
+    Retrying cannot help: a person must authorise the app for the account again. The
+    source is BLOCKED with this sentence.
+    """
+
+    default_hint = "authorise the app for this account again, then resume the source"
+
+
+class TokenUnavailable(ConnectionLost):
+    """No token could be had now: the token endpoint is down, slow, or throttling."""
+
+    default_hint = "retried on the reconnect strategy"

@@ -11,6 +11,7 @@ import attrs
 from mailtether._durations import DAY, Duration, check_count, check_seconds
 from mailtether._errors import ConfigError
 from mailtether._redaction import remember_secret
+from mailtether._tokens import TokenSource, token_source
 from mailtether._url_errors import redact, split_url
 
 __all__ = ["ImapSettings", "Security"]
@@ -37,6 +38,22 @@ def _text(instance: object, attribute: attrs.Attribute[Any], value: object) -> N
         )
 
 
+Auth = Literal["password", "oauth2", "xoauth2", "oauthbearer", "apop"]
+_AUTHS: Final = ("password", "oauth2", "xoauth2", "oauthbearer", "apop")
+OAUTH: Final = frozenset({"oauth2", "xoauth2", "oauthbearer"})
+"""The ``auth`` values that log in with an OAuth2 access token."""
+
+
+def literal_password(settings: ImapSettings) -> str:
+    """The password as text, or ``""`` for a token source (whose tokens are redacted anyway)."""
+    return settings.password if isinstance(settings.password, str) else ""
+
+
+def tokens_of(settings: ImapSettings) -> TokenSource:
+    """Where OAuth2 logins with *settings* get their token (a text password: a fixed one)."""
+    return token_source(settings.password)
+
+
 @attrs.frozen
 class ImapSettings:
     """Where an IMAP mailbox is and how to log in. The secret never shows in ``repr``.
@@ -44,14 +61,18 @@ class ImapSettings:
     Args:
         host: The server's host name (verified against its certificate).
         username: The login name.
-        password: The password, or with ``auth="xoauth2"`` the OAuth2 access token.
+        password: The password; with OAuth2 (``auth="oauth2"``), a
+            :class:`~mailtether.TokenSource` asked for a fresh token before every login (or
+            one fixed access token, as text).
         port: Default (or 0) 993 for ``"tls"``, 143 otherwise.
         security: ``"tls"`` (implicit TLS, the default), ``"starttls"`` (required: never
             falls back to plaintext), or ``"plain"`` (no encryption, only on explicit
             request, e.g. for a test server on loopback).
         folder: The folder to listen to.
-        auth: ``"password"`` (LOGIN; USER/PASS for POP3), ``"xoauth2"`` (Gmail, Microsoft
-            365), or ``"apop"`` (POP3's APOP challenge, where the server offers it).
+        auth: ``"password"`` (LOGIN; USER/PASS for POP3), ``"oauth2"`` (Gmail, Microsoft
+            365: OAUTHBEARER where the server offers it, else XOAUTH2), ``"xoauth2"`` or
+            ``"oauthbearer"`` (that mechanism only), or ``"apop"`` (POP3's APOP challenge,
+            where the server offers it).
         connect_timeout: Seconds for the TCP connect, TLS handshake and greeting (at most a
             day): a number, a :class:`~datetime.timedelta` or a string such as ``"15s"``.
         ssl_context: Certificate verification settings; default: the system's CAs, host
@@ -65,22 +86,26 @@ class ImapSettings:
 
     host: str = attrs.field(validator=_text)
     username: str = attrs.field(validator=_text)
-    password: str = attrs.field(repr=_hidden)
+    password: str | TokenSource = attrs.field(repr=_hidden)
     port: int = attrs.field(default=0)
     security: Security = attrs.field(
         default="tls", validator=attrs.validators.in_(("tls", "starttls", "plain"))
     )
     folder: str = attrs.field(default="INBOX", validator=_text)
-    auth: Literal["password", "xoauth2", "apop"] = attrs.field(
-        default="password", validator=attrs.validators.in_(("password", "xoauth2", "apop"))
-    )
+    auth: Auth = attrs.field(default="password", validator=attrs.validators.in_(_AUTHS))
     connect_timeout: float = attrs.field(default=15.0, converter=_connect_timeout)
     ssl_context: ssl.SSLContext | None = attrs.field(default=None, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.password, str) or "\r" in self.password or "\n" in self.password:
+        if isinstance(self.password, TokenSource) and not isinstance(self.password, str):
+            if self.auth not in OAUTH:
+                raise ConfigError(
+                    "a token source logs in with OAuth2: give auth='oauth2' (or 'xoauth2', "
+                    "'oauthbearer') with it"
+                )
+        elif not isinstance(self.password, str) or "\r" in self.password or "\n" in self.password:
             raise ValueError("ImapSettings.password must be text without line breaks")
-        remember_secret(self.password)  # from now on no output of the process holds it
+        remember_secret(self.password if isinstance(self.password, str) else None)
         port = check_count(self.port, "ImapSettings.port", minimum=0, maximum=65535)
         # 0: the security's standard port
         object.__setattr__(self, "port", port or _DEFAULT_PORTS[self.security])

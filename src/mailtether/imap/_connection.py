@@ -26,6 +26,7 @@ from imapclient.imapclient import SocketTimeout
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._durations import check_count, check_seconds
 from mailtether._errors import (
+    AuthenticationFailed,
     CommandFailed,
     ConnectionLost,
     FolderMissing,
@@ -35,7 +36,8 @@ from mailtether._errors import (
 )
 from mailtether._keepalive import Keepalive
 from mailtether._redaction import redacting_logger
-from mailtether._settings import ImapSettings
+from mailtether._sasl import oauth2_mechanism
+from mailtether._settings import OAUTH, ImapSettings, literal_password, tokens_of
 from mailtether._step_deadlines import SLOWEST_RATE, StepDeadlines, overran
 from mailtether.imap._errors import translate_error
 from mailtether.imap._idle import IdleReader, is_chatter
@@ -102,7 +104,7 @@ class ImapConnection:
         self._locked: LockedClient[IMAPClient] = LockedClient(
             None,
             name=f"the connection to {settings.host}",
-            translate=functools.partial(translate_error, secret=settings.password),
+            translate=functools.partial(translate_error, secret=literal_password(settings)),
             clock=clock,
             on_dead=self._log_death,
             deadlines=self._deadlines,
@@ -116,6 +118,8 @@ class ImapConnection:
         """The selected folder's UIDVALIDITY."""
         self.read_only = False
         """Whether the server opened the selected folder read-only."""
+        self.mechanism = "LOGIN"
+        """How it logged in: ``"LOGIN"``, ``"XOAUTH2"`` or ``"OAUTHBEARER"``."""
 
     # -- opening -----------------------------------------------------------------------------------
 
@@ -173,7 +177,7 @@ class ImapConnection:
                     raise step.error()  # a greeting cut short is no greeting
             except Exception as error:  # Ctrl-C and SystemExit pass as they are
                 cause = overran(step, error)
-                raise translate_error(cause, where, secret=settings.password) from None
+                raise translate_error(cause, where, secret=literal_password(settings)) from None
         self._locked.client = client
         self._watch_socket(client)
         # imapclient sets imaplib's debug level to 5, so imaplib formats every line it reads —
@@ -208,14 +212,35 @@ class ImapConnection:
     def _login(self) -> None:
         client = self._require()
         settings = self.settings
-        if settings.auth == "xoauth2":
-            self._call(
-                "logging in (XOAUTH2)", client.oauth2_login, settings.username, settings.password
-            )
+        if settings.auth in OAUTH:
+            self._oauth2_login(client)
         else:
             self._call("logging in", client.login, settings.username, settings.password)
         self.capabilities = frozenset(self._call("asking for capabilities", client.capabilities))
         log.debug("logged in to %s as %s", settings.host, settings.username)
+
+    def _oauth2_login(self, client: IMAPClient) -> None:
+        """AUTHENTICATE with a token from the settings' token source, fresh if refused once.
+
+        The mechanism is OAUTHBEARER (RFC 7628) where the server offers it and ``auth`` is
+        ``"oauth2"``, else XOAUTH2. A token the server refuses is renewed once and tried
+        again before the refusal counts (a token revoked early, a clock that is off).
+        """
+        settings = self.settings
+        offered = self._call("asking for capabilities", client.capabilities)
+        mechanism = oauth2_mechanism(settings.auth, offered)
+        tokens = tokens_of(settings)
+        login = client.oauthbearer_login if mechanism == "OAUTHBEARER" else client.oauth2_login
+        doing = f"logging in ({mechanism})"
+        token = tokens.token()  # TokenRevoked, TokenUnavailable: as they are
+        try:
+            self._call(doing, login, settings.username, token.value)
+        except AuthenticationFailed:
+            log.info(
+                "%s refused the token of %s; trying a new one", settings.host, settings.username
+            )
+            self._call(doing, login, settings.username, tokens.token(fresh=True).value)
+        self.mechanism = mechanism
 
     def select(self, folder: str) -> dict[bytes, Any]:
         """Select *folder* (read-write if the server allows; see :attr:`read_only`).
@@ -237,6 +262,11 @@ class ImapConnection:
         try:
             response = self._call(f"selecting {folder!r}", select_writable_or_not)
         except CommandFailed as error:
+            if _NOT_CONNECTED in error.message.lower():  # Microsoft 365, after a login
+                raise ConnectionLost(
+                    f"selecting {folder!r}: {error.message} (Microsoft 365 does this for a "
+                    "while after a login; reconnecting)"
+                ) from None
             raise FolderMissing(f"folder {folder!r} cannot be selected ({error})") from None
         self.uidvalidity = self._uidvalidity(folder, response)
         self._noticed = []  # the folder's counts as selected: not news
@@ -529,6 +559,9 @@ class _Ahead:
         self.seconds = seconds  # to read the answer in
         self.value: Any = None
         self.error: MailServerError | None = None
+
+
+_NOT_CONNECTED: Final = "user is authenticated but not connected"
 
 
 def _bound_literals(imap: imaplib.IMAP4, limit: int) -> None:

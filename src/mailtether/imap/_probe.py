@@ -13,8 +13,10 @@ from typing import ClassVar, Final
 
 import attrs
 
-from mailtether._check import Probe, Step, StepFailed
+from mailtether._check import Probe, Step, StepFailed, oauth2_token, token_expiry
 from mailtether._errors import LineTooLong
+from mailtether._sasl import oauth2_mechanism, sasl_string
+from mailtether._settings import OAUTH, literal_password
 
 __all__ = ["Answer", "ImapProbe"]
 
@@ -83,18 +85,21 @@ class ImapProbe(Probe):
         return "upgraded"
 
     def login(self) -> str:
-        """AUTHENTICATE with PLAIN (a password) or XOAUTH2 (a token)."""
+        """AUTHENTICATE with PLAIN (a password), or OAUTHBEARER/XOAUTH2 (a token)."""
         settings = self.settings
-        if settings.auth == "xoauth2":
-            secret = f"user={settings.username}\x01auth=Bearer {settings.password}\x01\x01"
-            mechanism = "XOAUTH2"
+        expires = ""
+        if settings.auth in OAUTH:
+            mechanism = oauth2_mechanism(settings.auth, self.offered)
+            token = oauth2_token(settings)
+            secret = base64.b64decode(sasl_string(mechanism, settings.username, token.value))
+            expires = token_expiry(token)
         else:
-            secret = f"\x00{settings.username}\x00{settings.password}"
+            secret = f"\x00{settings.username}\x00{literal_password(settings)}".encode()
             mechanism = "PLAIN"
         with self.answering("AUTHENTICATE"):
             answer = self._exchange(b"AUTHENTICATE " + mechanism.encode("ascii"))
             if answer.status == "+":
-                self.send(base64.b64encode(secret.encode("utf-8")) + b"\r\n")
+                self.send(base64.b64encode(secret) + b"\r\n")
                 answer = self._answer()
             if answer.status == "+":  # XOAUTH2's error challenge: an empty line ends it
                 self.send(b"\r\n")
@@ -106,7 +111,7 @@ class ImapProbe(Probe):
                 "the same",
                 reachable=True,
             )
-        return f"{mechanism} as {settings.username}"
+        return f"{mechanism} as {settings.username}{expires}"
 
     def select(self) -> str:
         """SELECT the folder; say how many messages it holds."""

@@ -18,7 +18,8 @@ from mailtether._errors import (
     TLSFailure,
 )
 from mailtether._network_errors import error_detail, translate_network_error
-from mailtether._settings import ImapSettings
+from mailtether._sasl import oauth2_mechanism, sasl_string
+from mailtether._settings import OAUTH, ImapSettings, literal_password, tokens_of
 from mailtether._step_deadlines import SLOWEST_RATE, StepDeadlines, overran
 
 __all__ = ["Pop3Connection"]
@@ -114,6 +115,30 @@ class Pop3Connection:
             except Exception as error:  # KeyboardInterrupt and SystemExit pass as they are
                 raise self._named(doing, overran(step, error), refused) from None
 
+    def _oauth2_login(self, pop: poplib.POP3) -> None:
+        """``AUTH`` (RFC 5034) with a token, fresh if the first is refused; see IMAP's."""
+        settings = self.settings
+        try:
+            offered = pop.capa().get("SASL", [])
+        except poplib.error_proto:  # no CAPA: XOAUTH2, as Microsoft and Google take it
+            offered = []
+        capabilities = [f"AUTH={name.upper()}".encode() for name in offered]
+        mechanism = oauth2_mechanism(settings.auth, capabilities)
+        tokens = tokens_of(settings)
+
+        def authenticate(token: str) -> None:
+            answer = sasl_string(mechanism, settings.username, token)
+            pop._shortcmd(f"AUTH {mechanism} {answer}")  # type: ignore[attr-defined]
+
+        token = tokens.token()
+        doing = f"logging in ({mechanism})"
+        try:
+            self.call(doing, authenticate, token.value, refused=AuthenticationFailed)
+        except AuthenticationFailed:
+            self.call(
+                doing, authenticate, tokens.token(fresh=True).value, refused=AuthenticationFailed
+            )
+
     def retr(self, number: int, *, expected_bytes: int, most: int) -> bytes:
         """``RETR`` *number*: the mail, read up to *most* bytes (``+OK``, lines, ``.``).
 
@@ -163,7 +188,7 @@ class Pop3Connection:
                     f"logging in: the server rejected the credentials ({detail})"
                 )
             return refused(f"{doing}: the server said {detail}")
-        secret = self.settings.password
+        secret = literal_password(self.settings)
         translated = translate_network_error(error, doing, secret=secret)
         if translated is None:
             detail = error_detail(error, secret=secret)
@@ -200,7 +225,9 @@ class Pop3Connection:
                 self._deadlines.attach(pop.sock)  # TLS detaches the socket object
                 self.call("STLS", pop.stls, context)
                 self._deadlines.attach(pop.sock, duplicate=False)
-            if settings.auth == "apop":
+            if settings.auth in OAUTH:
+                self._oauth2_login(pop)
+            elif settings.auth == "apop":
                 if b"<" not in pop.getwelcome():
                     raise AuthenticationFailed(
                         f"{settings.host} offers no APOP (its greeting has no timestamp)",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from mailtether._check import Probe, Step, StepFailed
+from mailtether._check import Probe, Step, StepFailed, oauth2_token, token_expiry
+from mailtether._sasl import oauth2_mechanism, sasl_string
+from mailtether._settings import OAUTH, literal_password
 
 __all__ = ["Pop3Probe"]
 
@@ -43,18 +45,26 @@ class Pop3Probe(Probe):
         return "upgraded"
 
     def login(self) -> str:
-        """USER, then PASS."""
+        """USER, then PASS; or AUTH with an OAuth2 token (XOAUTH2, OAUTHBEARER)."""
         settings = self.settings
-        answer = self.ask(b"USER " + settings.username.encode("utf-8"))[0]
-        if answer.startswith(b"+OK"):
-            answer = self.ask(b"PASS " + settings.password.encode("utf-8"))[0]
+        if settings.auth in OAUTH:
+            mechanism = oauth2_mechanism(settings.auth, ())
+            token = oauth2_token(settings)
+            answer = sasl_string(mechanism, settings.username, token.value).encode("ascii")
+            answer = self.ask(f"AUTH {mechanism} ".encode() + answer)[0]
+            done = f"{mechanism} as {settings.username}{token_expiry(token)}"
+        else:
+            answer = self.ask(b"USER " + settings.username.encode("utf-8"))[0]
+            if answer.startswith(b"+OK"):
+                answer = self.ask(b"PASS " + literal_password(settings).encode("utf-8"))[0]
+            done = ""
         if not answer.startswith(b"+OK"):
             raise StepFailed(
                 f"the server rejected the credentials of {settings.username!r}; check the user "
                 "name and password; a locked or expired account says the same",
                 reachable=True,
             )
-        return answer[:60].decode("utf-8", "replace")
+        return done or answer[:60].decode("utf-8", "replace")
 
     def stat(self) -> str:
         """STAT; say how many messages the mailbox holds."""
