@@ -381,3 +381,60 @@ def test_mailtether_status_shows_stale(tmp_path):
     assert sources["a@x/INBOX"]["alive_until"] == pytest.approx(time.time() - 70, abs=5)
     assert sources["a@x/INBOX"]["next_attempt_at"] is None
     assert sources["b@x/INBOX"]["state"] == "online"
+
+
+def test_smtp_notifier_logs_in_with_a_fresh_oauth2_token_after_a_refusal(board):
+    """A token source: XOAUTH2 with its token, renewed once when the server refuses it."""
+    import base64
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+
+    from mailtether import AccessToken
+    from servers import free_port
+
+    received: list[object] = []
+    offered: list[bytes] = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            received.append(envelope)
+            return "250 OK"
+
+        async def auth_XOAUTH2(self, server, args):
+            answer = base64.b64decode(args[1])
+            offered.append(answer)
+            return AuthResult(success=b"auth=Bearer token-2\x01" in answer, handled=False)
+
+    class Tokens:
+        issued = 0
+
+        def token(self, *, fresh: bool = False) -> AccessToken:
+            if fresh or not self.issued:
+                self.issued += 1
+            return AccessToken(f"token-{self.issued}")
+
+    controller = Controller(
+        Handler(), hostname="127.0.0.1", port=free_port(), auth_require_tls=False
+    )
+    controller.start()
+    try:
+        notifier = SmtpNotifier(
+            "127.0.0.1",
+            "mailtether@example.com",
+            ["admin@example.com"],
+            port=controller.port,
+            security="plain",
+            username="robot@example.com",
+            password=Tokens(),
+        )
+        board.notifiers.append(notifier)
+        board.set("a@example.com/INBOX", SourceState.BLOCKED, reason="test")
+        assert notifier.flush(timeout=10)
+    finally:
+        controller.stop()
+    assert offered == [
+        b"user=robot@example.com\x01auth=Bearer token-1\x01\x01",
+        b"user=robot@example.com\x01auth=Bearer token-2\x01\x01",
+    ], "the refused token was renewed once"
+    assert len(received) == 1

@@ -14,7 +14,9 @@ from typing import Literal
 
 from mailtether._errors import ConfigError
 from mailtether._redaction import redacting_logger, remember_secret
+from mailtether._sasl import oauth2_mechanism, sasl_string
 from mailtether._status import StatusChange
+from mailtether._tokens import TokenSource
 
 __all__ = ["SmtpNotifier"]
 
@@ -41,7 +43,9 @@ class SmtpNotifier:
         security: ``"starttls"`` (default), ``"tls"`` (implicit), or ``"plain"`` (only on
             explicit request).
         username: Log in with this user (and *password*), if given.
-        password: The password; never shown in ``repr``.
+        password: The password; never shown in ``repr``. A
+            :class:`~mailtether.TokenSource` logs in with OAuth2 (``AUTH XOAUTH2``, or
+            ``OAUTHBEARER`` where the server offers it), a fresh token for every mail.
         timeout: Seconds for connecting and each SMTP command.
         ssl_context: Certificate verification settings (default: system CAs).
         only: Send only changes into these states (default: all), e.g. ``{"blocked",
@@ -57,7 +61,7 @@ class SmtpNotifier:
         port: int | None = None,
         security: Literal["starttls", "tls", "plain"] = "starttls",
         username: str | None = None,
-        password: str | None = None,
+        password: str | TokenSource | None = None,
         timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
         only: Iterable[str] | None = None,
@@ -73,7 +77,7 @@ class SmtpNotifier:
         self.port = port or {"starttls": 587, "tls": 465, "plain": 25}[security]
         self.username = username
         self._password = password
-        remember_secret(password)  # from now on no output of the process holds it
+        remember_secret(password if isinstance(password, str) else None)  # in no output
         self.timeout = timeout
         self.ssl_context = ssl_context
         self.only = None if only is None else {state.lower() for state in only}
@@ -168,9 +172,32 @@ class SmtpNotifier:
         with smtp:
             if self.security == "starttls":
                 smtp.starttls(context=context)
-            if self.username is not None:
-                smtp.login(self.username, self._password or "")
+            password = self._password
+            if self.username is None:
+                pass
+            elif isinstance(password, str) or password is None:
+                smtp.login(self.username, password or "")
+            else:
+                self._oauth2_login(smtp, self.username, password)
             smtp.send_message(message)
+
+    @staticmethod
+    def _oauth2_login(smtp: smtplib.SMTP, username: str, tokens: TokenSource) -> None:
+        """``AUTH`` with a token; a refused one is renewed once and tried again."""
+        smtp.ehlo_or_helo_if_needed()
+        offered = smtp.esmtp_features.get("auth", "").upper().split()
+        mechanism = oauth2_mechanism("oauth2", [f"AUTH={name}".encode() for name in offered])
+        token = tokens.token()
+        for attempt in (1, 2):
+            answer = sasl_string(mechanism, username, token.value)
+            code, said = smtp.docmd("AUTH", f"{mechanism} {answer}")
+            if code == 334:  # the server's error challenge: an empty line ends the exchange
+                code, said = smtp.docmd("")
+            if code == 235:
+                return
+            if attempt == 1:
+                token = tokens.token(fresh=True)
+        raise smtplib.SMTPAuthenticationError(code, said)
 
     def __repr__(self) -> str:
         return (
