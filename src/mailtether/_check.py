@@ -23,8 +23,8 @@ from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import ConnectionLost, LineTooLong, MailServerError, ResponseTimeout
 from mailtether._lines import LineReader
 from mailtether._redaction import redact
-from mailtether._settings import ImapSettings, tokens_of
-from mailtether._tokens import AccessToken
+from mailtether._settings import OAUTH, ImapSettings, tokens_of
+from mailtether._tokens import AccessToken, TokenSource
 
 __all__ = ["CheckReport", "CheckStep", "Probe", "Step", "StepFailed", "check"]
 
@@ -391,7 +391,11 @@ def token_expiry(token: AccessToken) -> str:
 
 
 def check(
-    target: str | ImapSettings, *, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None
+    target: str | ImapSettings,
+    *,
+    timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
+    tokens: TokenSource | None = None,
 ) -> CheckReport:
     """Walk DNS, TCP, TLS/STARTTLS, greeting, capabilities, login and select, timing each.
 
@@ -403,6 +407,8 @@ def check(
             step is STAT instead of SELECT), or :class:`~mailtether.ImapSettings`.
         timeout: Seconds each step may take.
         ssl_context: Certificate verification settings (default: the system's CAs).
+        tokens: Log in with OAuth2 tokens from this source (the URL then needs no
+            password); its login step says the mechanism and when the token expires.
 
     Example:
         >>> from mailtether import check
@@ -416,9 +422,17 @@ def check(
     if isinstance(target, str) and target.lower().startswith(("pop3://", "pop3s://")):
         from mailtether.pop3._probe import Pop3Probe
 
-        settings = ImapSettings.from_pop3_url(target)
+        settings = _with_tokens(ImapSettings.from_pop3_url(target), tokens)
         return Pop3Probe(settings, timeout=timeout, ssl_context=ssl_context).run()
     from mailtether.imap._probe import ImapProbe
 
     settings = target if isinstance(target, ImapSettings) else ImapSettings.from_url(target)
+    settings = _with_tokens(settings, tokens)
     return ImapProbe(settings, timeout=timeout, ssl_context=ssl_context).run()
+
+
+def _with_tokens(settings: ImapSettings, tokens: TokenSource | None) -> ImapSettings:
+    if tokens is None:
+        return settings
+    auth = settings.auth if settings.auth in OAUTH else "oauth2"
+    return attrs.evolve(settings, password=tokens, auth=auth)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import ssl
 from typing import TextIO
 
 from mailtether._check import check
 from mailtether._errors import MailtetherError
+from mailtether._tokens import TokenCommand
 from mailtether.cli import _flags
 from mailtether.cli._outcome import USAGE
 
@@ -21,13 +23,25 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=_flags.seconds(), default=10.0, help="seconds per step")
     parser.add_argument("--cafile", default=None, help="trust this CA (PEM) for the server")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument(
+        "--token-command",
+        default=None,
+        help="log in with OAuth2: a command that prints an access token (e.g. 'pizauth show "
+        "work'); the URL then needs no password",
+    )
 
 
 def run_check(args: argparse.Namespace, out: TextIO) -> int:
     """Check the URL, print every step and the sentence; return the report's exit code."""
     context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
     try:
-        report = check(args.url, timeout=args.timeout, ssl_context=context)
+        command = shlex.split(args.token_command) if args.token_command else None
+    except ValueError as error:  # unbalanced quotes
+        out.write(f"mailtether: --token-command cannot be read ({error})\n")
+        return USAGE
+    try:
+        tokens = TokenCommand(command) if command else None
+        report = check(args.url, timeout=args.timeout, ssl_context=context, tokens=tokens)
     except MailtetherError as error:  # a URL that cannot be read
         out.write(f"mailtether: {error}\n")
         return USAGE
