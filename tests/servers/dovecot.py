@@ -11,12 +11,16 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 from imapclient import IMAPClient
 
 from . import ServerUnavailable, free_ports, make_temp_dir, port_open, stop_process, wait_until
 from .tls import TestCA
+
+if TYPE_CHECKING:
+    from .oauth2 import OAuth2Server
 
 _POOL = 1000
 
@@ -92,6 +96,35 @@ protocol pop3 {{
 }}
 """
 
+# With ``DovecotServer(ca, oauth2=server)``: the changes to _CONFIG (the module docstring of
+# tests/test_oauth2_testbed.py says why each is needed). The password file answers only the
+# password mechanisms (and "none": doveadm's user lookups, which the static userdb checks with a
+# passdb), the OAuth2 passdb only the token ones, so a token is never compared with a password,
+# nor a wrong password sent to the introspection endpoint.
+_OAUTH2_MECHANISMS = "plain login apop xoauth2 oauthbearer"
+_OAUTH2_PASSWD_MECHANISMS = "  mechanisms = plain login apop none\n"
+_OAUTH2_CONFIG = """\
+# Every login asks the introspection endpoint again: a cached success would let an expired
+# or revoked token in (0 is Dovecot's default; stated so a later change cannot slip past).
+auth_cache_size = 0
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {root}/dovecot-oauth2.conf.ext
+}}
+"""
+_OAUTH2_EXT = """\
+# RFC 7662 introspection: POST token=<access token>, Basic credentials from the URL.
+introspection_mode = post
+introspection_url = {url}
+# The introspection answer names the token's owner in "username"; it must equal the login name.
+username_attribute = username
+# The RFC 7662 flag, checked by name ({{"active": false}} fails a login on 2.3.19 even without).
+active_attribute = active
+active_value = true
+timeout_msecs = {timeout_msecs}
+"""
+
 
 @attrs.define
 class DovecotServer:
@@ -115,6 +148,12 @@ class DovecotServer:
     _counter: int = 0
     _version: int = 0
     _epoch: float = attrs.field(factory=lambda: float(int(time.time()) - 100_000))
+    oauth2: OAuth2Server | None = attrs.field(default=None, kw_only=True)
+    """An OAuth2 server to check tokens with: adds XOAUTH2 and OAUTHBEARER and a ``passdb
+    oauth2`` asking its introspection endpoint (the password users keep working). It must be
+    started before this server; its introspection port is written into the configuration."""
+    oauth2_timeout_msecs: int = attrs.field(default=5000, kw_only=True)
+    """With :attr:`oauth2`: how long Dovecot waits for the introspection endpoint."""
 
     @property
     def config(self) -> Path:
@@ -171,19 +210,20 @@ class DovecotServer:
             shutil.copy(self.ca.key_pem, key)
             self._users = {f"user{n}": "secret-pw" for n in range(1, _POOL + 1)}
             self._write_passwd()
-            self.config.write_text(
-                _CONFIG.format(
-                    root=self.root,
-                    cert=cert,
-                    key=key,
-                    imap=self.imap_port,
-                    imaps=self.imaps_port,
-                    pop3=self.pop3_port,
-                    pop3s=self.pop3s_port,
-                    idle_notify=self.idle_notify,
-                    max_connections=self.max_connections,
-                )
+            config = _CONFIG.format(
+                root=self.root,
+                cert=cert,
+                key=key,
+                imap=self.imap_port,
+                imaps=self.imaps_port,
+                pop3=self.pop3_port,
+                pop3s=self.pop3s_port,
+                idle_notify=self.idle_notify,
+                max_connections=self.max_connections,
             )
+            if self.oauth2 is not None:
+                config = self._with_oauth2(config, self.oauth2)
+            self.config.write_text(config)
         with open(self.stderr_log, "wb") as stderr:
             self.process = subprocess.Popen(
                 [binary, "-F", "-c", str(self.config)],
@@ -204,6 +244,23 @@ class DovecotServer:
             self.stop(remove=False)
             raise
         return self
+
+    def _with_oauth2(self, config: str, oauth2: OAuth2Server) -> str:
+        assert self.root is not None
+        ext = self.root / "dovecot-oauth2.conf.ext"
+        ext.write_text(
+            _OAUTH2_EXT.format(
+                url=oauth2.introspection_url_with_auth, timeout_msecs=self.oauth2_timeout_msecs
+            )
+        )
+        ext.chmod(0o644)
+        mechanisms = "auth_mechanisms = plain login apop\n"
+        passwd = "  driver = passwd-file\n"
+        assert mechanisms in config
+        assert passwd in config
+        config = config.replace(mechanisms, f"auth_mechanisms = {_OAUTH2_MECHANISMS}\n")
+        config = config.replace(passwd, passwd + _OAUTH2_PASSWD_MECHANISMS)
+        return config + _OAUTH2_CONFIG.format(root=self.root)
 
     def _ready(self) -> bool:
         # A login process sends its greeting only once the auth process answers it, so a
