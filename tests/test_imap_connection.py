@@ -910,14 +910,7 @@ def test_opening_asks_for_capabilities_no_more_than_imapclient_does(mailbox, mon
         return real(self, name, *args)
 
     monkeypatch.setattr(imaplib.IMAP4, "_command", command)
-    settings = ImapSettings(
-        "127.0.0.1",
-        mailbox.user,
-        mailbox.password,
-        port=mailbox.server.imap_port,
-        security="plain",
-    )
-    connection = ImapConnection.open(settings)
+    connection = ImapConnection.open(plain(mailbox))
     try:
         assert b"IDLE" in connection.capabilities
     finally:

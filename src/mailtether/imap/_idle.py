@@ -92,8 +92,7 @@ class IdleReader:
         Raises:
             ConnectionLost: BYE, EOF, a reset, or a line or literal past its bound.
         """
-        with locked.listening() as bell:
-            self._bell = bell
+        with locked.listening() as self._bell:
             try:
                 return self._read(locked, clock, deadline, stop)
             finally:
@@ -106,6 +105,7 @@ class IdleReader:
         deadline: float,
         stop: threading.Event | None,
     ) -> list[Any]:
+        """:meth:`read`, while the bell is listened to."""
         while True:
             remaining = deadline - clock.monotonic()
             if (
