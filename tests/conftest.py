@@ -17,6 +17,7 @@ import pytest
 
 from servers import ServerUnavailable, make_temp_dir
 from servers.dovecot import DovecotServer
+from servers.oauth2 import OAuth2Server
 from servers.postgres import PostgresServer
 from servers.redis import RedisServer
 from servers.tls import TestCA, make_ca
@@ -113,3 +114,18 @@ def tmp_dir() -> Iterator[Path]:
     path = make_temp_dir("test")
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def oauth2() -> Iterator[OAuth2Server]:
+    """A local OAuth2 token and introspection endpoint; access tokens live 2 s."""
+    with OAuth2Server(token_lifetime=2.0) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def oauth2_dovecot(tls_ca: TestCA, oauth2: OAuth2Server) -> Iterator[DovecotServer]:
+    """A Dovecot that takes the *oauth2* fixture's tokens (XOAUTH2, OAUTHBEARER) too."""
+    server = _start("Dovecot", DovecotServer(tls_ca, oauth2=oauth2).start)
+    yield server
+    server.stop()

@@ -124,31 +124,15 @@ import pytest
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
-from servers import tls
 from servers.dovecot import DovecotServer
 from servers.oauth2 import OAuth2Error, OAuth2Server
 
 pytestmark = pytest.mark.servers
 
-LIFETIME = 2.0
+LIFETIME = 2.0  # the oauth2 fixture's token lifetime (tests/conftest.py)
 
 
 # -- fixtures ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def oauth2() -> Iterator[OAuth2Server]:
-    with OAuth2Server(token_lifetime=LIFETIME) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def oauth2_dovecot(tls_ca: tls.TestCA, oauth2: OAuth2Server) -> Iterator[DovecotServer]:
-    from conftest import _start
-
-    server = _start("Dovecot", DovecotServer(tls_ca, oauth2=oauth2).start)
-    yield server
-    server.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable
 
-__all__ = ["oauth2_mechanism", "sasl_string"]
+__all__ = ["ERROR_CHALLENGE_ANSWER", "oauth2_mechanism", "sasl_string"]
+
+
+ERROR_CHALLENGE_ANSWER = {"XOAUTH2": "", "OAUTHBEARER": "AQ=="}
+"""What a client sends back to a refused token's error challenge (a JSON status, base64),
+so that the server gives its final NO: XOAUTH2 an empty line, OAUTHBEARER ``%x01``
+(RFC 7628 3.2.3)."""
 
 
 def oauth2_mechanism(auth: str, capabilities: Iterable[bytes]) -> str:

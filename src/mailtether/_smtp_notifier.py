@@ -14,7 +14,7 @@ from typing import Literal
 
 from mailtether._errors import ConfigError
 from mailtether._redaction import redacting_logger, remember_secret
-from mailtether._sasl import oauth2_mechanism, sasl_string
+from mailtether._sasl import ERROR_CHALLENGE_ANSWER, oauth2_mechanism, sasl_string
 from mailtether._status import StatusChange
 from mailtether._tokens import TokenSource
 
@@ -191,8 +191,8 @@ class SmtpNotifier:
         for attempt in (1, 2):
             answer = sasl_string(mechanism, username, token.value)
             code, said = smtp.docmd("AUTH", f"{mechanism} {answer}")
-            if code == 334:  # the server's error challenge: an empty line ends the exchange
-                code, said = smtp.docmd("")
+            if code == 334:  # a refused token's error challenge: answered, 535 follows
+                code, said = smtp.docmd(ERROR_CHALLENGE_ANSWER[mechanism])
             if code == 235:
                 return
             if attempt == 1:

@@ -197,7 +197,8 @@ class _Endpoint(_Cached):
             said = {}
         code = said.get("error") if isinstance(said, dict) else None
         description = said.get("error_description", "") if isinstance(said, dict) else ""
-        words = one_line(redact(f"{code}: {description}" if code else f"HTTP {error.code}"))
+        said = f"HTTP {error.code}" + (f", {code}: {description}" if code else "")
+        words = one_line(redact(said.rstrip(": ")))
         if code in _REVOKED:
             return TokenRevoked(
                 f"{where}: the grant is no longer valid ({words}); authorise the app for "

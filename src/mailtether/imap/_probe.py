@@ -15,7 +15,7 @@ import attrs
 
 from mailtether._check import Probe, Step, StepFailed, oauth2_token, token_expiry
 from mailtether._errors import LineTooLong
-from mailtether._sasl import oauth2_mechanism, sasl_string
+from mailtether._sasl import ERROR_CHALLENGE_ANSWER, oauth2_mechanism, sasl_string
 from mailtether._settings import OAUTH, literal_password
 
 __all__ = ["Answer", "ImapProbe"]
@@ -101,8 +101,8 @@ class ImapProbe(Probe):
             if answer.status == "+":
                 self.send(base64.b64encode(secret) + b"\r\n")
                 answer = self._answer()
-            if answer.status == "+":  # XOAUTH2's error challenge: an empty line ends it
-                self.send(b"\r\n")
+            if answer.status == "+":  # a refused token's error challenge: answered, NO follows
+                self.send(ERROR_CHALLENGE_ANSWER.get(mechanism, "").encode() + b"\r\n")
                 answer = self._answer()
         if answer.status != "OK":
             raise StepFailed(

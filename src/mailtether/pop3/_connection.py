@@ -18,7 +18,7 @@ from mailtether._errors import (
     TLSFailure,
 )
 from mailtether._network_errors import error_detail, translate_network_error
-from mailtether._sasl import oauth2_mechanism, sasl_string
+from mailtether._sasl import ERROR_CHALLENGE_ANSWER, oauth2_mechanism, sasl_string
 from mailtether._settings import OAUTH, ImapSettings, literal_password, tokens_of
 from mailtether._step_deadlines import SLOWEST_RATE, StepDeadlines, overran
 
@@ -128,7 +128,10 @@ class Pop3Connection:
 
         def authenticate(token: str) -> None:
             answer = sasl_string(mechanism, settings.username, token)
-            pop._shortcmd(f"AUTH {mechanism} {answer}")  # type: ignore[attr-defined]
+            said: bytes = pop._shortcmd(f"AUTH {mechanism} {answer}")  # type: ignore[attr-defined]
+            if not said.startswith(b"+OK"):  # "+ <challenge>": refused, the -ERR follows
+                pop._putcmd(ERROR_CHALLENGE_ANSWER[mechanism])  # type: ignore[attr-defined]
+                pop._getresp()  # type: ignore[attr-defined]  # -ERR: raised by poplib
 
         token = tokens.token()
         doing = f"logging in ({mechanism})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from mailtether._check import Probe, Step, StepFailed, oauth2_token, token_expiry
-from mailtether._sasl import oauth2_mechanism, sasl_string
+from mailtether._sasl import ERROR_CHALLENGE_ANSWER, oauth2_mechanism, sasl_string
 from mailtether._settings import OAUTH, literal_password
 
 __all__ = ["Pop3Probe"]
@@ -52,6 +52,8 @@ class Pop3Probe(Probe):
             token = oauth2_token(settings)
             answer = sasl_string(mechanism, settings.username, token.value).encode("ascii")
             answer = self.ask(f"AUTH {mechanism} ".encode() + answer)[0]
+            if answer.startswith(b"+ "):  # a refused token's error challenge: -ERR follows
+                answer = self.ask(ERROR_CHALLENGE_ANSWER[mechanism].encode())[0]
             done = f"{mechanism} as {settings.username}{token_expiry(token)}"
         else:
             answer = self.ask(b"USER " + settings.username.encode("utf-8"))[0]
