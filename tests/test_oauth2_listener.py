@@ -241,3 +241,37 @@ def test_a_concurrent_refresh_is_asked_once(oauth2, oauth2_dovecot):
         thread.join(10)
     assert len(set(got)) == 1
     assert oauth2.refreshes - before == 1
+
+
+def test_the_introspection_endpoint_down_is_retrying_not_blocked(oauth2, oauth2_dovecot):
+    """Dovecot says NO [UNAVAILABLE] (POP3: -ERR [SYS/TEMP]): the server's trouble, not yours."""
+    user = oauth2_dovecot.add_user()
+    store = MemoryStore()
+    changes: list[StatusChange] = []
+    with FaultProxy(("127.0.0.1", oauth2_dovecot.imap_port)) as proxy:
+        listener = listener_for(
+            oauth2_dovecot, user, flow(oauth2, user, store), store, proxy.port, changes
+        )
+        listener.run_in_thread()
+        try:
+            eventually(lambda: state_of(listener) is SourceState.ONLINE)
+            oauth2.down(503, introspection=True)
+            proxy.reset_all()
+            eventually(lambda: "UNAVAILABLE" in (listener.status.get(listener.name).reason or ""))
+            assert state_of(listener) is SourceState.RETRYING
+            oauth2.up()
+            oauth2_dovecot.append(user, mail(7))
+            eventually(lambda: handled["m7"] == 1)
+        finally:
+            listener.stop()
+    assert SourceState.BLOCKED not in [change.current.state for change in changes]
+    tokens = flow(oauth2, user, store)
+    tokens.token()  # in hand before the endpoints go down
+    settings = ImapSettings(
+        "127.0.0.1", user, tokens, port=oauth2_dovecot.pop3_port, security="plain", auth="oauth2"
+    )
+    oauth2.down(503, introspection=True)
+    from mailtether import ConnectionLost
+
+    with pytest.raises(ConnectionLost, match="SYS/TEMP"):
+        Pop3Poller(settings, lambda d: None, store=store).poll_once()

@@ -104,3 +104,31 @@ def test_revoked_is_a_credential_failure_and_unavailable_a_connection_fault():
     assert issubclass(TokenUnavailable, ConnectionLost)
     assert TokenUnavailable("x").retryable
     assert not TokenRevoked("x").retryable
+
+
+def test_microsoft_365s_not_connected_after_login_is_a_reconnect_not_a_missing_folder():
+    from mailtether import ConnectionLost, FolderMissing, ImapConnection
+    from scripted import Scripted
+
+    refusal = b"TAG BAD User is authenticated but not connected.\r\n"
+    with Scripted.imap({b"SELECT": refusal}) as server:
+        settings = ImapSettings(
+            "127.0.0.1", "alice", "a-long-secret", port=server.port, security="plain"
+        )
+        with pytest.raises(ConnectionLost, match="authenticated but not connected") as raised:
+            ImapConnection.open(settings)
+    assert not isinstance(raised.value, FolderMissing)
+
+
+def test_a_login_refused_for_the_servers_own_trouble_is_retried_not_blocked():
+    from mailtether import AuthenticationFailed, ConnectionLost, ImapConnection
+    from scripted import Scripted
+
+    unavailable = b"TAG NO [UNAVAILABLE] Temporary authentication failure.\r\n"
+    with Scripted.imap({b"LOGIN": unavailable}) as server:
+        settings = ImapSettings(
+            "127.0.0.1", "alice", "a-long-secret", port=server.port, security="plain"
+        )
+        with pytest.raises(ConnectionLost, match="UNAVAILABLE") as raised:
+            ImapConnection.open(settings)
+    assert not isinstance(raised.value, AuthenticationFailed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import imaplib
+from typing import Final
 
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 
@@ -28,6 +29,8 @@ def translate_error(error: BaseException, doing: str, *, secret: str = "") -> Ma
     if network is not None:
         return network
     detail = error_detail(error, secret=secret)
+    if isinstance(error, LoginError | IMAPClientError | imaplib.IMAP4.error) and _temporary(detail):
+        return ConnectionLost(f"{doing}: the server cannot do it now ({detail})")
     if isinstance(error, LoginError):
         return AuthenticationFailed(f"{doing}: the server rejected the credentials ({detail})")
     if isinstance(error, IMAPClientAbortError | imaplib.IMAP4.abort):
@@ -43,3 +46,14 @@ def translate_error(error: BaseException, doing: str, *, secret: str = "") -> Ma
             return AuthenticationFailed(f"{doing}: the server rejected the credentials ({detail})")
         return CommandFailed(f"{doing}: the server said {detail}")
     return CommandFailed(f"{doing}: {type(error).__name__}: {detail}")
+
+
+# RFC 5530 response codes of a refusal that is not the credentials' fault: the server (or what
+# it asks, such as an OAuth2 introspection endpoint) is unavailable or overloaded. Retried,
+# never blocked. Microsoft 365 and Gmail say so in words when they throttle.
+_TEMPORARY: Final = ("[UNAVAILABLE]", "[INUSE]", "[LIMIT]", "THROTTL", "TRY AGAIN")
+
+
+def _temporary(detail: str) -> bool:
+    upper = detail.upper()
+    return any(word in upper for word in _TEMPORARY)

@@ -25,6 +25,7 @@ from mailtether._step_deadlines import SLOWEST_RATE, StepDeadlines, overran
 __all__ = ["Pop3Connection"]
 
 _IN_USE: Final = b"[IN-USE]"
+_SYS_TEMP: Final = b"[SYS/TEMP]"  # a refusal that is the server's passing trouble, not yours
 _T = TypeVar("_T")
 
 
@@ -186,6 +187,8 @@ class Pop3Connection:
             detail = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
             if _IN_USE in (text if isinstance(text, bytes) else text.encode()):
                 return MailboxInUse(f"{doing}: the mailbox is in use ({detail})")
+            if _SYS_TEMP in (text if isinstance(text, bytes) else text.encode()):  # RFC 3206
+                return ConnectionLost(f"{doing}: the server cannot do it now ({detail})")
             if doing in ("USER", "PASS"):
                 return AuthenticationFailed(
                     f"logging in: the server rejected the credentials ({detail})"
