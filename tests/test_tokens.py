@@ -132,3 +132,20 @@ def test_a_login_refused_for_the_servers_own_trouble_is_retried_not_blocked():
         with pytest.raises(ConnectionLost, match="UNAVAILABLE") as raised:
             ImapConnection.open(settings)
     assert not isinstance(raised.value, AuthenticationFailed)
+
+
+def test_the_token_command_flag_is_split_as_a_shell_would_and_turns_oauth2_on():
+    from mailtether._settings import with_tokens
+    from mailtether.cli import _flags
+
+    tokens = _flags.token_command("pizauth show 'my work'")
+    assert tokens is not None
+    assert tokens.argv == ("pizauth", "show", "my work")
+    assert _flags.token_command("") is None
+    with pytest.raises(ConfigError, match="--token-command cannot be read"):
+        _flags.token_command("pizauth show 'unclosed")
+    settings = with_tokens(ImapSettings.from_url("imaps://alice@imap.example.com/"), tokens)
+    assert settings.auth == "oauth2"
+    assert settings.password is tokens
+    bearer = ImapSettings.from_url("imaps://alice@imap.example.com/?auth=oauthbearer")
+    assert with_tokens(bearer, tokens).auth == "oauthbearer"

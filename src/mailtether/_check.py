@@ -23,7 +23,7 @@ from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import ConnectionLost, LineTooLong, MailServerError, ResponseTimeout
 from mailtether._lines import LineReader
 from mailtether._redaction import redact
-from mailtether._settings import OAUTH, ImapSettings, tokens_of
+from mailtether._settings import ImapSettings, tokens_of, with_tokens
 from mailtether._tokens import AccessToken, TokenSource
 
 __all__ = ["CheckReport", "CheckStep", "Probe", "Step", "StepFailed", "check"]
@@ -422,17 +422,10 @@ def check(
     if isinstance(target, str) and target.lower().startswith(("pop3://", "pop3s://")):
         from mailtether.pop3._probe import Pop3Probe
 
-        settings = _with_tokens(ImapSettings.from_pop3_url(target), tokens)
+        settings = with_tokens(ImapSettings.from_pop3_url(target), tokens)
         return Pop3Probe(settings, timeout=timeout, ssl_context=ssl_context).run()
     from mailtether.imap._probe import ImapProbe
 
     settings = target if isinstance(target, ImapSettings) else ImapSettings.from_url(target)
-    settings = _with_tokens(settings, tokens)
+    settings = with_tokens(settings, tokens)
     return ImapProbe(settings, timeout=timeout, ssl_context=ssl_context).run()
-
-
-def _with_tokens(settings: ImapSettings, tokens: TokenSource | None) -> ImapSettings:
-    if tokens is None:
-        return settings
-    auth = settings.auth if settings.auth in OAUTH else "oauth2"
-    return attrs.evolve(settings, password=tokens, auth=auth)

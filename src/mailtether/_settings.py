@@ -49,6 +49,14 @@ def literal_password(settings: ImapSettings) -> str:
     return settings.password if isinstance(settings.password, str) else ""
 
 
+def with_tokens(settings: ImapSettings, tokens: TokenSource | None) -> ImapSettings:
+    """*settings* logging in with *tokens* (OAuth2), or as they are for ``None``."""
+    if tokens is None:
+        return settings
+    auth = settings.auth if settings.auth in OAUTH else "oauth2"
+    return attrs.evolve(settings, password=tokens, auth=auth)
+
+
 def tokens_of(settings: ImapSettings) -> TokenSource:
     """Where OAuth2 logins with *settings* get their token (a text password: a fixed one)."""
     return token_source(settings.password)

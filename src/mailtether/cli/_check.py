@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import ssl
 from typing import TextIO
 
 from mailtether._check import check
 from mailtether._errors import MailtetherError
-from mailtether._tokens import TokenCommand
 from mailtether.cli import _flags
 from mailtether.cli._outcome import USAGE
 
@@ -35,12 +33,7 @@ def run_check(args: argparse.Namespace, out: TextIO) -> int:
     """Check the URL, print every step and the sentence; return the report's exit code."""
     context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
     try:
-        command = shlex.split(args.token_command) if args.token_command else None
-    except ValueError as error:  # unbalanced quotes
-        out.write(f"mailtether: --token-command cannot be read ({error})\n")
-        return USAGE
-    try:
-        tokens = TokenCommand(command) if command else None
+        tokens = _flags.token_command(args.token_command)
         report = check(args.url, timeout=args.timeout, ssl_context=context, tokens=tokens)
     except MailtetherError as error:  # a URL that cannot be read
         out.write(f"mailtether: {error}\n")

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 from collections.abc import Callable
 from typing import Final
 
 from mailtether._durations import check_count, check_seconds
 from mailtether._errors import ConfigError
+from mailtether._tokens import TokenCommand
 
 __all__ = ["count", "seconds"]
 
@@ -47,3 +49,17 @@ def count(*, minimum: int = 1) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(str(error)) from None
 
     return parse
+
+
+def token_command(command: str | None) -> TokenCommand | None:
+    """``--token-command``: the command (split as a shell would, never run by one).
+
+    Raises:
+        ConfigError: the command's quotes do not pair.
+    """
+    if not command:
+        return None
+    try:
+        return TokenCommand(shlex.split(command))
+    except ValueError as error:
+        raise ConfigError(f"--token-command cannot be read ({error})") from None

@@ -18,6 +18,7 @@ from mailtether._durations import check_count, check_seconds
 from mailtether._errors import ConfigError
 from mailtether._guard import DuplicateGuard
 from mailtether._keepalive import Keepalive
+from mailtether._settings import ImapSettings, with_tokens
 from mailtether._status import LoggingNotifier, StatusBoard, StatusChange
 from mailtether.cli import _flags
 from mailtether.imap._listener import ImapListener
@@ -26,6 +27,7 @@ from mailtether.stores._url import store_from_url
 __all__ = ["add_watch_arguments", "run_watch"]
 
 _OPTIONS = (
+    "token_command",
     "handler",
     "store",
     "reconnect",
@@ -71,6 +73,12 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", choices=("block", "skip", "quarantine"))
     parser.add_argument("--config", help="a TOML file with these settings (under [watch])")
     parser.add_argument("--quiet", action="store_true", help="no live status line")
+    parser.add_argument(
+        "--token-command",
+        dest="token_command",
+        help="log in with OAuth2: a command that prints an access token, run before every "
+        "login (e.g. 'pizauth show work'); the URL then needs no password",
+    )
 
 
 def _checked(section: dict[str, Any], source: str) -> dict[str, Any]:
@@ -141,8 +149,12 @@ def run_watch(args: argparse.Namespace, out: TextIO, stop: threading.Event | Non
         max_failures=options.get("max_failures", 3),
         repeat=options.get("repeat", "block"),
     )
+    settings = with_tokens(
+        ImapSettings.from_url(str(options["url"])),
+        _flags.token_command(options.get("token_command")),
+    )
     listener = ImapListener(
-        str(options["url"]),
+        settings,
         handler,
         store=store,
         guard=guard,
