@@ -275,3 +275,21 @@ def test_the_introspection_endpoint_down_is_retrying_not_blocked(oauth2, oauth2_
 
     with pytest.raises(ConnectionLost, match="SYS/TEMP"):
         Pop3Poller(settings, lambda d: None, store=store).poll_once()
+
+
+def test_an_app_logs_in_with_its_own_credentials(oauth2, oauth2_dovecot):
+    from mailtether import ClientCredentialsFlow, ImapConnection
+
+    user = oauth2_dovecot.add_user()
+    app = oauth2.register_app(user)
+    tokens = ClientCredentialsFlow(
+        oauth2.token_url, app.client_id, app.client_secret, scope="mail", account=user
+    )
+    settings = ImapSettings(
+        "127.0.0.1", user, tokens, port=oauth2_dovecot.imap_port, security="plain", auth="xoauth2"
+    )
+    with ImapConnection.open(settings) as connection:
+        assert connection.mechanism == "XOAUTH2"
+    wrong = ClientCredentialsFlow(oauth2.token_url, app.client_id, "not-its-secret", account=user)
+    with pytest.raises(TokenRevoked, match="invalid_client"):
+        wrong.token()
