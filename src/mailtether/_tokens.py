@@ -20,11 +20,8 @@ token and client secret is remembered for redaction (:mod:`mailtether._redaction
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -164,6 +161,8 @@ class _Endpoint(_Cached):
 
     def _post(self, form: Mapping[str, str]) -> dict[str, Any]:
         """POST *form*; the JSON answer, or the error it is (named, redacted)."""
+        import urllib.error  # here: http.client and email cost 1 MiB to every process
+        import urllib.request
         for name in ("refresh_token", "client_secret"):
             remember_secret(form.get(name))
         body = urllib.parse.urlencode(form).encode()
@@ -190,7 +189,8 @@ class _Endpoint(_Cached):
             remember_secret(data.get(name) if isinstance(data.get(name), str) else None)
         return data
 
-    def _refused(self, where: str, error: urllib.error.HTTPError) -> Exception:
+    def _refused(self, where: str, error: Any) -> Exception:
+        """The error a refusal of the endpoint (a ``urllib.error.HTTPError``) is."""
         try:
             said = json.loads(error.read(1 << 16))
         except (ValueError, OSError):
@@ -392,6 +392,8 @@ class TokenCommand(_Cached):
         self._timeout = check_seconds(timeout, "timeout")
 
     def _renew(self) -> AccessToken:
+        import subprocess  # here: only a process that runs a command pays for it
+
         where = f"running {self.argv[0]} for a token for {self.account}"
         try:
             done = subprocess.run(  # noqa: S603  (the user's own command, no shell)
