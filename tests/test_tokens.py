@@ -149,3 +149,47 @@ def test_the_token_command_flag_is_split_as_a_shell_would_and_turns_oauth2_on():
     assert settings.password is tokens
     bearer = ImapSettings.from_url("imaps://alice@imap.example.com/?auth=oauthbearer")
     assert with_tokens(bearer, tokens).auth == "oauthbearer"
+
+
+def test_no_refresh_token_client_secret_or_token_in_what_a_refusal_says():
+    """A token endpoint that quotes what it got back: none of it shows."""
+    import json
+    import threading
+    import urllib.parse
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from mailtether import RefreshTokenFlow
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            form = dict(
+                urllib.parse.parse_qsl(self.rfile.read(int(self.headers["Content-Length"])))
+            )
+            said = f"refresh_token={form.get(b'refresh_token', b'').decode()} with "
+            said += f"client_secret={form.get(b'client_secret', b'').decode()} is no good"
+            body = json.dumps({"error": "invalid_grant", "error_description": said}).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/token"
+        tokens = RefreshTokenFlow(
+            url, "client", "rt-0123456789", client_secret="cs-9876543210", account="alice"
+        )
+        with pytest.raises(TokenRevoked) as raised:
+            tokens.token()
+    finally:
+        server.shutdown()
+    text = f"{raised.value} {raised.value!r} {raised.value.args}"
+    assert "invalid_grant" in text
+    assert "alice" in text
+    assert "rt-0123456789" not in text
+    assert "cs-9876543210" not in text
+    assert "rt-0123456789" not in repr(tokens)
