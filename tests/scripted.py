@@ -26,6 +26,8 @@ class Scripted:
         self.tagged = tagged
         self.default = default
         self.commands: list[bytes] = []
+        self.continuations: list[bytes] = []
+        """The lines the client sent after the ``+`` of each AUTHENTICATE, in order."""
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -74,7 +76,7 @@ class Scripted:
             self.commands.append(verb)
             if verb == b"AUTHENTICATE":
                 conn.sendall(b"+ \r\n")
-                lines.readline()  # type: ignore[attr-defined]
+                self.continuations.append(lines.readline())  # type: ignore[attr-defined]
             answer = self.answers.get(verb, self.default)
             if callable(answer):
                 answer = answer(line)
