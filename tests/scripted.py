@@ -7,6 +7,7 @@ default answer otherwise); ``TAG`` in an answer is replaced by the command's IMA
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Callable
@@ -51,6 +52,8 @@ class Scripted:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        with contextlib.suppress(OSError):  # wakes the accept() (close alone does not, on Linux)
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self.thread.join(5)
 

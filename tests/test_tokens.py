@@ -187,6 +187,7 @@ def test_no_refresh_token_client_secret_or_token_in_what_a_refusal_says():
             tokens.token()
     finally:
         server.shutdown()
+        server.server_close()
     text = f"{raised.value} {raised.value!r} {raised.value.args}"
     assert "invalid_grant" in text
     assert "alice" in text

@@ -163,6 +163,7 @@ class _Endpoint(_Cached):
         """POST *form*; the JSON answer, or the error it is (named, redacted)."""
         import urllib.error  # here: http.client and email cost 1 MiB to every process
         import urllib.request
+
         for name in ("refresh_token", "client_secret"):
             remember_secret(form.get(name))
         body = urllib.parse.urlencode(form).encode()
@@ -195,6 +196,8 @@ class _Endpoint(_Cached):
             said = json.loads(error.read(1 << 16))
         except (ValueError, OSError):
             said = {}
+        finally:
+            error.close()  # its answer holds the connection open
         code = said.get("error") if isinstance(said, dict) else None
         description = said.get("error_description", "") if isinstance(said, dict) else ""
         said = f"HTTP {error.code}" + (f", {code}: {description}" if code else "")

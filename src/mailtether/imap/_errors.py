@@ -29,7 +29,8 @@ def translate_error(error: BaseException, doing: str, *, secret: str = "") -> Ma
     if network is not None:
         return network
     detail = error_detail(error, secret=secret)
-    if isinstance(error, LoginError | IMAPClientError | imaplib.IMAP4.error) and _temporary(detail):
+    logging_in = isinstance(error, LoginError) or "LOGGING IN" in doing.upper()
+    if logging_in and _temporary(detail):  # not a mail's fault: one mail's NO is its own
         return ConnectionLost(f"{doing}: the server cannot do it now ({detail})")
     if isinstance(error, LoginError):
         return AuthenticationFailed(f"{doing}: the server rejected the credentials ({detail})")

@@ -187,7 +187,8 @@ class Pop3Connection:
             detail = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
             if _IN_USE in (text if isinstance(text, bytes) else text.encode()):
                 return MailboxInUse(f"{doing}: the mailbox is in use ({detail})")
-            if _SYS_TEMP in (text if isinstance(text, bytes) else text.encode()):  # RFC 3206
+            raw = text if isinstance(text, bytes) else text.encode()
+            if _SYS_TEMP in raw and refused is not CommandFailed:  # RFC 3206, a session step
                 return ConnectionLost(f"{doing}: the server cannot do it now ({detail})")
             if doing in ("USER", "PASS"):
                 return AuthenticationFailed(
