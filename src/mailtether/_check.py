@@ -308,7 +308,7 @@ class Probe(abc.ABC):
 
     def foreign(self, line: bytes) -> StepFailed:
         """The failure for a greeting that is not this protocol's, quoting its start."""
-        text = line[:80].decode("utf-8", "replace")
+        text = redact(line.decode("utf-8", "replace"))[:80]  # cut after redaction
         return StepFailed(f"this does not look like {self.server_kind}: {text!r}", reachable=True)
 
     @contextlib.contextmanager

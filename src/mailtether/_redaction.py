@@ -144,10 +144,30 @@ def redact(text: str) -> str:
 def _forms(secret: str) -> Iterable[str]:
     """Every form *secret* can take in text (see the module's docstring)."""
     quoted = secret.replace("\\", "\\\\").replace('"', '\\"')
-    for plain in (secret, quoted):
+    raw = secret.encode("utf-8", "surrogatepass")
+    # What a library's decoding of the server's bytes leaves of it (imapclient decodes as
+    # ASCII and drops the rest; others replace each byte, or read Latin-1), and what a
+    # .strip() of an answer leaves.
+    decoded = {
+        raw.decode("ascii", "ignore"),
+        raw.decode("ascii", "replace"),
+        raw.decode("latin-1"),
+        secret.strip(),
+        secret.rstrip(),
+        secret.lstrip(),
+    }
+    for plain in {
+        secret,
+        quoted,
+        *decoded,
+        *(d.replace("\\", "\\\\").replace('"', '\\"') for d in decoded),
+    }:
         yield plain
         yield repr(plain)[1:-1]
-        yield repr(plain.encode("utf-8", "surrogatepass"))[2:-1]
+        yield repr(plain + "'\"")[1:-4]  # in a repr that had to escape its quotes
+        as_bytes = plain.encode("utf-8", "surrogatepass")
+        yield repr(as_bytes)[2:-1]
+        yield repr(as_bytes + b"'\"")[2:-4]
         yield json.dumps(plain)[1:-1]
         yield json.dumps(plain, ensure_ascii=False)[1:-1]
     for encoded in (quote(secret, safe=""), quote_plus(secret, safe="")):

@@ -50,7 +50,13 @@ _IDLE_LITERAL: Final = 16 * 2**20  # the largest literal read inside an IDLE pus
 
 log = redacting_logger("mailtether.imap")
 _PROTOCOL_TRACE: Final = redacting_logger("imapclient.imaplib")
-redacting_logger("imapclient.imapclient")  # imapclient's own records: no secret in them either
+for _name in (
+    "imapclient",
+    "imapclient.imapclient",
+    "imapclient.util",
+    "imapclient.response_parser",
+):
+    redacting_logger(_name)  # imapclient's own records: no secret in them either
 
 _T = TypeVar("_T")
 

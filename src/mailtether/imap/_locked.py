@@ -183,6 +183,7 @@ class LockedClient(Generic[_C]):
         """:meth:`call`, with a deadline of *seconds* (an answer carrying mail takes longer)."""
         with self.held():
             self.require()
+            translated: MailServerError | None = None
             with self._step(doing, seconds) as step:
                 try:
                     result = function(*args, **kwargs)
@@ -193,10 +194,11 @@ class LockedClient(Generic[_C]):
                     translated = self._translate(cause, doing)
                     if isinstance(translated, ConnectionLost | TLSFailure):
                         self.mark_dead(translated)
-                    raise translated from None
                 except BaseException:  # Ctrl-C, SystemExit: passed on, the connection given up
                     self.mark_dead(ConnectionLost(f"{doing}: interrupted"))
                     raise
+            if translated is not None:  # raised here, not in the handler: the library's
+                raise translated  # error (which may quote the password) is not its context
             self.touch()
             return result
 

@@ -15,6 +15,7 @@ import attrs
 
 from mailtether._check import Probe, Step, StepFailed, oauth2_token, token_expiry
 from mailtether._errors import LineTooLong
+from mailtether._redaction import redact
 from mailtether._sasl import ERROR_CHALLENGE_ANSWER, oauth2_mechanism, sasl_string
 from mailtether._settings import OAUTH, literal_password
 
@@ -67,7 +68,7 @@ class ImapProbe(Probe):
             raise StepFailed(f"the server refused the session: {text}", reachable=True)
         if not line.startswith((b"* OK", b"* PREAUTH")):
             raise self.foreign(line)
-        return text[:80]
+        return redact(text)[:80]  # cut after redaction, never before
 
     def capabilities(self) -> str:
         """Ask CAPABILITY; list what the server offers."""

@@ -114,7 +114,10 @@ class Pop3Connection:
             except MailServerError:
                 raise
             except Exception as error:  # KeyboardInterrupt and SystemExit pass as they are
-                raise self._named(doing, overran(step, error), refused) from None
+                named = self._named(doing, overran(step, error), refused)
+        # Raised here, not in the handler: poplib's error (which may quote the password) is
+        # not kept as its context.
+        raise named
 
     def _oauth2_login(self, pop: poplib.POP3) -> None:
         """``AUTH`` (RFC 5034) with a token, fresh if the first is refused; see IMAP's."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from mailtether._check import Probe, Step, StepFailed, oauth2_token, token_expiry
+from mailtether._redaction import redact
 from mailtether._sasl import ERROR_CHALLENGE_ANSWER, oauth2_mechanism, sasl_string
 from mailtether._settings import OAUTH, literal_password
 
@@ -31,7 +32,7 @@ class Pop3Probe(Probe):
         line = self.read_greeting()
         if not line.startswith(b"+OK"):
             raise self.foreign(line)
-        return line[:80].decode("utf-8", "replace")
+        return redact(line.decode("utf-8", "replace"))[:80]  # cut after redaction
 
     def capabilities(self) -> str:
         """Ask CAPA; list what the server offers."""
@@ -66,7 +67,7 @@ class Pop3Probe(Probe):
                 "name and password; a locked or expired account says the same",
                 reachable=True,
             )
-        return done or answer[:60].decode("utf-8", "replace")
+        return done or redact(answer.decode("utf-8", "replace"))[:60]  # cut after, not before
 
     def stat(self) -> str:
         """STAT; say how many messages the mailbox holds."""

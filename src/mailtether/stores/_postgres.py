@@ -203,6 +203,7 @@ class PostgresStore(PutFromPutMany):
         limit = self._limit if seconds is None else seconds
         connection = None
         watch = -1
+        failed: StoreError | None = None
         try:
             connection = self._pool.take()
             watch = WATCHDOG.watch(connection, limit)
@@ -218,7 +219,9 @@ class PostgresStore(PutFromPutMany):
             else:  # psycopg's messages can quote the DSN: say what failed without it.
                 lines = self._hide(str(error)).strip().splitlines()
                 reason = lines[0] if lines else type(error).__name__
-            raise StoreError(f"PostgresStore({self.url!r}): {what} failed: {reason}") from None
+            failed = StoreError(f"PostgresStore({self.url!r}): {what} failed: {reason}")
+        if failed is not None or connection is None:  # raised here: psycopg's error (it
+            raise failed or StoreError(what)  # may quote the DSN) is not kept as its context
         if WATCHDOG.unwatch(watch):
             self._pool.put_back(connection)
         else:

@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from mailtether._durations import check_seconds
 from mailtether._errors import ConfigError, SchemaError, StoreError
+from mailtether._redaction import redacting_logger
 from mailtether._url_errors import split_url
 from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
 from mailtether.stores._redis_scripts import SCRIPTS
@@ -109,6 +110,8 @@ class RedisStore(PutFromPutMany):
         redis = require("redis", "redis")
         retry, backoff = require("redis.retry", "redis"), require("redis.backoff", "redis")
         self._redis = redis
+        for name in ("redis", "redis.connection", "redis.client"):  # they quote replies
+            redacting_logger(name)
         clean, prefix = _read_url(url, prefix)
         self.url = redact_url(url)
         """The URL, password hidden."""
@@ -146,7 +149,8 @@ class RedisStore(PutFromPutMany):
         try:
             return operation()
         except self._redis.RedisError as error:
-            raise StoreError(f"RedisStore({self.url!r}): {what} failed: {error}") from error
+            failed = StoreError(f"RedisStore({self.url!r}): {what} failed: {error}")
+        raise failed  # not from redis-py's error, which may quote what the server was sent
 
     def _initialise(self) -> None:
         meta = f"{self._base}:meta"
