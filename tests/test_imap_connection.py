@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 
+import attrs
 import pytest
 from imapclient.exceptions import (
     CapabilityError,
@@ -917,3 +918,12 @@ def test_opening_asks_for_capabilities_no_more_than_imapclient_does(mailbox, mon
         connection.close()
     after_login = sent[sent.index("LOGIN") + 1 :]
     assert "CAPABILITY" not in after_login, sent
+
+
+def test_a_password_beyond_ascii_logs_in_with_authenticate_plain(mailbox):
+    """LOGIN cannot carry it (imaplib encodes ASCII): rejected as wrong, never retried forever."""
+    from mailtether import AuthenticationFailed
+
+    settings = plain(mailbox)
+    with pytest.raises(AuthenticationFailed, match=r"logging in \(PLAIN\)"):
+        ImapConnection.open(attrs.evolve(settings, password="pässwörd-wrong"))

@@ -218,10 +218,14 @@ class ImapConnection:
     def _login(self) -> None:
         client = self._require()
         settings = self.settings
+        password = literal_password(settings)
         if settings.auth in OAUTH:
             self._oauth2_login(client)
+        elif not (password.isascii() and settings.username.isascii()):
+            # LOGIN carries ASCII only (imaplib cannot send more): AUTHENTICATE PLAIN is UTF-8
+            self._call("logging in (PLAIN)", client.plain_login, settings.username, password)
         else:
-            self._call("logging in", client.login, settings.username, settings.password)
+            self._call("logging in", client.login, settings.username, password)
         self.capabilities = frozenset(self._call("asking for capabilities", client.capabilities))
         log.debug("logged in to %s as %s", settings.host, settings.username)
 
