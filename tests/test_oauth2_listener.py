@@ -8,6 +8,7 @@ for POP3, and `mailtether check --token-command`. Sizes: ``MAILTETHER_FULL=1`` r
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
@@ -74,6 +75,19 @@ def listener_for(server, user, tokens, store, port, changes):  # type: ignore[no
     )
 
 
+@contextlib.contextmanager
+def online(oauth2, server, user, store, changes):  # type: ignore[no-untyped-def]
+    """A listener of *user* through a FaultProxy, ONLINE; stopped on the way out."""
+    with FaultProxy(("127.0.0.1", server.imap_port)) as proxy:
+        listener = listener_for(server, user, flow(oauth2, user, store), store, proxy.port, changes)
+        listener.run_in_thread()
+        try:
+            eventually(lambda: state_of(listener) is SourceState.ONLINE)
+            yield listener, proxy
+        finally:
+            listener.stop()
+
+
 handled: Counter[str] = Counter()
 
 
@@ -134,19 +148,11 @@ def test_a_revoked_grant_blocks_within_one_reconnect_naming_the_account(oauth2, 
     user = oauth2_dovecot.add_user()
     store = MemoryStore()
     changes: list[StatusChange] = []
-    with FaultProxy(("127.0.0.1", oauth2_dovecot.imap_port)) as proxy:
-        listener = listener_for(
-            oauth2_dovecot, user, flow(oauth2, user, store), store, proxy.port, changes
-        )
-        listener.run_in_thread()
-        try:
-            eventually(lambda: state_of(listener) is SourceState.ONLINE)
-            accepted = proxy.accepted
-            oauth2.revoke(user, access_tokens=True)
-            proxy.reset_all()
-            eventually(lambda: state_of(listener) is SourceState.BLOCKED)
-        finally:
-            listener.stop()
+    with online(oauth2, oauth2_dovecot, user, store, changes) as (listener, proxy):
+        accepted = proxy.accepted
+        oauth2.revoke(user, access_tokens=True)
+        proxy.reset_all()
+        eventually(lambda: state_of(listener) is SourceState.BLOCKED)
     assert proxy.accepted == accepted + 1, "blocked on the first reconnect"
     reason = listener.status.get(listener.name).reason
     assert user in reason
@@ -158,24 +164,16 @@ def test_the_token_endpoint_down_is_retrying_and_recovers(oauth2, oauth2_dovecot
     user = oauth2_dovecot.add_user()
     store = MemoryStore()
     changes: list[StatusChange] = []
-    with FaultProxy(("127.0.0.1", oauth2_dovecot.imap_port)) as proxy:
-        listener = listener_for(
-            oauth2_dovecot, user, flow(oauth2, user, store), store, proxy.port, changes
-        )
-        listener.run_in_thread()
-        try:
-            eventually(lambda: state_of(listener) is SourceState.ONLINE)
-            oauth2.down(503)
-            oauth2.expire(user)  # the token in hand is refused: a new one is needed
-            proxy.reset_all()
-            eventually(lambda: "HTTP 503" in (listener.status.get(listener.name).reason or ""))
-            assert state_of(listener) is SourceState.RETRYING
-            oauth2_dovecot.append(user, mail(1))
-            oauth2.up()
-            eventually(lambda: handled["m1"] == 1)
-            eventually(lambda: state_of(listener) is SourceState.ONLINE)
-        finally:
-            listener.stop()
+    with online(oauth2, oauth2_dovecot, user, store, changes) as (listener, proxy):
+        oauth2.down(503)
+        oauth2.expire(user)  # the token in hand is refused: a new one is needed
+        proxy.reset_all()
+        eventually(lambda: "HTTP 503" in (listener.status.get(listener.name).reason or ""))
+        assert state_of(listener) is SourceState.RETRYING
+        oauth2_dovecot.append(user, mail(1))
+        oauth2.up()
+        eventually(lambda: handled["m1"] == 1)
+        eventually(lambda: state_of(listener) is SourceState.ONLINE)
     assert SourceState.BLOCKED not in [change.current.state for change in changes]
 
 
@@ -248,22 +246,14 @@ def test_the_introspection_endpoint_down_is_retrying_not_blocked(oauth2, oauth2_
     user = oauth2_dovecot.add_user()
     store = MemoryStore()
     changes: list[StatusChange] = []
-    with FaultProxy(("127.0.0.1", oauth2_dovecot.imap_port)) as proxy:
-        listener = listener_for(
-            oauth2_dovecot, user, flow(oauth2, user, store), store, proxy.port, changes
-        )
-        listener.run_in_thread()
-        try:
-            eventually(lambda: state_of(listener) is SourceState.ONLINE)
-            oauth2.down(503, introspection=True)
-            proxy.reset_all()
-            eventually(lambda: "UNAVAILABLE" in (listener.status.get(listener.name).reason or ""))
-            assert state_of(listener) is SourceState.RETRYING
-            oauth2.up()
-            oauth2_dovecot.append(user, mail(7))
-            eventually(lambda: handled["m7"] == 1)
-        finally:
-            listener.stop()
+    with online(oauth2, oauth2_dovecot, user, store, changes) as (listener, proxy):
+        oauth2.down(503, introspection=True)
+        proxy.reset_all()
+        eventually(lambda: "UNAVAILABLE" in (listener.status.get(listener.name).reason or ""))
+        assert state_of(listener) is SourceState.RETRYING
+        oauth2.up()
+        oauth2_dovecot.append(user, mail(7))
+        eventually(lambda: handled["m7"] == 1)
     assert SourceState.BLOCKED not in [change.current.state for change in changes]
     tokens = flow(oauth2, user, store)
     tokens.token()  # in hand before the endpoints go down
