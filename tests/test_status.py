@@ -438,3 +438,47 @@ def test_smtp_notifier_logs_in_with_a_fresh_oauth2_token_after_a_refusal(board):
         b"user=robot@example.com\x01auth=Bearer token-2\x01\x01",
     ], "the refused token was renewed once"
     assert len(received) == 1
+
+
+def test_smtp_notifier_with_a_revoked_grant_logs_it_and_goes_on(board, caplog):
+    """A token source that cannot give a token: nothing is sent, the failure is logged."""
+    from aiosmtpd.controller import Controller
+
+    from mailtether import AccessToken, TokenRevoked, TokenUnavailable
+    from servers import free_port
+
+    class Gone:
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        def token(self, *, fresh: bool = False) -> AccessToken:
+            raise self.error
+
+    received: list[object] = []
+
+    class Keep:
+        async def handle_DATA(self, server, session, envelope):
+            received.append(envelope)
+            return "250 OK"
+
+    controller = Controller(Keep(), hostname="127.0.0.1", port=free_port(), auth_require_tls=False)
+    controller.start()
+    try:
+        for error in (TokenRevoked("the grant of robot is gone"), TokenUnavailable("no endpoint")):
+            notifier = SmtpNotifier(
+                "127.0.0.1",
+                "mailtether@example.com",
+                ["admin@example.com"],
+                port=controller.port,
+                security="plain",
+                username="robot@example.com",
+                password=Gone(error),
+            )
+            board.notifiers[:] = [notifier]
+            board.set(f"{type(error).__name__}/INBOX", SourceState.BLOCKED, reason="test")
+            assert notifier.flush(timeout=10), "the notifier thread went on"
+    finally:
+        controller.stop()
+    assert received == [], "no mail without a login"
+    assert "the grant of robot is gone" in caplog.text
+    assert "no endpoint" in caplog.text
