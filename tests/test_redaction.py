@@ -18,6 +18,7 @@ from mailtether import (
     ImapSettings,
     MemoryStore,
     SourceState,
+    SQLiteStore,
     StatusBoard,
 )
 from mailtether._redaction import REDACTED, SHORTEST, redact, redacting_logger, remember_secret
@@ -145,3 +146,26 @@ def test_a_status_reason_is_one_clean_line_of_bounded_length():
 def test_a_password_read_from_a_url_is_remembered_decoded_and_encoded(url):
     ImapSettings.from_url(url)
     assert redact("p/ass?w0rd and p%2Fass%3Fw0rd") == f"{REDACTED} and {REDACTED}"
+
+
+@pytest.mark.parametrize("secret", ["exit_code", "0000", "sentence"])
+def test_json_output_stays_json_whatever_the_secret(secret, tmp_path):
+    """A secret that is also a key, or digits inside a number: redacted in values only."""
+    import io
+
+    from mailtether.cli._main import main
+
+    remember_secret(secret)
+    store = SQLiteStore(tmp_path / "s.db")
+    board = StatusBoard(store)
+    board.set("source", SourceState.BLOCKED, reason=f"the server said {secret} 10000.5")
+    store.close()
+    out = io.StringIO()
+    main(["status", "--store", f"sqlite:{tmp_path / 's.db'}", "--json"], out=out)
+    data = json.loads(out.getvalue())  # still JSON
+    assert data["sources"][0]["reason"].startswith(f"the server said {REDACTED}")
+    out = io.StringIO()
+    main(["check", "imap://u:pw@127.0.0.1:9/INBOX?security=plain", "--json"], out=out)
+    report = json.loads(out.getvalue())
+    assert "exit_code" in report
+    assert "sentence" in report

@@ -56,7 +56,6 @@ from hypothesis import strategies as st
 from helpers import eventually
 from mailtether import (
     AuthenticationFailed,
-    CommandFailed,
     ConnectionLost,
     Fixed,
     FolderMissing,
@@ -659,14 +658,13 @@ def _imap_login_echoed(capture: Capture, secret: str) -> None:
             + b"\r\n"
         )
         settings = ImapSettings(HOST, USER, secret, port=server.port, security="plain")
-        # imaplib sends LOGIN in ASCII only: another password fails before it is sent.
+        # LOGIN carries ASCII only: another password goes by AUTHENTICATE PLAIN (UTF-8).
         sent = secret.isascii()
-        with capture.raised(AuthenticationFailed if sent else CommandFailed):
+        with capture.raised(AuthenticationFailed):
             ImapConnection.open(settings, keepalive=FAST)
-        blocked = SourceState.BLOCKED if sent else SourceState.RETRYING
-        shown = _run(capture, _listener(settings), {blocked})
+        shown = _run(capture, _listener(settings), {SourceState.BLOCKED})
         assert _check(capture, _imap_url(secret, server.port)) == ["login"]
-    assert ("you sent: " if sent else "UnicodeEncodeError") in shown  # the echo, redacted
+    assert ("you sent: " if sent else "no such credentials as") in shown  # the echo, redacted
     if sent:
         assert any(_imap_quoted(secret) in line for line in logins), "LOGIN never sent it"
     assert _sasl("PLAIN", secret) + b"\r\n" in server.continuations, "check never sent it"
@@ -905,9 +903,8 @@ def _dovecot(capture: Capture, secret: str, dovecot: Any, tls_ca: Any, user: str
     would take seconds.
     """
     imaps = _imaps(secret, dovecot, tls_ca, user)
-    sent = secret.isascii()  # else LOGIN fails before it is sent (see scenario 1)
-    blocked = SourceState.BLOCKED if sent else SourceState.RETRYING
-    failure = AuthenticationFailed if sent else CommandFailed
+    blocked = SourceState.BLOCKED  # beyond ASCII by AUTHENTICATE PLAIN (see scenario 1)
+    failure = AuthenticationFailed
     xoauth2 = ImapSettings(
         HOST, user, secret, port=dovecot.imap_port, security="plain", auth="xoauth2"
     )
@@ -939,8 +936,7 @@ def _assert_equal(found: object, expected: object) -> None:
 
 def _dovecot_login(capture: Capture, secret: str, dovecot: Any, tls_ca: Any, user: str) -> None:
     """Only the listener's first step: connect to IMAPS and log in."""
-    sent = secret.isascii()
-    with capture.raised(AuthenticationFailed if sent else CommandFailed):
+    with capture.raised(AuthenticationFailed):  # beyond ASCII too: AUTHENTICATE PLAIN
         ImapConnection.open(_imaps(secret, dovecot, tls_ca, user), keepalive=FAST)
 
 

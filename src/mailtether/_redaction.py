@@ -34,7 +34,14 @@ from collections.abc import Iterable
 from typing import Final
 from urllib.parse import quote, quote_plus
 
-__all__ = ["REDACTED", "SHORTEST", "redact", "redacting_logger", "remember_secret"]
+__all__ = [
+    "REDACTED",
+    "SHORTEST",
+    "redact",
+    "redact_values",
+    "redacting_logger",
+    "remember_secret",
+]
 
 SHORTEST: Final = 4
 """Secrets shorter than this (in characters) are not remembered."""
@@ -189,6 +196,21 @@ def _base64_cores(data: bytes) -> Iterable[str]:
         last = 8 * (offset + len(data)) // 6
         for encode in (base64.b64encode, base64.urlsafe_b64encode):
             yield encode(padded).decode("ascii")[first:last]
+
+
+def redact_values(data: object) -> object:
+    """*data* (JSON-like) with :func:`redact` applied to every string in it but the keys.
+
+    For JSON output: redacting the dumped text could replace a secret that happens to be a
+    key or part of a number, and leave JSON that no longer parses.
+    """
+    if isinstance(data, str):
+        return redact(data)
+    if isinstance(data, dict):
+        return {key: redact_values(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [redact_values(value) for value in data]
+    return data
 
 
 class _RedactingFilter(logging.Filter):

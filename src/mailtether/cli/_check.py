@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import ssl
 from typing import TextIO
 
 from mailtether._check import check
 from mailtether._errors import MailtetherError
 from mailtether.cli import _flags
-from mailtether.cli._outcome import USAGE
+from mailtether.cli._outcome import USAGE, write_json
 
 __all__ = ["add_check_arguments", "run_check"]
 
@@ -39,8 +38,7 @@ def run_check(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"mailtether: {error}\n")
         return USAGE
     if args.json:
-        json.dump(report.to_dict(), out, indent=2)
-        out.write("\n")
+        write_json(out, report.to_dict(), indent=2)
         return report.exit_code
     out.write(f"checking {report.target}\n")
     for step in report.steps:

@@ -129,6 +129,11 @@ class _Redacting(io.TextIOBase):
     def __init__(self, out: TextIO) -> None:
         self._out = out
 
+    @property
+    def unredacted(self) -> TextIO:
+        """The stream behind it, for JSON already redacted value by value."""
+        return self._out
+
     def writable(self) -> bool:
         return True
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Final, TextIO
 
+from mailtether._redaction import redact_values
+
 __all__ = ["ERROR", "NOT_FOUND", "OK", "USAGE", "answer"]
 
 # Exit codes; `check` adds 4 (unreachable) and 5 (misconfigured), see CheckReport.exit_code.
@@ -30,5 +32,19 @@ def answer(out: TextIO, *, as_json: bool, field: str, subject: str, done: bool, 
         said: What happened, in a few words.
     """
     data = {field: subject, "ok": done, "result": said}
-    out.write((json.dumps(data) if as_json else f"{subject}: {said}") + "\n")
+    if as_json:
+        write_json(out, data)
+    else:
+        out.write(f"{subject}: {said}\n")
     return OK if done else NOT_FOUND
+
+
+def write_json(out: TextIO, data: object, *, indent: int | None = None) -> None:
+    """Write *data* as JSON, every secret removed from its strings (not from the text).
+
+    The command line's stream redacts what it is given as text; JSON is redacted before it
+    is dumped instead and written past that (a secret that is also a key, or digits inside
+    a number, would otherwise be replaced there and leave JSON that does not parse).
+    """
+    text = json.dumps(redact_values(data), indent=indent) + "\n"
+    getattr(out, "unredacted", out).write(text)

@@ -7,14 +7,13 @@ last heartbeat, with no next attempt (nobody is there to make it).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import TextIO
 
 from mailtether._guard import DuplicateGuard
 from mailtether._guard_states import GuardEntry
 from mailtether._status import SourceState, SourceStatus, StatusBoard
-from mailtether.cli._outcome import OK
+from mailtether.cli._outcome import OK, write_json
 from mailtether.stores._protocol import Store
 
 __all__ = ["add_status_arguments", "run_status"]
@@ -33,7 +32,8 @@ def run_status(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     guard = DuplicateGuard(store, name=args.guard)
     held = guard.held()
     if args.json:
-        json.dump(
+        write_json(
+            out,
             {
                 "sources": [status.to_dict() for status in sources],
                 "messages": guard.counts(),
@@ -48,10 +48,8 @@ def run_status(store: Store, args: argparse.Namespace, out: TextIO) -> int:
                     for entry in held
                 ],
             },
-            out,
             indent=2,
         )
-        out.write("\n")
         return OK
     if sources:
         _table(
