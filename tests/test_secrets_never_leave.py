@@ -626,21 +626,6 @@ def _line(data: bytes) -> bytes:
     return data.rstrip(b"\r\n")
 
 
-@contextlib.contextmanager
-def _serving(server: Scripted) -> Iterator[Scripted]:
-    """``with server``, its ``accept()`` woken at the end.
-
-    Closing the listening socket does not wake a thread blocked in ``accept()`` on Linux, so
-    ``Scripted.__exit__`` would wait its 5 s for the thread; a shutdown wakes it.
-    """
-    with server:
-        try:
-            yield server
-        finally:
-            with contextlib.suppress(OSError):
-                server.listener.shutdown(socket.SHUT_RDWR)
-
-
 # -- 1. IMAP: the login rejected, the LOGIN line echoed ----------------------------------------
 
 
@@ -651,7 +636,7 @@ def _imap_login_echoed(capture: Capture, secret: str) -> None:
         logins.append(line)
         return b"TAG NO [AUTHENTICATIONFAILED] wrong password, you sent: " + _line(line) + b"\r\n"
 
-    with _serving(Scripted.imap({b"LOGIN": login})) as server:
+    with Scripted.imap({b"LOGIN": login}) as server:
         server.answers[b"AUTHENTICATE"] = lambda line: (
             b"TAG NO [AUTHENTICATIONFAILED] no such credentials as "
             + _line(server.continuations[-1])
@@ -683,7 +668,7 @@ def test_imap_login_rejected_with_the_login_line_echoed(secret: str) -> None:
 
 
 def _xoauth2_echoed(capture: Capture, secret: str) -> None:
-    with _serving(Scripted.imap({})) as server:
+    with Scripted.imap({}) as server:
         server.answers[b"AUTHENTICATE"] = lambda line: (
             b"TAG NO [AUTHENTICATIONFAILED] invalid token in "
             + _line(server.continuations[-1])
@@ -742,7 +727,7 @@ def _imap_echoed_later(capture: Capture, secret: str, auth: str, where: str) -> 
         # A FETCH answer that cannot be parsed, holding what the client sent.
         return b"* 1 FETCH (UID 1 BODY[] (" + echo() + b"\r\nTAG OK done\r\n"
 
-    with _serving(Scripted.imap({b"LOGIN": login, b"SELECT": select, b"UID": uid})) as server:
+    with Scripted.imap({b"LOGIN": login, b"SELECT": select, b"UID": uid}) as server:
 
         def authenticate(line: bytes) -> bytes:
             heard.append(_line(server.continuations[-1]))
@@ -824,7 +809,7 @@ def _pop3_rejected(capture: Capture, secret: str) -> None:
         passes.append(line)
         return b"-ERR [AUTH] wrong password " + _line(line) + b" for " + USER.encode() + b"\r\n"
 
-    with _serving(Scripted.pop3({b"PASS": password})) as server:
+    with Scripted.pop3({b"PASS": password}) as server:
         settings = ImapSettings(HOST, USER, secret, port=server.port, security="plain")
         with capture.raised(AuthenticationFailed):
             Pop3Connection.open(settings, 2)
@@ -868,7 +853,7 @@ def _pop3_echoed_later(capture: Capture, secret: str, where: str) -> None:
         b"LIST": lambda line: b"-ERR [SYS/TEMP] no listing: " + secret.encode("utf-8") + b"\r\n",
         b"STAT": lambda line: b"-ERR [SYS/TEMP] no maildrop for " + said() + b"\r\n",
     }
-    with _serving(Scripted.pop3(answers)) as server:
+    with Scripted.pop3(answers) as server:
         settings = ImapSettings(HOST, USER, secret, port=server.port, security="plain")
         failure = MalformedReply if where == "garbled" else ConnectionLost
         shown = _run(capture, _poller(settings), {SourceState.RETRYING}, raises=failure)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
 import pytest
@@ -383,28 +384,54 @@ def test_mailtether_status_shows_stale(tmp_path):
     assert sources["b@x/INBOX"]["state"] == "online"
 
 
-def test_smtp_notifier_logs_in_with_a_fresh_oauth2_token_after_a_refusal(board):
-    """A token source: XOAUTH2 with its token, renewed once when the server refuses it."""
-    import base64
+class _AuthSmtp:
+    """An aiosmtpd handler that keeps what it is sent and checks XOAUTH2 logins."""
 
+    def __init__(self, good_token: str = "token-2") -> None:
+        self.received: list[object] = []
+        self.offered: list[bytes] = []
+        self.good = f"auth=Bearer {good_token}\x01".encode()
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        self.received.append(envelope)
+        return "250 OK"
+
+    async def auth_XOAUTH2(self, server, args):  # type: ignore[no-untyped-def]
+        import base64
+
+        from aiosmtpd.smtp import AuthResult
+
+        answer = base64.b64decode(args[1])
+        self.offered.append(answer)
+        return AuthResult(success=self.good in answer, handled=False)
+
+
+@contextlib.contextmanager
+def robot_mailing(handler: _AuthSmtp, tokens: object) -> Iterator[SmtpNotifier]:
+    """A notifier logging in as robot@example.com with *tokens*, to aiosmtpd with *handler*."""
     from aiosmtpd.controller import Controller
-    from aiosmtpd.smtp import AuthResult
 
-    from mailtether import AccessToken
     from servers import free_port
 
-    received: list[object] = []
-    offered: list[bytes] = []
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), auth_require_tls=False)
+    controller.start()
+    try:
+        yield SmtpNotifier(
+            "127.0.0.1",
+            "mailtether@example.com",
+            ["admin@example.com"],
+            port=controller.port,
+            security="plain",
+            username="robot@example.com",
+            password=tokens,  # type: ignore[arg-type]
+        )
+    finally:
+        controller.stop()
 
-    class Handler:
-        async def handle_DATA(self, server, session, envelope):
-            received.append(envelope)
-            return "250 OK"
 
-        async def auth_XOAUTH2(self, server, args):
-            answer = base64.b64decode(args[1])
-            offered.append(answer)
-            return AuthResult(success=b"auth=Bearer token-2\x01" in answer, handled=False)
+def test_smtp_notifier_logs_in_with_a_fresh_oauth2_token_after_a_refusal(board):
+    """A token source: XOAUTH2 with its token, renewed once when the server refuses it."""
+    from mailtether import AccessToken
 
     class Tokens:
         issued = 0
@@ -414,38 +441,21 @@ def test_smtp_notifier_logs_in_with_a_fresh_oauth2_token_after_a_refusal(board):
                 self.issued += 1
             return AccessToken(f"token-{self.issued}")
 
-    controller = Controller(
-        Handler(), hostname="127.0.0.1", port=free_port(), auth_require_tls=False
-    )
-    controller.start()
-    try:
-        notifier = SmtpNotifier(
-            "127.0.0.1",
-            "mailtether@example.com",
-            ["admin@example.com"],
-            port=controller.port,
-            security="plain",
-            username="robot@example.com",
-            password=Tokens(),
-        )
+    handler = _AuthSmtp(good_token="token-2")
+    with robot_mailing(handler, Tokens()) as notifier:
         board.notifiers.append(notifier)
         board.set("a@example.com/INBOX", SourceState.BLOCKED, reason="test")
         assert notifier.flush(timeout=10)
-    finally:
-        controller.stop()
-    assert offered == [
+    assert handler.offered == [
         b"user=robot@example.com\x01auth=Bearer token-1\x01\x01",
         b"user=robot@example.com\x01auth=Bearer token-2\x01\x01",
     ], "the refused token was renewed once"
-    assert len(received) == 1
+    assert len(handler.received) == 1
 
 
 def test_smtp_notifier_with_a_revoked_grant_logs_it_and_goes_on(board, caplog):
     """A token source that cannot give a token: nothing is sent, the failure is logged."""
-    from aiosmtpd.controller import Controller
-
     from mailtether import AccessToken, TokenRevoked, TokenUnavailable
-    from servers import free_port
 
     class Gone:
         def __init__(self, error: Exception) -> None:
@@ -454,31 +464,13 @@ def test_smtp_notifier_with_a_revoked_grant_logs_it_and_goes_on(board, caplog):
         def token(self, *, fresh: bool = False) -> AccessToken:
             raise self.error
 
-    received: list[object] = []
-
-    class Keep:
-        async def handle_DATA(self, server, session, envelope):
-            received.append(envelope)
-            return "250 OK"
-
-    controller = Controller(Keep(), hostname="127.0.0.1", port=free_port(), auth_require_tls=False)
-    controller.start()
-    try:
-        for error in (TokenRevoked("the grant of robot is gone"), TokenUnavailable("no endpoint")):
-            notifier = SmtpNotifier(
-                "127.0.0.1",
-                "mailtether@example.com",
-                ["admin@example.com"],
-                port=controller.port,
-                security="plain",
-                username="robot@example.com",
-                password=Gone(error),
-            )
+    handler = _AuthSmtp()
+    for error in (TokenRevoked("the grant of robot is gone"), TokenUnavailable("no endpoint")):
+        with robot_mailing(handler, Gone(error)) as notifier:
             board.notifiers[:] = [notifier]
             board.set(f"{type(error).__name__}/INBOX", SourceState.BLOCKED, reason="test")
             assert notifier.flush(timeout=10), "the notifier thread went on"
-    finally:
-        controller.stop()
-    assert received == [], "no mail without a login"
+    assert handler.received == [], "no mail without a login"
+    assert handler.offered == [], "no login tried without a token"
     assert "the grant of robot is gone" in caplog.text
     assert "no endpoint" in caplog.text
