@@ -7,15 +7,14 @@ such tests are skipped, loudly, with what to install.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import attrs
 import pytest
 
-from servers import ServerUnavailable, make_temp_dir
+from servers import make_temp_dir
+from servers import start_or_skip as _start
 from servers.dovecot import DovecotServer
 from servers.oauth2 import OAuth2Server
 from servers.postgres import PostgresServer
@@ -23,22 +22,6 @@ from servers.redis import RedisServer
 from servers.tls import TestCA, make_ca
 
 _SERVER_FIXTURES = {"dovecot", "redis_server", "postgres_server", "mailbox"}
-_T = TypeVar("_T")
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _start(what: str, start: Callable[[], _T]) -> _T:
-    try:
-        return start()
-    except ServerUnavailable as error:
-        reason = str(error)
-    # Outside the except block, so the report shows the reason and not a chained traceback.
-    if in_ci():
-        pytest.fail(f"{what} could not start, and CI must not skip it: {reason}", pytrace=False)
-    pytest.skip(f"{what} unavailable (outside CI this skips): {reason}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -186,8 +186,7 @@ def test_a_changed_password_is_refused(mailbox):
 
 @pytest.mark.parametrize(("ci", "outcome"), [("true", "failed"), ("", "skipped")])
 def test_a_server_that_cannot_start_fails_in_ci_and_skips_outside(monkeypatch, ci, outcome):
-    from conftest import _start
-    from servers import ServerUnavailable
+    from servers import ServerUnavailable, start_or_skip
 
     def broken() -> None:
         raise ServerUnavailable("no binary")
@@ -195,7 +194,7 @@ def test_a_server_that_cannot_start_fails_in_ci_and_skips_outside(monkeypatch, c
     monkeypatch.setenv("CI", ci)
     expected = pytest.fail.Exception if outcome == "failed" else pytest.skip.Exception
     with pytest.raises(expected, match="no binary"):
-        _start("Dovecot", broken)
+        start_or_skip("Dovecot", broken)
 
 
 def test_a_missing_dovecot_says_how_to_install_it(tls_ca):

@@ -16,13 +16,18 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 __all__ = [
     "ServerUnavailable",
     "free_port",
+    "in_ci",
     "make_temp_dir",
     "port_open",
     "service_user",
+    "start_or_skip",
     "stop_process",
     "tail",
     "wait_until",
@@ -31,6 +36,25 @@ __all__ = [
 
 class ServerUnavailable(RuntimeError):
     """A test server could not be started; the message says why and what to install."""
+
+
+def in_ci() -> bool:
+    """Whether the ``CI`` environment variable is set (as ``.ci/run`` has it)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def start_or_skip(what: str, start: Callable[[], _T]) -> _T:
+    """*start()*; a server that cannot start fails the test in CI and skips it elsewhere."""
+    import pytest
+
+    try:
+        return start()
+    except ServerUnavailable as error:
+        reason = str(error)
+    # Outside the except block, so the report shows the reason and not a chained traceback.
+    if in_ci():
+        pytest.fail(f"{what} could not start, and CI must not skip it: {reason}", pytrace=False)
+    pytest.skip(f"{what} unavailable (outside CI this skips): {reason}")
 
 
 def free_port() -> int:

@@ -1,0 +1,70 @@
+"""The local provider the executed examples of docs/oauth2.md log in to.
+
+A token endpoint and an introspection endpoint (``tests/servers/oauth2.py``) and a Dovecot
+that checks every OAuth2 token there: the same test bed as ``tests/test_oauth2_listener.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from servers import make_temp_dir, start_or_skip
+from servers.dovecot import DovecotServer
+from servers.oauth2 import OAuth2Server
+from servers.tls import make_ca
+
+
+@attrs.frozen
+class LocalProvider:
+    """What the examples need: the endpoints, one user's grant, and the IMAP/POP3 ports."""
+
+    oauth2: OAuth2Server
+    dovecot: DovecotServer
+    user: str
+    refresh_token: str
+
+    @property
+    def token_url(self) -> str:
+        """The token endpoint (refresh and client-credentials grants)."""
+        return self.oauth2.token_url
+
+    @property
+    def client_id(self) -> str:
+        """The app the user's grant belongs to."""
+        return self.oauth2.client_id
+
+    @property
+    def imap_port(self) -> int:
+        """Dovecot's plain IMAP port on 127.0.0.1."""
+        return self.dovecot.imap_port
+
+    def deliver(self, subject: str) -> None:
+        """A mail with *subject* arrives in the user's INBOX."""
+        self.dovecot.append(self.user, f"Subject: {subject}\r\n\r\nHello\r\n".encode())
+
+    def revoke(self) -> None:
+        """The user withdraws the app's access: the grant and its tokens stop working."""
+        self.oauth2.revoke(self.user, access_tokens=True)
+
+
+@pytest.fixture(scope="session")
+def local() -> Iterator[LocalProvider]:
+    """The provider, started once for the page's examples (skipped or failed like the tests')."""
+    import shutil
+
+    directory = make_temp_dir("docs-ca")
+    with OAuth2Server(token_lifetime=60.0) as oauth2:
+        dovecot = start_or_skip("Dovecot", DovecotServer(make_ca(directory), oauth2=oauth2).start)
+        try:
+            user = dovecot.add_user()
+            yield LocalProvider(oauth2, dovecot, user, oauth2.issue_refresh_token(user))
+        finally:
+            dovecot.stop()
+            shutil.rmtree(directory, ignore_errors=True)
