@@ -253,3 +253,22 @@ def test_untagged_noise_is_not_kept_and_new_mail_in_it_is_not_missed(server):
         changes = connection.wait(5)
         assert changes, "the EXISTS in another command's answer is a change for wait()"
         assert changes[0][1] == b"EXISTS"
+
+
+@pytest.mark.parametrize(
+    ("after", "store"),
+    [("seen", "+FLAGS.SILENT (\\Seen)"), ("delete", "+FLAGS.SILENT (\\Deleted)")],
+)
+def test_the_mailbox_is_changed_with_silent_stores(server, after, store):
+    """The server answers a silent STORE with OK alone, not a FETCH per mail to parse."""
+    handler = Handled()
+    listener = listen(server, handler, after=after)
+    try:
+        assert listener.wait_for_catch_ups(1, timeout=10)
+        eventually(lambda: any(store in command for command in server.commands))
+    finally:
+        listener.stop()
+    assert handler.calls == everyone_but(0)
+    stores = [command for command in server.commands if " STORE " in f" {command}"]
+    assert stores, server.commands
+    assert all(".SILENT" in command for command in stores), stores
