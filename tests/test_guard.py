@@ -213,6 +213,51 @@ def test_filter_new_batch(backend):
     assert fresh == [k for i, k in enumerate(keys) if i % 3]
 
 
+def test_triage_sorts_listed_mail_by_what_it_needs(backend):
+    guard = DuplicateGuard(backend.store, claim_ttl=0.3, max_failures=2, owner="me")
+    other = DuplicateGuard(backend.other(), claim_ttl=0.3, max_failures=2, owner="other")
+    with guard.claim(key(1)):  # done
+        pass
+    with pytest.raises(ValueError, match="bad mail"), guard.claim(key(2)):  # failed: retry
+        raise ValueError("bad mail")
+    guard.claim(key(3)).hold("too large")  # held: waiting
+    guard.claim(key(4)).hold("too large")
+    assert guard.drop(key(4))  # dropped: waiting
+    other.claim(key(5))  # claimed elsewhere and the worker died: expires, then retry
+    backend.pass_time(0.35)
+    guard.claim(key(6))  # claimed elsewhere right now: waiting, busy
+    listed = [key(uid) for uid in (8, 6, 5, 4, 3, 2, 1, 7)]
+    triage = guard.triage(iter(listed))
+    assert triage.new == (key(8), key(7))
+    assert triage.retry == (key(5), key(2))
+    assert triage.done == (key(1),)
+    assert triage.waiting == (key(6), key(4), key(3))
+    assert triage.busy == (key(6),)
+    assert guard.triage([key(9)]).new == (key(9),)
+    assert guard.triage([]).new == ()
+
+
+def test_triage_reads_the_records_of_running_claims_only(backend, monkeypatch):
+    guard = DuplicateGuard(backend.store, repeat="skip")
+    for uid in range(1, 101):
+        with guard.claim(key(uid)):
+            pass
+    guard.claim(key(101))
+    asked: list[list[str]] = []
+    real = backend.store.get_many
+
+    def get_many(namespace, keys):  # type: ignore[no-untyped-def]
+        asked.append(list(keys))
+        return real(namespace, asked[-1])
+
+    monkeypatch.setattr(backend.store, "get_many", get_many)
+    triage = guard.triage([key(uid) for uid in range(1, 103)])
+    assert (len(triage.done), triage.busy, triage.new) == (100, (key(101),), (key(102),))
+    assert asked == [[key(101).id]], "done mail is sorted out by its state alone"
+    assert guard.filter_new([key(uid) for uid in range(99, 104)]) == [key(102), key(103)]
+    assert asked == [[key(101).id]], "filter_new reads no record"
+
+
 def test_prune_forgets_only_old_done_records(backend):
     guard = DuplicateGuard(backend.store, max_failures=1)
     with guard.claim(key(1, raw=mail(1))):

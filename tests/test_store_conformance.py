@@ -8,6 +8,8 @@ import pytest
 
 from backends import BACKENDS, Backend, make_backend
 from mailtether import Lease, LeaseLost, Record, Store, StoreError, Write
+from mailtether.stores._protocol import StateLookup
+from mailtether.stores._shared import states_of
 
 
 @pytest.fixture(params=BACKENDS)
@@ -125,6 +127,100 @@ def test_get_many_returns_only_existing(store):
     found = store.get_many("guard", wanted)
     assert set(found) == {f"k{index}" for index in range(0, 1200, 2)}
     assert found["k10"].data == {"i": 10}
+
+
+ODD_KEYS = [
+    "a b",
+    "line\nbreak",
+    "tab\there",
+    "pipe|key",
+    "%z and %%",
+    "ünïcödé ✉",
+    "{brace}:colon",
+    " ",
+    "k" * 1024,
+]
+
+
+def test_get_states_says_which_records_exist_and_in_what_state(store):
+    store.put_many(
+        Write("guard", f"k{index}", "done" if index % 3 else "held", {"i": index})
+        for index in range(1200)
+    )
+    wanted = [f"k{index}" for index in range(0, 2400, 2)] + ["k4", "k4"]  # repeats are fine
+    states = store.get_states("guard", iter(wanted))
+    assert states == {f"k{index}": "done" if index % 3 else "held" for index in range(0, 1200, 2)}
+    assert store.get_states("guard", []) == {}
+    assert store.get_states("guard-content", wanted) == {}, "namespaces are separate"
+
+
+def test_get_states_follows_writes_and_deletes(store):
+    record = store.put("guard", "k", "processing", {})
+    assert store.get_states("guard", ["k"]) == {"k": "processing"}
+    store.put("guard", "k", "done", {}, expect=record.version)
+    assert store.get_states("guard", ["k"]) == {"k": "done"}
+    store.delete("guard", "k")
+    assert store.get_states("guard", ["k"]) == {}
+
+
+def test_odd_keys_and_documents_round_trip_in_batches(store):
+    documents = {
+        key: {"text": f'{key}\n\u2028 "quoted" {index}'} for index, key in enumerate(ODD_KEYS)
+    }
+    results = store.put_many(Write("guard", key, "done", data) for key, data in documents.items())
+    assert [r.key for r in results] == ODD_KEYS
+    assert store.get_states("guard", [*ODD_KEYS, "missing"]) == dict.fromkeys(ODD_KEYS, "done")
+    found = store.get_many("guard", [*ODD_KEYS, "missing"])
+    assert {key: record.data for key, record in found.items()} == documents
+    assert [store.get("guard", key).data for key in ODD_KEYS] == list(documents.values())
+
+
+def test_put_many_decides_each_write_across_batch_boundaries(store):
+    taken = store.put_many(Write("guard", f"k{i}", "done", {}) for i in range(0, 1300, 2))
+    writes = [Write("guard", f"k{i}", "processing", {"i": i}, expect=0) for i in range(1300)]
+    writes += [Write("guard", "k1", "done", {}, expect=1), Write("guard", "k1", "x", {}, expect=1)]
+    results = store.put_many(writes)
+    assert [r is not None for r in results[:1300]] == [i % 2 == 1 for i in range(1300)]
+    assert [r is not None for r in results[1300:]] == [True, False]
+    assert store.count("guard") == {"done": 651, "processing": 649}
+    assert len(taken) == 650
+
+
+@pytest.mark.parametrize(
+    ("keys", "error"),
+    [
+        (["ok", ""], ValueError),
+        (["ok", "nul\x00"], ValueError),
+        (["ok", 5], TypeError),
+        (["ok", "x" * 1025], ValueError),
+    ],
+)
+def test_get_states_and_get_many_refuse_bad_keys(store, keys, error):
+    with pytest.raises(error):
+        store.get_states("guard", keys)
+    with pytest.raises(error):
+        store.get_many("guard", keys)
+    with pytest.raises(ValueError, match="namespace 'Guard' is not valid"):
+        store.get_states("Guard", ["ok"])
+
+
+def test_states_of_falls_back_to_get_many_for_a_store_without_get_states(store):
+    class Plain:
+        """Only what the Store protocol asks: no get_states."""
+
+        def __getattr__(self, name: str) -> object:
+            if name == "get_states":
+                raise AttributeError(name)
+            return getattr(store, name)
+
+    store.put("guard", "a", "done", {})
+    store.put("guard", "b", "held", {})
+    plain = Plain()
+    assert not isinstance(plain, StateLookup)
+    assert isinstance(store, StateLookup), "every built-in store has the optional look-up"
+    expected = {"a": "done", "b": "held"}
+    assert states_of(plain, "guard", ["a", "b", "c"]) == expected  # type: ignore[arg-type]
+    assert states_of(store, "guard", ["a", "b", "c"]) == expected
 
 
 def test_put_many_applies_each_write_as_put_would(store):

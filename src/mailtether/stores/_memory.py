@@ -15,6 +15,7 @@ from mailtether.stores._shared import (
     PutFromPutMany,
     check_expect,
     check_key,
+    check_keys,
     check_lease,
     check_limit,
     check_namespace,
@@ -124,6 +125,15 @@ class MemoryStore(PutFromPutMany):
             space = self._records.get(namespace, {})
             found = {key: space[key] for key in wanted if key in space}
         return {key: stored.record(namespace, key) for key, stored in found.items()}
+
+    def get_states(self, namespace: str, keys: Iterable[str]) -> dict[str, str]:
+        """Return the state of each existing record among *keys*."""
+        check_namespace(namespace)
+        wanted = check_keys(keys)
+        with self._lock:
+            self._check_open()
+            space = self._records.get(namespace, {})
+            return {key: space[key].state for key in wanted if key in space}
 
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
         """Apply several writes as :meth:`put` would, under one lock."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import select
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlunsplit
 
@@ -25,6 +25,7 @@ from mailtether.stores._shared import (
     PutFromPutMany,
     WriteRun,
     check_key,
+    check_keys,
     check_lease,
     check_namespace,
     check_prefix,
@@ -174,9 +175,29 @@ class PostgresStore(PutFromPutMany):
         self._limit = statement_timeout + _SLACK
         self._p = table_prefix
         self._pool: Pool[Any] = Pool(self._connect, size=_POOL, usable=_usable)
+        table = f"{table_prefix}_records"
+        insert = (
+            f"INSERT INTO {table} AS r (namespace, key, state, data, version, updated_at) "  # noqa: S608
+            f"SELECT %s, v.key, v.state, v.data, 1, {_NOW} "
+            "FROM unnest(%s::text[], %s::text[], %s::text[]) AS v (key, state, data) "
+            "ON CONFLICT (namespace, key) "
+        )
+        returning = " RETURNING key, version, updated_at"
+        self._create_many = insert + "DO NOTHING" + returning
+        self._upsert_many = (
+            insert + "DO UPDATE SET state = excluded.state, data = excluded.data, "
+            "version = r.version + 1, updated_at = excluded.updated_at" + returning
+        )
+        self._update_many = (
+            f"UPDATE {table} AS r SET state = v.state, data = v.data, "  # noqa: S608
+            f"version = r.version + 1, updated_at = {_NOW} "
+            "FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[]) "
+            "AS v (key, version, state, data) WHERE r.namespace = %s AND r.key = v.key "
+            "AND r.version = v.version RETURNING r.key, r.version, r.updated_at"
+        )
         self._records = SQLRecords(
             self._run,
-            table=f"{table_prefix}_records",
+            table=table,
             mark="%s",
             key_order='key COLLATE "C"',
             most=_GROUP_ROWS,
@@ -269,21 +290,31 @@ class PostgresStore(PutFromPutMany):
 
     def get_many(self, namespace: str, keys: Iterable[str]) -> dict[str, Record]:
         """Return the existing records among *keys*, 1 000 per query."""
+        found: dict[str, Record] = {}
+        for row in self._per_key("get_many", COLUMNS, namespace, keys):
+            found[row[0]] = record_from_row(namespace, row)
+        return found
+
+    def get_states(self, namespace: str, keys: Iterable[str]) -> dict[str, str]:
+        """Return the state of each existing record among *keys*, 1 000 per query."""
+        return dict(self._per_key("get_states", "key, state", namespace, keys))
+
+    def _per_key(
+        self, what: str, columns: str, namespace: str, keys: Iterable[str]
+    ) -> Iterator[Any]:
+        """The rows of *columns* of the existing records among *keys*, a query per 1 000."""
         check_namespace(namespace)
-        wanted = list(dict.fromkeys(check_key(key) for key in keys))
+        wanted = list(dict.fromkeys(check_keys(keys)))
         sql = (
-            f"SELECT {COLUMNS} FROM {self._p}_records "  # noqa: S608
+            f"SELECT {columns} FROM {self._p}_records "  # noqa: S608
             "WHERE namespace = %s AND key = ANY(%s)"
         )
 
         def fetch(chunk: list[str]) -> Callable[[Any], list[Any]]:
             return lambda connection: connection.execute(sql, (namespace, chunk)).fetchall()
 
-        found: dict[str, Record] = {}
         for start in range(0, len(wanted), _BATCH):  # a call per batch, each with its deadline
-            for row in self._run("get_many", fetch(wanted[start : start + _BATCH])):
-                found[row[0]] = record_from_row(namespace, row)
-        return found
+            yield from self._run(what, fetch(wanted[start : start + _BATCH]))
 
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
         """Apply several writes as :meth:`put` would, in one transaction.
@@ -297,37 +328,20 @@ class PostgresStore(PutFromPutMany):
         return [self._many_statement(run) for run in runs]
 
     def _many_statement(self, run: WriteRun) -> Statement:
-        """One statement for a run of writes of one kind to distinct keys of one namespace."""
-        table = f"{self._p}_records"
-        params: list[Any] = []
+        """The statement for a run of writes of one kind to distinct keys of one namespace.
+
+        One fixed text per kind, the rows in arrays (``unnest``): psycopg parses and caches a
+        statement with few parameters once, where a multi-row ``VALUES`` list of up to 2 000
+        parameters was parsed again on every call (about 2.4 ms for 500 rows).
+        """
         kind, writes, texts = run
+        keys = [write.key for write in writes]
+        states = [write.state for write in writes]
         if kind == "update":
-            for write, text in zip(writes, texts, strict=True):
-                params += (write.key, write.expect, write.state, text)
-            params.append(writes[0].namespace)
-            rows = ",".join(["(%s, %s::bigint, %s, %s)"] * len(writes))
-            sql = (
-                f"UPDATE {table} AS r SET state = v.state, data = v.data, "  # noqa: S608
-                f"version = r.version + 1, updated_at = {_NOW} FROM (VALUES {rows}) "
-                "AS v (key, version, state, data) WHERE r.namespace = %s AND r.key = v.key "
-                "AND r.version = v.version RETURNING r.key, r.version, r.updated_at"
-            )
-            return sql, params
-        for write, text in zip(writes, texts, strict=True):
-            params += (write.namespace, write.key, write.state, text)
-        rows = ",".join([f"(%s, %s, %s, %s, 1, {_NOW})"] * len(writes))
-        conflict = (
-            "DO NOTHING"
-            if kind == "create"
-            else "DO UPDATE SET state = excluded.state, data = excluded.data, "
-            "version = r.version + 1, updated_at = excluded.updated_at"
-        )
-        sql = (
-            f"INSERT INTO {table} AS r (namespace, key, state, data, version, updated_at) "  # noqa: S608
-            f"VALUES {rows} ON CONFLICT (namespace, key) {conflict} "
-            "RETURNING key, version, updated_at"
-        )
-        return sql, params
+            expects = [write.expect for write in writes]
+            return self._update_many, [keys, expects, states, texts, writes[0].namespace]
+        sql = self._create_many if kind == "create" else self._upsert_many
+        return sql, [writes[0].namespace, keys, states, texts]
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""

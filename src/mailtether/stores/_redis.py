@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -17,6 +17,7 @@ from mailtether.stores._shared import (
     PutFromPutMany,
     check_expect,
     check_key,
+    check_keys,
     check_lease,
     check_limit,
     check_namespace,
@@ -26,7 +27,7 @@ from mailtether.stores._shared import (
     check_ttl,
     check_writes,
     decode_data,
-    encode_data,
+    encode_all,
     lease_lost,
     redact_url,
     require,
@@ -195,64 +196,78 @@ class RedisStore(PutFromPutMany):
         return _record(namespace, key, fields)
 
     def get_many(self, namespace: str, keys: Iterable[str]) -> dict[str, Record]:
-        """Return the existing records among *keys*, pipelined in batches of 500."""
+        """Return the existing records among *keys*: one script per 500 keys."""
         check_namespace(namespace)
-        wanted = list(dict.fromkeys(check_key(key) for key in keys))
-
-        def fetch() -> dict[str, Record]:
-            found: dict[str, Record] = {}
-            for start in range(0, len(wanted), _BATCH):
-                chunk = wanted[start : start + _BATCH]
-                pipe = self._client.pipeline(transaction=False)
-                for key in chunk:
-                    pipe.hmget(
-                        self._record_key(namespace, key), "state", "data", "version", "updated_at"
+        wanted = list(dict.fromkeys(check_keys(keys)))
+        prefix = f"{self._base}:r:{namespace}|"
+        found: dict[str, Record] = {}
+        for chunk, lines in self._per_key("get_many", prefix, wanted):
+            for key, line in zip(chunk, lines, strict=True):
+                if line:
+                    state, version, updated_at, data = line.split(" ", 3)
+                    found[key] = Record(
+                        namespace, key, state, decode_data(data), int(version), float(updated_at)
                     )
-                for key, fields in zip(chunk, pipe.execute(), strict=True):
-                    record = _record(namespace, key, fields)
-                    if record is not None:
-                        found[key] = record
-            return found
+        return found
 
-        return self._run("get_many", fetch)
+    def get_states(self, namespace: str, keys: Iterable[str]) -> dict[str, str]:
+        """Return the state of each existing record among *keys*: one script per 500 keys."""
+        check_namespace(namespace)
+        wanted = check_keys(keys)
+        prefix = f"{self._base}:r:{namespace}|"
+        found: dict[str, str] = {}
+        for chunk, lines in self._per_key("get_states", prefix, wanted):
+            found.update(pair for pair in zip(chunk, lines, strict=True) if pair[1])
+        return found
+
+    def _per_key(
+        self, script: str, prefix: str, keys: list[str]
+    ) -> Iterator[tuple[list[str], list[str]]]:
+        """Run *script* on *keys*, 500 at a time; yield each chunk with its answer's lines."""
+        run = self._scripts[script]
+        for start in range(0, len(keys), _BATCH):
+            chunk = keys[start : start + _BATCH]
+            packed = "\x00".join(chunk) + "\x00"
+            answer = self._run(script, lambda: run(args=[prefix, packed]))  # noqa: B023
+            yield chunk, answer.split("\n")
 
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
-        """Apply several writes as :meth:`put` would, pipelined (each one atomic, by script)."""
+        """Apply several writes as :meth:`put` would: one script per 500 writes.
+
+        The script applies each write on its own (a compare-and-set that does not match
+        writes nothing and the next write is still applied), in order, atomically on the
+        server; the writes travel packed in one argument, the answer comes back as one text.
+        """
         checked = check_writes(writes)
         if not checked:
             return []
-        texts = [encode_data(write.data) for write in checked]
-
-        def apply() -> list[Any]:
-            results: list[Any] = []
-            for start in range(0, len(checked), _BATCH):
-                pipe = self._client.pipeline(transaction=False)
-                for write, text in zip(
-                    checked[start : start + _BATCH], texts[start : start + _BATCH], strict=True
-                ):
-                    self._scripts["put"](
-                        keys=[
-                            self._record_key(write.namespace, write.key),
-                            self._index(write.namespace),
-                            self._states(write.namespace),
-                        ],
-                        args=[
-                            self._state_prefix(write.namespace),
-                            write.state,
-                            text,
-                            "" if write.expect is None else write.expect,
-                            write.key,
-                        ],
-                        client=pipe,
-                    )
-                results.extend(pipe.execute())
-            return results
-
-        results = self._run("put_many" if len(checked) > 1 else "put", apply)
-        return [
-            None if result is None else written(write, int(result[0]), float(result[1]))
-            for write, result in zip(checked, results, strict=True)
-        ]
+        texts = encode_all(checked)
+        script = self._scripts["put_many"]
+        records: list[Record | None] = []
+        for start in range(0, len(checked), _BATCH):
+            batch = checked[start : start + _BATCH]
+            fields: list[str] = []
+            for write, text in zip(batch, texts[start : start + _BATCH], strict=True):
+                expect = write.expect
+                fields += (
+                    write.namespace,
+                    write.key,
+                    write.state,
+                    "" if expect is None else str(expect),
+                    text,
+                )
+            packed = "\x00".join(fields) + "\x00"
+            what = "put_many" if len(checked) > 1 else "put"
+            answer = self._run(
+                what,
+                lambda: script(args=[self._base, packed, len(batch)]),  # noqa: B023
+            ).split(" ")
+            stamp = float(answer[0])
+            records += [
+                None if version == "0" else written(write, int(version), stamp)
+                for write, version in zip(batch, answer[1:], strict=True)
+            ]
+        return records
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""

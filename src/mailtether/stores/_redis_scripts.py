@@ -22,28 +22,77 @@ local stamp = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 local now = tonumber(stamp)
 """
 
-# KEYS: record, namespace index, states set; ARGV: state-index prefix, state, data, expect, member
-_PUT: Final = (
+# Batches travel as one argument: fields each ended by NUL (no key, state or namespace holds
+# one, and JSON text never does), read with gmatch's %z. One argument, not one per field:
+# redis-py packs each argument in Python, the server splits the text in C. Answers are one
+# text too (one bulk reply to parse, not an array of them): lines, as JSON text never holds
+# a raw newline.
+
+# KEYS: none (every key shares the prefix's hash slot); ARGV: the prefix ("{name}"), the writes
+# (namespace, key, state, expect or '', data; each ended by NUL), how many.
+# Each write is applied as the one-write put would, in order; the answer is the time stamp,
+# then for each write its new version or 0 (its compare-and-set refused), spaces between.
+_PUT_MANY: Final = (
     _NOW
     + """
-local current = redis.call('HMGET', KEYS[1], 'version', 'state')
-local version = tonumber(current[1]) or 0
-local expect = ARGV[4]
-if expect ~= '' and tonumber(expect) ~= version then return nil end
-local member = ARGV[5]
-if current[2] and current[2] ~= ARGV[2] then
-  local old = ARGV[1] .. current[2]
-  redis.call('ZREM', old, member)
-  if redis.call('ZCARD', old) == 0 then redis.call('SREM', KEYS[3], current[2]) end
+local base = ARGV[1]
+local field = string.gmatch(ARGV[2], '(.-)%z')
+local out = {stamp}
+for i = 1, tonumber(ARGV[3]) do
+  local namespace = field()
+  local key = field()
+  local state = field()
+  local expect = field()
+  local data = field()
+  local record = base .. ':r:' .. namespace .. '|' .. key
+  local current = redis.call('HMGET', record, 'version', 'state')
+  local version = tonumber(current[1]) or 0
+  if expect ~= '' and tonumber(expect) ~= version then
+    out[i + 1] = 0
+  else
+    local by_state = base .. ':s:' .. namespace .. '|'
+    local states = base .. ':states:' .. namespace
+    if current[2] and current[2] ~= state then
+      local old = by_state .. current[2]
+      redis.call('ZREM', old, key)
+      if redis.call('ZCARD', old) == 0 then redis.call('SREM', states, current[2]) end
+    end
+    redis.call('HSET', record, 'state', state, 'data', data, 'version', version + 1,
+               'updated_at', stamp)
+    redis.call('ZADD', base .. ':i:' .. namespace, stamp, key)
+    redis.call('ZADD', by_state .. state, stamp, key)
+    redis.call('SADD', states, state)
+    out[i + 1] = version + 1
+  end
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'data', ARGV[3], 'version', version + 1,
-           'updated_at', stamp)
-redis.call('ZADD', KEYS[2], stamp, member)
-redis.call('ZADD', ARGV[1] .. ARGV[2], stamp, member)
-redis.call('SADD', KEYS[3], ARGV[2])
-return {version + 1, stamp}
+return table.concat(out, ' ')
 """
 )
+
+# KEYS: none (see put_many); ARGV: record-key prefix, the keys (each ended by NUL).
+# One line per key, in order: "state version updated_at data", or empty if it has no record.
+_GET_MANY: Final = """
+local lines = {}
+local i = 0
+for key in string.gmatch(ARGV[2], '(.-)%z') do
+  i = i + 1
+  local f = redis.call('HMGET', ARGV[1] .. key, 'state', 'version', 'updated_at', 'data')
+  if f[1] then lines[i] = f[1] .. ' ' .. f[2] .. ' ' .. f[3] .. ' ' .. f[4] else lines[i] = '' end
+end
+return table.concat(lines, '\\n')
+"""
+
+# KEYS: none (see put_many); ARGV: record-key prefix, the keys (each ended by NUL).
+# One line per key, in order: its state, or empty if it has no record.
+_GET_STATES: Final = """
+local lines = {}
+local i = 0
+for key in string.gmatch(ARGV[2], '(.-)%z') do
+  i = i + 1
+  lines[i] = redis.call('HGET', ARGV[1] .. key, 'state') or ''
+end
+return table.concat(lines, '\\n')
+"""
 
 # KEYS: record, namespace index, states set; ARGV: state-index prefix, expect, member
 _DELETE: Final = """
@@ -152,7 +201,9 @@ return held
 )
 
 SCRIPTS: Final = {
-    "put": _PUT,
+    "put_many": _PUT_MANY,
+    "get_many": _GET_MANY,
+    "get_states": _GET_STATES,
     "delete": _DELETE,
     "prune": _PRUNE,
     "scan": _SCAN,

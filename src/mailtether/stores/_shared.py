@@ -6,6 +6,7 @@ The :class:`~mailtether.Store` protocol and its value types are in
 - argument checks (``check_*``), so each backend refuses the same arguments with the same errors;
 - write planning for ``put_many`` (:func:`plan_writes`, :func:`written_records`) and
   :class:`PutFromPutMany`, which gives every store ``put`` as ``put_many`` of one write;
+- :func:`states_of`, an optional store method with its fallback;
 - the documents' JSON (:func:`encode_data`, :func:`decode_data`), :func:`lease_lost`,
   :func:`redact_url` and :func:`require` (optional dependencies).
 """
@@ -17,11 +18,11 @@ import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 
 from mailtether._errors import ConfigError, LeaseLost
 from mailtether._url_errors import redact
-from mailtether.stores._protocol import Lease, Record, Write
+from mailtether.stores._protocol import Lease, Record, StateLookup, Store, Write
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -30,6 +31,7 @@ __all__ = [
     "WriteRun",
     "check_expect",
     "check_key",
+    "check_keys",
     "check_lease",
     "check_limit",
     "check_namespace",
@@ -47,6 +49,7 @@ __all__ = [
     "plan_writes",
     "redact_url",
     "require",
+    "states_of",
     "written",
     "written_records",
 ]
@@ -113,6 +116,23 @@ def check_key(key: object, what: str = "key") -> str:
             f"{what} must be 1-{MAX_KEY_LENGTH} characters without NUL, got {key[:80]!r}"
         )
     return key
+
+
+def check_keys(keys: Iterable[object]) -> list[str]:
+    """Return *keys* as a list after checking each as :func:`check_key` does.
+
+    The common case (all valid) is checked by C loops over the whole list, a few
+    nanoseconds a key; a list with a bad key is checked key by key for check_key's error.
+    """
+    wanted: list[Any] = list(keys)
+    try:
+        joined = "".join(wanted)
+    except TypeError:
+        joined = "\x00"  # not all text: found below
+    if "\x00" in joined or not all(wanted) or max(map(len, wanted), default=0) > MAX_KEY_LENGTH:
+        for key in wanted:
+            check_key(key)
+    return wanted
 
 
 def check_expect(expect: object) -> int | None:
@@ -301,6 +321,21 @@ def written_records(
 def written(write: Write, version: int, updated_at: float) -> Record:
     """The record *write* made: its own copy of the document, at *version*."""
     return Record(write.namespace, write.key, write.state, dict(write.data), version, updated_at)
+
+
+# -- optional store methods, with their fallbacks ------------------------------------------------
+
+
+def states_of(store: Store, namespace: str, keys: Iterable[str]) -> dict[str, str]:
+    """The state of each existing record among *keys*: :meth:`StateLookup.get_states`.
+
+    A store without that optional method is asked with ``get_many``, whose records give
+    the same answer at a higher cost.
+    """
+    lookup = getattr(store, "get_states", None)  # isinstance(store, StateLookup) costs 7 µs
+    if callable(lookup):
+        return cast(StateLookup, store).get_states(namespace, keys)
+    return {key: record.state for key, record in store.get_many(namespace, keys).items()}
 
 
 # -- documents, leases, URLs and optional dependencies ---------------------------------------------

@@ -19,6 +19,7 @@ from mailtether.stores._shared import (
     PutFromPutMany,
     WriteRun,
     check_key,
+    check_keys,
     check_lease,
     check_namespace,
     check_ttl,
@@ -53,6 +54,9 @@ _UPDATE_MANY: Final = (
 _SELECT_MANY: Final = (
     f"SELECT {COLUMNS} FROM mailtether_records "  # noqa: S608
     "WHERE namespace = ? AND key IN ({marks})"
+)
+_STATES_MANY: Final = (
+    "SELECT key, state FROM mailtether_records WHERE namespace = ? AND key IN ({marks})"
 )
 _POOL: Final = 8  # idle connections kept for reuse
 _GROUP_ROWS: Final = 100  # writes of put_many in one statement, at most
@@ -284,20 +288,36 @@ class SQLiteStore(PutFromPutMany):
 
     def get_many(self, namespace: str, keys: Iterable[str]) -> dict[str, Record]:
         """Return the existing records among *keys*, in batches of 500 per query."""
-        check_namespace(namespace)
-        wanted = list(dict.fromkeys(check_key(key) for key in keys))
+        rows = self._per_key("get_many", COLUMNS, namespace, keys)
+        return {row[0]: record_from_row(namespace, row) for row in rows}
 
-        def query(connection: sqlite3.Connection) -> dict[str, Record]:
-            found: dict[str, Record] = {}
+    def get_states(self, namespace: str, keys: Iterable[str]) -> dict[str, str]:
+        """Return the state of each existing record among *keys*, in batches of 500 per query.
+
+        Never decodes a document (the slow part of :meth:`get_many`): see
+        :class:`~mailtether.stores._protocol.StateLookup`.
+        """
+        return dict(self._per_key("get_states", "key, state", namespace, keys))
+
+    def _per_key(
+        self, what: str, columns: str, namespace: str, keys: Iterable[str]
+    ) -> list[tuple[Any, ...]]:
+        """The rows of *columns* of the existing records among *keys*, a query per 500."""
+        check_namespace(namespace)
+        wanted = check_keys(keys)
+        # Only "?" placeholders are formatted in; the keys travel as parameters.
+        select = f"SELECT {columns} FROM mailtether_records WHERE namespace = ? AND key IN "  # noqa: S608
+        full = f"{select}({','.join('?' * _BATCH)})"
+
+        def query(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            rows: list[tuple[Any, ...]] = []
             for start in range(0, len(wanted), _BATCH):
                 chunk = wanted[start : start + _BATCH]
-                # Only "?" placeholders are formatted in; the keys travel as parameters.
-                sql = _SELECT_MANY.format(marks=",".join("?" * len(chunk)))
-                for row in connection.execute(sql, (namespace, *chunk)):
-                    found[row[0]] = record_from_row(namespace, row)
-            return found
+                sql = full if len(chunk) == _BATCH else f"{select}({','.join('?' * len(chunk))})"
+                rows += connection.execute(sql, (namespace, *chunk))
+            return rows
 
-        return self._run("get_many", query)
+        return self._run(what, query)
 
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
         """Apply several writes as :meth:`put` would, in one transaction.
