@@ -3,6 +3,11 @@
 Run: ``.venv/bin/python benchmarks/strategies.py`` (tenacity comes with the ``dev`` extra).
 Each figure is the median over several timeit repeats of the cost of one call, cycling
 through attempts 1..12; the ratio is tenacity's time divided by ours (> 1: we are faster).
+
+``Backoff.failed`` is set beside tenacity's ``wait_exponential`` call as well: it does more
+(reads the clock, runs the strategy, records attempt, outage start, last delay and next
+attempt time), and the goal is that all of it costs at most half of tenacity's wait. It runs
+on the system clock, the default (a FakeClock's lock would be measured otherwise).
 """
 
 from __future__ import annotations
@@ -15,8 +20,7 @@ from importlib.metadata import version
 
 import tenacity
 
-from mailtether import Backoff, Exponential
-from mailtether.testing import FakeClock
+from mailtether import SYSTEM_CLOCK, Backoff, Exponential
 
 ATTEMPTS = 12
 CALLS = 20_000
@@ -73,8 +77,11 @@ def main() -> int:
         for k in attempts:
             ours_decorrelated.delay(k, 0.0)
 
-    clock = FakeClock()
-    backoff = Backoff(Exponential(1, growth=1, max_delay=600, max_attempts=ATTEMPTS), clock=clock)
+    backoff = Backoff(
+        Exponential(1, growth=1, max_delay=600, max_attempts=ATTEMPTS), clock=SYSTEM_CLOCK
+    )
+    assert [backoff.failed() for _ in attempts] == ours, "Backoff follows another schedule"
+    backoff.succeeded()
 
     def run_backoff() -> None:
         for _ in attempts:
@@ -83,6 +90,7 @@ def main() -> int:
 
     rows = [
         ("exponential", per_call(run_ours_exp), "wait_exponential", per_call(run_theirs_exp)),
+        ("Backoff.failed", per_call(run_backoff), "wait_exponential", per_call(run_theirs_exp)),
         (
             "full jitter",
             per_call(run_ours_full),
@@ -91,14 +99,14 @@ def main() -> int:
         ),
     ]
     print(f"Python {sys.version.split()[0]}, tenacity {version('tenacity')}")
-    print(f"{'case':<14}{'mailtether':>14}{'tenacity':>14}{'ratio':>9}   (ns per next-delay call)")
+    print(f"{'case':<16}{'mailtether':>12}{'tenacity':>12}{'ratio':>8}{'ours/theirs':>13}")
     for case, ours, peer_name, theirs in rows:
-        print(f"{case:<14}{ours:>12.0f}ns{theirs:>12.0f}ns{theirs / ours:>8.2f}x   vs {peer_name}")
-    print(f"{'decorrelated':<14}{per_call(run_ours_decorrelated):>12.0f}ns{'(no peer)':>14}")
-    print(
-        f"{'Backoff.failed':<14}{per_call(run_backoff):>12.0f}ns{'(no peer)':>14}"
-        "   incl. state + clock"
-    )
+        print(
+            f"{case:<16}{ours:>10.0f}ns{theirs:>10.0f}ns{theirs / ours:>7.2f}x"
+            f"{ours / theirs:>12.2f}   vs {peer_name}"
+        )
+    print(f"{'decorrelated':<16}{per_call(run_ours_decorrelated):>10.0f}ns{'(no peer)':>12}")
+    print("(ns per call; ratio > 1: we are faster. Goal for Backoff.failed: ours/theirs <= 0.5)")
     return 0
 
 

@@ -120,3 +120,85 @@ def test_giving_up_is_sticky_even_if_the_strategy_would_answer_again():
     assert backoff.failed() == 1.0
     assert backoff.failed() is None
     assert backoff.failed() is None, "a source that gave up stays BLOCKED until reset"
+
+
+def test_failed_builds_no_state_value_until_one_is_asked_for(monkeypatch):
+    import mailtether._backoff as module
+
+    built = []
+
+    class Counting(BackoffState):
+        def __init__(self, **fields: object) -> None:
+            built.append(fields)
+            super().__init__(**fields)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "BackoffState", Counting)
+    clock = FakeClock(wall=1_000.0)
+    backoff = Backoff(Exponential(1, growth=1, max_attempts=100), clock=clock)
+    for _ in range(10):
+        backoff.failed()
+    assert built == []
+    state = backoff.state
+    assert len(built) == 1
+    assert backoff.state is state, "read twice, built once"
+    assert state.attempt == 10
+    assert state.offline_since == 1_000.0
+    assert state.last_delay == 2.0**9
+    assert state.next_attempt_at == 1_000.0 + 2.0**9
+    backoff.failed()
+    assert backoff.state.attempt == 11, "a failure after a read gives a new value"
+
+
+def test_a_restored_state_is_kept_as_given():
+    state = BackoffState(attempt=3, offline_since=10.0, last_delay=4.0, next_attempt_at=14.0)
+    backoff = Backoff(Fixed(5), clock=FakeClock(), state=state)
+    assert backoff.state is state
+    backoff.succeeded()
+    assert backoff.state == BackoffState()
+
+
+def test_the_state_after_giving_up_keeps_the_outage_and_the_last_delay():
+    clock = FakeClock(wall=2_000.0)
+    backoff = Backoff(Fixed(7, max_attempts=1), clock=clock)
+    backoff.failed()
+    clock.advance(7)
+    assert backoff.failed() is None
+    assert backoff.state == BackoffState(
+        attempt=1, offline_since=2_000.0, last_delay=7.0, next_attempt_at=None, gave_up=True
+    )
+
+
+@pytest.mark.parametrize("answer", [math.nan, math.inf, -0.5])
+def test_a_wait_that_is_not_finite_and_positive_is_refused(answer):
+    class Bad:
+        def delay(self, attempt: int, offline_for: float) -> float | None:
+            return answer
+
+    backoff = Backoff(Bad(), clock=FakeClock())
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        backoff.failed()
+    assert backoff.state == BackoffState(), "a refused answer changes nothing"
+
+
+def test_an_int_wait_comes_back_as_a_float():
+    class Whole:
+        def delay(self, attempt: int, offline_for: float) -> float | None:
+            return 3  # type: ignore[return-value]
+
+    delay = Backoff(Whole(), clock=FakeClock()).failed()
+    assert delay == 3.0
+    assert type(delay) is float
+
+
+def test_strategy_and_clock_can_be_swapped():
+    first, second = FakeClock(wall=100.0), FakeClock(wall=500.0)
+    backoff = Backoff(Fixed(1), clock=first)
+    backoff.failed()
+    backoff.clock = second
+    backoff.strategy = Fixed(9)
+    assert backoff.clock is second
+    assert backoff.failed() == 9.0
+    assert backoff.offline_for == 400.0
+    with pytest.raises(TypeError, match="ReconnectStrategy"):
+        backoff.strategy = "fixed:5"  # type: ignore[assignment]
+    assert backoff.failed() == 9.0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -68,6 +68,10 @@ class BackoffState:
         return cls(**data)
 
 
+_ONLINE = BackoffState()
+_INF = math.inf
+
+
 class Backoff:
     """Runs a :class:`~mailtether.ReconnectStrategy` for one source.
 
@@ -76,7 +80,9 @@ class Backoff:
     :meth:`succeeded` once connected. :attr:`state` is a plain value; pass it back in after
     a restart so the schedule continues where it stood.
 
-    A ``Backoff`` is meant for one source driven by one thread.
+    A ``Backoff`` is meant for one source driven by one thread. :meth:`failed` costs little
+    more than the strategy's own ``delay``: the fields live in the runner, and the
+    :class:`BackoffState` value is built (and validated) only when :attr:`state` is read.
 
     Example:
         >>> from mailtether import Backoff, Exponential
@@ -92,7 +98,18 @@ class Backoff:
         0
     """
 
-    __slots__ = ("_state", "clock", "strategy")
+    __slots__ = (
+        "_attempt",
+        "_clock",
+        "_delay",
+        "_gave_up",
+        "_last_delay",
+        "_next_attempt_at",
+        "_now",
+        "_since",
+        "_state",
+        "_strategy",
+    )
 
     def __init__(
         self,
@@ -101,29 +118,65 @@ class Backoff:
         clock: Clock = SYSTEM_CLOCK,
         state: BackoffState | None = None,
     ) -> None:
-        if not callable(getattr(strategy, "delay", None)):
-            raise TypeError(f"Backoff needs a ReconnectStrategy, not {type(strategy).__name__}")
+        self.strategy = strategy
         if state is not None and not isinstance(state, BackoffState):
             raise TypeError(f"state must be a BackoffState, not {type(state).__name__}")
-        self.strategy = strategy
-        """The schedule being followed."""
         self.clock = clock
+        self._restore(state if state is not None else _ONLINE)
+
+    @property
+    def strategy(self) -> ReconnectStrategy:
+        """The schedule being followed."""
+        return self._strategy
+
+    @strategy.setter
+    def strategy(self, strategy: ReconnectStrategy) -> None:
+        delay = getattr(strategy, "delay", None)
+        if not callable(delay):
+            raise TypeError(f"Backoff needs a ReconnectStrategy, not {type(strategy).__name__}")
+        self._strategy = strategy
+        self._delay: Callable[[int, float], float | None] = delay
+
+    @property
+    def clock(self) -> Clock:
         """Where the time comes from."""
-        self._state = state if state is not None else BackoffState()
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: Clock) -> None:
+        self._clock = clock
+        self._now: Callable[[], float] = clock.time
+
+    def _restore(self, state: BackoffState) -> None:
+        self._state: BackoffState | None = state
+        self._attempt = state.attempt
+        self._since = state.offline_since
+        self._last_delay = state.last_delay
+        self._next_attempt_at = state.next_attempt_at
+        self._gave_up = state.gave_up
 
     @property
     def state(self) -> BackoffState:
         """The current state, to save (``state.to_dict()``) and restore later."""
-        return self._state
+        state = self._state
+        if state is None:
+            state = self._state = BackoffState(
+                attempt=self._attempt,
+                offline_since=self._since,
+                last_delay=self._last_delay,
+                next_attempt_at=self._next_attempt_at,
+                gave_up=self._gave_up,
+            )
+        return state
 
     @property
     def offline_for(self) -> float:
         """Seconds since the connection was lost; 0 while online."""
-        since = self._state.offline_since
+        since = self._since
         if since is None:
             return 0.0
         # A wall clock stepped backwards must not produce a negative outage.
-        return max(0.0, self.clock.time() - since)
+        return max(0.0, self._now() - since)
 
     def failed(self) -> float | None:
         """Record a lost connection or failed attempt; return the wait before the next one.
@@ -131,40 +184,42 @@ class Backoff:
         Returns:
             Seconds to wait, or ``None`` if the strategy gives up (it keeps answering
             ``None`` until :meth:`reset`).
+
+        Raises:
+            ValueError: the strategy answered a negative, infinite or NaN wait.
         """
-        state = self._state
-        if state.gave_up:
+        if self._gave_up:
             return None
-        now = self.clock.time()
-        since = state.offline_since if state.offline_since is not None else now
-        attempt = state.attempt + 1
-        delay = self.strategy.delay(attempt, max(0.0, now - since))
+        now = self._now()
+        since = self._since
+        if since is None:
+            since = now
+        attempt = self._attempt + 1
+        # A wall clock stepped backwards must not produce a negative outage.
+        delay = self._delay(attempt, now - since if now > since else 0.0)
         if delay is None:
-            self._state = attrs.evolve(
-                state, offline_since=since, next_attempt_at=None, gave_up=True
-            )
+            self._since, self._next_attempt_at, self._gave_up = since, None, True
+            self._state = None
             return None
-        delay = float(delay)
-        if not math.isfinite(delay) or delay < 0:
+        if delay.__class__ is not float:
+            delay = float(delay)
+        if not 0.0 <= delay < _INF:
             raise ValueError(
-                f"{self.strategy!r} answered {delay!r} for attempt {attempt}: a wait must be "
+                f"{self._strategy!r} answered {delay!r} for attempt {attempt}: a wait must be "
                 "finite and >= 0 (run mailtether.testing.check_strategy on it)"
             )
-        self._state = BackoffState(
-            attempt=attempt,
-            offline_since=since,
-            last_delay=delay,
-            next_attempt_at=now + delay,
-        )
+        self._attempt, self._since, self._last_delay = attempt, since, delay
+        self._next_attempt_at = now + delay
+        self._state = None
         return delay
 
     def succeeded(self) -> None:
         """Record a successful connection: the next failure starts the schedule over."""
-        self._state = BackoffState()
+        self._restore(_ONLINE)
 
     def reset(self) -> None:
         """Start the schedule over, e.g. when a person resumes a source that gave up."""
-        self._state = BackoffState()
+        self._restore(_ONLINE)
 
     def __repr__(self) -> str:
-        return f"Backoff({self.strategy!r}, state={self._state!r})"
+        return f"Backoff({self._strategy!r}, state={self.state!r})"
