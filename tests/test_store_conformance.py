@@ -165,7 +165,8 @@ def test_get_states_follows_writes_and_deletes(store):
 
 def test_odd_keys_and_documents_round_trip_in_batches(store):
     documents = {
-        key: {"text": f'{key}\n\u2028 "quoted" {index}'} for index, key in enumerate(ODD_KEYS)
+        key: {"text": f'{key}\n\u2028 "quoted" {index}', "nul": "\x00 \\u0000"}
+        for index, key in enumerate(ODD_KEYS)
     }
     results = store.put_many(Write("guard", key, "done", data) for key, data in documents.items())
     assert [r.key for r in results] == ODD_KEYS

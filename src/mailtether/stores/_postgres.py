@@ -7,6 +7,7 @@ with SQLiteStore are in ``_sql_records``; the watchdog of its calls is ``_postgr
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import select
@@ -44,6 +45,7 @@ _BATCH: Final = 1000
 _POOL: Final = 8
 _GROUP_ROWS: Final = 500  # writes of put_many in one statement, at most
 _NOW: Final = "extract(epoch from clock_timestamp())::float8"
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
 _SLACK: Final = 1.0
 """Seconds past ``statement_timeout`` after which an unanswered call is given up."""
 
@@ -176,11 +178,12 @@ class PostgresStore(PutFromPutMany):
         self._p = table_prefix
         self._pool: Pool[Any] = Pool(self._connect, size=_POOL, usable=_usable)
         table = f"{table_prefix}_records"
+        # The rows travel as one JSON array of [key, state, data(, version)] arrays, a fixed
+        # statement per kind (see _many_statement).
         insert = (
             f"INSERT INTO {table} AS r (namespace, key, state, data, version, updated_at) "  # noqa: S608
-            f"SELECT %s, v.key, v.state, v.data, 1, {_NOW} "
-            "FROM unnest(%s::text[], %s::text[], %s::text[]) AS v (key, state, data) "
-            "ON CONFLICT (namespace, key) "
+            f"SELECT %s, w->>0, w->>1, w->>2, 1, {_NOW} "
+            "FROM json_array_elements(%s::json) AS v (w) ON CONFLICT (namespace, key) "
         )
         returning = " RETURNING key, version, updated_at"
         self._create_many = insert + "DO NOTHING" + returning
@@ -189,11 +192,10 @@ class PostgresStore(PutFromPutMany):
             "version = r.version + 1, updated_at = excluded.updated_at" + returning
         )
         self._update_many = (
-            f"UPDATE {table} AS r SET state = v.state, data = v.data, "  # noqa: S608
-            f"version = r.version + 1, updated_at = {_NOW} "
-            "FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[]) "
-            "AS v (key, version, state, data) WHERE r.namespace = %s AND r.key = v.key "
-            "AND r.version = v.version RETURNING r.key, r.version, r.updated_at"
+            f"UPDATE {table} AS r SET state = w->>1, data = w->>2, "  # noqa: S608
+            f"version = r.version + 1, updated_at = {_NOW} FROM json_array_elements(%s::json) "
+            "AS v (w) WHERE r.namespace = %s AND r.key = w->>0 AND r.version = (w->>3)::bigint "
+            "RETURNING r.key, r.version, r.updated_at"
         )
         self._records = SQLRecords(
             self._run,
@@ -330,18 +332,21 @@ class PostgresStore(PutFromPutMany):
     def _many_statement(self, run: WriteRun) -> Statement:
         """The statement for a run of writes of one kind to distinct keys of one namespace.
 
-        One fixed text per kind, the rows in arrays (``unnest``): psycopg parses and caches a
-        statement with few parameters once, where a multi-row ``VALUES`` list of up to 2 000
-        parameters was parsed again on every call (about 2.4 ms for 500 rows).
+        One fixed text per kind, the rows in one JSON array: psycopg parses a statement with
+        few parameters once and keeps it, where a multi-row ``VALUES`` list of up to 2 000
+        parameters was parsed again on every call (about 2.4 ms for 500 rows); and one JSON
+        text is made in C, where text arrays are escaped element by element in Python
+        (500 rows: 4.3 ms as JSON, 6.3 ms as arrays for ``unnest``, 10.1 ms as ``VALUES``).
         """
         kind, writes, texts = run
-        keys = [write.key for write in writes]
-        states = [write.state for write in writes]
         if kind == "update":
-            expects = [write.expect for write in writes]
-            return self._update_many, [keys, expects, states, texts, writes[0].namespace]
+            rows = _ENCODER.encode(
+                [(w.key, w.state, t, w.expect) for w, t in zip(writes, texts, strict=True)]
+            )
+            return self._update_many, [rows, writes[0].namespace]
+        rows = _ENCODER.encode([(w.key, w.state, t) for w, t in zip(writes, texts, strict=True)])
         sql = self._create_many if kind == "create" else self._upsert_many
-        return sql, [writes[0].namespace, keys, states, texts]
+        return sql, [writes[0].namespace, rows]
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""
