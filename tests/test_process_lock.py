@@ -1,9 +1,17 @@
-"""ProcessLock and acquire_lease, driven step by step on a manual FakeClock."""
+"""ProcessLock and acquire_lease, driven step by step on a manual FakeClock.
+
+The thread tests count threads by name: a lock's heartbeat thread is
+``mailtether-lock-<name>``, the shared watch ``mailtether-lease-watch``; each test uses its
+own lock name so threads of other tests (ending in the background) are not counted.
+"""
 
 from __future__ import annotations
 
+import gc
+import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -35,6 +43,7 @@ class FlakyStore(MemoryStore):
     def __init__(self, clock: FakeClock) -> None:
         super().__init__(clock=clock)
         self.renewals = 0
+        self.renewed_on: list[threading.Thread] = []
         self.fail_with: BaseException | None = None
         self.hang = threading.Event()
         self.release_hang = threading.Event()
@@ -42,6 +51,7 @@ class FlakyStore(MemoryStore):
 
     def renew(self, lease: Lease, ttl: float | None = None) -> Lease:
         self.renewals += 1
+        self.renewed_on.append(threading.current_thread())
         if self.hang.is_set():
             self.release_hang.wait(10)
         if self.clock_during_renew is not None:
@@ -248,3 +258,246 @@ def test_acquire_lease_stops_on_request():
     stop = threading.Event()
     stop.set()
     assert acquire_lease(store, "poll", ttl=60, timeout=30, clock=clock, stop=stop) is None
+
+
+# -- the heartbeat thread: one per lock, kept across holds --------------------------------------
+
+
+def heartbeat_threads(name: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"mailtether-lock-{name}"]
+
+
+def watch_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "mailtether-lease-watch"}
+
+
+def test_one_heartbeat_thread_serves_a_hundred_holds(clock, store):
+    lock = ProcessLock(store, "hundred", ttl=30, clock=clock)
+    seen = set()
+    tokens = []
+    for _ in range(100):
+        with lock:
+            threads = heartbeat_threads("hundred")
+            assert len(threads) == 1
+            seen.add(threads[0].ident)
+            tokens.append(lock.token)
+        assert store.holder("hundred") is None, "released on every exit"
+    assert len(seen) == 1, "the same thread for every hold"
+    assert tokens == sorted(set(tokens)), "a new fencing token for every hold"
+    assert len(heartbeat_threads("hundred")) == 1, "kept (parked) after the last hold"
+    assert store.renewals == 0, "no renewal: the clock never moved"
+    assert lock.close()
+    assert heartbeat_threads("hundred") == []
+
+
+def test_after_many_holds_renewals_still_come_on_schedule_on_the_heartbeat_thread(clock, store):
+    lock = ProcessLock(store, "renews", ttl=30, clock=clock)
+    for _ in range(100):
+        with lock:
+            pass
+    [thread] = heartbeat_threads("renews")
+    with lock:
+        first = lock.lease
+        for beat in range(1, 4):
+            clock.advance(10)  # the schedule is absolute: no need to wait for the sleeper
+            eventually(
+                lambda beat=beat: (
+                    store.renewals == beat and lock.lease.expires_at == first.expires_at + 10 * beat
+                )
+            )
+        assert not lock.lost
+        lock.check()
+    assert store.renewed_on == [thread] * 3, "every renewal ran on the one heartbeat thread"
+    assert heartbeat_threads("renews") == [thread]
+    lock.close()
+
+
+def test_after_many_holds_a_lost_lease_is_still_noticed(clock, store):
+    called: list[LeaseLost] = []
+    lock = ProcessLock(store, "noticed", ttl=30, clock=clock, on_lost=called.append)
+    for _ in range(100):
+        with lock:
+            pass
+    with lock:
+        store.release(lock.lease)  # someone broke the lock
+        clock.advance(10)
+        assert lock.lost_event.wait(5)
+        assert lock.lost
+        with pytest.raises(LeaseLost, match="no longer held"):
+            lock.check()
+    assert len(called) == 1
+    assert lock.lost, "still tells the last hold was lost"
+    with lock:  # a new hold starts clean, on the same thread
+        assert not lock.lost
+        assert not lock.lost_event.is_set()
+        assert len(heartbeat_threads("noticed")) == 1
+    lock.close()
+
+
+def test_between_holds_the_thread_is_parked_and_renews_nothing(clock, store):
+    lock = ProcessLock(store, "parked", ttl=30, clock=clock)
+    with lock:
+        clock.wait_for_sleepers(1)
+    clock.advance(10)  # the held lease's beat comes: the thread wakes, finds no hold
+    eventually(lambda: clock.sleepers == 0)
+    clock.advance(1000)
+    assert store.renewals == 0
+    assert len(heartbeat_threads("parked")) == 1
+    with lock:  # unparked: it sleeps until this hold's first beat
+        clock.wait_for_sleepers(1)
+        assert clock.sleeps[-1] == 10.0
+        clock.advance(10)
+        eventually(lambda: store.renewals == 1)
+    lock.close()
+
+
+def test_a_renewal_in_flight_does_not_hold_up_leaving_the_block(clock, store):
+    called: list[LeaseLost] = []
+    lock = ProcessLock(store, "leaving", ttl=30, clock=clock, on_lost=called.append)
+    with lock:
+        clock.wait_for_sleepers(1)
+        store.hang.set()
+        clock.advance(10)
+        eventually(lambda: store.renewals == 1)
+    assert store.holder("leaving") is None, "released while the renewal hangs"
+    store.hang.clear()
+    store.release_hang.set()  # the renewal is answered (refused: the lease was released)
+    eventually(lambda: store.renewed_on and clock.sleepers == 0)
+    assert not called, "the refusal of an ended hold is nobody's loss"
+    assert not lock.lost
+    lock.close()
+
+
+def test_a_hold_taken_while_a_renewal_hangs_still_has_its_expiry_watched(clock, store):
+    lock = ProcessLock(store, "stuck", ttl=30, clock=clock)
+    with lock:
+        clock.wait_for_sleepers(1)
+        store.hang.set()
+        clock.advance(10)
+        eventually(lambda: store.renewals == 1)  # the heartbeat thread is stuck in it
+    with lock:  # at 10: valid until 40, and the thread cannot get to it
+        clock.advance(29.9)
+        assert not lock.lost_event.wait(0.05)
+        clock.advance(0.1)
+        assert lock.lost_event.wait(5), "noticed at this hold's expiry"
+        with pytest.raises(LeaseLost, match="got no answer"):
+            lock.check()
+        store.release_hang.set()
+    lock.close()
+
+
+def test_close_ends_the_thread_and_the_lock_can_be_held_again(clock, store):
+    lock = ProcessLock(store, "closed", ttl=30, clock=clock)
+    assert lock.close(), "closing a lock never held"
+    with lock:
+        [first] = heartbeat_threads("closed")
+    assert lock.close()
+    assert not first.is_alive()
+    assert heartbeat_threads("closed") == []
+    with lock:
+        [second] = heartbeat_threads("closed")
+        assert second is not first
+        assert lock.close(), "closing a held lock releases it"
+        assert store.holder("closed") is None
+    assert heartbeat_threads("closed") == []
+
+
+def test_close_from_on_lost_on_the_heartbeat_thread(clock, store):
+    lock = ProcessLock(store, "self-closing", ttl=30, clock=clock)
+    closed: list[bool] = []
+    lock.on_lost = lambda _: closed.append(lock.close())
+    with lock:
+        clock.wait_for_sleepers(1)
+        store.fail_with = StoreError("connection refused")
+        clock.advance(10)
+        assert lock.lost_event.wait(5)
+    assert closed == [True]
+    eventually(lambda: heartbeat_threads("self-closing") == [])
+
+
+def _refers_to(lock: ProcessLock) -> Callable[[LeaseLost], None]:
+    return lambda _: lock.check()
+
+
+@pytest.mark.parametrize("state", ["sleeping", "parked"])
+@pytest.mark.parametrize("cycle", [False, True], ids=["plain", "in-a-cycle"])
+def test_a_dropped_lock_ends_its_thread(clock, store, state, cycle):
+    name = f"dropped-{state}-{cycle}"
+    lock = ProcessLock(store, name, ttl=30, clock=clock)
+    if cycle:  # the thread must not keep a lock alive that only a cycle refers to
+        lock.on_lost = _refers_to(lock)
+    with lock:
+        clock.wait_for_sleepers(1)
+    if state == "parked":
+        clock.advance(10)
+        eventually(lambda: clock.sleepers == 0)
+    [thread] = heartbeat_threads(name)
+    del lock
+    gc.collect()
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_the_watch_thread_ends_with_the_last_lock_on_its_clock(clock, store):
+    before = watch_threads()
+    locks = [ProcessLock(store, f"watched-{n}", ttl=30, clock=clock) for n in range(3)]
+    for lock in locks:
+        lock.__enter__()
+    clock.wait_for_sleepers(3)
+    clock.advance(10)  # three renewals: the watch thread starts for them
+    eventually(lambda: store.renewals == 3)
+    ours = watch_threads() - before
+    assert len(ours) == 1, "one watch thread for all the locks on one clock"
+    for lock in locks[:2]:
+        lock.__exit__(None, None, None)
+        assert lock.close()
+    [watch] = ours
+    assert watch.is_alive(), "still serving the third lock"
+    locks[2].__exit__(None, None, None)
+    assert locks[2].close()
+    watch.join(5)
+    assert not watch.is_alive()
+
+
+def test_no_thread_is_left_after_a_lost_hold_and_close(clock, store):
+    lock = ProcessLock(store, "leftover", ttl=30, clock=clock)
+    before = set(threading.enumerate())
+    with lock:
+        clock.wait_for_sleepers(1)
+        store.hang.set()
+        clock.advance(10)
+        eventually(lambda: store.renewals == 1)
+        clock.advance(20)
+        assert lock.lost_event.wait(5)
+        store.release_hang.set()
+    assert lock.close()
+    eventually(lambda: set(threading.enumerate()) <= before)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_its_own_heartbeat_thread():
+    store = MemoryStore()
+    lock = ProcessLock(store, "forked", ttl=60)  # the system clock: nothing held at the fork
+    with lock:
+        pass
+    [parent_thread] = heartbeat_threads("forked")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: on purpose
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        code = 1
+        try:
+            with lock:
+                lock.check()
+                threads = heartbeat_threads("forked")
+                alive = len(threads) == 1 and threads[0].is_alive()
+            released = store.holder("forked") is None
+            code = 0 if alive and lock.close() and released else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert heartbeat_threads("forked") == [parent_thread], "the parent's thread lives on"
+    with lock:
+        assert heartbeat_threads("forked") == [parent_thread]
+    assert lock.close()
