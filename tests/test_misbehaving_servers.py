@@ -8,6 +8,7 @@ than the fault explains.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -272,3 +273,29 @@ def test_the_mailbox_is_changed_with_silent_stores(server, after, store):
     stores = [command for command in server.commands if " STORE " in f" {command}"]
     assert stores, server.commands
     assert all(".SILENT" in command for command in stores), stores
+
+
+def test_answers_mixed_by_a_server_working_on_pipelined_commands_lose_nothing(monkeypatch):
+    """A STORE sent behind a FETCH is answered amid the FETCH's items, or the other way."""
+    import mailtether._pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "_FETCH_MOST", 10)
+    with ScriptedImapServer(user=USER, password=PASSWORD) as server:
+        for n in range(1, 41):
+            server.append(mail(n))
+        server.answer_out_of_order(wait=0.5)
+        handler = Handled()
+        # Batches of 10 on a connection whose STOREs go out while FETCHes are on their way.
+        listener = listen(server, handler, guard=None)
+        try:
+            assert listener.wait_for_catch_ups(1, timeout=30)
+        finally:
+            listener.stop()
+        assert handler.calls == Counter({f"mail {n}": 1 for n in range(1, 41)})
+        assert all(b"\\Seen" in server.flags(uid) for uid in range(1, 41))
+        assert held(listener) == {}
+        assert server.connections == 1
+        mixed = [c for c in server.commands if "STORE" in c or "FETCH" in c]
+        assert any("STORE" in a and "BODY" in b for a, b in itertools.pairwise(mixed)), mixed
+        fetches = [c for c in mixed if "BODY.PEEK" in c]
+        assert len(fetches) == 4, "each batch asked for once: no answer was lost or misread"

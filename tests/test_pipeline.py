@@ -38,6 +38,7 @@ class MemoryMailbox:
         self.guard = guard
         self.mails: dict[int, bytes] = {}
         self.applied: list[tuple[tuple[int, ...], str]] = []
+        self.confirmed: list[tuple[int, ...]] = []
         self.states_when_applied: list[str] = []
         self.uses_cursor = uses_cursor
         self.base = MessageKey.imap("a@example.com", "INBOX", 7, 1)
@@ -85,11 +86,12 @@ class MemoryMailbox:
     def describe(self, position: int) -> str:
         return f"UID {position}"
 
-    def apply(self, positions: Sequence[int], action: PostAction) -> None:
+    def apply(self, positions: Sequence[int], action: PostAction) -> Callable[[], None]:
         self.applied.append((tuple(positions), str(action)))
         for position in positions:
             entry = self.guard.lookup(self.base.with_uid(position))
             self.states_when_applied.append(entry.state if entry else "unknown")
+        return lambda: self.confirmed.append(tuple(positions))
 
 
 def make(

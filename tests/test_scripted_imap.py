@@ -360,6 +360,7 @@ def test_stop_closes_every_connection_even_a_silent_one(filled, wire):
         (lambda s: s.flood_expunge(0), "count"),
         (lambda s: s.never_answer("FETCH *"), "command"),
         (lambda s: s.split_writes(0), "size"),
+        (lambda s: s.answer_out_of_order(-1), "wait"),
         (lambda s: s.change_uidvalidity(2**32), "uidvalidity"),
         (lambda s: s.append("text"), "raw"),
         (lambda s: s.append(b"x", flags=[b"\\Recent"]), "flags"),
@@ -601,6 +602,26 @@ def test_split_writes_sends_every_answer_in_pieces(filled, connect, wire):
     started = time.monotonic()
     wire()
     assert time.monotonic() - started < 5  # ... unless cleared
+
+
+def test_answer_out_of_order_mixes_the_answers_of_pipelined_commands(filled, wire):
+    filled.answer_out_of_order(wait=5)
+    raw = wire().selected()
+    # A FETCH and a STORE sent together: the STORE's OK comes amid the FETCH's items.
+    raw.sock.sendall(b"f UID FETCH 1:3 (FLAGS)\r\ns UID STORE 3 +FLAGS.SILENT (\\Seen)\r\n")
+    answer = raw.until(b"f OK")
+    assert answer.index(b"s OK") < answer.index(b"* 2 FETCH"), answer
+    assert answer.index(b"* 1 FETCH") < answer.index(b"s OK"), answer
+    # A STORE and a FETCH: the FETCH's whole answer comes before the STORE's OK.
+    raw.until(b"\r\n")
+    raw.sock.sendall(b"t UID STORE 1 +FLAGS.SILENT (\\Seen)\r\ng UID FETCH 2 (FLAGS)\r\n")
+    answer = raw.until(b"t OK")
+    assert answer.index(b"g OK") < answer.index(b"t OK"), answer
+    assert b"* 2 FETCH" in answer
+    filled.clear_faults()
+    started = time.monotonic()
+    assert b"h OK" in raw.command("h", "UID STORE 2 +FLAGS.SILENT (\\Seen)")
+    assert time.monotonic() - started < 4, "cleared: no wait for a next command"
 
 
 def idle_responses(client: IMAPClient, count: int) -> list[object]:

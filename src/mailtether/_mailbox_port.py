@@ -24,6 +24,7 @@ __all__ = [
     "Listing",
     "MailboxPort",
     "PostAction",
+    "made",
 ]
 
 FetchedMail = tuple[bytes, tuple[bytes, ...]]
@@ -95,6 +96,10 @@ class Listing(Sequence[Listed]):
         return Listed(position, self._key_of(position))
 
 
+def made() -> None:
+    """The confirmation of a mailbox change made at once: there is nothing left to read."""
+
+
 class MailboxPort(Protocol):
     """A mailbox as the pipeline drives it, for the length of one connected session.
 
@@ -151,9 +156,14 @@ class MailboxPort(Protocol):
     def describe(self, position: int) -> str:
         """A position as a person reads it in a status: ``"UID 17"``, ``"message 3"``."""
 
-    def apply(self, positions: Sequence[int], action: PostAction) -> None:
-        """Apply *action* to these mails, whose outcomes are recorded.
+    def apply(self, positions: Sequence[int], action: PostAction) -> Callable[[], None]:
+        """Apply *action* to these mails, whose outcomes are recorded; return its confirmation.
+
+        A source that can pipeline sends the change here and reads the server's answer when
+        the returned function is called (once); others make the change here and return
+        :func:`made`. Until it is confirmed, the pipeline counts the change as not made.
 
         Raises:
-            MailboxUnchangeable: the mailbox refused the change.
+            MailboxUnchangeable: the mailbox refused the change (from this method, or from
+                the returned function).
         """

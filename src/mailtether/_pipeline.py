@@ -22,7 +22,14 @@ from mailtether._errors import CommandFailed, ConnectionLost, one_line
 from mailtether._guard import Claim, DuplicateGuard
 from mailtether._guard_states import ClaimStatus
 from mailtether._handover import Handover
-from mailtether._mailbox_port import SIZE_UNKNOWN, FetchedMail, Listed, MailboxPort, PostAction
+from mailtether._mailbox_port import (
+    SIZE_UNKNOWN,
+    FetchedMail,
+    Listed,
+    MailboxPort,
+    PostAction,
+    made,
+)
 from mailtether._message_key import MessageKey
 from mailtether._redaction import redacting_logger
 from mailtether._status import StatusBoard
@@ -157,10 +164,19 @@ class Pipeline:
         fetches = _Fetches(port, windows, fence.check, self._per_mail)
         busy: tuple[str, ...] = ()
         handled = 0
+        # The last batch's mailbox change, sent but not yet confirmed, and its last position:
+        # the cursor passes the batch once the server has confirmed the change.
+        unconfirmed: tuple[Callable[[], None], int] | None = None
         try:
             for window, batch, fetched, unreadable in fetches:
                 if not set(window.busy) <= set(busy):
                     busy = tuple(sorted({*busy, *window.busy}))
+                if unconfirmed is not None:  # its answer is in by now: the server made the
+                    confirm, position = unconfirmed  # change while it sent this batch
+                    unconfirmed = None
+                    confirm()
+                    if port.uses_cursor:
+                        last = self._advance(port, last, position, busy)
                 if not batch:  # the window is worked through: the cursor passes all of it
                     if port.uses_cursor:
                         last = self._advance(port, last, window.newest, busy)
@@ -170,13 +186,17 @@ class Pipeline:
                 mails = [(p, keys[p], *fetched[p]) for p in batch if p in fetched]  # else gone
                 bad = [(p, keys[p], reason, False) for p, reason in unreadable.items()]
                 began = self.clock.monotonic()
-                done, failed = self._handle(port, mails, window.fresh, fence, bad)
+                done, failed, confirm = self._handle(port, mails, window.fresh, fence, bad)
                 fetches.handled(len(mails), self.clock.monotonic() - began)
                 handled += done
                 if done or failed:
                     self.status.count(self.name, processed=done, failed=failed)
+                unconfirmed = (confirm, batch[-1])
+            if unconfirmed is not None:  # (each window's end comes after its batches: unused)
+                confirm, position = unconfirmed
+                confirm()
                 if port.uses_cursor:
-                    last = self._advance(port, last, batch[-1], busy)
+                    last = self._advance(port, last, position, busy)
         except ConnectionLost as error:
             if fetches.reading:
                 self._broke(port, fetches.reading, error)
@@ -219,7 +239,8 @@ class Pipeline:
                 if known.get(p, 0) > limit
             ]
             if too_large:
-                done, failed = self._handle(port, [], fresh, fence, too_large)
+                done, failed, confirm = self._handle(port, [], fresh, fence, too_large)
+                confirm()
                 self.status.count(self.name, processed=done, failed=failed)
             todo = sorted(p for p in keys if known.get(p, 0) <= limit)
             yield _Window(
@@ -355,7 +376,7 @@ class Pipeline:
         fresh: set[int],
         fence: Fence,
         unreadable: Sequence[tuple[int, MessageKey, str, bool]] = (),
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, Callable[[], None]]:
         """Hand one fetched batch over; record the outcomes; change the mailbox.
 
         Mail the server could not give (*unreadable*: position, key, reason, hold at once)
@@ -365,7 +386,9 @@ class Pipeline:
         Mail the guard has never seen is claimed in one store write and its outcomes are
         recorded in groups (see *commit_window*); mail it knows (a retry, a claim that
         expired in a crash) goes one at a time, each outcome recorded at once, so a mail
-        that crashes the process is blamed alone. Returns how many were done and failed.
+        that crashes the process is blamed alone. Returns how many were done and failed,
+        and the confirmation of the batch's mailbox change (sent, its answer not yet read:
+        see :meth:`MailboxPort.apply`).
         """
         keys = {position: key.with_content(raw) for position, key, raw, _ in mails}
         # The same content twice in one batch: the second waits until the first is recorded,
@@ -425,8 +448,9 @@ class Pipeline:
         for key in batch.poisoned:
             self.apply_one(port, batch.position_of[key.id], key, self.on_poison)
         # The outcomes are recorded; now the mailbox changes, one command for the batch.
-        self.apply(port, batch.finished, self.after)
-        return batch.done, batch.failed
+        if not batch.finished or self.after.kind == "leave":
+            return batch.done, batch.failed, made
+        return batch.done, batch.failed, port.apply(batch.finished, self.after)
 
     def _one(
         self,
@@ -478,7 +502,7 @@ class Pipeline:
     def apply(self, port: MailboxPort, positions: Sequence[int], action: PostAction) -> None:
         """Change the mailbox for many mails in one go (their outcomes are recorded)."""
         if positions and action.kind != "leave":
-            port.apply(positions, action)
+            port.apply(positions, action)()
 
     def apply_one(
         self, port: MailboxPort, position: int, key: MessageKey, action: PostAction
@@ -487,7 +511,7 @@ class Pipeline:
         if action.kind == "leave":
             return
         self.store.put(_OUTBOX, key.id, "pending", {"action": action.kind, "folder": action.folder})
-        port.apply([position], action)
+        port.apply([position], action)()
         self.store.delete(_OUTBOX, key.id)
 
 

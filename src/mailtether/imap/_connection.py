@@ -9,6 +9,7 @@ the :class:`~mailtether.Keepalive` bound.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import imaplib
@@ -116,7 +117,7 @@ class ImapConnection:
             deadlines=self._deadlines,
             step_seconds=self.keepalive.response_timeout,
         )
-        self._ahead: _Ahead | None = None
+        self._aheads: collections.deque[_Ahead] = collections.deque()  # sent, answers unread
         self._noticed: list[Any] = []  # a change seen in another command's answer
         self.capabilities: frozenset[bytes] = frozenset()
         """What the server offers (after login)."""
@@ -339,32 +340,50 @@ class ImapConnection:
         send: Callable[..., Callable[[], _T]],
         *args: Any,
         expected_bytes: int = 0,
+        interleaves: bool = False,
     ) -> Callable[[], _T]:
         """Send a command now and read its answer later (IMAP pipelining).
 
         ``send(*args)`` sends the command and returns the function that reads its answer.
-        The answer is read when the returned function is called, or before the next command
-        on this connection, whichever comes first; errors are translated as :meth:`call`
-        translates them, and raised by the returned function.
+        Answers are read in the order their commands were sent: when the returned function
+        is called (the answers of commands sent before it first), or before the next
+        :meth:`call` on this connection, whichever comes first. Errors are translated as
+        :meth:`call` translates them, and raised by the returned function.
+
+        A command is sent while others are on their way only if all of them *interleave*:
+        their answers are read through imaplib, which keeps what belongs to another command
+        (a server may work on pipelined commands at once, RFC 3501 section 5.5, and mix
+        their answers: Dovecot does, for a FETCH and a STORE of other mails). Any other
+        command waits until the answers before it are read.
 
         Sending, and reading the answer, must each finish within the step deadline
         (``keepalive.response_timeout``); reading an answer of *expected_bytes* gets one
         more second for every 64 KiB of them.
         """
         with self._locked.held():
+            if self._aheads and not (interleaves and all(a.interleaves for a in self._aheads)):
+                with contextlib.suppress(MailServerError):  # their readers will raise them
+                    self._read_ahead(self._aheads[-1])
             seconds = self.keepalive.response_timeout + expected_bytes / SLOWEST_RATE
-            ahead = _Ahead(doing, self._call(doing, send, *args), seconds)
-            self._ahead = ahead
+            sent = self._run_within(
+                self.keepalive.response_timeout, doing, send, *args, shed=not self._aheads
+            )
+            ahead = _Ahead(doing, sent, seconds, interleaves=interleaves)
+            self._aheads.append(ahead)
         return lambda: self._read_ahead(ahead)
 
     def _read_ahead(self, ahead: _Ahead) -> Any:
         with self._locked.held():
-            if self._ahead is ahead:
-                self._ahead = None
+            while ahead in self._aheads:  # unread: the answers before it come first
+                oldest = self._aheads.popleft()
+                # Another command's answer may come first: its time is this one's too.
+                seconds = oldest.seconds + sum(a.seconds for a in self._aheads)
                 try:
-                    ahead.value = self._call_within(ahead.seconds, ahead.doing, ahead.read)
+                    oldest.value = self._run_within(
+                        seconds, oldest.doing, oldest.read, shed=not self._aheads
+                    )
                 except MailServerError as error:
-                    ahead.error = error
+                    oldest.error = error
             if ahead.error is not None:
                 raise ahead.error
             return ahead.value
@@ -379,12 +398,30 @@ class ImapConnection:
         self, seconds: float, doing: str, function: Callable[..., _T], *args: Any, **kwargs: Any
     ) -> _T:
         with self._locked.held():
+            if self._aheads:  # the answers still on their way come first
+                with contextlib.suppress(MailServerError):  # their readers will raise them
+                    self._read_ahead(self._aheads[-1])
+            return self._run_within(seconds, doing, function, *args, **kwargs)
+
+    def _run_within(
+        self,
+        seconds: float,
+        doing: str,
+        function: Callable[..., _T],
+        *args: Any,
+        shed: bool = True,
+        **kwargs: Any,
+    ) -> _T:
+        """Run *function* now, whatever answers are still on their way.
+
+        With *shed*, the untagged responses no command took are dropped after it (not while
+        other answers are on their way: part of theirs may have come in already).
+        """
+        with self._locked.held():
             self._require()
-            if self._ahead is not None:  # an answer still on its way comes first
-                with contextlib.suppress(MailServerError):  # its reader will raise it
-                    self._read_ahead(self._ahead)
             result = self._locked.call_within(seconds, doing, function, *args, **kwargs)
-            self._shed_untagged()
+            if shed:
+                self._shed_untagged()
             return result
 
     def _shed_untagged(self) -> None:
@@ -563,10 +600,13 @@ class ImapConnection:
 class _Ahead:
     """A command sent by :meth:`ImapConnection.call_ahead` whose answer is not yet used."""
 
-    def __init__(self, doing: str, read: Callable[[], Any], seconds: float) -> None:
+    def __init__(
+        self, doing: str, read: Callable[[], Any], seconds: float, *, interleaves: bool
+    ) -> None:
         self.doing = doing
         self.read = read
         self.seconds = seconds  # to read the answer in
+        self.interleaves = interleaves  # read through imaplib: may be sent beside others
         self.value: Any = None
         self.error: MailServerError | None = None
 

@@ -30,6 +30,7 @@ from mailtether._errors import CommandFailed
 __all__ = [
     "fetch_mail",
     "fetch_sizes",
+    "imaplib_of",
     "message_set",
     "search_uids",
     "send_fetch",
@@ -69,7 +70,7 @@ def send_fetch(client: IMAPClient, uids: Sequence[int]) -> Callable[[], dict[int
     wanted = list(uids)
     if not wanted:
         return dict
-    imap = _imaplib_of(client)
+    imap = imaplib_of(client)
     if (
         imap is None
     ):  # not the imapclient this was written against: take its public road, at read time
@@ -111,7 +112,7 @@ def send_sizes(client: IMAPClient, uids: Sequence[int]) -> Callable[[], dict[int
     wanted = set(uids)
     if not wanted:
         return dict
-    imap = _imaplib_of(client)
+    imap = imaplib_of(client)
     if imap is None:  # not the imapclient this was written against: its public road
         return lambda: _sizes_of(client.fetch(sorted(wanted), ["RFC822.SIZE"]), wanted)
     tag = imap._command("UID", "FETCH", message_set(wanted), "(RFC822.SIZE)")
@@ -202,7 +203,7 @@ def search_uids(client: IMAPClient, after: int) -> Sequence[int]:
     of the answer itself. (``n:*`` always matches the newest mail, even past the end: it is
     left out.)
     """
-    imap = _imaplib_of(client)
+    imap = imaplib_of(client)
     if imap is None:  # not the imapclient this was written against: its public road
         found = client.search(["UID", f"{after + 1}:*"] if after else ["ALL"])
         return array("L", sorted(uid for uid in found if uid > after))
@@ -284,7 +285,7 @@ def message_set(positions: Iterable[int]) -> str:
     return ",".join(runs)
 
 
-def _imaplib_of(client: IMAPClient) -> imaplib.IMAP4 | None:
+def imaplib_of(client: IMAPClient) -> imaplib.IMAP4 | None:
     """The imaplib connection under *client*, or ``None``: then use imapclient's own road.
 
     ``None`` unless it is the one this module was written against: UIDs on, and the

@@ -17,7 +17,7 @@ from mailtether._delivery import DeliverMode, Delivery
 from mailtether._errors import CommandFailed, MailboxUnchangeable
 from mailtether._guard import DuplicateGuard
 from mailtether._keepalive import Keepalive
-from mailtether._mailbox_port import SIZE_UNKNOWN, FetchedMail, Listing, PostAction
+from mailtether._mailbox_port import SIZE_UNKNOWN, FetchedMail, Listing, PostAction, made
 from mailtether._message_key import MessageKey
 from mailtether._redaction import redacting_logger
 from mailtether._runner import SourceRunner, either
@@ -26,6 +26,7 @@ from mailtether._status import StatusBoard
 from mailtether._strategies import ReconnectStrategy
 from mailtether.imap._connection import ImapConnection
 from mailtether.imap._fetch import message_set, search_uids, send_fetch, send_sizes
+from mailtether.imap._flags import send_add_flag
 from mailtether.stores._protocol import Store
 
 __all__ = ["ImapListener"]
@@ -260,27 +261,41 @@ class _ImapMailbox:
             connection.client,
             list(positions),
             expected_bytes=expected,
+            interleaves=True,
         )
 
-    def apply(self, positions: Sequence[int], action: PostAction) -> None:
+    def apply(self, positions: Sequence[int], action: PostAction) -> Callable[[], None]:
         connection = self._connection
         client = connection.client
         uids = list(positions)
-        # STORE ... FLAGS.SILENT: the server answers OK alone, not one FETCH per mail (which
-        # imapclient would parse, for nothing: a third of the client time of a first sync).
+
+        def refused(error: CommandFailed) -> MailboxUnchangeable:
+            return MailboxUnchangeable(f"{len(uids)} mail(s) from UID {uids[0]}: {error}")
+
+        if action.kind in ("seen", "flag"):
+            # Sent now, behind the next batch's FETCH; the answer is read before the batch
+            # after. STORE ... FLAGS.SILENT: the server answers OK alone, not one FETCH per
+            # mail (imapclient would parse them, for nothing: a third of a first sync's time).
+            doing, flag = ("marking mail seen", b"\\Seen")
+            if action.kind == "flag":
+                doing, flag = ("flagging mail", b"\\Flagged")
+            answer = connection.call_ahead(
+                doing, send_add_flag, client, uids, flag, interleaves=True
+            )
+
+            def confirm() -> None:
+                try:
+                    answer()
+                except CommandFailed as error:
+                    raise refused(error) from None
+
+            return confirm
         try:
-            if action.kind == "seen":
-                connection.call(
-                    "marking mail seen", client.add_flags, uids, [b"\\Seen"], silent=True
-                )
-            elif action.kind == "flag":
-                connection.call(
-                    "flagging mail", client.add_flags, uids, [b"\\Flagged"], silent=True
-                )
-            elif action.kind == "delete":
+            if action.kind == "delete":
                 connection.call("deleting mail", client.delete_messages, uids, silent=True)
                 connection.call("expunging mail", client.uid_expunge, uids)
             elif action.kind == "move":
                 connection.call(f"moving mail to {action.folder}", client.move, uids, action.folder)
         except CommandFailed as error:
-            raise MailboxUnchangeable(f"{len(uids)} mail(s) from UID {uids[0]}: {error}") from None
+            raise refused(error) from None
+        return made

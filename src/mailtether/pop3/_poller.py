@@ -17,7 +17,7 @@ from mailtether._delivery import DeliverMode, Delivery
 from mailtether._durations import check_seconds
 from mailtether._errors import ConnectionLost, MalformedReply
 from mailtether._guard import DuplicateGuard
-from mailtether._mailbox_port import LEAVE, SIZE_UNKNOWN, FetchedMail, Listed, PostAction
+from mailtether._mailbox_port import LEAVE, SIZE_UNKNOWN, FetchedMail, Listed, PostAction, made
 from mailtether._message_key import MessageKey, content_digest
 from mailtether._runner import SourceRunner, either
 from mailtether._settings import ImapSettings
@@ -217,11 +217,12 @@ class _Pop3Mailbox:
 
         return retrieve
 
-    def apply(self, positions: Sequence[int], action: PostAction) -> None:
+    def apply(self, positions: Sequence[int], action: PostAction) -> Callable[[], None]:
         assert action.kind == "delete", f"POP3 cannot {action}"
         connection = self._connection
         for number in positions:
             connection.call("DELE", connection.pop.dele, number)
+        return made
 
 
 def _numbered(line: bytes, command: str) -> tuple[int, str]:

@@ -14,6 +14,7 @@ server keeps one folder in memory, speaks enough IMAP4rev1 for imapclient (and s
 - :meth:`~ScriptedImapServer.flood_expunge`: a response carries a flood of EXPUNGE noise.
 - :meth:`~ScriptedImapServer.never_answer`: one command is read and never answered.
 - :meth:`~ScriptedImapServer.split_writes`: every answer arrives in pieces of a few bytes.
+- :meth:`~ScriptedImapServer.answer_out_of_order`: pipelined commands' answers are mixed.
 
 Standard library only. One thread accepts connections and one thread serves each of them;
 all mailbox and fault state sits behind one lock, and a thread holds it only to compute an
@@ -36,6 +37,7 @@ import re
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Literal, Self, TypeAlias
@@ -161,12 +163,12 @@ class _Folder:
         return next(reversed(self.mails), 0)
 
 
-def _readable(*socks: socket.socket) -> list[object]:
+def _readable(*socks: socket.socket, timeout: float | None = None) -> list[object]:
     """Wait until one of *socks* can be read (any descriptor number, unlike ``select``)."""
     with selectors.DefaultSelector() as selector:
         for sock in socks:
             selector.register(sock, selectors.EVENT_READ)
-        return [key.fileobj for key, _ in selector.select()]
+        return [key.fileobj for key, _ in selector.select(timeout)]
 
 
 def _now() -> datetime.datetime:
@@ -591,6 +593,7 @@ class _Session:
         self.wake_reader.setblocking(False)
         self.wake_writer.setblocking(False)
         self.buffer = bytearray()
+        self.answering_another = False  # in the middle of a command, answering the next one
         self.user: str | None = None
         # The selected folder and this client's view of it: the UIDs in sequence order, as
         # far as it has been told (an EXPUNGE not yet announced keeps its place).
@@ -701,6 +704,30 @@ class _Session:
             raw += b"\r\n" + data + line
             text += line
         return _Received(raw, text.decode("utf-8", "replace"))
+
+    def answer_next_first(self) -> None:
+        """With :meth:`ScriptedImapServer.answer_out_of_order`: answer the next command now.
+
+        Waits up to the set time for a whole command line to arrive, and answers it in the
+        middle of the one being answered (one command deep).
+        """
+        wait = self.server._out_of_order
+        if wait is None or self.answering_another:
+            return
+        deadline = time.monotonic() + wait
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.sock not in _readable(self.sock, timeout=remaining):
+                return
+            self.fill()
+        received = self.read_command()
+        if received is None:
+            return
+        self.answering_another = True
+        try:
+            self.handle(received)
+        finally:
+            self.answering_another = False
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -1120,6 +1147,8 @@ class _Session:
                     raise _Close()
                 raise _Silence()
             sent += 1
+            if sent == 1:
+                self.answer_next_first()  # its answer among this one's items
         if bye is not None:
             raise _Close(b"* BYE the server goes away in the middle of a FETCH\r\n")
         if refusal is not None:
@@ -1187,6 +1216,7 @@ class _Session:
                     )
         if answer:
             self.send(bytes(answer))
+        self.answer_next_first()  # its whole answer before this one's OK
         return b"OK", b"Store completed"
 
     def copy(self, args: list[_Arg], uid: bool, *, move: bool = False) -> tuple[bytes, bytes]:
@@ -1374,6 +1404,7 @@ class ScriptedImapServer:
             self._folders.setdefault(name, _Folder(name, uidvalidity))
         self._faults: list[_Armed] = []
         self._split: tuple[int, float] | None = None
+        self._out_of_order: float | None = None
         self._flood = 0
         self._commands: list[str] = []
         self._accepted = 0
@@ -1678,6 +1709,7 @@ class ScriptedImapServer:
         with self._lock:
             self._faults.clear()
             self._split = None
+            self._out_of_order = None
             self._flood = 0
 
     def omit_from_fetch(self, uid: int, times: int | None = None) -> None:
@@ -1821,6 +1853,25 @@ class ScriptedImapServer:
             raise ValueError(f"pause must be a number of seconds from 0 to 60, got {pause!r}")
         with self._lock:
             self._split = (size, float(pause))
+
+    def answer_out_of_order(self, wait: float = 0.5) -> None:
+        """Answer pipelined commands out of order, as a server working on them at once does.
+
+        A client may send a command before the answer to the last one is in (RFC 3501
+        section 5.5), and a server may work on both at once and mix their answers: Dovecot
+        does, for a FETCH and a STORE of other mails. With this, a FETCH waits up to *wait*
+        seconds after its first item for the client's next command, and answers it right
+        there, between its own items; a STORE waits likewise and answers the next command
+        whole before its own ``OK``. It applies to every connection until
+        :meth:`clear_faults`.
+
+        Raises:
+            ValueError: *wait* is not a number of seconds from 0 to 60.
+        """
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 60:
+            raise ValueError(f"wait must be a number of seconds from 0 to 60, got {wait!r}")
+        with self._lock:
+            self._out_of_order = float(wait)
 
     def _arm(self, fault: _Fault, times: int | None) -> None:
         armed = _Armed(fault, _check_times(times))
