@@ -160,8 +160,15 @@ class _Endpoint(_Cached):
         self._timeout = check_seconds(timeout, "timeout")
 
     def _post(self, form: Mapping[str, str]) -> dict[str, Any]:
-        """POST *form*; the JSON answer, or the error it is (named, redacted)."""
-        import urllib.error  # here: http.client and email cost 1 MiB to every process
+        """POST *form*; the JSON answer, or the error it is (named, redacted).
+
+        Errors are raised outside the handlers of what urllib and http.client raise: those
+        stay out of ``__context__``, where a traceback would show them. They hold what the
+        endpoint sent (an ``HTTPError``'s reason phrase, a ``BadStatusLine``'s line, a
+        ``JSONDecodeError``'s document), which can quote the request or hold new tokens.
+        """
+        import http.client  # here: http.client and email cost 1 MiB to every process
+        import urllib.error
         import urllib.request
 
         for name in ("refresh_token", "client_secret"):
@@ -174,16 +181,23 @@ class _Endpoint(_Cached):
             method="POST",
         )
         where = f"asking {self.token_url} for a token for {self.account}"
+        failure: Exception | None = None
+        raw = b""
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as answer:  # noqa: S310
-                data = json.loads(answer.read(1 << 20))
+                raw = answer.read(1 << 20)
         except urllib.error.HTTPError as error:
-            raise self._refused(where, error) from None
+            failure = self._refused(where, error)
         except (urllib.error.URLError, OSError, TimeoutError) as error:
             reason = getattr(error, "reason", error)
-            raise TokenUnavailable(f"{where}: {one_line(redact(str(reason)))}") from None
-        except ValueError:
-            raise TokenUnavailable(f"{where}: the answer is not JSON") from None
+            failure = TokenUnavailable(f"{where}: {one_line(redact(str(reason)))}")
+        except http.client.HTTPException as error:  # a status line or header that is no HTTP
+            failure = TokenUnavailable(f"{where}: the answer is not HTTP ({type(error).__name__})")
+        if failure is not None:
+            raise failure
+        data = _json(raw)
+        if data is None:
+            raise TokenUnavailable(f"{where}: the answer is not JSON")
         if not isinstance(data, dict) or not isinstance(data.get("access_token"), str):
             raise TokenUnavailable(f"{where}: the answer holds no access_token")
         for name in ("access_token", "refresh_token", "id_token"):
@@ -191,15 +205,23 @@ class _Endpoint(_Cached):
         return data
 
     def _refused(self, where: str, error: Any) -> Exception:
-        """The error a refusal of the endpoint (a ``urllib.error.HTTPError``) is."""
+        """The error a refusal of the endpoint (a ``urllib.error.HTTPError``) is.
+
+        Only the RFC 6749 fields are read, and only when they are text: some endpoints
+        answer an object for ``error`` (Google's APIs: ``{"code": 400, "message": ...}``).
+        """
+        import http.client
+
         try:
-            said = json.loads(error.read(1 << 16))
-        except (ValueError, OSError):
-            said = {}
+            said = _json(error.read(1 << 16))
+        except (OSError, http.client.HTTPException):
+            said = None
         finally:
             error.close()  # its answer holds the connection open
-        code = said.get("error") if isinstance(said, dict) else None
-        description = said.get("error_description", "") if isinstance(said, dict) else ""
+        fields = said if isinstance(said, dict) else {}
+        code = fields.get("error") if isinstance(fields.get("error"), str) else None
+        described = fields.get("error_description")
+        description = described if isinstance(described, str) else ""
         said = f"HTTP {error.code}" + (f", {code}: {description}" if code else "")
         words = one_line(redact(said.rstrip(": ")))
         if code in _REVOKED:
@@ -398,12 +420,16 @@ class TokenCommand(_Cached):
         import subprocess  # here: only a process that runs a command pays for it
 
         where = f"running {self.argv[0]} for a token for {self.account}"
+        failure: TokenUnavailable | None = None
         try:
             done = subprocess.run(  # noqa: S603  (the user's own command, no shell)
                 self.argv, capture_output=True, timeout=self._timeout, check=False
             )
         except (OSError, subprocess.TimeoutExpired) as error:
-            raise TokenUnavailable(f"{where}: {one_line(redact(str(error)))}") from None
+            # Raised outside the handler: a TimeoutExpired holds what the command printed.
+            failure = TokenUnavailable(f"{where}: {one_line(redact(str(error)))}")
+        if failure is not None:
+            raise failure
         lines = done.stdout.decode("utf-8", "replace").strip().splitlines()
         if lines:
             remember_secret(lines[0].strip())
@@ -416,6 +442,14 @@ class TokenCommand(_Cached):
 
     def __repr__(self) -> str:
         return f"TokenCommand({list(self.argv)!r})"
+
+
+def _json(raw: bytes) -> object:
+    """*raw* parsed as JSON, or None (no error object: its ``doc`` would hold *raw*)."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: nested past Python's stack
+        return None
 
 
 def token_source(secret: str | TokenSource) -> TokenSource:
