@@ -41,6 +41,7 @@ __all__ = [
     "redact_values",
     "redacting_logger",
     "remember_secret",
+    "retire_secret",
 ]
 
 SHORTEST: Final = 4
@@ -49,7 +50,8 @@ SHORTEST: Final = 4
 REDACTED: Final = "***"
 """What a secret is replaced with."""
 
-_MOST: Final = 4096  # secrets remembered; the oldest are let go past this (tokens rotate)
+_MOST: Final = 4096
+"""Retired secrets kept (see :func:`retire_secret`); the oldest are let go past this."""
 
 
 class _Secrets:
@@ -59,38 +61,56 @@ class _Secrets:
     next :data:`SHORTEST` characters (a dictionary look-up) are tried, longest first. It
     costs the same with one secret or thousands (a fleet's passwords), and remembering one
     more costs only its own forms.
+
+    A secret is kept for as long as the process runs, unless it is retired (a token a source
+    has replaced): the :data:`_MOST` retired last are kept, older ones are let go. Tokens
+    rotate for ever; what is given, and what is in use, stays.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._secrets: dict[str, list[str]] = {}  # secret -> its forms; oldest first
+        self._secrets: dict[str, list[str]] = {}  # secret -> its forms
+        self._retired: dict[str, None] = {}  # secrets no longer in use, oldest first
         self._by_head: dict[str, list[str]] = {}  # first characters -> forms, longest first
+        self._uses: dict[str, int] = {}  # form -> how many secrets have it
 
     def remember(self, secret: str) -> None:
         if len(secret) < SHORTEST:
             return
         with self._lock:
             if secret in self._secrets:
+                self._retired.pop(secret, None)  # in use again
                 return
             forms = sorted({f for f in _forms(secret) if len(f) >= SHORTEST}, key=len)
             self._secrets[secret] = forms
             for form in forms:
                 self._file(form)
-            while len(self._secrets) > _MOST:
-                oldest = next(iter(self._secrets))
-                self._let_go(oldest, self._secrets.pop(oldest))
+
+    def retire(self, secret: str) -> None:
+        with self._lock:
+            if secret not in self._secrets or secret in self._retired:
+                return
+            self._retired[secret] = None
+            while len(self._retired) > _MOST:
+                oldest = next(iter(self._retired))
+                del self._retired[oldest]
+                self._let_go(self._secrets.pop(oldest))
 
     def _file(self, form: str) -> None:
+        self._uses[form] = self._uses.get(form, 0) + 1
         heads = self._by_head.setdefault(form[:SHORTEST], [])
         if form not in heads:
             heads.append(form)
             heads.sort(key=len, reverse=True)
 
-    def _let_go(self, secret: str, forms: list[str]) -> None:
-        still = {form for known in self._secrets.values() for form in known}
+    def _let_go(self, forms: list[str]) -> None:
         for form in forms:
+            left = self._uses.pop(form) - 1
+            if left:
+                self._uses[form] = left
+                continue
             heads = self._by_head.get(form[:SHORTEST])
-            if heads is not None and form in heads and form not in still:
+            if heads is not None and form in heads:
                 heads.remove(form)
                 if not heads:
                     del self._by_head[form[:SHORTEST]]
@@ -119,14 +139,18 @@ class _Secrets:
         pieces.append(text[start:])
         return "".join(pieces)
 
-    def snapshot(self) -> dict[str, list[str]]:
+    def snapshot(self) -> tuple[dict[str, list[str]], list[str]]:
+        """What is remembered now (for tests: :meth:`restore` goes back to it)."""
         with self._lock:
-            return dict(self._secrets)
+            return dict(self._secrets), list(self._retired)
 
-    def restore(self, secrets: dict[str, list[str]]) -> None:
+    def restore(self, snapshot: tuple[dict[str, list[str]], list[str]]) -> None:
+        secrets, retired = snapshot
         with self._lock:
             self._secrets = dict(secrets)
+            self._retired = dict.fromkeys(retired)
             self._by_head = {}
+            self._uses = {}
             for forms in self._secrets.values():
                 for form in forms:
                     self._file(form)
@@ -136,11 +160,26 @@ _SECRETS: Final = _Secrets()
 
 
 def remember_secret(secret: str | bytes | None) -> None:
-    """Remember *secret*: from now on :func:`redact` removes it, in every form."""
+    """Remember *secret*: from now on :func:`redact` removes it, in every form.
+
+    It is kept for as long as the process runs (unless retired; remembered again, it is in
+    use again).
+    """
     if isinstance(secret, bytes):
         secret = secret.decode("utf-8", "replace")
     if secret:
         _SECRETS.remember(secret)
+
+
+def retire_secret(secret: str | None) -> None:
+    """*secret* (remembered) is no longer in use: a token its source has replaced.
+
+    It is still redacted, until 4,096 secrets retired after it (``_MOST``): then it is let
+    go, so that a process renewing tokens for ever does not keep every one. Only what a
+    source replaced is ever let go: a password, a client secret, a token in use never are.
+    """
+    if secret:
+        _SECRETS.retire(secret)
 
 
 def redact(text: str) -> str:

@@ -30,7 +30,7 @@ import attrs
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._durations import check_seconds
 from mailtether._errors import ConfigError, TokenRevoked, TokenUnavailable, one_line
-from mailtether._redaction import redact, remember_secret
+from mailtether._redaction import redact, remember_secret, retire_secret
 from mailtether.stores._protocol import Store
 
 __all__ = [
@@ -125,9 +125,11 @@ class _Cached:
     def token(self, *, fresh: bool = False) -> AccessToken:
         """The token in hand, unless it expires within the margin or *fresh* is asked."""
         with self._lock:
-            current = self._current
+            current = previous = self._current
             if fresh or current is None or current.expires_within(self._margin, self._now()):
                 current = self._current = self._renew()
+                if previous is not None and previous.value != current.value:
+                    retire_secret(previous.value)  # replaced: redacted, not kept for ever
             return current
 
     def _now(self) -> float:
@@ -150,6 +152,7 @@ class _Endpoint(_Cached):
         timeout: float,
     ) -> None:
         super().__init__(clock, margin)
+        self._id_token: str | None = None
         scheme = urllib.parse.urlsplit(token_url).scheme
         if scheme not in ("https", "http"):
             raise ConfigError(f"a token endpoint is an https:// URL, not {token_url!r}")
@@ -202,6 +205,10 @@ class _Endpoint(_Cached):
             raise TokenUnavailable(f"{where}: the answer holds no access_token")
         for name in ("access_token", "refresh_token", "id_token"):
             remember_secret(data.get(name) if isinstance(data.get(name), str) else None)
+        id_token = data.get("id_token")
+        if isinstance(id_token, str) and id_token != self._id_token:
+            retire_secret(self._id_token)
+            self._id_token = id_token
         return data
 
     def _refused(self, where: str, error: Any) -> Exception:
@@ -326,9 +333,10 @@ class RefreshTokenFlow(_Endpoint):
         data = self._post(form)
         rotated = data.get("refresh_token")
         if isinstance(rotated, str) and rotated and rotated != self._refresh_token:
-            self._refresh_token = rotated
+            spent, self._refresh_token = self._refresh_token, rotated
             if self._store is not None:  # before it is used: a crash must not lose it
                 self._store.put(_NAMESPACE, self._name, "active", {"refresh_token": rotated})
+            retire_secret(spent)
         return self._token_of(data)
 
     def __repr__(self) -> str:
