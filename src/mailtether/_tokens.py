@@ -31,6 +31,7 @@ from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._durations import check_seconds
 from mailtether._errors import ConfigError, TokenRevoked, TokenUnavailable, one_line
 from mailtether._redaction import redact, remember_secret, retire_secret
+from mailtether._url_errors import split_url
 from mailtether.stores._protocol import Store
 
 __all__ = [
@@ -153,9 +154,14 @@ class _Endpoint(_Cached):
     ) -> None:
         super().__init__(clock, margin)
         self._id_token: str | None = None
-        scheme = urllib.parse.urlsplit(token_url).scheme
-        if scheme not in ("https", "http"):
+        parts = split_url(token_url)  # a password in it is remembered: shown nowhere
+        if parts.scheme not in ("https", "http"):
             raise ConfigError(f"a token endpoint is an https:// URL, not {token_url!r}")
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(
+                f"a token endpoint URL holds no user name or password: {token_url!r} (the "
+                "app's secret goes in client_secret)"
+            )
         self.token_url = token_url
         """Where tokens are asked for."""
         self.account = account
