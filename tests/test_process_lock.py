@@ -495,8 +495,14 @@ def test_a_forked_child_starts_its_own_heartbeat_thread():
             code = 0 if alive and lock.close() and released else 2
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:  # a hung child fails the test, not the whole run
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child did not finish")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(done[1]) == 0
     assert heartbeat_threads("forked") == [parent_thread], "the parent's thread lives on"
     with lock:
         assert heartbeat_threads("forked") == [parent_thread]
