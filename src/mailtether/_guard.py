@@ -49,6 +49,8 @@ class Claim:
     a failure (and re-raises it). After ``max_failures`` failures the message is held.
     """
 
+    __slots__ = ("_finished", "_hold", "_record", "guard", "key", "status")
+
     def __init__(
         self, guard: DuplicateGuard, key: MessageKey, status: ClaimStatus, record: Record | None
     ) -> None:
@@ -104,7 +106,10 @@ class Claim:
 
     def done(self) -> None:
         """Record the message as processed (done automatically at the end of the block)."""
-        self.guard.finish_many([(self, None)])
+        if self.key.content_id is None:  # one write: straight to it
+            self.guard._finish_one(self, self._require(), None)
+        else:
+            self.guard.finish_many([(self, None)])
 
     def fail(self, reason: str) -> None:
         """Record a failed attempt (done automatically when the block raises)."""
@@ -238,7 +243,7 @@ class DuplicateGuard(GuardViews):
             now = store.now()
             # Optimistic: most keys are new, so try to create the record first and look at
             # what is there only when that fails.
-            duplicate_of = self._done_content(key)
+            duplicate_of = None if key.content_id is None else self._done_content(key)
             if duplicate_of is None:
                 # The happy path writes as little as possible: the key is the record's key,
                 # and history starts with the first thing worth a person's attention.
@@ -279,39 +284,43 @@ class DuplicateGuard(GuardViews):
                 raise TypeError(f"claim_many needs MessageKeys, not {type(key).__name__}")
         if len({key.id for key in keys}) != len(keys):
             raise ValueError("claim_many was given the same key twice")
-        store = self.store
+        store, namespace = self.store, self.namespace
         now = store.now()
         content_ids = [key.content_id for key in keys if key.content_id is not None]
         done_content = store.get_many(self.content_namespace, content_ids) if content_ids else {}
         writes: list[Write] = []
         claimed = {"owner": self.owner, "expires_at": now + self.claim_ttl}  # one for all
         for key in keys:
-            content = done_content.get(key.content_id) if key.content_id is not None else None
+            content_id = key.content_id
+            content = done_content.get(content_id) if content_id is not None else None
             first = str(content.data.get("id", "")) if content is not None else ""
             if first and first != key.id:
                 data: dict[str, Any] = {"duplicate_of": first, **content_fields(key)}
-                writes.append(Write(self.namespace, key.id, DONE, data, expect=0))
+                writes.append(Write(namespace, key.id, DONE, data, 0))
             else:
-                writes.append(Write(self.namespace, key.id, PROCESSING, claimed, expect=0))
-        claims: list[Claim | None] = []
-        for key, write, written in zip(keys, writes, store.put_many(writes), strict=True):
-            if written is None:
-                claims.append(None)  # known already: decided below, one by one
-            elif write.state == DONE:
-                log.info("%s: same content already processed; skipped", key)
-                claims.append(Claim(self, key, ClaimStatus.DUPLICATE, None))
-            else:
-                claims.append(Claim(self, key, ClaimStatus.NEW, written))
+                writes.append(Write(namespace, key.id, PROCESSING, claimed, 0))
+        # Every claim the write made is in hand before any known key is decided (a repeat
+        # that blocks raises there, and the claims made are given back first).
+        claims: list[Claim | None] = [
+            None
+            if written is None
+            else Claim(self, key, ClaimStatus.NEW, written)
+            if write.state == PROCESSING
+            else Claim(self, key, ClaimStatus.DUPLICATE, None)
+            for key, write, written in zip(keys, writes, store.put_many(writes), strict=True)
+        ]
         try:
-            for index, key in enumerate(keys):
-                if claims[index] is None:
-                    claims[index] = self.claim(key)
+            for index, claim in enumerate(claims):
+                if claim is None:  # known already: decided one by one
+                    claims[index] = self.claim(keys[index])
+                elif claim.status is ClaimStatus.DUPLICATE:
+                    log.info("%s: same content already processed; skipped", claim.key)
         except BaseException:
             for claim in claims:
                 if claim is not None and claim.acquired:
                     claim.give_back()
             raise
-        return [claim for claim in claims if claim is not None]
+        return [claim for claim in claims if claim is not None]  # none is left
 
     def _done_content(self, key: MessageKey) -> str | None:
         content_id = key.content_id
@@ -398,31 +407,34 @@ class DuplicateGuard(GuardViews):
             RuntimeError: a claim is not yours or already finished; nothing is recorded.
         """
         finishing = [(claim, claim._require(), reason) for claim, reason in outcomes]
+        if len(finishing) == 1 and (
+            finishing[0][2] is not None or finishing[0][0].key.content_id is None
+        ):
+            return self._finish_one(*finishing[0])  # one write: no content record to add
         if len({id(claim) for claim, _, _ in finishing}) != len(finishing):
             raise RuntimeError("finish_many was given the same claim twice")
-        store = self.store
-        now = store.now()
+        store, namespace = self.store, self.namespace
+        # The time goes into history events only: a plain done has none to add.
+        needs_time = any(reason is not None or "history" in r.data for _, r, reason in finishing)
+        now = store.now() if needs_time else 0.0
         writes: list[Write] = []
         contents: list[Write] = []
         for claim, record, reason in finishing:
             claim._finished = True
-            write = self._outcome(claim.key, record, reason, now, hold=claim._hold)
-            writes.append(write)
+            key = claim.key
+            state, data = self._outcome(key, record, reason, now, hold=claim._hold)
+            writes.append(Write(namespace, key.id, state, data, record.version))
             # The content is recorded in the same write: handled is handled, even when the
             # claim turns out to be lost (the mail may then have been handled twice, not never).
-            if write.state == DONE and claim.key.content_id is not None:
-                contents.append(
-                    Write(self.content_namespace, claim.key.content_id, DONE, {"id": claim.key.id})
-                )
-        results = store.put_many(writes + contents)[: len(writes)]
-        lost = [
-            claim.key
-            for (claim, _, _), result in zip(finishing, results, strict=True)
-            if result is None
-        ]
-        held = []
-        for (claim, _, _), write, result in zip(finishing, writes, results, strict=True):
-            if result is not None and write.state == HELD:
+            if state == DONE and key.content_id is not None:
+                contents.append(Write(self.content_namespace, key.content_id, DONE, {"id": key.id}))
+        results = store.put_many(writes + contents if contents else writes)
+        held: list[MessageKey] = []
+        lost: list[MessageKey] = []
+        for (claim, _, _), write, result in zip(finishing, writes, results, strict=False):
+            if result is None:
+                lost.append(claim.key)
+            elif write.state == HELD:
                 held.append(claim.key)
                 log.warning(
                     "%s: held after %d failed attempt(s): %s",
@@ -438,31 +450,56 @@ class DuplicateGuard(GuardViews):
             )
         return held
 
+    def _finish_one(self, claim: Claim, record: Record, reason: str | None) -> list[MessageKey]:
+        """:meth:`finish_many` of one outcome that is one write (no content record): one put."""
+        key = claim.key
+        claim._finished = True
+        state: str
+        data: dict[str, Any]
+        if reason is None and "history" not in record.data:  # a plain done: no event, no time
+            state, data = DONE, dict(record.data)
+            data.pop("owner", None)
+            data.pop("expires_at", None)
+        else:
+            state, data = self._outcome(key, record, reason, self.store.now(), hold=claim._hold)
+        if self.store.put(self.namespace, key.id, state, data, expect=record.version) is None:
+            raise ClaimLost(
+                f"the claim of {key} expired and was taken over before its outcome was "
+                "recorded: it may have been handled twice; raise claim_ttl"
+            )
+        if state != HELD:
+            return []
+        log.warning(
+            "%s: held after %d failed attempt(s): %s", key.id, data["attempts"], data["reason"]
+        )
+        return [key]
+
     def _outcome(
         self, key: MessageKey, record: Record, reason: str | None, now: float, *, hold: bool
-    ) -> Write:
-        """The write that records a claim's outcome: done (*reason* ``None``) or failed.
+    ) -> tuple[str, dict[str, Any]]:
+        """The state and document that record a claim's outcome.
 
-        A failure is held after ``max_failures`` attempts, or at once if *hold*.
+        Done if *reason* is ``None``, else failed: held after ``max_failures`` attempts, or at
+        once if *hold*.
         """
         data = dict(record.data)
         data.pop("owner", None)
         data.pop("expires_at", None)
-        state = DONE
-        if reason is not None:
-            state = FAILED
-            data.update(content_fields(key))
-            history = add_event(history_of(data), now, "failed", reason)
-            data["attempts"] = int(data.get("attempts", 0)) + 1
-            data["reason"] = reason[:ERROR_TEXT]
-            if hold or data["attempts"] >= self.max_failures:
-                state = HELD
-                why = reason[:ERROR_TEXT] if hold else f"{data['attempts']} failed attempts"
-                history = add_event(history, now, "held", why)
-            data["history"] = history
-        elif "history" in data:  # it failed before: finish its story
-            data["history"] = add_event(history_of(data), now, "done", "")
-        return Write(self.namespace, key.id, state, data, expect=record.version)
+        if reason is None:
+            if "history" in data:  # it failed before: finish its story
+                data["history"] = add_event(history_of(data), now, "done", "")
+            return DONE, data
+        state = FAILED
+        data.update(content_fields(key))
+        history = add_event(history_of(data), now, "failed", reason)
+        data["attempts"] = int(data.get("attempts", 0)) + 1
+        data["reason"] = reason[:ERROR_TEXT]
+        if hold or data["attempts"] >= self.max_failures:
+            state = HELD
+            why = reason[:ERROR_TEXT] if hold else f"{data['attempts']} failed attempts"
+            history = add_event(history, now, "held", why)
+        data["history"] = history
+        return state, data
 
     def _abandon(self, key: MessageKey, record: Record) -> None:
         data = dict(record.data)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import attrs
 
@@ -19,6 +19,7 @@ from mailtether.stores._shared import (
     check_lease,
     check_limit,
     check_namespace,
+    check_put,
     check_state,
     check_time,
     check_ttl,
@@ -36,6 +37,12 @@ _SCALARS: Final = (str, int, bool, type(None))
 _INF: Final = float("inf")
 
 
+def _payload(data: Mapping[str, Any]) -> str | dict[str, Any]:
+    """What the store keeps of *data*: a private copy if flat, else its JSON (checked)."""
+    flat = _flat_copy(data) if type(data) is dict else None
+    return flat if flat is not None else encode_data(data)
+
+
 def _flat_copy(data: Mapping[str, Any]) -> dict[str, Any] | None:
     """A copy of *data* if it is a flat dict of JSON scalars (the common case), else None."""
     copy: dict[str, Any] = {}
@@ -51,8 +58,7 @@ def _flat_copy(data: Mapping[str, Any]) -> dict[str, Any] | None:
     return copy
 
 
-@attrs.define
-class _Stored:
+class _Stored(NamedTuple):
     state: str
     payload: str | dict[str, Any]
     """JSON text, or a private copy of a flat document (cheaper, and as safe)."""
@@ -65,6 +71,11 @@ class _Stored:
         payload = self.payload
         data = dict(payload) if isinstance(payload, dict) else decode_data(payload)
         return Record(namespace, key, self.state, data, self.version, self.updated_at)
+
+
+def _stored(fields: tuple[str, str | dict[str, Any], int, float]) -> _Stored:
+    """A :class:`_Stored` from its fields, without NamedTuple's Python-level ``__new__``."""
+    return tuple.__new__(_Stored, fields)
 
 
 @attrs.define
@@ -92,6 +103,7 @@ class MemoryStore(PutFromPutMany):
 
     def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self._clock = clock
+        self._time = clock.time
         self._lock = threading.Lock()
         self._records: dict[str, dict[str, _Stored]] = {}
         self._leases: dict[str, _Slot] = {}
@@ -135,14 +147,42 @@ class MemoryStore(PutFromPutMany):
             space = self._records.get(namespace, {})
             return {key: space[key].state for key in wanted if key in space}
 
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        state: str,
+        data: Mapping[str, Any],
+        *,
+        expect: int | None = None,
+    ) -> Record | None:
+        """Write a record, compare-and-set on its version if *expect* is given.
+
+        What :meth:`put_many` of one write does, without the batch around it: the duplicate
+        guard's claims and outcomes, one mail at a time.
+        """
+        check_put(namespace, key, state, expect)
+        flat = _flat_copy(data) if type(data) is dict else None
+        payload = flat if flat is not None else encode_data(data)
+        now = self._time()
+        with self._lock:
+            if self._closed:
+                raise StoreError("MemoryStore is closed")
+            space = self._records.get(namespace)
+            if space is None:
+                space = self._records[namespace] = {}
+            current = space.get(key)
+            version = current.version if current is not None else 0
+            if expect is not None and expect != version:
+                return None
+            space[key] = _stored((state, payload, version + 1, now))
+        return Record(namespace, key, state, dict(data), version + 1, now)
+
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
         """Apply several writes as :meth:`put` would, under one lock."""
         checked = check_writes(writes)
         # Validated and copied exactly as a backend that serialises would keep them.
-        payloads: list[str | dict[str, Any]] = []
-        for write in checked:
-            flat = _flat_copy(write.data) if isinstance(write.data, dict) else None
-            payloads.append(flat if flat is not None else encode_data(write.data))
+        payloads = [_payload(write.data) for write in checked]
         now = self._clock.time()
         results: list[Record | None] = []
         with self._lock:
@@ -157,7 +197,7 @@ class MemoryStore(PutFromPutMany):
                 if write.expect is not None and write.expect != version:
                     results.append(None)
                     continue
-                space[write.key] = _Stored(write.state, payload, version + 1, now)
+                space[write.key] = _stored((write.state, payload, version + 1, now))
                 results.append(written(write, version + 1, now))
         return results
 

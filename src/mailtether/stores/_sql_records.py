@@ -100,13 +100,11 @@ class SQLRecords:
             return []
         statements = self._statements(runs)
 
-        def answer(connection: Any, sql: str, params: list[Any]) -> dict[str, tuple[int, float]]:
-            return {
-                key: (int(version), float(at))
-                for key, version, at in connection.execute(sql, params)
-            }
+        def answer(connection: Any, sql: str, params: list[Any]) -> dict[str, tuple[Any, ...]]:
+            # Rows of (key, version, updated_at): an int and a float from both drivers.
+            return {row[0]: row for row in connection.execute(sql, params)}
 
-        def apply(connection: Any) -> list[dict[str, tuple[int, float]]]:
+        def apply(connection: Any) -> list[dict[str, tuple[Any, ...]]]:
             if len(statements) == 1:  # one statement is atomic on its own
                 return [answer(connection, *statements[0])]
             with self._transaction(connection):
