@@ -10,18 +10,22 @@ from sybil.parsers.rest import DocTestParser
 from sybil.sybil import SybilCollection
 
 _PARSERS = [DocTestParser(optionflags=ELLIPSIS), PythonCodeBlockParser(), SkipParser()]
+# Pages whose examples talk to local servers, and the fixtures (docs/conftest.py) that start them.
+_PAGES_WITH_SERVERS = {"docs/oauth2.md": ["local"], "docs/outbound.md": ["smtp"]}
 _markdown = Sybil(
     parsers=_PARSERS,
     patterns=["README.md", "docs/*.md"],
-    excludes=["docs/_build/*", "docs/oauth2.md"],
+    excludes=["docs/_build/*", *_PAGES_WITH_SERVERS],
 )
-# Its examples log in to a local provider: `local` (docs/conftest.py) starts one.
-_oauth2_page = Sybil(parsers=_PARSERS, patterns=["docs/oauth2.md"], fixtures=["local"])
+_served = [
+    Sybil(parsers=_PARSERS, patterns=[page], fixtures=fixtures)
+    for page, fixtures in _PAGES_WITH_SERVERS.items()
+]
 _docstrings = Sybil(
     parsers=[DocTestParser(optionflags=ELLIPSIS)], patterns=["*.py"], path="src/mailtether"
 )
 
-pytest_collect_file = SybilCollection([_markdown, _oauth2_page, _docstrings]).pytest()
+pytest_collect_file = SybilCollection([_markdown, *_served, _docstrings]).pytest()
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,9 @@
-"""The local provider the executed examples of docs/oauth2.md log in to.
+"""The local servers the executed examples of some docs pages talk to.
 
-A token endpoint and an introspection endpoint (``tests/servers/oauth2.py``) and a Dovecot
-that checks every OAuth2 token there: the same test bed as ``tests/test_oauth2_listener.py``.
+- docs/oauth2.md: ``local``, a token endpoint and an introspection endpoint
+  (``tests/servers/oauth2.py``) and a Dovecot that checks every OAuth2 token there: the same
+  test bed as ``tests/test_oauth2_listener.py``;
+- docs/outbound.md: ``smtp``, an SMTP server (aiosmtpd) that keeps what it is sent.
 """
 
 from __future__ import annotations
@@ -68,3 +70,42 @@ def local() -> Iterator[LocalProvider]:
         finally:
             dovecot.stop()
             shutil.rmtree(directory, ignore_errors=True)
+
+
+@attrs.frozen
+class LocalSmtp:
+    """An SMTP server on 127.0.0.1 (plaintext, no login) and the mails it accepted."""
+
+    port: int
+    received: list[tuple[str, tuple[str, ...]]]
+    """(envelope sender, envelope recipients) of each mail accepted."""
+    refuse: dict[str, str]
+    """Replies to give RCPT TO for these recipients (``"550 no such user"``)."""
+
+
+@pytest.fixture(scope="session")
+def smtp() -> Iterator[LocalSmtp]:
+    """An aiosmtpd server for docs/outbound.md's examples."""
+    from aiosmtpd.controller import Controller
+
+    from servers import free_port
+
+    server = LocalSmtp(free_port(), [], {})
+
+    class Handler:
+        async def handle_RCPT(self, _s, _session, envelope, address, _options):  # type: ignore[no-untyped-def]
+            reply = server.refuse.get(address, "250 OK")
+            if reply.startswith("250"):
+                envelope.rcpt_tos.append(address)
+            return reply
+
+        async def handle_DATA(self, _s, _session, envelope):  # type: ignore[no-untyped-def]
+            server.received.append((envelope.mail_from, tuple(envelope.rcpt_tos)))
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname="127.0.0.1", port=server.port)
+    controller.start()
+    try:
+        yield server
+    finally:
+        controller.stop()

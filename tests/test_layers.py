@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "_smtp_notifier": 2,
     "_settings": 2,
     "_tokens": 2,
+    "_smtp_relay": 2,
     "testing": 2,
     # the protocol-neutral pipeline and the run loop around it
     "_delivery": 3,
@@ -48,6 +49,7 @@ LAYERS: dict[str, int] = {
     "_handover": 3,
     "_pipeline": 3,
     "_runner": 3,
+    "_outbox": 3,
     # sources: their connections, ports, listeners and probes; diagnostics across them
     "imap": 4,
     "pop3": 4,

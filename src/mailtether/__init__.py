@@ -38,8 +38,10 @@ from mailtether._guard_states import ClaimStatus, GuardEntry, GuardState, Histor
 from mailtether._keepalive import Keepalive
 from mailtether._leases import ProcessLock, acquire_lease
 from mailtether._message_key import MessageKey, content_digest, message_id_of
+from mailtether._outbox import OutboundMail, Outbox, SendTry
 from mailtether._settings import ImapSettings, Security
 from mailtether._smtp_notifier import SmtpNotifier
+from mailtether._smtp_relay import SmtpRelay
 from mailtether._status import (
     LoggingNotifier,
     Notifier,
@@ -138,6 +140,8 @@ __all__ = [
     "MemoryStore",
     "MessageKey",
     "Notifier",
+    "OutboundMail",
+    "Outbox",
     "PeerClosed",
     "Pop3Poller",
     "PostgresStore",
@@ -152,8 +156,10 @@ __all__ = [
     "SQLiteStore",
     "SchemaError",
     "Security",
+    "SendTry",
     "ServerUnreachable",
     "SmtpNotifier",
+    "SmtpRelay",
     "SourceState",
     "SourceStatus",
     "StatusBoard",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import queue
-import smtplib
 import ssl
 import threading
 import time
@@ -13,8 +12,8 @@ from email.utils import formatdate, make_msgid
 from typing import Literal
 
 from mailtether._errors import ConfigError
-from mailtether._redaction import redacting_logger, remember_secret
-from mailtether._sasl import ERROR_CHALLENGE_ANSWER, oauth2_mechanism, sasl_string
+from mailtether._redaction import redacting_logger
+from mailtether._smtp_relay import SmtpRelay
 from mailtether._status import StatusChange
 from mailtether._tokens import TokenSource
 
@@ -69,15 +68,20 @@ class SmtpNotifier:
         self.recipients = [address for address in recipients]
         if not self.recipients:
             raise ConfigError("SmtpNotifier needs at least one recipient")
-        if security not in ("starttls", "tls", "plain"):
-            raise ConfigError(f"security must be starttls, tls or plain, got {security!r}")
+        self._relay = SmtpRelay(
+            host,
+            port=port,
+            security=security,
+            username=username,
+            password=password,
+            timeout=timeout,
+            ssl_context=ssl_context,
+        )
         self.host = host
         self.sender = sender
         self.security = security
-        self.port = port or {"starttls": 587, "tls": 465, "plain": 25}[security]
+        self.port: int = self._relay.address[1]
         self.username = username
-        self._password = password
-        remember_secret(password if isinstance(password, str) else None)  # in no output
         self.timeout = timeout
         self.ssl_context = ssl_context
         self.only = None if only is None else {state.lower() for state in only}
@@ -163,41 +167,8 @@ class SmtpNotifier:
             self._idle.notify_all()
 
     def _send(self, message: EmailMessage) -> None:
-        context = self.ssl_context or ssl.create_default_context()
-        smtp: smtplib.SMTP
-        if self.security == "tls":
-            smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
-        else:
-            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-        with smtp:
-            if self.security == "starttls":
-                smtp.starttls(context=context)
-            password = self._password
-            if self.username is None:
-                pass
-            elif isinstance(password, str) or password is None:
-                smtp.login(self.username, password or "")
-            else:
-                self._oauth2_login(smtp, self.username, password)
+        with self._relay.connect() as smtp:
             smtp.send_message(message)
-
-    @staticmethod
-    def _oauth2_login(smtp: smtplib.SMTP, username: str, tokens: TokenSource) -> None:
-        """``AUTH`` with a token; a refused one is renewed once and tried again."""
-        smtp.ehlo_or_helo_if_needed()
-        offered = smtp.esmtp_features.get("auth", "").upper().split()
-        mechanism = oauth2_mechanism("oauth2", [f"AUTH={name}".encode() for name in offered])
-        token = tokens.token()
-        for attempt in (1, 2):
-            answer = sasl_string(mechanism, username, token.value)
-            code, said = smtp.docmd("AUTH", f"{mechanism} {answer}")
-            if code == 334:  # a refused token's error challenge: answered, 535 follows
-                code, said = smtp.docmd(ERROR_CHALLENGE_ANSWER[mechanism])
-            if code == 235:
-                return
-            if attempt == 1:
-                token = tokens.token(fresh=True)
-        raise smtplib.SMTPAuthenticationError(code, said)
 
     def __repr__(self) -> str:
         return (

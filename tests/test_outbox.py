@@ -1,0 +1,397 @@
+"""The outbox against real SMTP servers (aiosmtpd): outcomes per recipient, schedules, skips.
+
+Each test runs ``Outbox.deliver_due`` (or its thread) against aiosmtpd servers whose replies
+are scripted per recipient and per DATA; time is a FakeClock, so schedules are exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import threading
+from collections.abc import Iterator
+from email.message import EmailMessage
+
+import pytest
+
+from helpers import eventually
+from mailtether import (
+    ConfigError,
+    Fixed,
+    MemoryStore,
+    OutboundMail,
+    Outbox,
+    SmtpRelay,
+    SourceState,
+    SQLiteStore,
+    StatusBoard,
+)
+from mailtether.testing import FakeClock
+from servers import free_port, tls
+
+
+class Scripted:
+    """An aiosmtpd handler: replies per recipient (``rcpt``) and to DATA (``data``)."""
+
+    def __init__(self) -> None:
+        self.rcpt: dict[str, str] = {}
+        self.data = "250 OK"
+        self.received: list[tuple[str, tuple[str, ...], bytes]] = []
+        self.logins: list[tuple[str, str]] = []
+
+    async def handle_RCPT(self, server, session, envelope, address, options):  # type: ignore[no-untyped-def]
+        reply = self.rcpt.get(address, "250 OK")
+        if reply.startswith("250"):
+            envelope.rcpt_tos.append(address)
+        return reply
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        if self.data.startswith("250"):
+            self.received.append(
+                (envelope.mail_from, tuple(envelope.rcpt_tos), bytes(envelope.content))
+            )
+        return self.data
+
+
+@contextlib.contextmanager
+def smtp_server(
+    handler: Scripted, *, ca: tls.TestCA | None = None, password: str | None = None
+) -> Iterator[int]:
+    """aiosmtpd on a free port; with *tls*: STARTTLS required; with *password*: AUTH."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+
+    options: dict[str, object] = {}
+    if ca is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(ca.cert_pem), str(ca.key_pem))
+        options.update(tls_context=context, require_starttls=True)
+    if password is not None:
+
+        def check(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
+            login = (auth_data.login.decode(), auth_data.password.decode())
+            handler.logins.append(login)
+            return AuthResult(success=login[1] == password)
+
+        options.update(authenticator=check, auth_require_tls=ca is not None)
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), **options)
+    controller.start()
+    try:
+        yield controller.port
+    finally:
+        controller.stop()
+
+
+def relay(port: int, **options: object) -> SmtpRelay:
+    options.setdefault("security", "plain")
+    return SmtpRelay("127.0.0.1", port=port, timeout=5, **options)  # type: ignore[arg-type]
+
+
+def mail(n: int, *to: str, received: int = 0) -> EmailMessage:
+    message = EmailMessage()
+    for hop in range(received):
+        message["Received"] = f"from hop{hop}.example.com by mx.example.com"
+    message["From"] = "helpdesk@example.com"
+    message["To"] = ", ".join(to or ("alice@example.com",))
+    message["Subject"] = f"reply {n}"
+    message["Message-ID"] = f"<reply-{n}@example.com>"
+    message.set_content(f"Your ticket {n}\n")
+    return message
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def handler() -> Iterator[tuple[Scripted, int]]:
+    scripted = Scripted()
+    with smtp_server(scripted) as port:
+        yield scripted, port
+
+
+def test_a_mail_is_recorded_then_delivered(handler, clock):
+    scripted, port = handler
+    store = MemoryStore()
+    board = StatusBoard(store, notifiers=[], quiet_period=0)
+    outbox = Outbox(store, relay(port), clock=clock, status=board)
+    queued = outbox.send(mail(1, "alice@example.com", "bob@example.com"))
+    assert queued.state == "queued"
+    assert queued.pending == ("alice@example.com", "bob@example.com")
+    assert scripted.received == [], "send() records; the sender sends"
+    assert outbox.deliver_due() == 1
+    [(sender, recipients, raw)] = scripted.received
+    assert sender == "helpdesk@example.com"
+    assert recipients == ("alice@example.com", "bob@example.com")
+    assert b"Message-ID: <reply-1@example.com>" in raw
+    sent = outbox.get("<reply-1@example.com>")
+    assert sent is not None
+    assert sent.state == "sent"
+    assert sent.recipients == {"alice@example.com": "sent", "bob@example.com": "sent"}
+    assert [t.outcome for t in sent.history] == ["sent"]
+    assert board.get(f"outbox:127.0.0.1:{port}").state is SourceState.ONLINE
+    assert outbox.deliver_due() == 0, "nothing is sent twice"
+    assert len(scripted.received) == 1
+
+
+def test_the_same_message_id_is_queued_once_and_a_mail_without_one_gets_one(clock):
+    outbox = Outbox(MemoryStore(), relay(free_port()), clock=clock)
+    outbox.send(mail(1))
+    again = outbox.send(mail(1))
+    assert outbox.counts() == {"queued": 1}
+    assert again.message_id == "<reply-1@example.com>"
+    bare = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: x\r\n\r\nhi\r\n"
+    queued = outbox.send(bare)
+    assert queued.message_id.endswith("@mailtether.invalid>")
+    assert outbox.counts() == {"queued": 2}
+
+
+def test_bcc_recipients_get_the_mail_without_the_bcc_header(handler, clock):
+    scripted, port = handler
+    outbox = Outbox(MemoryStore(), relay(port), clock=clock)
+    message = mail(1, "alice@example.com")
+    message["Bcc"] = "auditor@example.com"
+    outbox.send(message)
+    outbox.deliver_due()
+    [(_, recipients, raw)] = scripted.received
+    assert recipients == ("alice@example.com", "auditor@example.com")
+    assert b"auditor@example.com" not in raw
+
+
+def test_each_recipient_gets_the_outcome_smtp_gives_it(handler, clock):
+    """250: sent; 450: tried again on the schedule; 550: failed at once with the words."""
+    scripted, port = handler
+    scripted.rcpt = {
+        "busy@example.com": "450 4.2.1 mailbox busy",
+        "gone@example.com": "550 5.1.1 no such user",
+    }
+    outbox = Outbox(MemoryStore(), relay(port), clock=clock, retry=Fixed(120))
+    outbox.send(mail(1, "alice@example.com", "busy@example.com", "gone@example.com"))
+    assert outbox.deliver_due() == 0
+    first = outbox.get("<reply-1@example.com>")
+    assert first is not None
+    assert first.state == "queued"
+    assert first.recipients == {
+        "alice@example.com": "sent",
+        "busy@example.com": "pending",
+        "gone@example.com": "failed",
+    }
+    assert first.next_at == clock.time() + 120
+    assert {t.reply for t in first.history} == {
+        "250 accepted",
+        "450 4.2.1 mailbox busy",
+        "550 5.1.1 no such user",
+    }
+    clock.advance(60)
+    outbox.deliver_due()  # not due yet
+    assert len(scripted.received) == 1
+    scripted.rcpt.pop("busy@example.com")
+    clock.advance(60)
+    outbox.deliver_due()
+    assert [recipients for _, recipients, _ in scripted.received] == [
+        ("alice@example.com",),
+        ("busy@example.com",),
+    ], "each recipient is sent to once"
+    done = outbox.get("<reply-1@example.com>")
+    assert done is not None
+    assert done.state == "failed", "in the error queue: one recipient refused for good"
+    assert "gone@example.com" in done.reason
+    assert "550 5.1.1 no such user" in done.reason
+    assert outbox.mails("failed") == [done]
+
+
+@pytest.mark.parametrize(
+    ("reply", "state"),
+    [("554 5.7.1 rejected as spam", "failed"), ("451 4.3.0 try later", "queued")],
+)
+def test_a_refused_data_concerns_every_recipient(handler, clock, reply, state):
+    scripted, port = handler
+    scripted.data = reply
+    outbox = Outbox(MemoryStore(), relay(port), clock=clock)
+    outbox.send(mail(1, "alice@example.com", "bob@example.com"))
+    outbox.deliver_due()
+    result = outbox.get("<reply-1@example.com>")
+    assert result is not None
+    assert result.state == state
+    assert result.history[-1].reply == reply
+    expected = "failed" if state == "failed" else "pending"
+    assert set(result.recipients.values()) == {expected}
+
+
+def test_a_relay_that_is_down_delays_the_mail_and_it_goes_when_the_relay_is_back(clock):
+    port = free_port()  # nothing listens yet
+    store = MemoryStore()
+    board = StatusBoard(store, notifiers=[], quiet_period=0)
+    outbox = Outbox(store, relay(port), clock=clock, status=board, retry=Fixed(30))
+    outbox.send(mail(1))
+    assert outbox.deliver_due() == 0
+    waiting = outbox.get("<reply-1@example.com>")
+    assert waiting is not None
+    assert waiting.state == "queued"
+    assert waiting.attempts == 1
+    assert "ConnectionRefusedError" in waiting.history[-1].reply
+    status = board.get(f"outbox:127.0.0.1:{port}")
+    assert status is not None
+    assert status.state is SourceState.RETRYING
+    assert "cannot hand mail to 127.0.0.1" in status.reason
+    scripted = Scripted()
+    from aiosmtpd.controller import Controller
+
+    controller = Controller(scripted, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        clock.advance(30)
+        assert outbox.deliver_due() == 1
+    finally:
+        controller.stop()
+    assert len(scripted.received) == 1
+    assert board.get(f"outbox:127.0.0.1:{port}").state is SourceState.ONLINE
+
+
+def test_a_dead_relay_is_skipped_for_the_rest_of_a_pass_and_the_others_flow_on(handler, clock):
+    scripted, port = handler
+    dead = relay(free_port(), name="dead")
+    alive = relay(port, name="alive")
+    outbox = Outbox(MemoryStore(), [alive, dead], clock=clock, skip_after=2)
+    for n in range(5):
+        outbox.send(mail(n), relay="dead")
+    for n in range(5, 7):
+        outbox.send(mail(n), relay="alive")
+    assert outbox.deliver_due() == 2
+    assert len(scripted.received) == 2
+    tried = [m for m in outbox.mails() if m.relay == "dead" and m.attempts]
+    assert len(tried) == 1, "the failure that skips the relay is not charged to its mail"
+    assert sum(1 for m in outbox.mails() if m.relay == "dead" and m.state == "queued") == 5
+
+
+def test_a_mail_in_a_loop_is_held_until_released(handler, clock):
+    scripted, port = handler
+    outbox = Outbox(MemoryStore(), relay(port), clock=clock, max_received=5)
+    held = outbox.send(mail(1, received=6))
+    assert held.state == "held"
+    assert "6 Received: lines (more than 5)" in held.reason
+    assert outbox.send(mail(2, received=5)).state == "queued"
+    outbox.deliver_due()
+    assert len(scripted.received) == 1
+    assert outbox.release("<reply-1@example.com>")
+    outbox.deliver_due()
+    assert len(scripted.received) == 2
+    assert not outbox.release("<reply-1@example.com>"), "sent: nothing to release"
+
+
+def test_a_failed_mail_can_be_released_or_dropped(handler, clock):
+    scripted, port = handler
+    scripted.rcpt = {"gone@example.com": "550 no such user"}
+    outbox = Outbox(MemoryStore(), relay(port), clock=clock)
+    outbox.send(mail(1, "gone@example.com"))
+    outbox.send(mail(2, "gone@example.com"))
+    outbox.deliver_due()
+    assert outbox.counts() == {"failed": 2}
+    scripted.rcpt = {}
+    assert outbox.release("<reply-1@example.com>")
+    outbox.deliver_due()
+    assert outbox.drop("<reply-2@example.com>")
+    assert outbox.counts() == {"sent": 1}
+    assert not outbox.drop("<reply-1@example.com>"), "sent mail is not dropped"
+
+
+def test_the_schedule_gives_up_into_the_error_queue(clock):
+    port = free_port()
+    outbox = Outbox(MemoryStore(), relay(port), clock=clock, retry=Fixed(60, max_attempts=2))
+    outbox.send(mail(1))
+    for _ in range(3):
+        outbox.deliver_due()
+        clock.advance(60)
+    failed = outbox.get("<reply-1@example.com>")
+    assert failed is not None
+    assert failed.state == "failed"
+    assert failed.attempts == 3
+    assert "given up after 3 tries" in failed.reason
+    assert "ConnectionRefusedError" in failed.reason
+
+
+def test_starttls_and_login_are_required_and_the_password_is_never_shown(tmp_path, clock, caplog):
+    ca = tls.make_ca(tmp_path / "ca")
+    scripted = Scripted()
+    with smtp_server(scripted, ca=ca, password="s3cret-pw") as port:
+        good = SmtpRelay(
+            "127.0.0.1",
+            port=port,
+            username="bot@example.com",
+            password="s3cret-pw",
+            ssl_context=ca.client_context(),
+        )
+        outbox = Outbox(MemoryStore(), good, clock=clock)
+        outbox.send(mail(1))
+        assert outbox.deliver_due() == 1
+        assert scripted.logins == [("bot@example.com", "s3cret-pw")]
+        untrusted = SmtpRelay("127.0.0.1", port=port, ssl_context=ca.wrong_context())
+        other = Outbox(MemoryStore(), untrusted, clock=clock)
+        other.send(mail(2))
+        other.deliver_due()
+        refused = other.get("<reply-2@example.com>")
+        assert refused is not None
+        assert refused.state == "queued"
+        assert "CERTIFICATE_VERIFY_FAILED" in refused.history[-1].reply
+    assert "s3cret-pw" not in repr(good)
+    assert "s3cret-pw" not in caplog.text
+
+
+def test_relays_and_mail_are_checked():
+    with pytest.raises(ConfigError, match="security"):
+        SmtpRelay("smtp.example.com", security="ssl")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="port"):
+        SmtpRelay("smtp.example.com", port=0)
+    with pytest.raises(ConfigError, match="at least one"):
+        Outbox(MemoryStore(), [])
+    outbox = Outbox(MemoryStore(), SmtpRelay("smtp.example.com"))
+    with pytest.raises(ConfigError, match="no recipient"):
+        outbox.send(b"From: a@example.com\r\nMessage-ID: <x@y>\r\n\r\nhi\r\n")
+    with pytest.raises(ConfigError, match="no relay named"):
+        outbox.send(mail(1), relay="elsewhere")
+
+
+def test_two_senders_on_one_store_send_every_mail_once(handler, tmp_path):
+    scripted, port = handler
+    path = tmp_path / "outbox.db"
+    first, second = SQLiteStore(path), SQLiteStore(path)
+    try:
+        senders = [Outbox(store, relay(port)) for store in (first, second)]
+        for n in range(40):
+            senders[n % 2].send(mail(n))
+        threads = [threading.Thread(target=sender.deliver_due) for sender in senders]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        subjects = sorted(
+            raw.split(b"Subject: ")[1].split(b"\r\n")[0] for _, _, raw in scripted.received
+        )
+        assert subjects == sorted(f"reply {n}".encode() for n in range(40))
+        assert senders[0].counts() == {"sent": 40}
+    finally:
+        first.close()
+        second.close()
+
+
+def test_the_sender_thread_sends_what_is_queued_and_stops(handler):
+    scripted, port = handler
+    outbox = Outbox(MemoryStore(), relay(port), poll_interval=30)
+    outbox.run_in_thread()
+    try:
+        outbox.send(mail(1))  # wakes the sender: no 30 s wait
+        eventually(lambda: len(scripted.received) == 1, timeout=10)
+        with pytest.raises(RuntimeError, match="already running"):
+            outbox.run_in_thread()
+    finally:
+        outbox.stop()
+    assert outbox.get("<reply-1@example.com>").state == "sent"
+
+
+def test_a_view_of_a_mail_is_a_frozen_value(clock):
+    outbox = Outbox(MemoryStore(), relay(free_port()), clock=clock)
+    queued = outbox.send(mail(1))
+    assert isinstance(queued, OutboundMail)
+    with pytest.raises(AttributeError):
+        queued.state = "sent"  # type: ignore[misc]
