@@ -7,10 +7,16 @@ are scripted per recipient and per DATA; time is a FakeClock, so schedules are e
 from __future__ import annotations
 
 import contextlib
+import signal
 import ssl
+import subprocess
+import sys
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +34,8 @@ from mailtether import (
 )
 from mailtether.testing import FakeClock
 from servers import free_port, tls
+
+WORKER = Path(__file__).parent / "outbox_worker.py"
 
 
 class Scripted:
@@ -97,6 +105,10 @@ def mail(n: int, *to: str, received: int = 0) -> EmailMessage:
     message["Message-ID"] = f"<reply-{n}@example.com>"
     message.set_content(f"Your ticket {n}\n")
     return message
+
+
+def subject_of(raw: bytes) -> bytes:
+    return raw.split(b"Subject: ")[1].split(b"\r\n")[0]
 
 
 @pytest.fixture
@@ -365,9 +377,7 @@ def test_two_senders_on_one_store_send_every_mail_once(handler, tmp_path):
             thread.start()
         for thread in threads:
             thread.join(30)
-        subjects = sorted(
-            raw.split(b"Subject: ")[1].split(b"\r\n")[0] for _, _, raw in scripted.received
-        )
+        subjects = sorted(subject_of(raw) for _, _, raw in scripted.received)
         assert subjects == sorted(f"reply {n}".encode() for n in range(40))
         assert senders[0].counts() == {"sent": 40}
     finally:
@@ -395,3 +405,45 @@ def test_a_view_of_a_mail_is_a_frozen_value(clock):
     assert isinstance(queued, OutboundMail)
     with pytest.raises(AttributeError):
         queued.state = "sent"  # type: ignore[misc]
+
+
+def test_a_sender_killed_mid_run_loses_nothing_and_repeats_only_the_mail_in_flight(tmp_path):
+    """kill -9 between the server's 250 and the record: that mail, and only it, goes twice."""
+    db = tmp_path / "outbox.db"
+    store = SQLiteStore(db)
+    killed = threading.Event()
+    worker: list[subprocess.Popen[bytes]] = []
+
+    class KillOnTenth(Scripted):
+        async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+            reply = await super().handle_DATA(server, session, envelope)
+            if len(self.received) == 10 and not killed.is_set():
+                worker[0].kill()  # accepted here; the sender never hears the 250
+                worker[0].wait(10)
+                killed.set()
+            return reply
+
+    scripted = KillOnTenth()
+    try:
+        with smtp_server(scripted) as port:
+            outbox = Outbox(store, relay(port))
+            for n in range(30):
+                outbox.send(mail(n))
+            worker.append(subprocess.Popen([sys.executable, str(WORKER), str(db), str(port)]))
+            assert killed.wait(30), "the sender got to the tenth mail"
+            assert worker[0].returncode == -signal.SIGKILL
+            in_flight = [m for m in outbox.mails("sending")]
+            assert len(in_flight) == 1
+            # A sender started after the dead one's claim expired (60 s: a FakeClock ahead).
+            later = Outbox(store, relay(port), clock=FakeClock(wall=time.time() + 61))
+            assert later.deliver_due() == 21
+    finally:
+        store.close()
+        for process in worker:
+            if process.poll() is None:
+                process.kill()
+    subjects = Counter(subject_of(raw) for _, _, raw in scripted.received)
+    assert set(subjects) == {f"reply {n}".encode() for n in range(30)}, "nothing lost"
+    twice = [subject for subject, count in subjects.items() if count > 1]
+    assert [subjects[subject] for subject in twice] == [2], "only the mail in flight"
+    assert twice == [in_flight[0].message_id.replace("<reply-", "reply ").split("@")[0].encode()]
