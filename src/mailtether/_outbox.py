@@ -38,7 +38,7 @@ from mailtether._redaction import redacting_logger
 from mailtether._smtp_relay import SmtpRelay
 from mailtether._status import SourceState, StatusBoard
 from mailtether._strategies import Exponential, ReconnectStrategy
-from mailtether.stores._protocol import Record, Store
+from mailtether.stores._protocol import Record, Store, Write
 
 __all__ = ["OUTGOING", "OutboundMail", "Outbox", "SendTry"]
 
@@ -47,6 +47,7 @@ log = redacting_logger("mailtether.outbox")
 OUTGOING: Final = "outgoing"
 """The store namespace of outgoing mail."""
 
+_CLAIM_MOST: Final = 50  # mails claimed in one store write
 _HISTORY_MOST: Final = 50  # tries kept per mail (the first and the latest ones)
 _REPLY_MOST: Final = 300  # characters of a server reply kept
 _RECEIVED: Final = re.compile(rb"^received:", re.IGNORECASE | re.MULTILINE)
@@ -424,29 +425,38 @@ class _RelayPass:
     def run(self, records: list[Record]) -> int:
         sent = 0
         try:
-            for record in records:
-                if self.skipped:
+            for start in range(0, len(records), _CLAIM_MOST):
+                if self._skipping():
                     break
-                claimed = self._claim(record)
-                if claimed is not None:
-                    sent += self._deliver(claimed)
+                claimed = self._claim(records[start : start + _CLAIM_MOST])
+                for index, record in enumerate(claimed):
+                    if self._skipping():  # the rest waits for the next pass, uncharged
+                        self._put_back(claimed[index:])
+                        break
+                    sent += self._deliver(record)
         finally:
             self._close()
         if self.skipped:
-            left = len(records)
             log.warning(
-                "outbox: %s failed %d connections in a row; its mail waits for the next pass "
-                "(%d due this pass)",
+                "outbox: %s failed %d connections in a row; its mail waits for the next pass",
                 self.relay.name,
                 self.failures,
-                left,
             )
         return sent
 
-    def _claim(self, record: Record) -> Record | None:
-        data = _copy(record.data)
-        data["claimed_until"] = self.outbox.clock.time() + self.outbox.claim_ttl
-        return self.outbox.store.put(OUTGOING, record.key, "sending", data, expect=record.version)
+    def _skipping(self) -> bool:
+        """Whether the relay is skipped for the rest of the pass (set by :meth:`_deliver`)."""
+        return self.skipped
+
+    def _claim(self, records: list[Record]) -> list[Record]:
+        """Claim these mails in one store write; return the ones claimed (others took the rest)."""
+        until = self.outbox.clock.time() + self.outbox.claim_ttl
+        writes = []
+        for record in records:
+            data = _copy(record.data)
+            data["claimed_until"] = until
+            writes.append(Write(OUTGOING, record.key, "sending", data, expect=record.version))
+        return [claimed for claimed in self.outbox.store.put_many(writes) if claimed is not None]
 
     def _deliver(self, record: Record) -> int:
         outbox = self.outbox
@@ -464,7 +474,7 @@ class _RelayPass:
                 self.skipped = True
             self._report(SourceState.RETRYING, f"cannot hand mail to {self.relay.name}: {reply}")
             if self.skipped:  # not charged a try: the relay is down, not the mail
-                self._put_back(record, data)
+                self._put_back([record])
                 return 0
             tries.append(SendTry(now, self.relay.name, "delayed", reply, tuple(pending)))
         else:
@@ -564,8 +574,14 @@ class _RelayPass:
             except (OSError, smtplib.SMTPException):
                 smtp.close()
 
-    def _put_back(self, record: Record, data: dict[str, Any]) -> None:
-        self.outbox.store.put(OUTGOING, record.key, "queued", data, expect=record.version)
+    def _put_back(self, records: list[Record]) -> None:
+        """Unclaim these mails, as they were (no try counted)."""
+        writes = []
+        for record in records:
+            data = _copy(record.data)
+            data.pop("claimed_until", None)
+            writes.append(Write(OUTGOING, record.key, "queued", data, expect=record.version))
+        self.outbox.store.put_many(writes)
 
     def _report(self, state: SourceState, reason: str) -> None:
         status = self.outbox.status

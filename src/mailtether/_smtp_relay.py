@@ -106,20 +106,22 @@ class SmtpRelay:
                 them: smtplib does not echo it).
         """
         host, port = self.address
-        context = self.ssl_context or ssl.create_default_context()
         smtp: smtplib.SMTP
         if self.security == "tls":
-            smtp = smtplib.SMTP_SSL(host, port, timeout=self.timeout, context=context)
+            smtp = smtplib.SMTP_SSL(host, port, timeout=self.timeout, context=self._context())
         else:
             smtp = smtplib.SMTP(host, port, timeout=self.timeout)
         try:
             if self.security == "starttls":
-                smtp.starttls(context=context)
+                smtp.starttls(context=self._context())
             smtp_login(smtp, self.username, self.password)
         except BaseException:
             smtp.close()
             raise
         return smtp
+
+    def _context(self) -> ssl.SSLContext:
+        return self.ssl_context or ssl.create_default_context()
 
     def __repr__(self) -> str:
         user = f", user={self.username!r}" if self.username else ""

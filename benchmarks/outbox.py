@@ -1,0 +1,140 @@
+"""The outbox beside a plain smtplib loop, in one run, against a local SMTP server.
+
+Run: ``.venv/bin/python benchmarks/outbox.py`` (Redis and PostgreSQL rows need
+``redis-server`` / PostgreSQL installed; they start their own servers on free loopback
+ports, or are left out with a note).
+
+1. delivery: mails per second handed to a local aiosmtpd through ``Outbox.deliver_due`` on
+   MemoryStore, SQLite, Redis and PostgreSQL, beside a plain ``smtplib`` loop sending the
+   same mails over one reused connection (target: >= 0.8x the plain loop). Rounds
+   interleaved, medians.
+2. ``Outbox.send()``: what recording one mail costs per store (microseconds).
+
+The outbox does more than the loop: each mail is claimed and its outcome recorded (two
+store writes), per recipient, so a crash loses nothing; the loop loses its mails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import smtplib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+from _servers import postgres_server, redis_server
+
+from mailtether import MemoryStore, Outbox, SmtpRelay, SQLiteStore, Store, store_from_url
+from servers import free_port, port_open
+
+MAILS = 500
+ROUNDS = 5
+
+
+def mail(round_: int, n: int) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = "helpdesk@example.com"
+    message["To"] = "alice@example.com"
+    message["Subject"] = f"reply {n}"
+    message["Message-ID"] = f"<r{round_}-{n}@bench>"
+    message.set_content(f"Your ticket {n} is closed.\n")
+    return message
+
+
+@contextlib.contextmanager
+def smtp_server() -> Iterator[int]:
+    """aiosmtpd in a process of its own (in this one, it would share the GIL with the sender)."""
+    port = free_port()
+    command = [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink"]
+    server = subprocess.Popen([*command, "-l", f"127.0.0.1:{port}"])
+    try:
+        deadline = time.monotonic() + 20
+        while not port_open(port):
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("aiosmtpd did not start")
+            time.sleep(0.05)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def main() -> int:
+    print(f"Python {sys.version.split()[0]}; {MAILS} mails a round, median of {ROUNDS} rounds")
+    with contextlib.ExitStack() as stack:
+        port = stack.enter_context(smtp_server())
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        redis_port = stack.enter_context(redis_server())
+        postgres_dsn = stack.enter_context(postgres_server())
+        relay = SmtpRelay("127.0.0.1", port=port, security="plain")
+        counter = iter(range(1_000_000))
+        stores: dict[str, Callable[[], Store]] = {
+            "MemoryStore": MemoryStore,
+            "SQLiteStore": lambda: SQLiteStore(tmp / f"outbox-{next(counter)}.db"),
+        }
+        if redis_port is not None:
+            stores["RedisStore"] = lambda: store_from_url(
+                f"redis://127.0.0.1:{redis_port}/0?prefix=o{next(counter)}"
+            )
+        if postgres_dsn is not None:
+            stores["PostgresStore"] = lambda: store_from_url(
+                f"{postgres_dsn}?table_prefix=o{next(counter)}"
+            )
+        rounds = iter(range(1_000_000))
+
+        def plain() -> tuple[float, float]:
+            # The mails flattened beforehand, as Outbox.send() does before its timing starts.
+            mails = [mail(next(rounds), n).as_bytes() for n in range(MAILS)]
+            started = time.perf_counter()
+            with smtplib.SMTP("127.0.0.1", port) as smtp:
+                for raw in mails:
+                    smtp.sendmail("helpdesk@example.com", ["alice@example.com"], raw)
+            return MAILS / (time.perf_counter() - started), 0.0
+
+        def ours(open_store: Callable[[], Store]) -> tuple[float, float]:
+            store = open_store()
+            outbox = Outbox(store, relay)
+            mails = [mail(next(rounds), n) for n in range(MAILS)]
+            started = time.perf_counter()
+            for message in mails:
+                outbox.send(message)
+            queued = time.perf_counter()
+            sent = outbox.deliver_due()
+            took = time.perf_counter() - queued
+            store.close()
+            assert sent == MAILS, sent
+            return MAILS / took, (queued - started) / MAILS * 1e6
+
+        contenders: dict[str, Callable[[], tuple[float, float]]] = {"plain smtplib": plain}
+        for name, open_store in stores.items():
+            contenders[f"Outbox, {name}"] = lambda open_store=open_store: ours(open_store)  # type: ignore[misc]
+        for run in contenders.values():
+            run()  # warm-up
+        rates: dict[str, list[float]] = {name: [] for name in contenders}
+        costs: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(ROUNDS):
+            for name, run in contenders.items():
+                rate, cost = run()
+                rates[name].append(rate)
+                costs[name].append(cost)
+    plain_rate = statistics.median(rates["plain smtplib"])
+    print(f"\n  {'contender':<24} {'mails/s':>8}  x plain   send() µs/mail")
+    for name in contenders:
+        rate = statistics.median(rates[name])
+        cost = statistics.median(costs[name])
+        shown = f"{cost:9.0f}" if name != "plain smtplib" else "        -"
+        print(f"  {name:<24} {rate:8,.0f}  {rate / plain_rate:6.2f}   {shown}")
+    for missing, port_or_dsn in (("Redis", redis_port), ("PostgreSQL", postgres_dsn)):
+        if port_or_dsn is None:
+            print(f"  (no {missing} row: not installed)")
+    print("  target: delivery >= 0.8x the plain loop on every store")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
