@@ -324,3 +324,30 @@ def test_redact_url_hides_every_password_form():
     )
     assert redact_url("host=h password=pw3 dbname=d") == "host=h password=*** dbname=d"
     assert redact_url("sqlite:///var/x.db") == "sqlite:///var/x.db"
+
+
+def test_redis_scripts_the_server_forgot_are_loaded_again(redis_server):
+    # A restarted or failed-over server has no scripts: each call must load its own again
+    # (NOSCRIPT: the script did not run, so sending it once more cannot run it twice).
+    redis = pytest.importorskip("redis")
+
+    store = store_from_url(f"{redis_server.url}?prefix=t{uuid.uuid4().hex[:10]}")
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.script_flush()
+        lease = store.acquire("forgotten", "me", 30)
+        assert lease is not None
+        assert lease.token == 1
+        client.script_flush()
+        assert store.put_many([]) == []
+        assert store.put("guard", "k", "done", {"n": 1}).version == 1
+        client.script_flush()
+        assert store.get_states("guard", ["k", "j"]) == {"k": "done"}
+        client.script_flush()
+        assert store.get_many("guard", ["k"])["k"].data == {"n": 1}
+        client.script_flush()
+        assert store.release(lease) is True
+        assert store.acquire("forgotten", "me", 30).token == 2
+    finally:
+        client.close()
+        store.close()

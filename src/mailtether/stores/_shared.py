@@ -161,6 +161,8 @@ def check_time(value: object, what: str) -> float:
 
 def check_ttl(ttl: object) -> float:
     """Return *ttl* as float seconds if it is finite and at least 1 ms."""
+    if (type(ttl) is float or type(ttl) is int) and MIN_TTL <= ttl < math.inf:
+        return float(ttl)  # the common case
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
         raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
     ttl = float(ttl)

@@ -58,6 +58,25 @@ _SELECT_MANY: Final = (
 _STATES_MANY: Final = (
     "SELECT key, state FROM mailtether_records WHERE namespace = ? AND key IN ({marks})"
 )
+# The leases: each call one statement, and each a compare-and-set on its own.
+_ACQUIRE: Final = (
+    "INSERT INTO mailtether_leases (name, owner, token, expires_at, ttl) "
+    "VALUES (?, ?, 1, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+    "owner = excluded.owner, token = token + 1, expires_at = excluded.expires_at, "
+    "ttl = excluded.ttl WHERE owner IS NULL OR expires_at <= ? RETURNING token"
+)
+_RENEW: Final = (
+    "UPDATE mailtether_leases SET expires_at = ?, ttl = ? WHERE name = ? "
+    "AND owner = ? AND token = ? AND expires_at > ?"
+)
+_RELEASE: Final = (
+    "UPDATE mailtether_leases SET owner = NULL, expires_at = 0 WHERE name = ? "
+    "AND owner = ? AND token = ? AND expires_at > ?"
+)
+_HOLDER: Final = (
+    "SELECT owner, token, expires_at, ttl FROM mailtether_leases WHERE name = ? "
+    "AND owner IS NOT NULL AND expires_at > ?"
+)
 _POOL: Final = 8  # idle connections kept for reuse
 _GROUP_ROWS: Final = 100  # writes of put_many in one statement, at most
 
@@ -191,7 +210,16 @@ class SQLiteStore(PutFromPutMany):
 
     def _check_file(self) -> None:
         """Raise StoreError if the file opened is not at :attr:`path` any more."""
-        if self._stat() != self._identity:
+        try:
+            found = os.stat(self._file)  # the common case first: one call, no tuple
+        except OSError:
+            found = None
+        if (
+            found is None
+            or self._identity is None
+            or found.st_ino != self._identity[1]
+            or found.st_dev != self._identity[0]
+        ) and self._stat() != self._identity:
             raise StoreError(
                 f"the SQLiteStore file {self.path} was replaced by another file while in use "
                 "(nothing more is written to either): restore the file and restart, or restart "
@@ -234,6 +262,31 @@ class SQLiteStore(PutFromPutMany):
                 raise
             raise StoreError(f"{self!r}: {what} failed: {error}") from error
         self._pool.put_back(connection)
+        return result
+
+    def _execute(self, what: str, sql: str, params: tuple[Any, ...], *, row: bool) -> Any:
+        """One statement: its first row (``row``), else how many rows it changed.
+
+        :meth:`_run` for the calls that are one statement (leases), without the closure:
+        a lease's acquire and release are each a few microseconds of Python around SQLite.
+        """
+        pool = self._pool
+        if pool.closed:
+            raise StoreError(f"{self!r} is closed")
+        if self._identity is not None:  # before taking a connection: it may open the file
+            self._check_file()
+        connection: sqlite3.Connection | None = None
+        try:
+            connection = pool.take()
+            cursor = connection.execute(sql, params)
+            result = cursor.fetchone() if row else cursor.rowcount
+        except BaseException as error:
+            if connection is not None:
+                connection.close()
+            if not isinstance(error, sqlite3.Error | OSError):
+                raise
+            raise StoreError(f"{self!r}: {what} failed: {error}") from error
+        pool.put_back(connection)
         return result
 
     @contextmanager
@@ -362,65 +415,29 @@ class SQLiteStore(PutFromPutMany):
         check_key(owner, "owner")
         ttl = check_ttl(ttl)
         now = self._clock.time()
-        row = self._run(
-            "acquire",
-            lambda c: c.execute(
-                "INSERT INTO mailtether_leases (name, owner, token, expires_at, ttl) "
-                "VALUES (?, ?, 1, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                "owner = excluded.owner, token = token + 1, expires_at = excluded.expires_at, "
-                "ttl = excluded.ttl WHERE owner IS NULL OR expires_at <= ? RETURNING token",
-                (name, owner, now + ttl, ttl, now),
-            ).fetchone(),
-        )
-        return None if row is None else Lease(name, owner, int(row[0]), now + ttl, ttl)
+        row = self._execute("acquire", _ACQUIRE, (name, owner, now + ttl, ttl, now), row=True)
+        return None if row is None else Lease(name, owner, row[0], now + ttl, ttl)
 
     def renew(self, lease: Lease, ttl: float | None = None) -> Lease:
         """Extend a held lease from now; raise LeaseLost if it is not held any more."""
         check_lease(lease)
         ttl = lease.ttl if ttl is None else check_ttl(ttl)
         now = self._clock.time()
-        changed = self._run(
-            "renew",
-            lambda c: (
-                c.execute(
-                    "UPDATE mailtether_leases SET expires_at = ?, ttl = ? WHERE name = ? "
-                    "AND owner = ? AND token = ? AND expires_at > ?",
-                    (now + ttl, ttl, lease.name, lease.owner, lease.token, now),
-                ).rowcount
-            ),
-        )
-        if not changed:
+        params = (now + ttl, ttl, lease.name, lease.owner, lease.token, now)
+        if not self._execute("renew", _RENEW, params, row=False):
             raise lease_lost(lease)
         return Lease(lease.name, lease.owner, lease.token, now + ttl, ttl)
 
     def release(self, lease: Lease) -> bool:
         """Let go of a held lease."""
         check_lease(lease)
-        now = self._clock.time()
-        changed = self._run(
-            "release",
-            lambda c: (
-                c.execute(
-                    "UPDATE mailtether_leases SET owner = NULL, expires_at = 0 WHERE name = ? "
-                    "AND owner = ? AND token = ? AND expires_at > ?",
-                    (lease.name, lease.owner, lease.token, now),
-                ).rowcount
-            ),
-        )
-        return changed > 0
+        params = (lease.name, lease.owner, lease.token, self._clock.time())
+        return bool(self._execute("release", _RELEASE, params, row=False))
 
     def holder(self, name: str) -> Lease | None:
         """Return the current unexpired holder."""
         check_key(name, "name")
-        now = self._clock.time()
-        row = self._run(
-            "holder",
-            lambda c: c.execute(
-                "SELECT owner, token, expires_at, ttl FROM mailtether_leases WHERE name = ? "
-                "AND owner IS NOT NULL AND expires_at > ?",
-                (name, now),
-            ).fetchone(),
-        )
+        row = self._execute("holder", _HOLDER, (name, self._clock.time()), row=True)
         return (
             None if row is None else Lease(name, row[0], int(row[1]), float(row[2]), float(row[3]))
         )
