@@ -50,6 +50,8 @@ LAYERS: dict[str, int] = {
     "_pipeline": 3,
     "_runner": 3,
     "_outbox": 3,
+    "_outbox_queue": 2,
+    "_outbox_relay_pass": 3,
     # sources: their connections, ports, listeners and probes; diagnostics across them
     "imap": 4,
     "pop3": 4,

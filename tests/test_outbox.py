@@ -7,6 +7,8 @@ are scripted per recipient and per DATA; time is a FakeClock, so schedules are e
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import signal
 import ssl
 import subprocess
@@ -32,6 +34,7 @@ from mailtether import (
     SQLiteStore,
     StatusBoard,
 )
+from mailtether.cli._main import main
 from mailtether.testing import FakeClock
 from servers import free_port, tls
 
@@ -447,3 +450,66 @@ def test_a_sender_killed_mid_run_loses_nothing_and_repeats_only_the_mail_in_flig
     twice = [subject for subject, count in subjects.items() if count > 1]
     assert twice == [b"reply 9"], "only the mail in flight (the tenth) went twice"
     assert subjects[b"reply 9"] == 2
+
+
+# -- mailtether queue ---------------------------------------------------------------------------
+
+
+def queue_cli(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(["queue", *args], out=out)
+    return code, out.getvalue()
+
+
+def test_mailtether_queue_shows_the_queue_by_relay_and_domain_and_one_mails_history(
+    handler, tmp_path
+):
+    scripted, port = handler
+    scripted.rcpt = {"gone@example.org": "550 5.1.1 no such user"}
+    db = tmp_path / "outbox.db"
+    store = SQLiteStore(db)
+    clock = FakeClock(wall=time.time())
+    try:
+        outbox = Outbox(store, [relay(port, name="smarthost")], clock=clock, retry=Fixed(600))
+        outbox.send(mail(1, "alice@example.com"))
+        outbox.send(mail(2, "gone@example.org"))
+        outbox.send(mail(3, "loop@example.com", received=40))
+        outbox.deliver_due()
+        outbox.send(mail(4, "bob@example.com"))  # due now: active
+    finally:
+        store.close()
+    url = f"sqlite://{db}"
+    code, text = queue_cli("--store", url)
+    assert code == 0
+    assert "mails: failed 1, held 1, queued 1, sent 1" in text
+    assert "smarthost" in text
+    assert "example.org" in text
+    assert "<reply-2@example.com>  failed" in text
+    assert "550 5.1.1 no such user" in text
+    code, text = queue_cli("--store", url, "--json")
+    data = json.loads(text)
+    assert data["relays"]["smarthost"]["active"] == 1
+    assert data["relays"]["smarthost"]["failed"] == 1
+    assert data["relays"]["smarthost"]["held"] == 1
+    assert data["domains"]["example.org"]["failed"] == 1
+    assert [m["message_id"] for m in data["attention"]] == [
+        "<reply-2@example.com>",
+        "<reply-3@example.com>",
+    ]
+    code, text = queue_cli("show", "<reply-2@example.com>", "--store", url)
+    assert code == 0
+    assert "failed   gone@example.org" in text
+    assert "550 5.1.1 no such user" in text
+    assert queue_cli("show", "<nope@x>", "--store", url)[0] == 1
+    assert queue_cli("drop", "<reply-2@example.com>", "--store", url) == (
+        0,
+        "<reply-2@example.com>: dropped\n",
+    )
+    code, text = queue_cli("release", "<reply-3@example.com>", "--store", url, "--json")
+    assert json.loads(text) == {
+        "message_id": "<reply-3@example.com>",
+        "ok": True,
+        "result": "released",
+    }
+    assert queue_cli("release", "<reply-1@example.com>", "--store", url)[0] == 1, "sent"
+    assert queue_cli("release", "--store", url)[0] == 1, "which mail?"

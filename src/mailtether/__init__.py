@@ -38,7 +38,8 @@ from mailtether._guard_states import ClaimStatus, GuardEntry, GuardState, Histor
 from mailtether._keepalive import Keepalive
 from mailtether._leases import ProcessLock, acquire_lease
 from mailtether._message_key import MessageKey, content_digest, message_id_of
-from mailtether._outbox import OutboundMail, Outbox, SendTry
+from mailtether._outbox import Outbox
+from mailtether._outbox_queue import OutboundMail, SendTry
 from mailtether._settings import ImapSettings, Security
 from mailtether._smtp_notifier import SmtpNotifier
 from mailtether._smtp_relay import SmtpRelay

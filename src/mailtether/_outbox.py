@@ -23,107 +23,32 @@ from __future__ import annotations
 import base64
 import email.utils
 import re
-import smtplib
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from email.message import EmailMessage, Message
 from typing import Any, Final
 
-import attrs
-
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._durations import Duration, check_count, check_seconds
-from mailtether._errors import ConfigError, one_line
+from mailtether._errors import ConfigError
+from mailtether._outbox_queue import OUTGOING, OutboundMail, OutboxQueue, view
+from mailtether._outbox_relay_pass import RelayPass
 from mailtether._redaction import redacting_logger
 from mailtether._smtp_relay import SmtpRelay
-from mailtether._status import SourceState, StatusBoard
+from mailtether._status import StatusBoard
 from mailtether._strategies import Exponential, ReconnectStrategy
-from mailtether.stores._protocol import Record, Store, Write
+from mailtether.stores._protocol import Record, Store
 
-__all__ = ["OUTGOING", "OutboundMail", "Outbox", "SendTry"]
+__all__ = ["Outbox"]
 
 log = redacting_logger("mailtether.outbox")
 
-OUTGOING: Final = "outgoing"
-"""The store namespace of outgoing mail."""
-
-_CLAIM_MOST: Final = 50  # mails claimed in one store write
-_HISTORY_MOST: Final = 50  # tries kept per mail (the first and the latest ones)
-_REPLY_MOST: Final = 300  # characters of a server reply kept
 _RECEIVED: Final = re.compile(rb"^received:", re.IGNORECASE | re.MULTILINE)
 
 DEFAULT_RETRY: Final = Exponential(initial=60, growth=1.0, max_delay=3600).capped(
     max_offline_for=5 * 24 * 3600
 )
 """The default schedule: 1, 2, 4 … 60 minutes apart, then hourly; given up after 5 days."""
-
-
-@attrs.frozen
-class SendTry:
-    """One try at sending a mail: when, through which relay, what the server said."""
-
-    at: float
-    """Wall-clock time of the try."""
-    relay: str
-    """The relay's name."""
-    outcome: str
-    """``sent``, ``delayed`` or ``failed`` (for the recipients it concerned)."""
-    reply: str
-    """The server's words (code and text), or what went wrong with the connection."""
-    recipients: tuple[str, ...]
-    """The recipients this try concerned."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """The try as a JSON-able dict."""
-        return {
-            "at": self.at,
-            "relay": self.relay,
-            "outcome": self.outcome,
-            "reply": self.reply,
-            "recipients": list(self.recipients),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SendTry:
-        """The try from :meth:`to_dict`'s output."""
-        return cls(
-            float(data["at"]),
-            str(data["relay"]),
-            str(data["outcome"]),
-            str(data["reply"]),
-            tuple(str(r) for r in data["recipients"]),
-        )
-
-
-@attrs.frozen
-class OutboundMail:
-    """What the outbox knows about one mail (a snapshot; see :meth:`Outbox.get`)."""
-
-    message_id: str
-    """Its Message-ID: the key of its record."""
-    state: str
-    """``queued``, ``sending``, ``sent``, ``failed`` or ``held``."""
-    sender: str
-    """The envelope sender (``MAIL FROM``)."""
-    recipients: Mapping[str, str]
-    """Each envelope recipient and where it stands: ``pending``, ``sent`` or ``failed``."""
-    relay: str
-    """The name of the relay it goes through."""
-    queued_at: float
-    """When :meth:`Outbox.send` recorded it (wall clock)."""
-    next_at: float | None
-    """When it is tried next (``queued`` only)."""
-    attempts: int
-    """How many tries were made."""
-    reason: str
-    """Why it is failed or held (empty otherwise)."""
-    history: tuple[SendTry, ...]
-    """Its tries, oldest first."""
-
-    @property
-    def pending(self) -> tuple[str, ...]:
-        """The recipients still to be sent to."""
-        return tuple(r for r, state in self.recipients.items() if state == "pending")
 
 
 class Outbox:
@@ -217,6 +142,8 @@ class Outbox:
         self.claim_ttl = check_seconds(claim_ttl, "claim_ttl", minimum=1.0)
         self.poll_interval = check_seconds(poll_interval, "poll_interval", minimum=0.01)
         self.clock = clock
+        self.queue = OutboxQueue(store, clock=clock)
+        """The mail in the store: look-ups and a person's decisions (as ``mailtether queue``)."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -277,68 +204,39 @@ class Outbox:
         if record is None:  # queued before: once is enough
             existing = self.store.get(OUTGOING, message_id)
             assert existing is not None, "a record that exists"
-            return _view(existing)
+            return view(existing)
         if state == "held":
             log.warning("outbox: %s held: %s", message_id, data["reason"])
         self._wake.set()
-        return _view(record)
+        return view(record)
 
-    # -- reading ---------------------------------------------------------------------------------
+    # -- reading, and a person's decisions -------------------------------------------------
 
     def get(self, message_id: str) -> OutboundMail | None:
         """The mail with this Message-ID, or ``None``."""
-        record = self.store.get(OUTGOING, message_id)
-        return None if record is None else _view(record)
+        return self.queue.get(message_id)
 
     def mails(self, state: str | None = None) -> list[OutboundMail]:
         """The mails (in *state*, if given), least recently changed first."""
-        return [_view(record) for record in self.store.scan(OUTGOING, state=state)]
+        return self.queue.mails(state)
 
     def counts(self) -> dict[str, int]:
         """How many mails are in each state."""
-        return dict(self.store.count(OUTGOING))
-
-    # -- a person's decisions --------------------------------------------------------------------
+        return self.queue.counts()
 
     def release(self, message_id: str) -> bool:
         """Send a failed or held mail again: its failed recipients become pending, due now.
 
         Returns ``False`` if there is no such mail, or it is not failed or held.
         """
-
-        def change(data: dict[str, Any]) -> str:
-            recipients = data["recipients"]
-            for recipient, state in recipients.items():
-                if state == "failed":
-                    recipients[recipient] = "pending"
-            data.update(next_at=self.clock.time(), reason="", queued_at=self.clock.time())
-            data["attempts"] = 0
-            return "queued"
-
-        released = self._change(message_id, ("failed", "held"), change)
+        released = self.queue.release(message_id)
         if released:
             self._wake.set()
         return released
 
     def drop(self, message_id: str) -> bool:
         """Delete a failed or held mail for good; ``False`` if there is none such."""
-        record = self.store.get(OUTGOING, message_id)
-        if record is None or record.state not in ("failed", "held"):
-            return False
-        return self.store.delete(OUTGOING, message_id, expect=record.version)
-
-    def _change(
-        self, message_id: str, states: tuple[str, ...], change: Any, attempts: int = 5
-    ) -> bool:
-        for _ in range(attempts):
-            record = self.store.get(OUTGOING, message_id)
-            if record is None or record.state not in states:
-                return False
-            data = _copy(record.data)
-            state = change(data)
-            if self.store.put(OUTGOING, message_id, state, data, expect=record.version):
-                return True
-        return False
+        return self.queue.drop(message_id)
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -364,7 +262,7 @@ class Outbox:
                     "outbox: %d mail(s) wait for relay %r, unknown here", len(records), name
                 )
                 continue
-            sent += _RelayPass(self, relay).run(records)
+            sent += RelayPass(self, relay).run(records)
         return sent
 
     def run(self, stop: threading.Event | None = None) -> None:
@@ -411,217 +309,6 @@ class Outbox:
         return f"Outbox({self.store!r}, relays={list(self.relays)!r})"
 
 
-class _RelayPass:
-    """One pass over one relay's due mail, on one connection."""
-
-    def __init__(self, outbox: Outbox, relay: SmtpRelay) -> None:
-        self.outbox = outbox
-        self.relay = relay
-        self.smtp: smtplib.SMTP | None = None
-        self.failures = 0  # connection failures in a row
-        self.skipped = False
-        self.source = f"outbox:{relay.name}"
-
-    def run(self, records: list[Record]) -> int:
-        sent = 0
-        try:
-            for start in range(0, len(records), _CLAIM_MOST):
-                if self._skipping():
-                    break
-                claimed = self._claim(records[start : start + _CLAIM_MOST])
-                for index, record in enumerate(claimed):
-                    if self._skipping():  # the rest waits for the next pass, uncharged
-                        self._put_back(claimed[index:])
-                        break
-                    sent += self._deliver(record)
-        finally:
-            self._close()
-        if self.skipped:
-            log.warning(
-                "outbox: %s failed %d connections in a row; its mail waits for the next pass",
-                self.relay.name,
-                self.failures,
-            )
-        return sent
-
-    def _skipping(self) -> bool:
-        """Whether the relay is skipped for the rest of the pass (set by :meth:`_deliver`)."""
-        return self.skipped
-
-    def _claim(self, records: list[Record]) -> list[Record]:
-        """Claim these mails in one store write; return the ones claimed (others took the rest)."""
-        until = self.outbox.clock.time() + self.outbox.claim_ttl
-        writes = []
-        for record in records:
-            data = _copy(record.data)
-            data["claimed_until"] = until
-            writes.append(Write(OUTGOING, record.key, "sending", data, expect=record.version))
-        return [claimed for claimed in self.outbox.store.put_many(writes) if claimed is not None]
-
-    def _deliver(self, record: Record) -> int:
-        outbox = self.outbox
-        data = _copy(record.data)
-        data.pop("claimed_until", None)
-        pending = [r for r, state in data["recipients"].items() if state == "pending"]
-        now = outbox.clock.time()
-        tries: list[SendTry] = []
-        try:
-            smtp = self._connection()
-        except (OSError, smtplib.SMTPException) as error:
-            reply = _fault(error)
-            self.failures += 1
-            if self.failures >= outbox.skip_after:
-                self.skipped = True
-            self._report(SourceState.RETRYING, f"cannot hand mail to {self.relay.name}: {reply}")
-            if self.skipped:  # not charged a try: the relay is down, not the mail
-                self._put_back([record])
-                return 0
-            tries.append(SendTry(now, self.relay.name, "delayed", reply, tuple(pending)))
-        else:
-            self.failures = 0
-            raw = base64.b64decode(data["raw"])
-            tries.extend(self._send(smtp, data["sender"], pending, raw, now))
-        recipients: dict[str, str] = data["recipients"]
-        for attempt in tries:
-            for recipient in attempt.recipients:
-                if attempt.outcome != "delayed":
-                    recipients[recipient] = attempt.outcome
-        data["attempts"] = int(data["attempts"]) + 1
-        history = [*data["history"], *(t.to_dict() for t in tries)]
-        data["history"] = history[:1] + history[1:][-(_HISTORY_MOST - 1) :]
-        state = self._settle(record.key, data, tries)
-        written = outbox.store.put(OUTGOING, record.key, state, data, expect=record.version)
-        if written is None:
-            log.warning("outbox: %s was changed by someone else while it was sent", record.key)
-        return 1 if state == "sent" else 0
-
-    def _settle(self, message_id: str, data: dict[str, Any], tries: list[SendTry]) -> str:
-        """The mail's new state (and ``next_at``/``reason`` in *data*) after this pass's tries."""
-        outbox = self.outbox
-        recipients = data["recipients"]
-        pending = [r for r, state in recipients.items() if state == "pending"]
-        failed = [r for r, state in recipients.items() if state == "failed"]
-        last = tries[-1].reply if tries else ""
-        if not pending:
-            if failed:
-                why = {  # each failed recipient's refusal: the last one in its history
-                    recipient: str(t["reply"])
-                    for t in data["history"]
-                    if t["outcome"] == "failed"
-                    for recipient in t["recipients"]
-                }
-                said = "; ".join(f"{r}: {why.get(r, last)}" for r in failed)
-                data["reason"] = f"refused for good: {said}"
-                data["next_at"] = None
-                self._failed(message_id, data["reason"])
-                return "failed"
-            data["next_at"] = None
-            self._report(SourceState.ONLINE, "")
-            return "sent"
-        offline_for = max(0.0, outbox.clock.time() - float(data["queued_at"]))
-        wait = outbox.retry.delay(int(data["attempts"]), offline_for)
-        if wait is None:
-            for recipient in pending:
-                recipients[recipient] = "failed"
-            data["reason"] = (
-                f"given up after {data['attempts']} tries over {offline_for / 3600:.1f} h "
-                f"(the retry schedule's limit): {last}"
-            )
-            data["next_at"] = None
-            self._failed(message_id, data["reason"])
-            return "failed"
-        data["next_at"] = outbox.clock.time() + wait
-        if any(t.outcome == "sent" for t in tries):
-            self._report(SourceState.ONLINE, "")
-        return "queued"
-
-    def _send(
-        self, smtp: smtplib.SMTP, sender: str, pending: list[str], raw: bytes, now: float
-    ) -> list[SendTry]:
-        name = self.relay.name
-        try:
-            refused = smtp.sendmail(sender, pending, raw)
-        except smtplib.SMTPRecipientsRefused as error:
-            return _by_reply(now, name, error.recipients)
-        except smtplib.SMTPResponseException as error:  # MAIL FROM or DATA refused: everyone
-            outcome = "failed" if 500 <= error.smtp_code < 600 else "delayed"
-            reply = _reply(error.smtp_code, error.smtp_error)
-            self._reset(smtp)
-            return [SendTry(now, name, outcome, reply, tuple(pending))]
-        except (OSError, smtplib.SMTPException) as error:  # the connection broke
-            self._close()
-            return [SendTry(now, name, "delayed", _fault(error), tuple(pending))]
-        accepted = tuple(r for r in pending if r not in refused)
-        tries = [SendTry(now, name, "sent", "250 accepted", accepted)] if accepted else []
-        return tries + _by_reply(now, name, refused)
-
-    def _connection(self) -> smtplib.SMTP:
-        if self.smtp is None:
-            self.smtp = self.relay.connect()
-        return self.smtp
-
-    def _reset(self, smtp: smtplib.SMTP) -> None:
-        try:
-            smtp.rset()
-        except (OSError, smtplib.SMTPException):
-            self._close()
-
-    def _close(self) -> None:
-        smtp, self.smtp = self.smtp, None
-        if smtp is not None:
-            try:
-                smtp.quit()
-            except (OSError, smtplib.SMTPException):
-                smtp.close()
-
-    def _put_back(self, records: list[Record]) -> None:
-        """Unclaim these mails, as they were (no try counted)."""
-        writes = []
-        for record in records:
-            data = _copy(record.data)
-            data.pop("claimed_until", None)
-            writes.append(Write(OUTGOING, record.key, "queued", data, expect=record.version))
-        self.outbox.store.put_many(writes)
-
-    def _report(self, state: SourceState, reason: str) -> None:
-        status = self.outbox.status
-        if status is None:
-            return
-        try:
-            status.set(self.source, state, reason=reason)
-        except Exception as error:  # the status board is not worth a lost mail
-            log.warning("outbox: could not record %s's status: %s", self.relay.name, error)
-
-    def _failed(self, message_id: str, reason: str) -> None:
-        log.warning("outbox: %s failed (in the error queue): %s", message_id, reason)
-        status = self.outbox.status
-        if status is not None:
-            try:
-                status.count(self.source, failed=1)
-            except Exception as error:
-                log.warning("outbox: could not count a failed mail: %s", error)
-
-
-def _by_reply(now: float, relay: str, refused: Mapping[str, tuple[int, bytes]]) -> list[SendTry]:
-    """One try per distinct reply of the refused recipients: 5xx failed, others delayed."""
-    grouped: dict[tuple[str, str], list[str]] = {}
-    for recipient, (code, said) in refused.items():
-        outcome = "failed" if 500 <= code < 600 else "delayed"
-        grouped.setdefault((outcome, _reply(code, said)), []).append(recipient)
-    return [SendTry(now, relay, o, reply, tuple(rs)) for (o, reply), rs in grouped.items()]
-
-
-def _reply(code: int, said: bytes | str) -> str:
-    text = said.decode("utf-8", "replace") if isinstance(said, bytes) else str(said)
-    return one_line(f"{code} {text}", _REPLY_MOST)
-
-
-def _fault(error: BaseException) -> str:
-    if isinstance(error, smtplib.SMTPResponseException):
-        return _reply(error.smtp_code, error.smtp_error)
-    return one_line(f"{type(error).__name__}: {error}", _REPLY_MOST)
-
-
 def _head(raw: bytes) -> bytes:
     end = raw.find(b"\r\n\r\n")
     if end < 0:
@@ -666,27 +353,3 @@ def _without_bcc(message: Message) -> Message:
     copy: Message = email.message_from_bytes(message.as_bytes(), policy=message.policy)
     del copy["Bcc"]
     return copy
-
-
-def _copy(data: Mapping[str, Any]) -> dict[str, Any]:
-    copied = dict(data)
-    copied["recipients"] = dict(data.get("recipients") or {})
-    copied["history"] = list(data.get("history") or [])
-    return copied
-
-
-def _view(record: Record) -> OutboundMail:
-    data = record.data
-    next_at = data.get("next_at")
-    return OutboundMail(
-        message_id=record.key,
-        state=record.state,
-        sender=str(data.get("sender", "")),
-        recipients=dict(data.get("recipients") or {}),
-        relay=str(data.get("relay", "")),
-        queued_at=float(data.get("queued_at") or 0.0),
-        next_at=None if next_at is None else float(next_at),
-        attempts=int(data.get("attempts") or 0),
-        reason=str(data.get("reason", "")),
-        history=tuple(SendTry.from_dict(t) for t in data.get("history") or ()),
-    )

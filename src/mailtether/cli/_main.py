@@ -2,7 +2,8 @@
 
 ``check`` (:mod:`._check`), ``watch`` (:mod:`._watch`), ``demo`` (:mod:`._demo`), and the
 commands that read a store: ``status`` (:mod:`._status`), ``resume`` (:mod:`._resume`),
-``release`` and ``drop`` (:mod:`._held`). This module opens their store and closes it.
+``release`` and ``drop`` (:mod:`._held`), ``queue`` (:mod:`._queue`). This module opens
+their store and closes it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from mailtether._redaction import redact
 from mailtether.cli._check import add_check_arguments, run_check
 from mailtether.cli._held import add_held_arguments, run_drop, run_release
 from mailtether.cli._outcome import ERROR, USAGE
+from mailtether.cli._queue import add_queue_arguments, run_queue
 from mailtether.cli._resume import add_resume_arguments, run_resume
 from mailtether.cli._status import add_status_arguments, run_status
 from mailtether.cli._watch import add_watch_arguments, run_watch
@@ -31,6 +33,7 @@ _STORE_COMMANDS: Final[dict[str, Callable[[Store, argparse.Namespace, TextIO], i
     "resume": run_resume,
     "release": run_release,
     "drop": run_drop,
+    "queue": run_queue,
 }
 
 
@@ -65,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     add_resume_arguments(commands.add_parser("resume", help="let a BLOCKED source try again now"))
     add_held_arguments(commands.add_parser("release", help="retry a held (poisoned) message"))
     add_held_arguments(commands.add_parser("drop", help="never process a held or failed message"))
+    add_queue_arguments(
+        commands.add_parser("queue", help="the outbox: mail by relay and domain, the error queue")
+    )
     return parser
 
 

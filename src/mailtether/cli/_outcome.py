@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Final, TextIO
 
 from mailtether._redaction import redact_values
 
-__all__ = ["ERROR", "NOT_FOUND", "OK", "USAGE", "answer"]
+__all__ = ["ERROR", "NOT_FOUND", "OK", "USAGE", "answer", "when", "write_json", "write_table"]
 
 # Exit codes; `check` adds 4 (unreachable) and 5 (misconfigured), see CheckReport.exit_code.
 OK: Final = 0
@@ -48,3 +49,21 @@ def write_json(out: TextIO, data: object, *, indent: int | None = None) -> None:
     """
     text = json.dumps(redact_values(data), indent=indent) + "\n"
     getattr(out, "unredacted", out).write(text)
+
+
+def when(seconds: float | None) -> str:
+    """A time as a person reads it, in local time; ``-`` for none."""
+    if not seconds:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def write_table(out: TextIO, header: list[str], rows: list[list[str]]) -> None:
+    """Write *rows* under *header* in aligned columns (the last one, a sentence, unpadded)."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    widths[-1] = 0
+    for row in [header, *rows]:
+        out.write(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            + "\n"
+        )

@@ -7,13 +7,12 @@ last heartbeat, with no next attempt (nobody is there to make it).
 from __future__ import annotations
 
 import argparse
-import time
 from typing import TextIO
 
 from mailtether._guard import DuplicateGuard
 from mailtether._guard_states import GuardEntry
 from mailtether._status import SourceState, SourceStatus, StatusBoard
-from mailtether.cli._outcome import OK, write_json
+from mailtether.cli._outcome import OK, when, write_json, write_table
 from mailtether.stores._protocol import Store
 
 __all__ = ["add_status_arguments", "run_status"]
@@ -52,7 +51,7 @@ def run_status(store: Store, args: argparse.Namespace, out: TextIO) -> int:
         )
         return OK
     if sources:
-        _table(
+        write_table(
             out,
             ["SOURCE", "STATE", "SINCE", "ATTEMPTS", "NEXT", "OK/FAILED", "REASON"],
             [_status_row(status) for status in sources],
@@ -68,23 +67,19 @@ def run_status(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     out.write("\nmessages: " + ", ".join(f"{state} {n}" for state, n in counts.items()) + "\n")
     if held:
         out.write("\nheld messages (release or drop them):\n")
-        _table(out, ["KEY", "MESSAGE", "ATTEMPTS", "SINCE", "REASON"], [_held_row(e) for e in held])
+        write_table(
+            out, ["KEY", "MESSAGE", "ATTEMPTS", "SINCE", "REASON"], [_held_row(e) for e in held]
+        )
     return OK
-
-
-def _when(seconds: float | None) -> str:
-    if not seconds:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
 def _status_row(status: SourceStatus) -> list[str]:
     return [
         status.source,
         status.state.value.upper(),
-        _when(status.since),
+        when(status.since),
         str(status.attempts),
-        _when(status.next_attempt_at),
+        when(status.next_attempt_at),
         f"{status.processed}/{status.failed}",
         status.reason or "-",
     ]
@@ -95,16 +90,6 @@ def _held_row(entry: GuardEntry) -> list[str]:
         entry.key.id,
         str(entry.key),
         str(entry.attempts),
-        _when(entry.since),
+        when(entry.since),
         entry.reason or "-",
     ]
-
-
-def _table(out: TextIO, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
-    widths[-1] = 0  # the last column (a sentence) is not padded
-    for row in [header, *rows]:
-        out.write(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-            + "\n"
-        )
