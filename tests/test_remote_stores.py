@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 import uuid
@@ -351,3 +352,62 @@ def test_redis_scripts_the_server_forgot_are_loaded_again(redis_server):
     finally:
         client.close()
         store.close()
+
+
+def test_redis_lease_calls_from_many_threads_share_one_line_safely(redis_server):
+    # The lease calls go over one connection: one call at a time, each its own answer.
+    store = store_from_url(f"{redis_server.url}?prefix=t{uuid.uuid4().hex[:10]}")
+    tokens: dict[str, list[int]] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def work(index: int) -> None:
+        try:
+            barrier.wait()
+            for n in range(150):
+                name = f"lock-{(index + n) % 3}"
+                lease = store.acquire(name, f"worker-{index}", 30)
+                if lease is not None:
+                    assert store.holder(name) == lease
+                    tokens.setdefault(name, []).append(lease.token)
+                    assert store.renew(lease).token == lease.token
+                    assert store.release(lease) is True
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store.close()
+    assert errors == []
+    for taken in tokens.values():
+        assert sorted(taken) == list(range(1, len(taken) + 1)), "every token once, none lost"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_redis_lease_connection(redis_server):
+    store = store_from_url(f"{redis_server.url}?prefix=t{uuid.uuid4().hex[:10]}")
+    lease = store.acquire("parent", "me", 30)  # the line is connected before the fork
+    assert lease is not None
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        ok = 0
+        try:
+            for _ in range(300):
+                held = store.holder("parent")  # renewed meanwhile: the same token and owner
+                ok += held is not None and (held.owner, held.token) == ("me", lease.token)
+        finally:
+            os.write(write, str(ok).encode())
+            os._exit(0)
+    os.close(write)
+    for _ in range(300):  # at the same time, on the parent's connection
+        assert store.renew(lease, 30).token == lease.token
+    _, status = os.waitpid(child, 0)
+    with os.fdopen(read) as answer:
+        assert answer.read() == "300", "the child read its own answers"
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.release(lease) is True
+    store.close()

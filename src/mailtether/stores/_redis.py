@@ -12,6 +12,7 @@ from mailtether._errors import ConfigError, SchemaError, StoreError
 from mailtether._redaction import redacting_logger
 from mailtether._url_errors import split_url
 from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
+from mailtether.stores._redis_line import Line
 from mailtether.stores._redis_scripts import SCRIPTS
 from mailtether.stores._shared import (
     PutFromPutMany,
@@ -132,6 +133,7 @@ class RedisStore(PutFromPutMany):
         if problem is not None:  # raised outside the except: redis-py's error is not chained
             raise ConfigError(problem)
         self._base = "{" + prefix + "}"
+        self._line = Line(self._client.connection_pool, redis)
         self._scripts = {
             name: self._client.register_script(source) for name, source in SCRIPTS.items()
         }
@@ -153,22 +155,24 @@ class RedisStore(PutFromPutMany):
             failed = StoreError(f"RedisStore({self.url!r}): {what} failed: {error}")
         raise failed  # not from redis-py's error, which may quote what the server was sent
 
-    def _eval(self, what: str, script: str, keys: list[str], args: list[Any]) -> Any:
+    def _eval(
+        self, what: str, script: str, keys: list[str], args: list[Any], *, lease: bool = False
+    ) -> Any:
         """Run one of :data:`SCRIPTS` by its SHA (loading it first if the server lost it).
 
         :meth:`_run` for scripts, without redis-py's ``Script`` wrapper (two imports and
-        type checks a call: a tenth of a lease's client time). ``NOSCRIPT`` means the
-        script did not run, so sending it again cannot run it twice.
+        type checks a call). ``NOSCRIPT`` means the script did not run, so sending it again
+        cannot run it twice. The *lease* calls go on the store's :class:`Line`.
         """
         if self._closed:
             raise StoreError(f"RedisStore({self.url!r}) is closed")
         found = self._scripts[script]
-        command = self._client.execute_command
+        command = self._line.call if lease else self._client.execute_command
         try:
             try:
                 return command("EVALSHA", found.sha, len(keys), *keys, *args)
             except self._redis.exceptions.NoScriptError:
-                found.sha = self._client.script_load(found.script)
+                found.sha = command("SCRIPT", "LOAD", found.script)
                 return command("EVALSHA", found.sha, len(keys), *keys, *args)
         except self._redis.RedisError as error:
             failed = StoreError(f"RedisStore({self.url!r}): {what} failed: {error}")
@@ -370,7 +374,7 @@ class RedisStore(PutFromPutMany):
         ttl = check_ttl(ttl)
         base = self._base
         keys = [f"{base}:l:{name}", f"{base}:f:{name}"]
-        result = self._eval("acquire", "acquire", keys, [owner, repr(ttl)])
+        result = self._eval("acquire", "acquire", keys, [owner, repr(ttl)], lease=True)
         if result is None:
             return None
         token, expires = result.split(" ")  # one bulk reply: cheaper than an array
@@ -385,6 +389,7 @@ class RedisStore(PutFromPutMany):
             "renew",
             [f"{self._base}:l:{lease.name}"],
             [lease.owner, lease.token, repr(ttl)],
+            lease=True,
         )
         if expires is None:
             raise lease_lost(lease)
@@ -394,14 +399,18 @@ class RedisStore(PutFromPutMany):
         """Let go of a held lease."""
         check_lease(lease)
         released = self._eval(
-            "release", "release", [f"{self._base}:l:{lease.name}"], [lease.owner, lease.token]
+            "release",
+            "release",
+            [f"{self._base}:l:{lease.name}"],
+            [lease.owner, lease.token],
+            lease=True,
         )
         return bool(released)
 
     def holder(self, name: str) -> Lease | None:
         """Return the current unexpired holder."""
         check_key(name, "name")
-        held = self._eval("holder", "holder", [f"{self._base}:l:{name}"], [])
+        held = self._eval("holder", "holder", [f"{self._base}:l:{name}"], [], lease=True)
         if held is None:
             return None
         owner, token, expires, ttl = held
@@ -410,6 +419,7 @@ class RedisStore(PutFromPutMany):
     def close(self) -> None:
         """Close the connection pool; later calls raise StoreError."""
         self._closed = True
+        self._line.close()
         self._client.close()
 
     def __repr__(self) -> str:
