@@ -4,7 +4,8 @@
 - ``_shared``: argument checks, write planning and helpers every backend uses;
 - ``_pool``: the connection pool, and ``_sql_records``: the records' statements, of the two
   SQL backends;
-- ``_memory``, ``_sqlite``, ``_redis`` (its Lua scripts in ``_redis_scripts``),
+- ``_memory``, ``_sqlite``, ``_redis`` (its Lua scripts in ``_redis_scripts``, its lease
+  connection in ``_redis_line``),
   ``_postgres`` (its call watchdog in ``_postgres_watchdog``): one module per backend;
 - ``_url``: :func:`~mailtether.store_from_url`.
 
