@@ -55,6 +55,7 @@ LAYERS: dict[str, int] = {
     # sources: their connections, ports, listeners and probes; diagnostics across them
     "imap": 4,
     "pop3": 4,
+    "smtp": 4,
     "_check": 4,
     # the command line, and the package's front door
     "cli": 5,

@@ -1,10 +1,11 @@
 """``check``: walk a connection step by step and say, in one sentence, what is wrong.
 
 :func:`check` runs a probe: :class:`Probe` holds what every protocol shares (DNS, TCP, TLS,
-a deadline per step, timing, the report); ``ImapProbe`` (:mod:`mailtether.imap._probe`) and
-``Pop3Probe`` (:mod:`mailtether.pop3._probe`) add the greeting, capabilities, STARTTLS, login
-and the mailbox in their protocol's words. This module imports them only inside
-:func:`check`, so they can build on it.
+a deadline per step, timing, the report); ``ImapProbe`` (:mod:`mailtether.imap._probe`),
+``Pop3Probe`` (:mod:`mailtether.pop3._probe`) and ``SmtpProbe``
+(:mod:`mailtether.smtp._probe`) add the greeting, capabilities, STARTTLS, login and the
+mailbox (or, for SMTP, the envelope) in their protocol's words. This module imports them only
+inside :func:`check`, so they can build on it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class CheckStep:
 
     name: str
     """The step: ``dns``, ``tcp``, ``tls``, ``greeting``, ``capabilities``, ``starttls``,
-    ``login``, then ``select`` (IMAP) or ``stat`` (POP3)."""
+    ``login``, then ``select`` (IMAP) or ``stat`` (POP3); for SMTP ``dns``, ``tcp``, ``tls``,
+    ``greeting``, ``ehlo``, ``starttls``, ``auth``, ``mail``, ``rcpt``."""
     ok: bool
     seconds: float
     detail: str = attrs.field(default="", converter=redact)
@@ -404,7 +406,11 @@ def check(
 
     Args:
         target: An ``imaps://``/``imap://`` URL (or ``pop3s://``/``pop3://``, whose last
-            step is STAT instead of SELECT), or :class:`~mailtether.ImapSettings`.
+            step is STAT instead of SELECT), or :class:`~mailtether.ImapSettings`; or an
+            ``smtps://``/``smtp://`` URL, ``smtps://user:password@host/?from=a@example.com&to=b@example.com``,
+            whose steps are EHLO, AUTH, MAIL FROM and RCPT TO (then RSET: nothing is
+            sent); without a user name, or without ``from``/``to``, those steps are not
+            taken and the sentence says so.
         timeout: Seconds each step may take.
         ssl_context: Certificate verification settings (default: the system's CAs).
         tokens: Log in with OAuth2 tokens from this source (the URL then needs no
@@ -419,6 +425,10 @@ def check(
         tcp: connection refused by 127.0.0.1:9: nothing listens there (wrong port, or the server is down); check the port and that the server runs
     """  # noqa: E501
     # The probes build on this module, so they are imported here, not at its top.
+    if isinstance(target, str) and target.lower().startswith(("smtp://", "smtps://")):
+        from mailtether.smtp._probe import check_smtp
+
+        return check_smtp(target, timeout=timeout, ssl_context=ssl_context, tokens=tokens)
     if isinstance(target, str) and target.lower().startswith(("pop3://", "pop3s://")):
         from mailtether.pop3._probe import Pop3Probe
 

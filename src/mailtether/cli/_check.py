@@ -16,7 +16,11 @@ __all__ = ["add_check_arguments", "run_check"]
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``mailtether check``."""
-    parser.add_argument("url", help="imaps://user:password@host/folder (or imap://...)")
+    parser.add_argument(
+        "url",
+        help="imaps://user:password@host/folder (or imap://, pop3s://, pop3://), or "
+        "smtps://user:password@host/?from=me@example.com&to=you@example.com (or smtp://)",
+    )
     parser.add_argument("--timeout", type=_flags.seconds(), default=10.0, help="seconds per step")
     parser.add_argument("--cafile", default=None, help="trust this CA (PEM) for the server")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
