@@ -22,18 +22,27 @@ Tests steer it with :meth:`~OAuth2Server.issue_refresh_token` (the user's consen
 :meth:`~OAuth2Server.up`, and read :attr:`~OAuth2Server.tokens_issued`,
 :attr:`~OAuth2Server.refreshes`, :meth:`~OAuth2Server.access_tokens` and
 :attr:`~OAuth2Server.token_requests`.
+
+For tests of what a client lets out (tests/test_secrets_never_leave.py), every secret can be
+chosen: the refresh token of a consent (``issue_refresh_token(token=...)``), a confidential
+client's secret (:meth:`~OAuth2Server.register_client`, ``register_app(client_secret=...)``),
+the access and rotated refresh tokens handed out next (:meth:`~OAuth2Server.hand_out`); and
+the endpoint can misbehave as careless providers do: quote the request back in its errors
+(:attr:`~OAuth2Server.echo`), or answer what is no RFC 6749 answer (``down("garbled")``,
+``"not json"``, ``"nested"``, ``"cut"``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import json
 import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
@@ -42,6 +51,9 @@ import attrs
 __all__ = ["App", "OAuth2Error", "OAuth2Server", "TokenGrant"]
 
 _MAX_BODY = 64 * 1024
+_MISBEHAVING = ("garbled", "not json", "nested", "cut")
+"""What :meth:`OAuth2Server.down` can answer besides an HTTP status or a refused connection."""
+Mode = int | Literal["refuse", "garbled", "not json", "nested", "cut"]
 
 
 @attrs.frozen
@@ -149,6 +161,8 @@ class OAuth2Server:
         client_id: the public client that refresh grants belong to.
         client_secret: its secret; when given, a refresh naming the client must carry it
             (a confidential client); when None, none is needed, and one given is ignored.
+        echo: quote every request back in the token endpoint's error answers (see
+            :attr:`echo`).
     """
 
     def __init__(
@@ -158,6 +172,7 @@ class OAuth2Server:
         rotate_refresh_tokens: bool = True,
         client_id: str = "mailtether-test-client",
         client_secret: str | None = None,
+        echo: bool = False,
     ) -> None:
         self.token_lifetime = token_lifetime
         self.rotate_refresh_tokens = rotate_refresh_tokens
@@ -172,12 +187,20 @@ class OAuth2Server:
         self.introspections = 0
         """Introspection requests answered (Dovecot asking about a token)."""
         self.token_requests: list[dict[str, str]] = []
-        """Every form posted to the token endpoint, in order (failed ones too)."""
+        """Every form posted to the token endpoint, in order (failed ones too, and those
+        answered while it is :meth:`down`)."""
+        self.echo = echo
+        """Quote each request back in the token endpoint's error answers, as a careless
+        provider does: each value decoded and the body as sent (form-encoded) in the
+        ``error_description``, the body in the HTTP reason phrase; and in what :meth:`down`'s
+        misbehaving modes answer."""
         self._lock = threading.Lock()
         self._apps: dict[str, App] = {}
+        self._clients: dict[str, str] = {}  # confidential clients of refresh grants
+        self._handed: dict[str, dict[str, collections.deque[str]]] = {}  # user -> kind -> next
         self._refresh: dict[str, _Grant] = {}
         self._access: dict[str, _AccessToken] = {}
-        self._down: dict[str, int | None] = {"token": None, "introspection": None}
+        self._down: dict[str, int | str | None] = {"token": None, "introspection": None}
         self._token = _Listener(_TokenHandler, self)
         self._introspection = _Listener(_IntrospectionHandler, self)
 
@@ -222,13 +245,23 @@ class OAuth2Server:
         password = urllib.parse.quote(self.introspection_password, safe="")
         return f"http://{user}:{password}@127.0.0.1:{self._introspection.port}/introspect"
 
-    def down(self, mode: int | Literal["refuse"] = 503, *, introspection: bool = False) -> None:
+    def down(self, mode: Mode = 503, *, introspection: bool = False) -> None:
         """Take the token endpoint down until :meth:`up`.
 
         *mode* is the HTTP status every request then gets (503 by default, 429 for throttling,
         each with ``Retry-After: 1`` and ``{"error": "temporarily_unavailable"}``), or
         ``"refuse"``: the port is closed and connections are refused. With *introspection* the
         introspection endpoint goes down the same way (Dovecot then cannot check any token).
+
+        Or the token endpoint answers what is no RFC 6749 answer (the next tokens of
+        :meth:`hand_out` in it, and the request when :attr:`echo` is on; none is issued):
+
+        * ``"garbled"``: a first line that is no HTTP status line;
+        * ``"not json"``: 200, the tokens form-encoded (as GitHub answers without
+          ``Accept: application/json``);
+        * ``"nested"``: 400 with ``{"error": {"code": 400, "message": ...}}`` (the error
+          object of Google's APIs, not a string);
+        * ``"cut"``: 200, a JSON answer whose connection closes half-way through it.
         """
         targets = ["token", "introspection"] if introspection else ["token"]
         for target in targets:
@@ -236,6 +269,10 @@ class OAuth2Server:
             if mode == "refuse":
                 self._down[target] = None
                 listener.close()
+            elif isinstance(mode, str):
+                if mode not in _MISBEHAVING or target != "token":
+                    raise ValueError(f"no such mode for the {target} endpoint: {mode!r}")
+                self._down[target] = mode
             else:
                 self._down[target] = int(mode)
 
@@ -248,25 +285,88 @@ class OAuth2Server:
     # -- grants and tokens ---------------------------------------------------------------------
 
     def issue_refresh_token(
-        self, user: str, *, client_id: str | None = None, scope: str = "mail"
+        self,
+        user: str,
+        *,
+        client_id: str | None = None,
+        scope: str = "mail",
+        token: str | None = None,
     ) -> str:
-        """The user consents: a new grant for *client_id* (default :attr:`client_id`)."""
+        """The user consents: a new grant for *client_id* (default :attr:`client_id`).
+
+        The refresh token is *token* if given (one not issued already), else a random one.
+        """
         grant = _Grant(user=user, client_id=client_id or self.client_id, scope=scope)
-        token = secrets.token_urlsafe(32)
+        token = secrets.token_urlsafe(32) if token is None else token
         with self._lock:
+            if not token or token in self._refresh:
+                raise ValueError("a refresh token must be new and not empty")
             self._refresh[token] = grant
         return token
 
-    def register_app(self, user: str) -> App:
-        """A confidential client allowed ``client_credentials`` for *user*'s mailbox."""
+    def register_client(self, client_secret: str, *, client_id: str | None = None) -> str:
+        """A confidential client (besides :attr:`client_id`): refresh grants issued for it
+        (``issue_refresh_token(client_id=...)``) need *client_secret*. Its id is returned."""
+        client_id = client_id or f"client-{secrets.token_hex(6)}"
+        with self._lock:
+            if client_id == self.client_id or client_id in self._clients:
+                raise ValueError(f"client {client_id!r} exists already")
+            self._clients[client_id] = client_secret
+        return client_id
+
+    def register_app(
+        self, user: str, *, client_secret: str | None = None, client_id: str | None = None
+    ) -> App:
+        """A confidential client allowed ``client_credentials`` for *user*'s mailbox; its
+        secret and id are *client_secret* and *client_id* if given, else random ones."""
         app = App(
-            client_id=f"app-{secrets.token_hex(6)}",
-            client_secret=secrets.token_urlsafe(24),
+            client_id=client_id or f"app-{secrets.token_hex(6)}",
+            client_secret=secrets.token_urlsafe(24) if client_secret is None else client_secret,
             user=user,
         )
         with self._lock:
             self._apps[app.client_id] = app
         return app
+
+    def expire_client_secret(self, client_id: str) -> None:
+        """The secret of a confidential client or an app expired (Microsoft Entra's do, after
+        two years at most): it is refused from now on (``invalid_client``)."""
+        with self._lock:
+            if client_id in self._clients:
+                self._clients[client_id] = secrets.token_urlsafe(24)
+            elif client_id in self._apps:
+                app = self._apps[client_id]
+                self._apps[client_id] = attrs.evolve(app, client_secret=secrets.token_urlsafe(24))
+            else:
+                raise KeyError(client_id)
+
+    def hand_out(
+        self,
+        user: str,
+        *,
+        access_tokens: Iterable[str] = (),
+        refresh_tokens: Iterable[str] = (),
+    ) -> None:
+        """The next tokens issued for *user*'s grants and apps are these, in order (then
+        random ones again): *refresh_tokens* are what rotation answers (each must be new).
+
+        Queued after any still waiting; :meth:`up` does not clear them, :meth:`forget` does.
+        """
+        with self._lock:
+            queues = self._handed.setdefault(
+                user, {"access": collections.deque(), "refresh": collections.deque()}
+            )
+            queues["access"].extend(access_tokens)
+            queues["refresh"].extend(refresh_tokens)
+
+    def forget(self, user: str) -> None:
+        """Drop the tokens :meth:`hand_out` still holds for *user*."""
+        with self._lock:
+            self._handed.pop(user, None)
+
+    def _next(self, user: str, kind: str) -> str:
+        queue = self._handed.get(user, {}).get(kind)
+        return queue.popleft() if queue else secrets.token_urlsafe(32)
 
     def revoke(self, user: str, *, access_tokens: bool = False) -> None:
         """The user (or an administrator) withdraws every grant of *user*.
@@ -355,7 +455,7 @@ class OAuth2Server:
     # -- the endpoints' logic ------------------------------------------------------------------
 
     def _issue(self, user: str, client_id: str, scope: str, grant: _Grant | None) -> dict[str, Any]:
-        token = secrets.token_urlsafe(32)
+        token = self._next(user, "access")
         lifetime = self.token_lifetime
         access = _AccessToken(
             user=user,
@@ -374,6 +474,14 @@ class OAuth2Server:
             "expires_in": expires_in,
             "scope": scope,
         }
+
+    def _user_of(self, form: dict[str, str]) -> str | None:
+        """Whose request *form* is (its refresh token's grant, or its app), if known."""
+        grant = self._refresh.get(form.get("refresh_token", ""))
+        if grant is not None:
+            return grant.user
+        app = self._apps.get(form.get("client_id", ""))
+        return None if app is None else app.user
 
     def _lookup(self, token: str) -> _AccessToken | None:
         with self._lock:
@@ -400,9 +508,11 @@ class OAuth2Server:
 
     def _refresh_grant(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         client_id = form.get("client_id", "")
-        if client_id != self.client_id:
+        clients = {self.client_id: self.client_secret, **self._clients}
+        if client_id not in clients:
             return _error(401, "invalid_client", "unknown client_id")
-        if self.client_secret is not None and form.get("client_secret") != self.client_secret:
+        secret = clients[client_id]
+        if secret is not None and not _same(form.get("client_secret", ""), secret):
             return _error(401, "invalid_client", "client authentication failed")
         token = form.get("refresh_token", "")
         if not token:
@@ -417,7 +527,7 @@ class OAuth2Server:
         answer = self._issue(grant.user, client_id, grant.scope, grant)
         if self.rotate_refresh_tokens:
             del self._refresh[token]
-            token = secrets.token_urlsafe(32)
+            token = self._next(grant.user, "refresh")
             self._refresh[token] = grant
         answer["refresh_token"] = token
         self.refreshes += 1
@@ -425,9 +535,7 @@ class OAuth2Server:
 
     def _client_credentials_grant(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         app = self._apps.get(form.get("client_id", ""))
-        if app is None or not secrets.compare_digest(
-            form.get("client_secret", ""), app.client_secret
-        ):
+        if app is None or not _same(form.get("client_secret", ""), app.client_secret):
             return _error(401, "invalid_client", "client authentication failed")
         scope = form.get("scope", "")
         if not scope:
@@ -456,9 +564,15 @@ def _error(status: int, error: str, description: str) -> tuple[int, dict[str, An
     return status, {"error": error, "error_description": description}
 
 
+def _same(given: str, expected: str) -> bool:
+    """A secret compared in constant time (as UTF-8: ``compare_digest`` takes ASCII text only)."""
+    return secrets.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "mailtether-oauth2-test/1"
     which = ""
+    _raw: bytes | None = None
 
     @property
     def oauth2(self) -> OAuth2Server:
@@ -471,21 +585,63 @@ class _Handler(BaseHTTPRequestHandler):
         self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> None:
         data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
+        self._send(status, data, "application/json", headers)
+
+    def _send(
+        self,
+        status: int,
+        data: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+        *,
+        length: int | None = None,
+    ) -> None:
+        """Answer *data*; with :attr:`OAuth2Server.echo`, an error's reason phrase quotes the
+        request. *length*: the Content-Length said (when it is a lie, the connection closes)."""
+        phrase = None
+        if self.oauth2.echo and status >= 400 and self.which == "token":
+            phrase = f"{self.responses.get(status, ('Error',))[0]} {self._echo_raw()}"
+        self.send_response(status, phrase)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data) if length is None else length))
         self.send_header("Cache-Control", "no-store")
         self.send_header("Pragma", "no-cache")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
+        if length is not None:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
 
+    def _body(self) -> bytes | None:
+        """The request's body (read once), or None when it is too large."""
+        if self._raw is None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > _MAX_BODY:
+                return None
+            self._raw = self.rfile.read(length) if length > 0 else b""
+        return self._raw
+
+    def _echo_raw(self) -> str:
+        """The body as sent, on one line (it is form-encoded: ASCII)."""
+        raw = (self._body() or b"").decode("latin-1")
+        return raw.replace("\r", " ").replace("\n", " ")
+
+    def _echo(self) -> str:
+        """The request quoted back: each value decoded (the secrets first, so that what a
+        client shows of a long answer holds them), then the body as sent."""
+        raw = (self._body() or b"").decode("utf-8", "replace")
+        values = urllib.parse.parse_qsl(raw, keep_blank_values=True)
+        values.sort(key=lambda pair: pair[0] not in ("refresh_token", "client_secret"))
+        decoded = ", ".join(f"{name}={value}" for name, value in values)
+        return f"you sent {decoded}; as sent: {self._echo_raw()}"
+
     def _form(self) -> dict[str, str] | None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > _MAX_BODY:
+        body = self._body()
+        if body is None:
             return None
-        raw = self.rfile.read(length).decode("utf-8", "replace")
+        raw = body.decode("utf-8", "replace")
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
             return None
@@ -509,24 +665,36 @@ class _Handler(BaseHTTPRequestHandler):
         return urllib.parse.unquote_plus(user), urllib.parse.unquote_plus(password)
 
     def _unavailable(self) -> bool:
-        status = self.oauth2._down.get(self.which)
-        if status is None:
+        mode = self.oauth2._down.get(self.which)
+        if mode is None:
             return False
-        length = int(self.headers.get("Content-Length") or 0)
-        if 0 < length <= _MAX_BODY:
-            self.rfile.read(length)
+        form = self._form()
+        if self.which == "token" and form is not None:
+            with self.oauth2._lock:
+                self.oauth2.token_requests.append(dict(form))
+        if isinstance(mode, str):
+            self._misbehave(mode)
+            return True
+        description = "the test server is down"
+        if self.oauth2.echo and self.which == "token":
+            description += f" ({self._echo()})"
         self._send_json(
-            status,
-            {"error": "temporarily_unavailable", "error_description": "the test server is down"},
+            mode,
+            {"error": "temporarily_unavailable", "error_description": description},
             {"Retry-After": "1"},
         )
         return True
 
+    def _misbehave(self, mode: str) -> None:  # pragma: no cover - token endpoint only
+        raise NotImplementedError
+
     def do_GET(self) -> None:
+        self._raw = None  # a new request (a connection may carry more than one)
         if not self._unavailable():
             self._send_json(405, {"error": "invalid_request", "error_description": "use POST"})
 
     def _dispatch(self, path: str, route: Callable[[], None]) -> None:
+        self._raw = None  # a new request (a connection may carry more than one)
         if self._unavailable():
             return
         if self.path.split("?")[0] != path:
@@ -557,8 +725,38 @@ class _TokenHandler(_Handler):
             )
             return
         status, body = self.oauth2._token_request(form, basic)
+        if status >= 400 and self.oauth2.echo:
+            body["error_description"] += f" ({self._echo()})"
         headers = {"WWW-Authenticate": 'Basic realm="token"'} if status == 401 else {}
         self._send_json(status, body, headers)
+
+    def _misbehave(self, mode: str) -> None:
+        """Answer as :meth:`OAuth2Server.down` says for *mode*, with the next tokens handed
+        out for the requester's user (no token is issued: none of them is valid)."""
+        oauth2 = self.oauth2
+        form = self._form() or {}
+        with oauth2._lock:
+            user = oauth2._user_of(form)
+            access = oauth2._next(user, "access") if user else secrets.token_urlsafe(32)
+            refresh = oauth2._next(user, "refresh") if user else secrets.token_urlsafe(32)
+        echo = {"you_sent": self._echo()} if oauth2.echo else {}
+        tokens = {"access_token": access, "token_type": "Bearer", "refresh_token": refresh}
+        if mode == "garbled":
+            said = urllib.parse.urlencode({**tokens, **echo})
+            self.wfile.write(f"garbled {said}\r\n\r\n".encode("latin-1", "replace"))
+            self.close_connection = True
+        elif mode == "not json":
+            data = urllib.parse.urlencode({**tokens, **echo}).encode()
+            self._send(200, data, "application/x-www-form-urlencoded")
+        elif mode == "nested":
+            message = "invalid request" + (f" ({echo['you_sent']})" if echo else "")
+            error = {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}
+            self._send_json(400, {"error": error})
+        else:  # "cut": the answer ends half-way through the refresh token
+            data = json.dumps({**tokens, "expires_in": 3600, **echo}).encode()
+            value = json.dumps(refresh).encode()
+            cut = data.index(b'"refresh_token": ' + value) + 17 + len(value) // 2
+            self._send(200, data[:cut], "application/json", length=len(data))
 
 
 class _IntrospectionHandler(_Handler):
