@@ -102,8 +102,13 @@ def test_server_closing_the_connection(mailbox):
     with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
         proxy.cut_after(0)
         report = check(plain_url(mailbox, proxy.port), timeout=5)
-    assert report.steps[-1].name == "greeting"
-    assert "closed the connection" in report.sentence
+    # Closed at once: seen while the greeting is awaited, or (the RST arriving first) while
+    # connecting. Either way the server is reachable and turns the client away.
+    assert report.steps[-1].name in ("tcp", "greeting"), report.steps
+    if report.steps[-1].name == "greeting":
+        assert "closed the connection" in report.sentence
+    else:
+        assert "reset the connection as it was made" in report.sentence
     assert report.exit_code == 5
 
 

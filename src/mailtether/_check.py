@@ -240,6 +240,13 @@ class Probe(abc.ABC):
                 "or the host is down; check firewalls on both sides",
                 reachable=False,
             ) from None
+        except ConnectionResetError:  # something answered, and dropped the connection at once
+            raise StepFailed(
+                f"{self.where} reset the connection as it was made: the server (or a firewall "
+                "in front of it) turns this client away: too many connections, or this "
+                "address is blocked",
+                reachable=True,
+            ) from None
         except OSError as error:
             raise StepFailed(f"cannot connect to {self.where} ({error})", reachable=False) from None
         self._use(sock)
