@@ -1469,9 +1469,10 @@ def _servers_echo_tokens(
 ) -> None:
     """A refresh flow (the refresh token rotating into the store), a token command and a fixed
     token log in to servers that refuse the token quoting it (SASL string and token), or take
-    it and then quote it: a listener, a poller, ``check`` (by the API and the command line,
-    ``--token-command``, also with a command that fails quoting its token), an
-    :class:`SmtpNotifier`, ``mailtether status`` on the store with the refresh token."""
+    it and then quote it: a listener, a poller, ``check`` of IMAP, POP3 and SMTP (by the API,
+    and by the command line with ``--token-command``, also a command that fails quoting its
+    token), an :class:`SmtpNotifier`, ``mailtether status`` on the store with the refresh
+    token."""
     refused = where == "refused"
     heard: list[bytes] = []
 
@@ -1544,19 +1545,25 @@ def _servers_echo_tokens(
         )
         with capture.raised(failure):
             ImapConnection.open(fixed, keepalive=FAST)
+
         steps = ["login"] if refused else ["select"]
+        smtp_url = f"smtp://{USER}@{HOST}:{smtp[0]}/?security=plain&from=a@b.example&to=c@d.example"
+        smtp_steps = ["auth"] if refused else []
         for url, failed in (
             (_url("imap", imap.port), steps),
             (_url("pop3", pop3.port), ["login"] if refused else ["stat"]),
+            (smtp_url, smtp_steps),
         ):
             flow = _refresh_flow(oauth2, secrets, store)
             assert _checked_by_the_api(capture, url, tokens=flow) == failed
-        for status, failed in ((0, steps), (1, ["login"])):
+        for url, status, failed in (
+            (_url("imap", imap.port), 0, steps),
+            (_url("imap", imap.port), 1, ["login"]),  # the command fails, quoting its token
+            (smtp_url, 0, smtp_steps),
+            (smtp_url, 1, ["auth"]),
+        ):
             command = _token_command(directory, secrets.access, status)
-            code, text = capture.cli("check", _url("imap", imap.port), "--token-command", command)
-            assert re.findall(r"^  FAIL (\w+)", text, re.MULTILINE) == failed, text
-            argv = ("check", _url("imap", imap.port), "--token-command", command, "--json")
-            assert capture.cli(*argv)[0] == code
+            assert _check_with(capture, url, "--token-command", command) == failed
         offered = len(smtp[1].offered)
         _notify(capture, *smtp, _refresh_flow(oauth2, secrets, store))
         assert smtp[1].offered[offered:] == [secrets.access.encode()] * (2 if refused else 1)
