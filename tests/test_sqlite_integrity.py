@@ -171,3 +171,33 @@ def test_read_only_commands_never_create_a_store(tmp_path, argv):
     assert out.getvalue().startswith("mailtether: ")
     assert f"{path} does not exist" in out.getvalue()
     assert list(tmp_path.iterdir()) == []
+
+
+# -- the file's page size ------------------------------------------------------------------------
+
+
+def _page_size(path: Path) -> int:
+    with sqlite3.connect(path) as connection:
+        size = int(connection.execute("PRAGMA page_size").fetchone()[0])
+    connection.close()
+    return size
+
+
+def test_a_new_file_has_small_pages_and_an_existing_one_keeps_its_own(tmp_path):
+    store = SQLiteStore(tmp_path / "new.db")
+    store.put("guard", "k", "done", {})
+    store.close()
+    assert _page_size(tmp_path / "new.db") == 2048
+    older = tmp_path / "older.db"
+    with sqlite3.connect(older) as connection:  # as a store made with SQLite's default pages
+        connection.execute("PRAGMA page_size = 4096")
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("CREATE TABLE unrelated (x)")
+    connection.close()
+    store = SQLiteStore(older)
+    assert store.put("guard", "k", "done", {"n": 1}).version == 1
+    lease = store.acquire("poll", "me", 60)
+    assert lease is not None
+    assert store.release(lease)
+    store.close()
+    assert _page_size(older) == 4096
