@@ -114,6 +114,21 @@ def _check_attempt(attempt: int) -> None:
         raise ValueError(f"attempt counts from 1, got {attempt!r}")
 
 
+def _first_capped(log_factor: float, max_exponent: float) -> float:
+    """The first attempt *n* with ``(n - 1) * log_factor >= max_exponent`` (or infinity).
+
+    Found once, with the very comparison :meth:`Exponential.delay` made on every call.
+    """
+    if log_factor <= 0.0:
+        return math.inf if max_exponent > 0.0 else 1.0
+    attempt = max(1, math.floor(max_exponent / log_factor) + 1)
+    while attempt > 1 and (attempt - 2) * log_factor >= max_exponent:
+        attempt -= 1
+    while (attempt - 1) * log_factor < max_exponent:
+        attempt += 1
+    return float(attempt)
+
+
 def _repr(self: attrs.AttrsInstance) -> str:
     """``Name(field=value, ...)`` with aliases as users type them, unset limits left out."""
     parts = []
@@ -267,6 +282,8 @@ class Exponential(_Composable):
     _ceiling: float = attrs.field(init=False, repr=False, eq=False)
     _log_factor: float = attrs.field(init=False, repr=False, eq=False)
     _max_exponent: float = attrs.field(init=False, repr=False, eq=False)
+    _ratio: float = attrs.field(init=False, repr=False, eq=False)
+    _capped_from: float = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         if self.max_delay is not None and self.max_delay < self.initial:
@@ -282,19 +299,25 @@ class Exponential(_Composable):
             )
         ceiling = self.max_delay if self.max_delay is not None else max(_CEILING, self.initial)
         object.__setattr__(self, "_ceiling", ceiling)
-        object.__setattr__(self, "_log_factor", math.log1p(self.growth))
-        object.__setattr__(self, "_max_exponent", math.log(ceiling / self.initial))
+        log_factor = math.log1p(self.growth)
+        max_exponent = math.log(ceiling / self.initial)
+        object.__setattr__(self, "_log_factor", log_factor)
+        object.__setattr__(self, "_max_exponent", max_exponent)
+        object.__setattr__(self, "_ratio", 1.0 + self.growth)
+        object.__setattr__(self, "_capped_from", _first_capped(log_factor, max_exponent))
 
     def delay(self, attempt: int, offline_for: float) -> float | None:
         """Return ``initial * (1 + growth) ** (attempt - 1)``, capped; ``None`` past the cap."""
-        _check_attempt(attempt)
-        if self.max_attempts is not None and attempt > self.max_attempts:
+        if attempt < 1:
+            _check_attempt(attempt)
+        max_attempts = self.max_attempts
+        if max_attempts is not None and attempt > max_attempts:
             return None
-        # Compare in log space first: (1 + growth) ** n overflows a float long before any
-        # attempt count a listener reaches stops being an int.
-        if (attempt - 1) * self._log_factor >= self._max_exponent:
+        # From this attempt on the wait is the ceiling: (1 + growth) ** n is never computed
+        # there, as it overflows a float long before an attempt count stops being an int.
+        if attempt >= self._capped_from:
             return self._ceiling
-        return min(self._ceiling, self.initial * (1.0 + self.growth) ** (attempt - 1))
+        return min(self._ceiling, self.initial * self._ratio ** (attempt - 1))
 
     __repr__ = _repr
 
