@@ -239,8 +239,8 @@ class _Endpoint(_Cached):
         words = one_line(redact(said.rstrip(": ")))
         if code in _REVOKED:
             return TokenRevoked(
-                f"{where}: the grant is no longer valid ({words}); authorise the app for "
-                f"{self.account} again"
+                f"{where}: the grant is no longer valid ({words})",
+                hint=f"authorise the app for {self.account} again, then resume the source",
             )
         return TokenUnavailable(f"{where}: {words}")
 
