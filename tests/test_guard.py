@@ -237,12 +237,12 @@ def test_triage_sorts_listed_mail_by_what_it_needs(backend):
     assert guard.triage([]).new == ()
 
 
-def test_triage_reads_the_records_of_running_claims_only(backend, monkeypatch):
+def test_triage_and_filter_new_read_no_record_of_mail_never_seen(backend, monkeypatch):
     guard = DuplicateGuard(backend.store, repeat="skip")
-    for uid in range(1, 101):
+    for uid in range(1, 4):
         with guard.claim(key(uid)):
             pass
-    guard.claim(key(101))
+    guard.claim(key(4))
     asked: list[list[str]] = []
     real = backend.store.get_many
 
@@ -251,11 +251,18 @@ def test_triage_reads_the_records_of_running_claims_only(backend, monkeypatch):
         return real(namespace, asked[-1])
 
     monkeypatch.setattr(backend.store, "get_many", get_many)
-    triage = guard.triage([key(uid) for uid in range(1, 103)])
-    assert (len(triage.done), triage.busy, triage.new) == (100, (key(101),), (key(102),))
-    assert asked == [[key(101).id]], "done mail is sorted out by its state alone"
-    assert guard.filter_new([key(uid) for uid in range(99, 104)]) == [key(102), key(103)]
-    assert asked == [[key(101).id]], "filter_new reads no record"
+    first_sync = [key(uid) for uid in range(10, 1510)]
+    assert guard.triage(first_sync).new == tuple(first_sync)
+    assert asked == [], "a first sync reads no record"
+    triage = guard.triage([key(uid) for uid in range(1, 7)])
+    assert (triage.done, triage.busy, triage.new) == (
+        (key(1), key(2), key(3)),
+        (key(4),),
+        (key(5), key(6)),
+    )
+    assert asked == [[key(uid).id for uid in range(1, 5)]], "the known ones, once"
+    assert guard.filter_new([key(uid) for uid in range(2, 8)]) == [key(5), key(6), key(7)]
+    assert len(asked) == 1, "filter_new reads no record"
 
 
 def test_prune_forgets_only_old_done_records(backend):

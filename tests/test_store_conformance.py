@@ -8,8 +8,8 @@ import pytest
 
 from backends import BACKENDS, Backend, make_backend
 from mailtether import Lease, LeaseLost, Record, Store, StoreError, Write
-from mailtether.stores._protocol import StateLookup
-from mailtether.stores._shared import states_of
+from mailtether.stores._protocol import KeyLookup
+from mailtether.stores._shared import existing_keys
 
 
 @pytest.fixture(params=BACKENDS)
@@ -142,25 +142,24 @@ ODD_KEYS = [
 ]
 
 
-def test_get_states_says_which_records_exist_and_in_what_state(store):
+def test_existing_says_which_keys_have_a_record(store):
     store.put_many(
         Write("guard", f"k{index}", "done" if index % 3 else "held", {"i": index})
         for index in range(1200)
     )
     wanted = [f"k{index}" for index in range(0, 2400, 2)] + ["k4", "k4"]  # repeats are fine
-    states = store.get_states("guard", iter(wanted))
-    assert states == {f"k{index}": "done" if index % 3 else "held" for index in range(0, 1200, 2)}
-    assert store.get_states("guard", []) == {}
-    assert store.get_states("guard-content", wanted) == {}, "namespaces are separate"
+    assert store.existing("guard", iter(wanted)) == {f"k{index}" for index in range(0, 1200, 2)}
+    assert store.existing("guard", []) == set()
+    assert store.existing("guard-content", wanted) == set(), "namespaces are separate"
 
 
-def test_get_states_follows_writes_and_deletes(store):
+def test_existing_follows_writes_and_deletes(store):
     record = store.put("guard", "k", "processing", {})
-    assert store.get_states("guard", ["k"]) == {"k": "processing"}
+    assert store.existing("guard", ["k", "j"]) == {"k"}
     store.put("guard", "k", "done", {}, expect=record.version)
-    assert store.get_states("guard", ["k"]) == {"k": "done"}
+    assert store.existing("guard", ["k"]) == {"k"}
     store.delete("guard", "k")
-    assert store.get_states("guard", ["k"]) == {}
+    assert store.existing("guard", ["k"]) == set()
 
 
 def test_odd_keys_and_documents_round_trip_in_batches(store):
@@ -170,7 +169,7 @@ def test_odd_keys_and_documents_round_trip_in_batches(store):
     }
     results = store.put_many(Write("guard", key, "done", data) for key, data in documents.items())
     assert [r.key for r in results] == ODD_KEYS
-    assert store.get_states("guard", [*ODD_KEYS, "missing"]) == dict.fromkeys(ODD_KEYS, "done")
+    assert store.existing("guard", [*ODD_KEYS, "missing"]) == set(ODD_KEYS)
     found = store.get_many("guard", [*ODD_KEYS, "missing"])
     assert {key: record.data for key, record in found.items()} == documents
     assert [store.get("guard", key).data for key in ODD_KEYS] == list(documents.values())
@@ -196,32 +195,31 @@ def test_put_many_decides_each_write_across_batch_boundaries(store):
         (["ok", "x" * 1025], ValueError),
     ],
 )
-def test_get_states_and_get_many_refuse_bad_keys(store, keys, error):
+def test_existing_and_get_many_refuse_bad_keys(store, keys, error):
     with pytest.raises(error):
-        store.get_states("guard", keys)
+        store.existing("guard", keys)
     with pytest.raises(error):
         store.get_many("guard", keys)
     with pytest.raises(ValueError, match="namespace 'Guard' is not valid"):
-        store.get_states("Guard", ["ok"])
+        store.existing("Guard", ["ok"])
 
 
-def test_states_of_falls_back_to_get_many_for_a_store_without_get_states(store):
+def test_existing_keys_falls_back_to_get_many_for_a_store_without_existing(store):
     class Plain:
-        """Only what the Store protocol asks: no get_states."""
+        """Only what the Store protocol asks: no existing."""
 
         def __getattr__(self, name: str) -> object:
-            if name == "get_states":
+            if name == "existing":
                 raise AttributeError(name)
             return getattr(store, name)
 
     store.put("guard", "a", "done", {})
     store.put("guard", "b", "held", {})
     plain = Plain()
-    assert not isinstance(plain, StateLookup)
-    assert isinstance(store, StateLookup), "every built-in store has the optional look-up"
-    expected = {"a": "done", "b": "held"}
-    assert states_of(plain, "guard", ["a", "b", "c"]) == expected  # type: ignore[arg-type]
-    assert states_of(store, "guard", ["a", "b", "c"]) == expected
+    assert not isinstance(plain, KeyLookup)
+    assert isinstance(store, KeyLookup), "every built-in store has the optional look-up"
+    assert existing_keys(plain, "guard", ["a", "b", "c"]) == {"a", "b"}  # type: ignore[arg-type]
+    assert existing_keys(store, "guard", ["a", "b", "c"]) == {"a", "b"}
 
 
 def test_put_many_applies_each_write_as_put_would(store):

@@ -30,7 +30,7 @@ from mailtether._guard_states import (
 from mailtether._message_key import MessageKey
 from mailtether._redaction import redacting_logger
 from mailtether.stores._protocol import Store
-from mailtether.stores._shared import states_of
+from mailtether.stores._shared import existing_keys
 
 __all__ = ["GuardViews"]
 
@@ -51,17 +51,17 @@ class GuardViews:
     def filter_new(self, keys: Iterable[MessageKey]) -> list[MessageKey]:
         """Return the keys the guard has never seen, by position or by content, in order.
 
-        One batched look-up per 500 keys, of the records' states alone (no record is read:
-        see :class:`~mailtether.stores._protocol.StateLookup`): for the first sync of a large
+        One batched look-up per 500 keys, of the keys alone (no record is read: see
+        :class:`~mailtether.stores._protocol.KeyLookup`): for the first sync of a large
         mailbox, call this before claiming, so only new mail is fetched in full.
         """
         keys = list(keys)
-        known = states_of(self.store, self.namespace, [key.id for key in keys])
+        known = existing_keys(self.store, self.namespace, [key.id for key in keys])
         unseen = [key for key in keys if key.id not in known] if known else keys
         content_ids = [key.content_id for key in unseen if key.content_id is not None]
         if not content_ids:
             return unseen
-        done_content = states_of(self.store, self.content_namespace, content_ids)
+        done_content = existing_keys(self.store, self.content_namespace, content_ids)
         return [key for key in unseen if key.content_id not in done_content]
 
     def triage(self, keys: Iterable[MessageKey]) -> Triage:
@@ -72,36 +72,35 @@ class GuardViews:
         needs its post-action finished (handled, but still in the mailbox), and
         :attr:`Triage.waiting` is left alone.
 
-        The look-up reads the records' states alone; only mail being processed (whose claim
-        may have expired) has its record read.
+        The look-up is of the keys alone; only the records of mail the guard knows are read
+        (for the first sync of a mailbox: none).
         """
         keys = list(keys)
-        states = states_of(self.store, self.namespace, [key.id for key in keys])
-        if not states:
+        ids = [key.id for key in keys]
+        known = existing_keys(self.store, self.namespace, ids)
+        if not known:
             return Triage(tuple(keys), (), (), ())
-        running = [key for key, state in states.items() if state == PROCESSING]
-        # Claims: their documents say until when. Read again, they may have changed meanwhile.
-        claims = self.store.get_many(self.namespace, running) if running else {}
-        now = self.store.now() if claims else 0.0
+        records = self.store.get_many(self.namespace, [id_ for id_ in ids if id_ in known])
+        running = any(record.state == PROCESSING for record in records.values())
+        now = self.store.now() if running else 0.0
         new: list[MessageKey] = []
         retry: list[MessageKey] = []
         done: list[MessageKey] = []
         waiting: list[MessageKey] = []
         busy: list[MessageKey] = []
         for key in keys:
-            state = states.get(key.id)
-            if state == PROCESSING:
-                record = claims.get(key.id)
-                state = record.state if record is not None else None
-            if state is None:
+            record = records.get(key.id)  # None: never seen (or deleted meanwhile)
+            if record is None:
                 new.append(key)
-            elif state == DONE:
+            elif record.state == DONE:
                 done.append(key)
-            elif state == FAILED or (state == PROCESSING and not claimed_at(claims[key.id], now)):
+            elif record.state == FAILED or (
+                record.state == PROCESSING and not claimed_at(record, now)
+            ):
                 retry.append(key)
             else:
                 waiting.append(key)
-                if state == PROCESSING:
+                if record.state == PROCESSING:
                     busy.append(key)
         return Triage(tuple(new), tuple(retry), tuple(done), tuple(waiting), tuple(busy))
 

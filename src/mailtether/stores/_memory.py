@@ -138,14 +138,13 @@ class MemoryStore(PutFromPutMany):
             found = {key: space[key] for key in wanted if key in space}
         return {key: stored.record(namespace, key) for key, stored in found.items()}
 
-    def get_states(self, namespace: str, keys: Iterable[str]) -> dict[str, str]:
-        """Return the state of each existing record among *keys*."""
+    def existing(self, namespace: str, keys: Iterable[str]) -> set[str]:
+        """Return the keys among *keys* that have a record."""
         check_namespace(namespace)
         wanted = check_keys(keys)
         with self._lock:
             self._check_open()
-            space = self._records.get(namespace, {})
-            return {key: space[key].state for key in wanted if key in space}
+            return self._records.get(namespace, {}).keys() & wanted
 
     def put(
         self,

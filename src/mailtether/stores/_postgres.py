@@ -297,9 +297,9 @@ class PostgresStore(PutFromPutMany):
             found[row[0]] = record_from_row(namespace, row)
         return found
 
-    def get_states(self, namespace: str, keys: Iterable[str]) -> dict[str, str]:
-        """Return the state of each existing record among *keys*, 1 000 per query."""
-        return dict(self._per_key("get_states", "key, state", namespace, keys))
+    def existing(self, namespace: str, keys: Iterable[str]) -> set[str]:
+        """Return the keys among *keys* that have a record, 1 000 per query."""
+        return {row[0] for row in self._per_key("existing", "key", namespace, keys)}
 
     def _per_key(
         self, what: str, columns: str, namespace: str, keys: Iterable[str]

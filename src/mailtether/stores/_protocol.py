@@ -21,10 +21,10 @@ Optional methods: a store may offer more than the protocol asks, and mailtether 
 it is there. Each is a protocol of its own (so a store written before it still is a
 :class:`Store`), with a fallback on the protocol's methods:
 
-- :class:`StateLookup`, ``get_states(namespace, keys)``: the states of existing records,
-  without reading their documents (the duplicate guard's batch checks: ``filter_new``,
-  ``triage``). Every built-in store has it; :func:`~mailtether.stores._shared.states_of`
-  falls back to ``get_many`` for a store that has not.
+- :class:`KeyLookup`, ``existing(namespace, keys)``: which keys have a record, without
+  reading the records (the duplicate guard's batch checks: ``filter_new``, ``triage``).
+  Every built-in store has it; :func:`~mailtether.stores._shared.existing_keys` falls back
+  to ``get_many`` for a store that has not.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ import attrs
 
 __all__ = [
     "SCHEMA_VERSION",
+    "KeyLookup",
     "Lease",
     "Record",
-    "StateLookup",
     "Store",
     "Write",
     "default_owner",
@@ -229,19 +229,18 @@ class Store(Protocol):
 
 
 @runtime_checkable
-class StateLookup(Protocol):
-    """A store that can say which records exist, and in what state, without reading them.
+class KeyLookup(Protocol):
+    """A store that can say which keys have a record, without reading the records.
 
-    Optional (see the module's docstring): every built-in store has it. A look-up of the
-    state alone is 3-4 times cheaper than :meth:`Store.get_many` (no document is read or
-    decoded), which is what the duplicate guard's batch checks need.
+    Optional (see the module's docstring): every built-in store has it. A key-only look-up
+    is 3-4 times cheaper than :meth:`Store.get_many` (no record is read or decoded), and it
+    is all the duplicate guard's batch checks need for mail it has never seen.
     """
 
-    def get_states(self, namespace: str, keys: Iterable[str]) -> dict[str, str]:
-        """Return the state of each existing record among *keys*, by key.
+    def existing(self, namespace: str, keys: Iterable[str]) -> set[str]:
+        """Return the keys among *keys* that have a record in *namespace*.
 
-        The same records :meth:`Store.get_many` would return (keys checked the same way,
-        missing ones left out), their state alone.
+        The keys of what :meth:`Store.get_many` would return (checked the same way).
         """
         ...
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -235,24 +235,28 @@ class RedisStore(PutFromPutMany):
                     )
         return found
 
-    def get_states(self, namespace: str, keys: Iterable[str]) -> dict[str, str]:
-        """Return the state of each existing record among *keys*: one script per 500 keys."""
+    def existing(self, namespace: str, keys: Iterable[str]) -> set[str]:
+        """Return the keys among *keys* that have a record: one script per 500 keys."""
         check_namespace(namespace)
         wanted = check_keys(keys)
         prefix = f"{self._base}:r:{namespace}|"
-        found: dict[str, str] = {}
-        for chunk, lines in self._per_key("get_states", prefix, wanted):
-            found.update(pair for pair in zip(chunk, lines, strict=True) if pair[1])
+        found: set[str] = set()
+        for chunk, marks in self._per_key("existing", prefix, wanted):
+            found.update(key for key, mark in zip(chunk, marks, strict=True) if mark == "1")
         return found
 
     def _per_key(
         self, script: str, prefix: str, keys: list[str]
-    ) -> Iterator[tuple[list[str], list[str]]]:
-        """Run *script* on *keys*, 500 at a time; yield each chunk with its answer's lines."""
+    ) -> Iterator[tuple[list[str], Sequence[str]]]:
+        """Run *script* on *keys*, 500 at a time; yield each chunk with its answer.
+
+        The answer of ``get_many`` as its lines, of ``existing`` as its text: one character
+        a key.
+        """
         for start in range(0, len(keys), _BATCH):
             chunk = keys[start : start + _BATCH]
             answer = self._eval(script, script, [], [prefix, "\x00".join(chunk) + "\x00"])
-            yield chunk, answer.split("\n")
+            yield chunk, answer.split("\n") if script == "get_many" else answer
 
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
         """Apply several writes as :meth:`put` would: one script per 500 writes.

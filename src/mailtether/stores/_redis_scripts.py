@@ -83,15 +83,15 @@ return table.concat(lines, '\\n')
 """
 
 # KEYS: none (see put_many); ARGV: record-key prefix, the keys (each ended by NUL).
-# One line per key, in order: its state, or empty if it has no record.
-_GET_STATES: Final = """
-local lines = {}
+# One character per key, in order: 1 if it has a record, else 0.
+_EXISTING: Final = """
+local marks = {}
 local i = 0
 for key in string.gmatch(ARGV[2], '(.-)%z') do
   i = i + 1
-  lines[i] = redis.call('HGET', ARGV[1] .. key, 'state') or ''
+  marks[i] = redis.call('EXISTS', ARGV[1] .. key)
 end
-return table.concat(lines, '\\n')
+return table.concat(marks)
 """
 
 # KEYS: record, namespace index, states set; ARGV: state-index prefix, expect, member
@@ -203,7 +203,7 @@ return held
 SCRIPTS: Final = {
     "put_many": _PUT_MANY,
     "get_many": _GET_MANY,
-    "get_states": _GET_STATES,
+    "existing": _EXISTING,
     "delete": _DELETE,
     "prune": _PRUNE,
     "scan": _SCAN,

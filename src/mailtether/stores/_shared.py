@@ -6,7 +6,7 @@ The :class:`~mailtether.Store` protocol and its value types are in
 - argument checks (``check_*``), so each backend refuses the same arguments with the same errors;
 - write planning for ``put_many`` (:func:`plan_writes`, :func:`written_records`) and
   :class:`PutFromPutMany`, which gives every store ``put`` as ``put_many`` of one write;
-- :func:`states_of`, an optional store method with its fallback;
+- :func:`existing_keys`, an optional store method with its fallback;
 - the documents' JSON (:func:`encode_data`, :func:`decode_data`), :func:`lease_lost`,
   :func:`redact_url` and :func:`require` (optional dependencies).
 """
@@ -22,7 +22,7 @@ from typing import Any, Final, NamedTuple, cast
 
 from mailtether._errors import ConfigError, LeaseLost
 from mailtether._url_errors import redact
-from mailtether.stores._protocol import Lease, Record, StateLookup, Store, Write
+from mailtether.stores._protocol import KeyLookup, Lease, Record, Store, Write
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -44,11 +44,11 @@ __all__ = [
     "decode_data",
     "encode_all",
     "encode_data",
+    "existing_keys",
     "lease_lost",
     "plan_writes",
     "redact_url",
     "require",
-    "states_of",
     "written",
     "written_records",
 ]
@@ -359,16 +359,16 @@ def written(write: Write, version: int, updated_at: float) -> Record:
 # -- optional store methods, with their fallbacks ------------------------------------------------
 
 
-def states_of(store: Store, namespace: str, keys: Iterable[str]) -> dict[str, str]:
-    """The state of each existing record among *keys*: :meth:`StateLookup.get_states`.
+def existing_keys(store: Store, namespace: str, keys: Iterable[str]) -> set[str]:
+    """The keys among *keys* that have a record: :meth:`KeyLookup.existing`.
 
     A store without that optional method is asked with ``get_many``, whose records give
     the same answer at a higher cost.
     """
-    lookup = getattr(store, "get_states", None)  # isinstance(store, StateLookup) costs 7 µs
+    lookup = getattr(store, "existing", None)  # isinstance(store, KeyLookup) costs 7 µs
     if callable(lookup):
-        return cast(StateLookup, store).get_states(namespace, keys)
-    return {key: record.state for key, record in store.get_many(namespace, keys).items()}
+        return cast(KeyLookup, store).existing(namespace, keys)
+    return set(store.get_many(namespace, keys))
 
 
 # -- documents, leases, URLs and optional dependencies ---------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
@@ -81,6 +82,7 @@ _HOLDER: Final = (
     "SELECT owner, token, expires_at, ttl FROM mailtether_leases WHERE name = ? "
     "AND owner IS NOT NULL AND expires_at > ?"
 )
+_first: Final = operator.itemgetter(0)
 _POOL: Final = 8  # idle connections kept for reuse
 _PAGE_SIZE: Final = 2048
 """Bytes a page of a new file. Every write transaction puts each page it changes into the WAL
@@ -353,36 +355,48 @@ class SQLiteStore(PutFromPutMany):
 
     def get_many(self, namespace: str, keys: Iterable[str]) -> dict[str, Record]:
         """Return the existing records among *keys*, in batches of 500 per query."""
-        rows = self._per_key("get_many", COLUMNS, namespace, keys)
-        return {row[0]: record_from_row(namespace, row) for row in rows}
+        found: dict[str, Record] = {}
 
-    def get_states(self, namespace: str, keys: Iterable[str]) -> dict[str, str]:
-        """Return the state of each existing record among *keys*, in batches of 500 per query.
+        def take(rows: Iterable[tuple[Any, ...]]) -> None:
+            for row in rows:
+                found[row[0]] = record_from_row(namespace, row)
 
-        Never decodes a document (the slow part of :meth:`get_many`): see
-        :class:`~mailtether.stores._protocol.StateLookup`.
+        self._per_key("get_many", COLUMNS, namespace, keys, take)
+        return found
+
+    def existing(self, namespace: str, keys: Iterable[str]) -> set[str]:
+        """Return the keys among *keys* that have a record, in batches of 500 per query.
+
+        Reads keys only, never a record: see :class:`~mailtether.stores._protocol.KeyLookup`.
         """
-        return dict(self._per_key("get_states", "key, state", namespace, keys))
+        found: set[str] = set()
+        self._per_key(
+            "existing", "key", namespace, keys, lambda rows: found.update(map(_first, rows))
+        )
+        return found
 
     def _per_key(
-        self, what: str, columns: str, namespace: str, keys: Iterable[str]
-    ) -> list[tuple[Any, ...]]:
-        """The rows of *columns* of the existing records among *keys*, a query per 500."""
+        self,
+        what: str,
+        columns: str,
+        namespace: str,
+        keys: Iterable[str],
+        take: Callable[[Iterable[Any]], None],
+    ) -> None:
+        """Hand *take* the rows of *columns* of the existing records among *keys*, 500 a query."""
         check_namespace(namespace)
         wanted = check_keys(keys)
         # Only "?" placeholders are formatted in; the keys travel as parameters.
         select = f"SELECT {columns} FROM mailtether_records WHERE namespace = ? AND key IN "  # noqa: S608
         full = f"{select}({','.join('?' * _BATCH)})"
 
-        def query(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            rows: list[tuple[Any, ...]] = []
+        def query(connection: sqlite3.Connection) -> None:
             for start in range(0, len(wanted), _BATCH):
                 chunk = wanted[start : start + _BATCH]
                 sql = full if len(chunk) == _BATCH else f"{select}({','.join('?' * len(chunk))})"
-                rows += connection.execute(sql, (namespace, *chunk))
-            return rows
+                take(connection.execute(sql, (namespace, *chunk)))
 
-        return self._run(what, query)
+        self._run(what, query)
 
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
         """Apply several writes as :meth:`put` would, in one transaction.
