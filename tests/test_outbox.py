@@ -432,8 +432,13 @@ def test_a_sender_killed_mid_run_loses_nothing_and_repeats_only_the_mail_in_flig
             outbox = Outbox(store, relay(port))
             for n in range(30):
                 outbox.send(mail(n))
-            worker.append(subprocess.Popen([sys.executable, str(WORKER), str(db), str(port)]))
-            assert killed.wait(30), "the sender got to the tenth mail"
+            command = [sys.executable, str(WORKER), str(db), str(port)]
+            worker.append(subprocess.Popen(command, stderr=subprocess.PIPE))
+            deadline = time.monotonic() + 30
+            while not killed.wait(0.1):  # (a sender that died on its own fails at once)
+                if worker[0].poll() is not None and not killed.is_set():
+                    raise AssertionError(f"the sender died: {worker[0].stderr.read()!r}")
+                assert time.monotonic() < deadline, "the sender got to the tenth mail"
             assert worker[0].returncode == -signal.SIGKILL
             claimed = outbox.mails("sending")
             assert len(claimed) == 21, "claimed together; only the first was handed over"
@@ -445,6 +450,9 @@ def test_a_sender_killed_mid_run_loses_nothing_and_repeats_only_the_mail_in_flig
         for process in worker:
             if process.poll() is None:
                 process.kill()
+            process.wait(10)
+            if process.stderr is not None:
+                process.stderr.close()
     subjects = Counter(subject_of(raw) for _, _, raw in scripted.received)
     assert set(subjects) == {f"reply {n}".encode() for n in range(30)}, "nothing lost"
     twice = [subject for subject, count in subjects.items() if count > 1]
