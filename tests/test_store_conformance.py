@@ -103,6 +103,16 @@ def test_data_is_copied_not_shared(store):
     assert store.get("guard", "k").data == {"list": [1]}
 
 
+def test_a_reader_changing_what_it_was_given_changes_nothing_stored(store):
+    for data in ({}, {"n": 1}, {"nested": {"n": 1}}):
+        written = store.put("guard", "k", "done", data)
+        written.data.clear()
+        got = store.get("guard", "k")
+        got.data.clear()
+        assert store.get("guard", "k").data == data
+        assert store.get_many("guard", ["k"])["k"].data == data
+
+
 def test_namespaces_are_separate(store):
     store.put("guard", "k", "done", {"a": 1})
     store.put("status", "k", "online", {"b": 2})

@@ -37,10 +37,20 @@ _SCALARS: Final = (str, int, bool, type(None))
 _INF: Final = float("inf")
 
 
+_EMPTY: Final = "{}"
+"""What an empty document is kept as: one shared text, not a dict each (a done record has
+one; text is no work for the garbage collector, which visits every dict a store keeps)."""
+
+
 def _payload(data: Mapping[str, Any]) -> str | dict[str, Any]:
     """What the store keeps of *data*: a private copy if flat, else its JSON (checked)."""
-    flat = _flat_copy(data) if type(data) is dict else None
-    return flat if flat is not None else encode_data(data)
+    if type(data) is dict:
+        if not data:
+            return _EMPTY
+        flat = _flat_copy(data)
+        if flat is not None:
+            return flat
+    return encode_data(data)
 
 
 def _flat_copy(data: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -58,6 +68,10 @@ def _flat_copy(data: Mapping[str, Any]) -> dict[str, Any] | None:
     return copy
 
 
+_new: Final = tuple.__new__
+"""Makes a :class:`_Stored` from its fields without NamedTuple's Python-level ``__new__``."""
+
+
 class _Stored(NamedTuple):
     state: str
     payload: str | dict[str, Any]
@@ -69,13 +83,11 @@ class _Stored(NamedTuple):
         # A fresh copy for every reader: nobody can change the stored document by
         # mutating what they were given.
         payload = self.payload
-        data = dict(payload) if isinstance(payload, dict) else decode_data(payload)
+        if payload is _EMPTY:
+            data: dict[str, Any] = {}
+        else:
+            data = dict(payload) if isinstance(payload, dict) else decode_data(payload)
         return Record(namespace, key, self.state, data, self.version, self.updated_at)
-
-
-def _stored(fields: tuple[str, str | dict[str, Any], int, float]) -> _Stored:
-    """A :class:`_Stored` from its fields, without NamedTuple's Python-level ``__new__``."""
-    return tuple.__new__(_Stored, fields)
 
 
 @attrs.define
@@ -161,8 +173,7 @@ class MemoryStore(PutFromPutMany):
         guard's claims and outcomes, one mail at a time.
         """
         check_put(namespace, key, state, expect)
-        flat = _flat_copy(data) if type(data) is dict else None
-        payload = flat if flat is not None else encode_data(data)
+        payload = _payload(data)
         now = self._time()
         with self._lock:
             if self._closed:
@@ -174,7 +185,7 @@ class MemoryStore(PutFromPutMany):
             version = current.version if current is not None else 0
             if expect is not None and expect != version:
                 return None
-            space[key] = _stored((state, payload, version + 1, now))
+            space[key] = _new(_Stored, (state, payload, version + 1, now))
         return Record(namespace, key, state, dict(data), version + 1, now)
 
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
@@ -196,7 +207,7 @@ class MemoryStore(PutFromPutMany):
                 if write.expect is not None and write.expect != version:
                     results.append(None)
                     continue
-                space[write.key] = _stored((write.state, payload, version + 1, now))
+                space[write.key] = _new(_Stored, (write.state, payload, version + 1, now))
                 results.append(written(write, version + 1, now))
         return results
 
