@@ -265,6 +265,30 @@ def test_triage_and_filter_new_read_no_record_of_mail_never_seen(backend, monkey
     assert len(asked) == 1, "filter_new reads no record"
 
 
+def test_a_store_without_the_key_look_up_is_asked_once_per_check(backend):
+    calls: list[str] = []
+
+    class Plain:
+        """Only what the Store protocol asks: no existing(); counts get_many."""
+
+        def __getattr__(self, name: str) -> object:
+            if name == "existing":
+                raise AttributeError(name)
+            return getattr(backend.store, name)
+
+        def get_many(self, namespace, keys):  # type: ignore[no-untyped-def]
+            calls.append(namespace)
+            return backend.store.get_many(namespace, keys)
+
+    guard = DuplicateGuard(Plain(), repeat="skip")  # type: ignore[arg-type]
+    with guard.claim(key(1)):
+        pass
+    triage = guard.triage([key(1), key(2)])
+    assert (triage.done, triage.new) == ((key(1),), (key(2),))
+    assert guard.filter_new([key(1), key(2)]) == [key(2)]
+    assert calls == ["guard", "guard"], "one look-up each"
+
+
 def test_prune_forgets_only_old_done_records(backend):
     guard = DuplicateGuard(backend.store, max_failures=1)
     with guard.claim(key(1, raw=mail(1))):

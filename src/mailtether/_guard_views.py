@@ -29,7 +29,7 @@ from mailtether._guard_states import (
 )
 from mailtether._message_key import MessageKey
 from mailtether._redaction import redacting_logger
-from mailtether.stores._protocol import Store
+from mailtether.stores._protocol import KeyLookup, Store
 from mailtether.stores._shared import existing_keys
 
 __all__ = ["GuardViews"]
@@ -77,10 +77,12 @@ class GuardViews:
         """
         keys = list(keys)
         ids = [key.id for key in keys]
-        known = existing_keys(self.store, self.namespace, ids)
-        if not known:
-            return Triage(tuple(keys), (), (), ())
-        records = self.store.get_many(self.namespace, [id_ for id_ in ids if id_ in known])
+        if isinstance(self.store, KeyLookup):
+            known = self.store.existing(self.namespace, ids)
+            if not known:
+                return Triage(tuple(keys), (), (), ())
+            ids = [id_ for id_ in ids if id_ in known]
+        records = self.store.get_many(self.namespace, ids)  # without existing(): one look-up
         running = any(record.state == PROCESSING for record in records.values())
         now = self.store.now() if running else 0.0
         new: list[MessageKey] = []
