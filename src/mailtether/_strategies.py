@@ -115,18 +115,26 @@ def _check_attempt(attempt: int) -> None:
 
 
 def _first_capped(log_factor: float, max_exponent: float) -> float:
-    """The first attempt *n* with ``(n - 1) * log_factor >= max_exponent`` (or infinity).
+    """The first attempt *n* with ``(n - 1) * log_factor >= max_exponent``; infinity if none.
 
-    Found once, with the very comparison :meth:`Exponential.delay` made on every call.
+    Found once, with the very comparison :meth:`Exponential.delay` would make on each call.
+    ``0.0`` when floating point leaves it unsure (a growth so small that the attempt is past
+    2**53): ``delay`` then makes that comparison on each call.
     """
     if log_factor <= 0.0:
         return math.inf if max_exponent > 0.0 else 1.0
-    attempt = max(1, math.floor(max_exponent / log_factor) + 1)
-    while attempt > 1 and (attempt - 2) * log_factor >= max_exponent:
-        attempt -= 1
-    while (attempt - 1) * log_factor < max_exponent:
-        attempt += 1
-    return float(attempt)
+    estimate = max_exponent / log_factor + 1.0
+    if not estimate < 2.0**53:
+        return 0.0
+    attempt = max(1, math.floor(estimate))
+    for _ in range(64):  # a step or two from the estimate, by rounding
+        if attempt > 1 and (attempt - 2) * log_factor >= max_exponent:
+            attempt -= 1
+        elif (attempt - 1) * log_factor < max_exponent:
+            attempt += 1
+        else:
+            return float(attempt)
+    return 0.0
 
 
 def _repr(self: attrs.AttrsInstance) -> str:
@@ -315,7 +323,11 @@ class Exponential(_Composable):
             return None
         # From this attempt on the wait is the ceiling: (1 + growth) ** n is never computed
         # there, as it overflows a float long before an attempt count stops being an int.
-        if attempt >= self._capped_from:
+        capped_from = self._capped_from
+        if capped_from:
+            if attempt >= capped_from:
+                return self._ceiling
+        elif (attempt - 1) * self._log_factor >= self._max_exponent:
             return self._ceiling
         return min(self._ceiling, self.initial * self._ratio ** (attempt - 1))
 
