@@ -308,15 +308,17 @@ class PostgresStore(PutFromPutMany):
         check_namespace(namespace)
         wanted = list(dict.fromkeys(check_keys(keys)))
         # The keys as one JSON array: made in C, where psycopg escapes a text array's elements
-        # one by one in Python (1 000 keys: 2 ms, against 7.5 ms as a list).
+        # one by one in Python (1 000 keys: 2 ms, against 7.5 ms as a list); joined, so each
+        # is one look-up in the primary key whatever the table's statistics say (as a
+        # filter, "= ANY" of an array made by a subquery is compared key by key, row by row).
         sql = (
-            f"SELECT {columns} FROM {self._p}_records WHERE namespace = %s "  # noqa: S608
-            "AND key = ANY(ARRAY(SELECT json_array_elements_text(%s::json)))"
+            f"SELECT {columns} FROM json_array_elements_text(%s::json) AS k (wanted) "  # noqa: S608
+            f"JOIN {self._p}_records ON namespace = %s AND key = k.wanted"
         )
 
         def fetch(chunk: list[str]) -> Callable[[Any], list[Any]]:
             keys = _ENCODER.encode(chunk)
-            return lambda connection: connection.execute(sql, (namespace, keys)).fetchall()
+            return lambda connection: connection.execute(sql, (keys, namespace)).fetchall()
 
         for start in range(0, len(wanted), _BATCH):  # a call per batch, each with its deadline
             yield from self._run(what, fetch(wanted[start : start + _BATCH]))
