@@ -40,6 +40,7 @@ log = redacting_logger("mailtether.guard")
 RepeatPolicy = Literal["block", "skip", "quarantine"]
 _POLICIES: Final = ("block", "skip", "quarantine")
 _RETRIES: Final = 32
+_NEW: Final = ClaimStatus.NEW
 
 
 class Claim:
@@ -67,7 +68,7 @@ class Claim:
     @property
     def acquired(self) -> bool:
         """``True`` if the message is yours to process (``status is ClaimStatus.NEW``)."""
-        return self.status is ClaimStatus.NEW
+        return self.status is _NEW
 
     @property
     def attempt(self) -> int:
@@ -88,7 +89,7 @@ class Claim:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if not self.acquired or self._finished:
+        if self.status is not _NEW or self._finished:
             return
         if exc is None:
             self.done()
@@ -106,9 +107,10 @@ class Claim:
 
     def done(self) -> None:
         """Record the message as processed (done automatically at the end of the block)."""
-        if self.key.content_id is None:  # one write: straight to it
-            self.guard._finish_one(self, self._require(), None)
-        else:
+        record = self._record
+        if self.key.content_id is None and record is not None and not self._finished:
+            self.guard._finish_one(self, record, None)  # one write: straight to it
+        else:  # (and the errors of a claim that is not yours, or finished)
             self.guard.finish_many([(self, None)])
 
     def fail(self, reason: str) -> None:

@@ -127,7 +127,7 @@ class MemoryStore(PutFromPutMany):
 
     def now(self) -> float:
         """Return ``clock.time()``."""
-        return self._clock.time()
+        return self._time()
 
     # -- records -------------------------------------------------------------------------------
 
