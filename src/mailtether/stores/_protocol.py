@@ -167,8 +167,8 @@ class Store(Protocol):
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
         """Apply several writes, each exactly as :meth:`put` would, in order.
 
-        One transaction (SQLite, PostgreSQL) or one pipelined round trip (Redis) for the lot,
-        which is what makes recording a batch of outcomes cheap. Each write's
+        One transaction (SQLite, PostgreSQL) or one script per 500 writes (Redis) for the
+        lot, which is what makes recording a batch of outcomes cheap. Each write's
         compare-and-set is decided on its own: one that does not match gives ``None`` in its
         place and the others still apply. Every write is checked before any is applied.
 

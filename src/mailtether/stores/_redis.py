@@ -73,7 +73,9 @@ class RedisStore(PutFromPutMany):
     """A :class:`~mailtether.Store` in Redis: for listeners on many hosts.
 
     Every operation that reads and writes is one Lua script, so it is atomic on the server;
-    lease expiry uses the server's clock (``TIME``). All keys start with
+    lease expiry uses the server's clock (``TIME``). Records are read and written in batches
+    of 500 per script; the lease calls go over one connection of their own (see
+    :mod:`~mailtether.stores._redis_line`), the rest over redis-py's pool. All keys start with
     ``{prefix}`` — in braces, a Redis Cluster hash tag, so they share one slot. Needs
     ``pip install 'mailtether[redis]'``.
 
