@@ -191,10 +191,15 @@ class PostgresStore(PutFromPutMany):
             insert + "DO UPDATE SET state = excluded.state, data = excluded.data, "
             "version = r.version + 1, updated_at = excluded.updated_at" + returning
         )
+        # The last condition repeats the join's keys for the planner: the records to update
+        # found through the primary key, not by hashing the whole namespace, which it does on
+        # a table that grew since its statistics (a first sync: 500 updates in a new table of
+        # 100 000 rows 24 ms, with it 6 ms, as after ANALYZE).
         self._update_many = (
             f"UPDATE {table} AS r SET state = w->>1, data = w->>2, "  # noqa: S608
             f"version = r.version + 1, updated_at = {_NOW} FROM json_array_elements(%s::json) "
             "AS v (w) WHERE r.namespace = %s AND r.key = w->>0 AND r.version = (w->>3)::bigint "
+            "AND r.key = ANY(ARRAY(SELECT k->>0 FROM json_array_elements(%s::json) AS j (k))) "
             "RETURNING r.key, r.version, r.updated_at"
         )
         self._records = SQLRecords(
@@ -351,7 +356,7 @@ class PostgresStore(PutFromPutMany):
             rows = _ENCODER.encode(
                 [(w.key, w.state, t, w.expect) for w, t in zip(writes, texts, strict=True)]
             )
-            return self._update_many, [rows, writes[0].namespace]
+            return self._update_many, [rows, writes[0].namespace, rows]
         rows = _ENCODER.encode([(w.key, w.state, t) for w, t in zip(writes, texts, strict=True)])
         sql = self._create_many if kind == "create" else self._upsert_many
         return sql, [writes[0].namespace, rows]
