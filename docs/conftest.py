@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from servers import make_temp_dir, start_or_skip
 from servers.dovecot import DovecotServer
 from servers.oauth2 import OAuth2Server
+from servers.smtp import Scripted, smtp_server
 from servers.tls import make_ca
 
 
@@ -72,40 +73,10 @@ def local() -> Iterator[LocalProvider]:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-@attrs.frozen
-class LocalSmtp:
-    """An SMTP server on 127.0.0.1 (plaintext, no login) and the mails it accepted."""
-
-    port: int
-    received: list[tuple[str, tuple[str, ...]]]
-    """(envelope sender, envelope recipients) of each mail accepted."""
-    refuse: dict[str, str]
-    """Replies to give RCPT TO for these recipients (``"550 no such user"``)."""
-
-
 @pytest.fixture(scope="session")
-def smtp() -> Iterator[LocalSmtp]:
-    """An aiosmtpd server for docs/outbound.md's examples."""
-    from aiosmtpd.controller import Controller
-
-    from servers import free_port
-
-    server = LocalSmtp(free_port(), [], {})
-
-    class Handler:
-        async def handle_RCPT(self, _s, _session, envelope, address, _options):  # type: ignore[no-untyped-def]
-            reply = server.refuse.get(address, "250 OK")
-            if reply.startswith("250"):
-                envelope.rcpt_tos.append(address)
-            return reply
-
-        async def handle_DATA(self, _s, _session, envelope):  # type: ignore[no-untyped-def]
-            server.received.append((envelope.mail_from, tuple(envelope.rcpt_tos)))
-            return "250 OK"
-
-    controller = Controller(Handler(), hostname="127.0.0.1", port=server.port)
-    controller.start()
-    try:
-        yield server
-    finally:
-        controller.stop()
+def smtp() -> Iterator[Scripted]:
+    """An SMTP server (aiosmtpd) for docs/outbound.md's examples: ``port``, ``received``."""
+    handler = Scripted()
+    with smtp_server(handler) as port:
+        handler.port = port
+        yield handler

@@ -6,11 +6,9 @@ are scripted per recipient and per DATA; time is a FakeClock, so schedules are e
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import signal
-import ssl
 import subprocess
 import sys
 import threading
@@ -37,60 +35,9 @@ from mailtether import (
 from mailtether.cli._main import main
 from mailtether.testing import FakeClock
 from servers import free_port, tls
+from servers.smtp import Scripted, smtp_server
 
 WORKER = Path(__file__).parent / "outbox_worker.py"
-
-
-class Scripted:
-    """An aiosmtpd handler: replies per recipient (``rcpt``) and to DATA (``data``)."""
-
-    def __init__(self) -> None:
-        self.rcpt: dict[str, str] = {}
-        self.data = "250 OK"
-        self.received: list[tuple[str, tuple[str, ...], bytes]] = []
-        self.logins: list[tuple[str, str]] = []
-
-    async def handle_RCPT(self, server, session, envelope, address, options):  # type: ignore[no-untyped-def]
-        reply = self.rcpt.get(address, "250 OK")
-        if reply.startswith("250"):
-            envelope.rcpt_tos.append(address)
-        return reply
-
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
-        if self.data.startswith("250"):
-            self.received.append(
-                (envelope.mail_from, tuple(envelope.rcpt_tos), bytes(envelope.content))
-            )
-        return self.data
-
-
-@contextlib.contextmanager
-def smtp_server(
-    handler: Scripted, *, ca: tls.TestCA | None = None, password: str | None = None
-) -> Iterator[int]:
-    """aiosmtpd on a free port; with *tls*: STARTTLS required; with *password*: AUTH."""
-    from aiosmtpd.controller import Controller
-    from aiosmtpd.smtp import AuthResult
-
-    options: dict[str, object] = {}
-    if ca is not None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(str(ca.cert_pem), str(ca.key_pem))
-        options.update(tls_context=context, require_starttls=True)
-    if password is not None:
-
-        def check(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
-            login = (auth_data.login.decode(), auth_data.password.decode())
-            handler.logins.append(login)
-            return AuthResult(success=login[1] == password)
-
-        options.update(authenticator=check, auth_require_tls=ca is not None)
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), **options)
-    controller.start()
-    try:
-        yield controller.port
-    finally:
-        controller.stop()
 
 
 def relay(port: int, **options: object) -> SmtpRelay:
