@@ -468,3 +468,40 @@ def test_mailtether_queue_shows_the_queue_by_relay_and_domain_and_one_mails_hist
     }
     assert queue_cli("release", "<reply-1@example.com>", "--store", url)[0] == 1, "sent"
     assert queue_cli("release", "--store", url)[0] == 1, "which mail?"
+
+
+def test_mailtether_queue_run_sends_the_outbox_through_a_relay_url(handler, tmp_path):
+    scripted, port = handler
+    db = tmp_path / "outbox.db"
+    store = SQLiteStore(db)
+    try:
+        outbox = Outbox(store, relay(port, name="queued-with-this-name"))
+        outbox.send(mail(1, "alice@example.com"), relay="queued-with-this-name")
+    finally:
+        store.close()
+    url = f"sqlite://{db}"
+    assert queue_cli("run", "--store", url) == (
+        2,
+        "mailtether queue run: give the relay: --relay smtps://user:pw@host/\n",
+    )
+    relay_url = f"smtp://127.0.0.1:{port}/?security=plain"
+    # The mail names a relay this sender does not have: it waits, nothing is lost.
+    assert queue_cli("run", "--once", "--relay", relay_url, "--store", url) == (
+        0,
+        "sent 0; mails: queued 1\n",
+    )
+    store = SQLiteStore(db)
+    try:  # queued through the relay the command line names (by host:port)
+        Outbox(store, relay(port)).send(mail(2, "bob@example.com"))
+    finally:
+        store.close()
+    assert queue_cli("run", "--once", "--relay", relay_url, "--store", url) == (
+        0,
+        "sent 1; mails: queued 1, sent 1\n",
+    )
+    assert [recipients for _, recipients, _ in scripted.received] == [("bob@example.com",)]
+    code, text = queue_cli(
+        "run", "--once", "--relay", "smtp://u:s3cret@127.0.0.1:1/?bad=1", "--store", url
+    )
+    assert code == 3
+    assert "s3cret" not in text

@@ -10,7 +10,7 @@ import argparse
 from typing import TextIO
 
 from mailtether._outbox_queue import OutboundMail, OutboxQueue, QueueLine
-from mailtether.cli._outcome import NOT_FOUND, OK, answer, when, write_json, write_table
+from mailtether.cli._outcome import NOT_FOUND, OK, USAGE, answer, when, write_json, write_table
 from mailtether.stores._protocol import Store
 
 __all__ = ["add_queue_arguments", "run_queue"]
@@ -22,14 +22,23 @@ def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
         "action",
         nargs="?",
         default="list",
-        choices=["list", "show", "release", "drop"],
-        help="list (the default), or show / release / drop one mail",
+        choices=["list", "show", "release", "drop", "run"],
+        help="list (the default); show / release / drop one mail; run: send the outbox",
     )
     parser.add_argument(
         "message_id", nargs="?", help="the mail's Message-ID, for show/release/drop"
     )
     parser.add_argument("--store", required=True, help="the store URL, e.g. sqlite:///state.db")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument(
+        "--relay",
+        action="append",
+        default=[],
+        help="run: an SMTP relay URL (smtps://user:pw@host/ or smtp://, STARTTLS); repeatable",
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="run: one pass over due mail, then exit"
+    )
 
 
 def run_queue(store: Store, args: argparse.Namespace, out: TextIO) -> int:
@@ -37,6 +46,8 @@ def run_queue(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     queue = OutboxQueue(store)
     if args.action == "list":
         return _list(queue, args, out)
+    if args.action == "run":
+        return _run(store, args, out)
     if not args.message_id:
         out.write(f"mailtether queue {args.action}: which mail? give its Message-ID\n")
         return NOT_FOUND
@@ -49,6 +60,35 @@ def run_queue(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     return answer(
         out, as_json=args.json, field="message_id", subject=args.message_id, done=done, said=said
     )
+
+
+def _run(store: Store, args: argparse.Namespace, out: TextIO) -> int:
+    """Send the outbox through the relays given (the first unless a mail names another)."""
+    from mailtether._outbox import Outbox
+    from mailtether._status import StatusBoard
+    from mailtether.smtp._relay_url import relay_from_url
+
+    if not args.relay:
+        out.write("mailtether queue run: give the relay: --relay smtps://user:pw@host/\n")
+        return USAGE
+    relays = [relay_from_url(url) for url in args.relay]
+    outbox = Outbox(store, relays, status=StatusBoard(store))
+    if args.once:
+        sent = outbox.deliver_due()
+        out.write(f"sent {sent}; " + _counts(outbox.counts()) + "\n")
+        return OK
+    names = ", ".join(relay.name for relay in relays)
+    out.write(f"sending the outbox through {names}; Ctrl-C stops\n")
+    try:
+        outbox.run()
+    except KeyboardInterrupt:
+        outbox.stop()
+    out.write(_counts(outbox.counts()) + "\n")
+    return OK
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return "mails: " + (", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "none")
 
 
 def _list(queue: OutboxQueue, args: argparse.Namespace, out: TextIO) -> int:
@@ -70,7 +110,7 @@ def _list(queue: OutboxQueue, args: argparse.Namespace, out: TextIO) -> int:
     if not counts:
         out.write("the outbox is empty\n")
         return OK
-    out.write("mails: " + ", ".join(f"{state} {n}" for state, n in sorted(counts.items())) + "\n")
+    out.write(_counts(counts) + "\n")
     for title, lines in (("RELAY", summary["relays"]), ("DOMAIN", summary["domains"])):
         if lines:
             out.write("\n")
