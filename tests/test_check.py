@@ -163,6 +163,16 @@ def test_pop3_all_well_plain_and_pop3s(mailbox, tls_ca):
     assert "starttls" in [step.name for step in report.steps]
 
 
+@pytest.mark.parametrize(("scheme", "ports"), [("imaps", "993"), ("pop3s", "995")])
+def test_implicit_tls_to_a_plain_port_names_the_protocols_ports(mailbox, tls_ca, scheme, ports):
+    server = mailbox.server
+    port = server.imap_port if scheme == "imaps" else server.pop3_port
+    url = f"{scheme}://{mailbox.user}:{mailbox.password}@127.0.0.1:{port}/"
+    report = check(url, ssl_context=tls_ca.client_context(), timeout=5)
+    assert report.steps[-1].name == "tls"
+    assert f"is this a TLS port? ({ports} is implicit TLS" in report.sentence
+
+
 def test_pop3_stls_stripped_and_bad_password(mailbox, tls_ca):
     with FaultProxy(("127.0.0.1", mailbox.server.pop3_port)) as proxy:
         proxy.rewrite(b"STLS", b"XTLS")

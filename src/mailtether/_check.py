@@ -119,6 +119,8 @@ class Probe(abc.ABC):
         clock: Where step times and deadlines are read.
     """
 
+    tls_ports: ClassVar[str]
+    """The protocol's ports, named when a TLS handshake fails (is it a TLS port?)."""
     server_kind: ClassVar[str]
     """The server in a sentence: ``"an IMAP server"``."""
     address: tuple[str, int]
@@ -272,8 +274,7 @@ class Probe(abc.ABC):
             raise StepFailed(sentence, reachable=True) from None
         except (ssl.SSLError, OSError) as error:
             raise StepFailed(
-                f"the TLS handshake failed ({error}); is this a TLS port? (993 is implicit "
-                "TLS, 143 is STARTTLS)",
+                f"the TLS handshake failed ({error}); is this a TLS port? ({self.tls_ports})",
                 reachable=True,
             ) from None
         self._use(wrapped)

@@ -51,6 +51,7 @@ class ImapProbe(Probe):
     """
 
     server_kind: ClassVar[str] = "an IMAP server"
+    tls_ports: ClassVar[str] = "993 is implicit TLS, 143 is STARTTLS"
     _tag = 0
     """How many commands were sent; the next goes out tagged ``c<n + 1>``."""
 

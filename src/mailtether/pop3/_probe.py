@@ -20,6 +20,7 @@ class Pop3Probe(Probe):
     """
 
     server_kind: ClassVar[str] = "a POP3 server"
+    tls_ports: ClassVar[str] = "995 is implicit TLS, 110 is STLS"
 
     @property
     def target(self) -> str:

@@ -68,8 +68,6 @@ _NO_USER: Final = "-"
 """The user name of the settings when the URL has none (never shown: there is no AUTH step)."""
 _REPLY_LINE: Final = re.compile(rb"([2-5][0-9][0-9])(?:([ -])(.*))?", re.DOTALL)
 """A reply line: the code, then a space (the last line), a ``-`` (more follow), or nothing."""
-_IMAP_TLS_PORTS: Final = "(993 is implicit TLS, 143 is STARTTLS)"
-_SMTP_TLS_PORTS: Final = "(465 is implicit TLS, 587 and 25 are STARTTLS)"
 _BAD_ADDRESS: Final = re.compile(r"[\s<>\x00-\x1f\x7f]")
 _AUTHORITY_END: Final = re.compile(r"[/?#]")
 _QUERY: Final = re.compile(r"/?\?([^#]*)")
@@ -263,6 +261,7 @@ class SmtpProbe(Probe):
     """
 
     server_kind: ClassVar[str] = "an SMTP server"
+    tls_ports: ClassVar[str] = "465 is implicit TLS, 587 and 25 are STARTTLS"
 
     def __init__(
         self,
@@ -322,16 +321,6 @@ class SmtpProbe(Probe):
         return report
 
     # -- the steps ----------------------------------------------------------------------------
-
-    def tls(self) -> str:
-        """The TLS handshake; a failed one names SMTP's ports, not IMAP's."""
-        try:
-            return super().tls()
-        except StepFailed as failure:
-            if _IMAP_TLS_PORTS not in failure.sentence:
-                raise
-            sentence = failure.sentence.replace(_IMAP_TLS_PORTS, _SMTP_TLS_PORTS)
-        raise StepFailed(sentence, reachable=True)
 
     def greeting(self) -> str:
         """Read the ``220`` greeting (all its lines); a ``421``, ``554`` or anything else fails."""
