@@ -114,6 +114,9 @@ def _check_attempt(attempt: int) -> None:
         raise ValueError(f"attempt counts from 1, got {attempt!r}")
 
 
+_TABLE_SIZE: Final = 64  # attempts whose wait Exponential works out once, when it is made
+
+
 def _first_capped(log_factor: float, max_exponent: float) -> float:
     """The first attempt *n* with ``(n - 1) * log_factor >= max_exponent``; infinity if none.
 
@@ -292,6 +295,7 @@ class Exponential(_Composable):
     _max_exponent: float = attrs.field(init=False, repr=False, eq=False)
     _ratio: float = attrs.field(init=False, repr=False, eq=False)
     _capped_from: float = attrs.field(init=False, repr=False, eq=False)
+    _table: tuple[float, ...] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         if self.max_delay is not None and self.max_delay < self.initial:
@@ -313,6 +317,10 @@ class Exponential(_Composable):
         object.__setattr__(self, "_max_exponent", max_exponent)
         object.__setattr__(self, "_ratio", 1.0 + self.growth)
         object.__setattr__(self, "_capped_from", _first_capped(log_factor, max_exponent))
+        object.__setattr__(self, "_table", ())
+        # The first waits, worked out once by delay itself (index = attempt; 0 unused).
+        table = tuple(self._compute(k) if k else 0.0 for k in range(_TABLE_SIZE))
+        object.__setattr__(self, "_table", table)
 
     def delay(self, attempt: int, offline_for: float) -> float | None:
         """Return ``initial * (1 + growth) ** (attempt - 1)``, capped; ``None`` past the cap."""
@@ -321,6 +329,12 @@ class Exponential(_Composable):
         max_attempts = self.max_attempts
         if max_attempts is not None and attempt > max_attempts:
             return None
+        table = self._table
+        if attempt < len(table):
+            return table[attempt]
+        return self._compute(attempt)
+
+    def _compute(self, attempt: int) -> float:
         # From this attempt on the wait is the ceiling: (1 + growth) ** n is never computed
         # there, as it overflows a float long before an attempt count stops being an int.
         capped_from = self._capped_from
