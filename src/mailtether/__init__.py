@@ -78,7 +78,15 @@ from mailtether.imap._watchdog import KeepaliveWatchdog
 from mailtether.pop3._poller import Pop3Poller
 from mailtether.stores._memory import MemoryStore
 from mailtether.stores._postgres import PostgresStore
-from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Store, Write, default_owner
+from mailtether.stores._protocol import (
+    SCHEMA_VERSION,
+    KeyLookup,
+    Lease,
+    Record,
+    Store,
+    Write,
+    default_owner,
+)
 from mailtether.stores._redis import RedisStore
 from mailtether.stores._sqlite import SQLiteStore
 from mailtether.stores._url import store_from_url
@@ -127,6 +135,7 @@ __all__ = [
     "Jittered",
     "Keepalive",
     "KeepaliveWatchdog",
+    "KeyLookup",
     "Lease",
     "LeaseError",
     "LeaseLost",
