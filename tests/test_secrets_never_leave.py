@@ -102,7 +102,7 @@ from mailtether._redaction import _SECRETS
 from mailtether.cli._main import main
 from mailtether.pop3._connection import Pop3Connection
 from mailtether.testing import ScriptedImapServer
-from scripted import Answer, Scripted
+from scripted import Answer, LoopbackServer, Scripted
 from servers.oauth2 import OAuth2Server
 
 USER: Final = "mtuser"
@@ -1010,36 +1010,18 @@ def test_dovecot_rejects_a_wrong_password(secret: str, mailbox: Any, tls_ca: Any
 # -- 7. store URLs: servers that echo the password, and none at all ----------------------------
 
 
-class _EchoServer:
+class _EchoServer(LoopbackServer):
     """A server on loopback that answers each connection with *answer*(socket)."""
 
     def __init__(self, answer: Callable[[socket.socket], bytes]) -> None:
+        super().__init__()
         self.answer = answer
         self.received: list[bytes] = []
-        self.listener = socket.create_server((HOST, 0))
-        self.port: int = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
 
-    def __enter__(self) -> _EchoServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        self.thread.join(5)
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                with contextlib.suppress(OSError, struct.error):
-                    self.received.append(self.answer(conn))
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        with contextlib.suppress(struct.error):
+            self.received.append(self.answer(conn))
 
 
 def _exactly(conn: socket.socket, size: int) -> bytes:
