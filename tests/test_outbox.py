@@ -33,7 +33,7 @@ from mailtether import (
     StatusBoard,
 )
 from mailtether.cli._main import main
-from mailtether.testing import FakeClock
+from mailtether.testing import FakeClock, FaultProxy
 from servers import free_port, tls
 from servers.smtp import Scripted, smtp_server
 
@@ -42,7 +42,8 @@ WORKER = Path(__file__).parent / "outbox_worker.py"
 
 def relay(port: int, **options: object) -> SmtpRelay:
     options.setdefault("security", "plain")
-    return SmtpRelay("127.0.0.1", port=port, timeout=5, **options)  # type: ignore[arg-type]
+    options.setdefault("timeout", 5)
+    return SmtpRelay("127.0.0.1", port=port, **options)  # type: ignore[arg-type]
 
 
 def mail(n: int, *to: str, received: int = 0) -> EmailMessage:
@@ -361,13 +362,14 @@ def test_a_sender_killed_mid_run_loses_nothing_and_repeats_only_the_mail_in_flig
     """kill -9 between the server's 250 and the record: that mail, and only it, goes twice."""
     db = tmp_path / "outbox.db"
     store = SQLiteStore(db)
-    killed = threading.Event()
+    killing, killed = threading.Event(), threading.Event()
     worker: list[subprocess.Popen[bytes]] = []
 
     class KillOnTenth(Scripted):
         async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
             reply = await super().handle_DATA(server, session, envelope)
-            if len(self.received) == 10 and not killed.is_set():
+            if len(self.received) == 10 and not killing.is_set():
+                killing.set()
                 worker[0].kill()  # accepted here; the sender never hears the 250
                 worker[0].wait(10)
                 killed.set()
@@ -383,7 +385,7 @@ def test_a_sender_killed_mid_run_loses_nothing_and_repeats_only_the_mail_in_flig
             worker.append(subprocess.Popen(command, stderr=subprocess.PIPE))
             deadline = time.monotonic() + 30
             while not killed.wait(0.1):  # (a sender that died on its own fails at once)
-                if worker[0].poll() is not None and not killed.is_set():
+                if worker[0].poll() is not None and not killing.is_set():
                     raise AssertionError(f"the sender died: {worker[0].stderr.read()!r}")
                 assert time.monotonic() < deadline, "the sender got to the tenth mail"
             assert worker[0].returncode == -signal.SIGKILL
@@ -505,3 +507,32 @@ def test_mailtether_queue_run_sends_the_outbox_through_a_relay_url(handler, tmp_
     )
     assert code == 3
     assert "s3cret" not in text
+
+
+@pytest.mark.parametrize("fault", ["blackhole", "fragment", "cut_mid_mail"])
+def test_a_relay_that_goes_silent_trickles_or_breaks_mid_mail_loses_nothing(handler, clock, fault):
+    """Silent: the relay's timeout ends the try; split: read whole; cut: tried again."""
+    scripted, port = handler
+    with FaultProxy(("127.0.0.1", port)) as proxy:
+        outbox = Outbox(MemoryStore(), relay(proxy.port, timeout=0.5), clock=clock, retry=Fixed(60))
+        outbox.send(mail(1))
+        if fault == "blackhole":
+            proxy.blackhole()
+        elif fault == "fragment":
+            proxy.fragment(1, 3, 0.0, seed=1)
+        else:
+            proxy.cut_on(b"\r\n.\r\n", direction="up")  # the end of the mail, halfway
+        sent = outbox.deliver_due()
+        proxy.pass_through()
+        result = outbox.get("<reply-1@example.com>")
+        assert result is not None
+        if fault == "fragment":  # every reply in pieces of 1-3 bytes, read whole
+            assert sent == 1
+            assert result.state == "sent"
+        else:
+            assert sent == 0
+            assert result.state == "queued", "delayed, not failed"
+            assert result.recipients == {"alice@example.com": "pending"}
+            clock.advance(60)
+            assert outbox.deliver_due() == 1
+    assert len(scripted.received) == 1, "sent once"
