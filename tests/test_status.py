@@ -474,3 +474,57 @@ def test_smtp_notifier_with_a_revoked_grant_logs_it_and_goes_on(board, caplog):
     assert handler.offered == [], "no login tried without a token"
     assert "the grant of robot is gone" in caplog.text
     assert "no endpoint" in caplog.text
+
+
+def test_a_notice_reaches_the_notifiers_without_changing_the_state(board, sent, clock):
+    board.set("outbox:relay", SourceState.ONLINE)
+    board.notice("outbox:relay", "error queue", "mail <a@x> is in the error queue: 550 no")
+    assert board.get("outbox:relay").state is SourceState.ONLINE
+    notice = sent[-1]
+    assert notice.event == "mail <a@x> is in the error queue: 550 no"
+    assert notice.previous is notice.current.state is SourceState.ONLINE
+    assert notice.sentence() == "outbox:relay: mail <a@x> is in the error queue: 550 no"
+
+
+def test_notices_of_one_kind_are_folded_within_the_quiet_period(board, sent, clock):
+    for n in range(5):
+        board.notice("s", "error queue", f"mail {n} failed")
+    board.notice("s", "held", "mail 9 held")  # another kind: not folded with the first
+    board.set("s", SourceState.RETRYING)  # a state change is not folded with notices
+    assert [c.event or c.current.state.value for c in sent] == [
+        "mail 0 failed",
+        "mail 9 held",
+        "retrying",
+    ]
+    clock.advance(601)
+    board.notice("s", "error queue", "mail 5 failed")
+    assert sent[-1].suppressed == 4
+    assert sent[-1].sentence() == "s: mail 5 failed [4 similar not sent]"
+
+
+def test_a_notice_is_redacted_and_one_line(board, sent):
+    from mailtether._redaction import remember_secret
+
+    remember_secret("hunter2-notice-secret")
+    board.notice("s", "error queue", "login as bob:hunter2-notice-secret failed\nsecond line")
+    assert sent[-1].event == "login as bob:*** failed second line"
+
+
+def test_smtp_notifier_mails_notices_whatever_only_says(smtp_server, board):
+    controller, received = smtp_server
+    notifier = SmtpNotifier(
+        "127.0.0.1",
+        "mailtether@example.com",
+        ["admin@example.com"],
+        port=controller.port,
+        security="plain",
+        only={"blocked"},
+    )
+    board.notifiers.append(notifier)
+    board.set("outbox:relay", SourceState.ONLINE)
+    board.notice("outbox:relay", "error queue", "mail <a@x> is in the error queue: 550 no")
+    assert notifier.flush(timeout=10)
+    (message,) = received
+    assert message["Subject"] == (
+        "[mailtether] outbox:relay: mail <a@x> is in the error queue: 550 no"
+    )

@@ -49,6 +49,7 @@ __all__ = [
     "ConfigError",
     "ConnectionLost",
     "FolderMissing",
+    "ForwardFailed",
     "LeaseError",
     "LeaseLost",
     "LeaseUnavailable",
@@ -105,6 +106,14 @@ class RepeatedMessage(MailtetherError):
             f"message {key} was already processed and is in the mailbox again (it could not "
             "be removed, or the post-action failed): remove or move it, then resume the source"
         )
+
+
+class ForwardFailed(MailtetherError):
+    """A held mail could not be queued for review (``on_poison="forward:ADDRESS"``).
+
+    The mail stays in the mailbox and the source is BLOCKED with this sentence: once the
+    outbox takes mail again, resume the source and the forward is tried again.
+    """
 
 
 class ClaimLost(MailtetherError):

@@ -30,7 +30,7 @@ __all__ = [
 FetchedMail = tuple[bytes, tuple[bytes, ...]]
 """A fetched mail: its raw bytes and its flags (none for POP3)."""
 
-ActionKind = Literal["seen", "flag", "delete", "move", "leave"]
+ActionKind = Literal["seen", "flag", "delete", "move", "leave", "forward"]
 
 
 @attrs.frozen
@@ -40,19 +40,48 @@ class PostAction:
     kind: ActionKind
     folder: str | None = None
     """The target folder of ``move``."""
+    address: str | None = None
+    """The reviewer's address of ``forward`` (a held mail sent for review)."""
 
     @classmethod
     def parse(cls, value: str, what: str, allowed: Sequence[ActionKind]) -> PostAction:
         """Read ``"seen"``, ``"move:Archive"``, ...; a :class:`ValueError` names *what*."""
-        kind, _, folder = value.partition(":")
-        if kind not in allowed or (kind == "move") != bool(folder):
-            choices = ", ".join("move:<folder>" if k == "move" else k for k in allowed)
+        kind, _, target = value.partition(":")
+        needs_target = kind in ("move", "forward")
+        if kind not in allowed or needs_target != bool(target):
+            choices = ", ".join(_CHOICE.get(k, k) for k in allowed)
             raise ValueError(f"{what} must be one of {choices}; got {value!r}")
-        return cls(kind, folder or None)  # type: ignore[arg-type]  # checked: in allowed
+        if kind == "forward":
+            address = target.strip()
+            if address.count("@") != 1 or address.startswith("@") or address.endswith("@"):
+                raise ValueError(f"{what}: forward needs an e-mail address; got {target!r}")
+            return cls("forward", address=address)
+        return cls(kind, target or None)  # type: ignore[arg-type]  # checked: in allowed
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, object]) -> PostAction:
+        """The action saved with :meth:`to_record` (the pipeline's outbox)."""
+        kind, folder, address = data.get("action"), data.get("folder"), data.get("address")
+        return cls(
+            kind,  # type: ignore[arg-type]  # written by to_record
+            folder if isinstance(folder, str) else None,
+            address if isinstance(address, str) else None,
+        )
+
+    def to_record(self) -> dict[str, object]:
+        """The action as a store record's data."""
+        data: dict[str, object] = {"action": self.kind, "folder": self.folder}
+        if self.address is not None:
+            data["address"] = self.address
+        return data
 
     def __str__(self) -> str:
+        if self.kind == "forward":
+            return f"forward:{self.address}"
         return f"move:{self.folder}" if self.kind == "move" else self.kind
 
+
+_CHOICE: Final = {"move": "move:<folder>", "forward": "forward:<address>"}
 
 LEAVE: Final = PostAction("leave")
 

@@ -12,13 +12,13 @@ mailbox changes in flight) and the parts (attachments handed out of a mail not y
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
 
 from mailtether._clock import Clock
 from mailtether._delivery import Delivery
-from mailtether._errors import CommandFailed, ConnectionLost, one_line
+from mailtether._errors import CommandFailed, ConfigError, ConnectionLost, ForwardFailed, one_line
 from mailtether._guard import Claim, DuplicateGuard
 from mailtether._guard_states import ClaimStatus
 from mailtether._handover import Handover
@@ -32,8 +32,12 @@ from mailtether._mailbox_port import (
 )
 from mailtether._message_key import MessageKey
 from mailtether._redaction import redacting_logger
+from mailtether._review import review_mail
 from mailtether._status import StatusBoard
 from mailtether.stores._protocol import Store, Write
+
+if TYPE_CHECKING:
+    from mailtether._outbox import Outbox
 
 __all__ = ["NO_FENCE", "Fence", "Pipeline"]
 
@@ -50,6 +54,14 @@ _WINDOW: Final = 2000
 # the next batch is asked for ahead only when handling this one should take less than this.
 _BATCH_SECONDS: Final = 60.0
 _CURSORS: Final = "cursor"
+TOO_LARGE: Final = "larger than max_message_bytes"
+# What the after action does to a mail, for the review mail of a forwarded one.
+_DONE_TO: Final = {
+    "seen": "marked seen",
+    "flag": "flagged",
+    "delete": "deleted",
+    "move": "moved to {folder}",
+}
 _OUTBOX: Final = "outbox"
 
 
@@ -87,6 +99,8 @@ class Pipeline:
         handover: How mail is handed to *handler* (whole, by attachment, body only).
         commit_window: Seconds of handler work whose outcomes may be recorded together.
         max_message_bytes: Mail larger than this is held without being fetched.
+        outbox: Where a held mail goes for review when *on_poison* is ``forward``.
+        review_sender: The From of those review mails.
     """
 
     def __init__(
@@ -102,7 +116,13 @@ class Pipeline:
         handover: Handover,
         commit_window: float,
         max_message_bytes: int = 64 * 2**20,
+        outbox: Outbox | None = None,
+        review_sender: str = "",
     ) -> None:
+        if on_poison.kind == "forward" and outbox is None:
+            raise ConfigError(
+                f"on_poison={str(on_poison)!r} needs an outbox: pass outbox=Outbox(...)"
+            )
         self.name = name
         self.store = store
         self.guard = guard
@@ -113,6 +133,8 @@ class Pipeline:
         self.handover = handover
         self.commit_window = commit_window
         self.max_message_bytes = max_message_bytes
+        self.outbox = outbox
+        self.review_sender = review_sender or (on_poison.address or "")
         # Ids of mail whose fetch broke the connection (kept across reconnects): fetched one
         # at a time from then on, so a mail that breaks it every time is found and held.
         self._suspects: set[str] = set()
@@ -132,8 +154,7 @@ class Pipeline:
             if not record.key.startswith(port.scope):
                 continue
             key = MessageKey.from_id(record.key)
-            kind, folder = record.data.get("action"), record.data.get("folder")
-            action = PostAction(kind, folder if isinstance(folder, str) else None)  # type: ignore[arg-type]
+            action = PostAction.from_record(record.data)
             position = port.locate(key)
             if position is None:
                 continue  # not here now: kept for a later session
@@ -234,7 +255,7 @@ class Pipeline:
                 self.apply(port, unchanged, self.after)
             limit = self.max_message_bytes
             too_large = [
-                (p, keys[p], f"larger than max_message_bytes ({known[p]} bytes)", True)
+                (p, keys[p], f"{TOO_LARGE} ({known[p]} bytes)", True)
                 for p in sorted(keys)
                 if known.get(p, 0) > limit
             ]
@@ -344,8 +365,7 @@ class Pipeline:
             if not claim.acquired:
                 return
             if self.guard.finish_many([(claim, reason)]) and self.on_poison.kind != "leave":
-                action = {"action": self.on_poison.kind, "folder": self.on_poison.folder}
-                self.store.put(_OUTBOX, key.id, "pending", action)
+                self.store.put(_OUTBOX, key.id, "pending", self.on_poison.to_record())
             self.status.count(self.name, failed=1)
         except Exception as failure:  # the fault in hand is the connection's: keep it
             log.error("%s: could not record the failed fetch of %s: %s", self.name, key, failure)
@@ -416,7 +436,7 @@ class Pipeline:
                     claim = self.guard.claim(key)
                     self._one(port, batch, position, claim, raw, flags, fence.token)
                 elif not claim.acquired:
-                    self._not_new(port, batch, position, claim)
+                    self._not_new(port, batch, position, claim, raw)
                 else:
                     if self.clock.monotonic() - claimed_at > self.guard.claim_ttl / 2:
                         claim.extend()  # slow handlers: the batch's claims must not expire
@@ -445,8 +465,11 @@ class Pipeline:
                 if unstarted.acquired:
                     unstarted.give_back()
         batch.record()
-        for key in batch.poisoned:
-            self.apply_one(port, batch.position_of[key.id], key, self.on_poison)
+        if batch.poisoned:
+            raw_of = {position: raw for position, _, raw, _ in mails}
+            for key in batch.poisoned:
+                position = batch.position_of[key.id]
+                self.apply_one(port, position, key, self.on_poison, raw_of.get(position))
         # The outcomes are recorded; now the mailbox changes, one command for the batch.
         if not batch.finished or self.after.kind == "leave":
             return batch.done, batch.failed, made
@@ -464,22 +487,29 @@ class Pipeline:
     ) -> None:
         """Handle one claimed mail, its outcome recorded at once."""
         if not claim.acquired:
-            self._not_new(port, batch, position, claim)
+            self._not_new(port, batch, position, claim, raw)
             return
         error = self._run_handler(claim, raw, flags, token)
         for held in self.guard.finish_many([(claim, error)]):
-            self.apply_one(port, position, held, self.on_poison)
+            self.apply_one(port, position, held, self.on_poison, raw)
         batch.count(position, error)
 
-    def _not_new(self, port: MailboxPort, batch: _Outcomes, position: int, claim: Claim) -> None:
-        """Do what a claim that is not ours to handle asks of the mailbox."""
+    def _not_new(
+        self,
+        port: MailboxPort,
+        batch: _Outcomes,
+        position: int,
+        claim: Claim,
+        raw: bytes | None = None,
+    ) -> None:
+        """Do what a claim that is not ours to handle asks of the mailbox (*raw*: the mail)."""
         key = claim.key
         if claim.status is ClaimStatus.DUPLICATE or (
             claim.status is ClaimStatus.DONE and self.store.get(_OUTBOX, key.id) is not None
         ):
             batch.finished.append(position)  # handled before: only the post-action is due
         elif claim.status is ClaimStatus.QUARANTINE:
-            self.apply_one(port, position, key, self.on_poison)
+            self.apply_one(port, position, key, self.on_poison, raw)
 
     def _run_handler(
         self, claim: Claim, raw: bytes, flags: tuple[bytes, ...], token: int | None
@@ -505,14 +535,94 @@ class Pipeline:
             port.apply(positions, action)()
 
     def apply_one(
-        self, port: MailboxPort, position: int, key: MessageKey, action: PostAction
+        self,
+        port: MailboxPort,
+        position: int,
+        key: MessageKey,
+        action: PostAction,
+        raw: bytes | None = None,
     ) -> None:
-        """Change the mailbox for one mail, with an outbox record in case we crash meanwhile."""
+        """Change the mailbox for one mail, with an outbox record in case we crash meanwhile.
+
+        A ``forward`` queues the held mail (*raw*, fetched again if not given) for review,
+        then applies the ``after`` action to it.
+        """
         if action.kind == "leave":
             return
-        self.store.put(_OUTBOX, key.id, "pending", {"action": action.kind, "folder": action.folder})
-        port.apply([position], action)()
+        self.store.put(_OUTBOX, key.id, "pending", action.to_record())
+        if action.kind == "forward":
+            self._forward(port, position, key, action, raw)
+        else:
+            port.apply([position], action)()
         self.store.delete(_OUTBOX, key.id)
+
+    def _forward(
+        self,
+        port: MailboxPort,
+        position: int,
+        key: MessageKey,
+        action: PostAction,
+        raw: bytes | None,
+    ) -> None:
+        """Queue the held mail for review in the outbox, then remove it as ``after`` says.
+
+        A mail that cannot be fetched (too large, refused) is reported without its bytes and
+        stays in the mailbox. The review mail's Message-ID comes from the key, so queuing it
+        again (after a crash) queues it once.
+
+        Raises:
+            ForwardFailed: the outbox would not take it (the source is BLOCKED; the mail
+                stays, and the forward is tried again on resume).
+        """
+        where = port.describe(position)
+        if self.outbox is None or action.address is None:  # left by an earlier configuration
+            raise ForwardFailed(
+                f"the held mail at {where} is to be forwarded for review (an earlier run "
+                "decided so), but this source has no outbox: pass outbox=, then resume"
+            )
+        entry = self.guard.lookup(key)
+        reason = entry.reason if entry is not None and entry.reason else "held"
+        if raw is None and not reason.startswith(TOO_LARGE):  # (a too large one stays)
+            raw = self._fetch_alone(port, position)
+        then = "left as it is" if self.after.kind == "leave" else _DONE_TO[self.after.kind]
+        review = review_mail(
+            source=self.name,
+            key=key,
+            where=where,
+            reason=reason,
+            raw=raw,
+            sender=self.review_sender,
+            reviewer=action.address,
+            then=then.format(folder=self.after.folder),
+        )
+        try:
+            queued = self.outbox.send(review)
+        except Exception as error:
+            raise ForwardFailed(
+                f"the held mail at {where} could not be queued for review by "
+                f"{action.address} ({one_line(str(error))}); it stays in the mailbox: fix "
+                "the outbox, then resume the source"
+            ) from error
+        log.warning(
+            "%s: held mail at %s sent for review to %s (%s, %s)",
+            self.name,
+            where,
+            action.address,
+            queued.message_id,
+            queued.state,
+        )
+        if raw is not None and self.after.kind != "leave":
+            port.apply([position], self.after)()
+
+    def _fetch_alone(self, port: MailboxPort, position: int) -> bytes | None:
+        """One mail's bytes, or ``None`` if the server will not give them."""
+        try:
+            fetched = port.fetch([position])()
+        except CommandFailed as error:
+            log.warning("%s: %s could not be fetched for review: %s", self.name, position, error)
+            return None
+        found = fetched.get(position)
+        return None if found is None else found[0]
 
 
 def _first_of_each_content(
@@ -764,7 +874,7 @@ class _Outcomes:
             self.record()
             action = self._after
             if self.finished_keys and action.kind != "leave":
-                data = {"action": action.kind, "folder": action.folder}
+                data = action.to_record()
                 self._store.put_many(
                     [Write(_OUTBOX, key.id, "pending", data) for key in self.finished_keys]
                 )

@@ -22,6 +22,7 @@ from mailtether._errors import (
     CommandFailed,
     ConnectionLost,
     FolderMissing,
+    ForwardFailed,
     LeaseLost,
     LeaseUnavailable,
     MailboxUnchangeable,
@@ -34,6 +35,7 @@ from mailtether._handover import Handover
 from mailtether._heartbeat import Heartbeat
 from mailtether._leases import ProcessLock
 from mailtether._mailbox_port import MailboxPort, PostAction
+from mailtether._outbox import Outbox
 from mailtether._pipeline import NO_FENCE, Fence, Pipeline
 from mailtether._redaction import redacting_logger
 from mailtether._status import SourceState, StatusBoard
@@ -61,6 +63,7 @@ class SourceRunner:
         FolderMissing,
         RepeatedMessage,
         MailboxUnchangeable,
+        ForwardFailed,
     )
     #: Errors a reconnect may cure: retried by the reconnect strategy.
     retry_errors: ClassVar[tuple[type[BaseException], ...]] = (
@@ -90,6 +93,8 @@ class SourceRunner:
         commit_window: float,
         heartbeat: float | None,
         max_message_bytes: int = 64 * 2**20,
+        outbox: Outbox | None = None,
+        review_sender: str = "",
     ) -> None:
         self.reconnect = (
             reconnect or Exponential(1, growth=1, max_delay=5 * MINUTE).immediate_first()
@@ -127,6 +132,8 @@ class SourceRunner:
             max_message_bytes=check_count(
                 max_message_bytes, f"{kind}.max_message_bytes", minimum=1024
             ),
+            outbox=outbox,
+            review_sender=review_sender,
         )
         """The mail pipeline every catch-up runs through."""
         self.heartbeat = check_seconds(heartbeat, f"{kind}.heartbeat", allow_none=True)

@@ -11,7 +11,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Literal
 
-from mailtether._errors import ConfigError
+from mailtether._errors import ConfigError, one_line
 from mailtether._redaction import redacting_logger
 from mailtether._smtp_relay import SmtpRelay
 from mailtether._status import StatusChange
@@ -48,7 +48,8 @@ class SmtpNotifier:
         timeout: Seconds for connecting and each SMTP command.
         ssl_context: Certificate verification settings (default: system CAs).
         only: Send only changes into these states (default: all), e.g. ``{"blocked",
-            "offline"}``.
+            "offline"}``. Notices (:meth:`StatusBoard.notice`: a mail in an error queue, a
+            held mail) are sent whatever *only* says.
     """
 
     def __init__(
@@ -93,12 +94,20 @@ class SmtpNotifier:
 
     def __call__(self, change: StatusChange) -> None:
         """Queue one e-mail about *change* (unless filtered out by *only*); returns at once."""
-        if self.only is not None and change.current.state.value not in self.only:
+        if (
+            self.only is not None
+            and not change.event
+            and change.current.state.value not in self.only
+        ):
             return
         message = EmailMessage()
         message["From"] = self.sender
         message["To"] = ", ".join(self.recipients)
-        message["Subject"] = f"[mailtether] {change.source} is {change.current.state.value}"
+        message["Subject"] = (
+            f"[mailtether] {change.source}: {one_line(change.event, 80)}"
+            if change.event
+            else f"[mailtether] {change.source} is {change.current.state.value}"
+        )
         message["Date"] = formatdate(localtime=True)
         message["Message-ID"] = make_msgid(domain="mailtether.invalid")
         status = change.current

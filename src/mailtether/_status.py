@@ -142,9 +142,16 @@ class StatusChange:
     current: SourceStatus
     suppressed: int = 0
     """How many similar changes were held back since the last notification (flapping)."""
+    event: str = ""
+    """Not a change of state but something that happened to the source (a mail sent to
+    the error queue, a mail held): what, as a sentence. The state is the source's current one
+    (``previous`` is the same); see :meth:`StatusBoard.notice`."""
 
     def sentence(self) -> str:
         """The change as one line for a person."""
+        if self.event:
+            more = f" [{self.suppressed} similar not sent]" if self.suppressed else ""
+            return f"{self.source}: {self.event}{more}"
         was = f" (was {self.previous.value})" if self.previous else ""
         why = f": {self.current.reason}" if self.current.reason else ""
         more = f" [{self.suppressed} similar changes not sent]" if self.suppressed else ""
@@ -220,7 +227,7 @@ class StatusBoard:
         """Repeated notifications are held back this long."""
         self.clock = clock
         """The clock."""
-        self._sent: dict[tuple[str, SourceState], float] = {}
+        self._sent: dict[tuple[str, SourceState | str], float] = {}
         self._held_back: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -297,6 +304,18 @@ class StatusBoard:
 
         self._update(source, change)
 
+    def notice(self, source: str, kind: str, event: str) -> None:
+        """Tell the notifiers that *event* happened to *source*, with no change of state.
+
+        For what a person must hear of though the source is fine: a mail sent to the error
+        queue, a mail held. Folded like state changes: notices of the same *kind* for the
+        same source within *quiet_period* are counted, and the next one sent says how many
+        were not. *event* is redacted and cut to one line like a reason.
+        """
+        event = one_line(redact(event), REASON_MOST)
+        current = self.get(source) or SourceStatus(source, SourceState.ONLINE, self.clock.time())
+        self._notify(StatusChange(source, current.state, current, event=event), kind)
+
     def resume(self, source: str) -> bool:
         """Ask a BLOCKED source's listener to try again now (a person's decision).
 
@@ -335,20 +354,21 @@ class StatusBoard:
                 return previous, status
         raise RuntimeError(f"could not record the status of {source}: it kept changing")
 
-    def _notify(self, change: StatusChange) -> None:
-        key = (change.source, change.current.state)
+    def _notify(self, change: StatusChange, kind: str | None = None) -> None:
+        key = (change.source, change.current.state if kind is None else f"notice:{kind}")
+        held_key = change.source if kind is None else f"{change.source}\0{kind}"
         now = self.clock.monotonic()
         with self._lock:
             last = self._sent.get(key)
             if (
-                change.current.state is not SourceState.BLOCKED
+                (kind is not None or change.current.state is not SourceState.BLOCKED)
                 and last is not None
                 and now - last < self.quiet_period
             ):
-                self._held_back[change.source] = self._held_back.get(change.source, 0) + 1
+                self._held_back[held_key] = self._held_back.get(held_key, 0) + 1
                 return
             self._sent[key] = now
-            suppressed = self._held_back.pop(change.source, 0)
+            suppressed = self._held_back.pop(held_key, 0)
         change = attrs.evolve(change, suppressed=suppressed)
         for notifier in self.notifiers:
             try:

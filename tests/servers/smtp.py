@@ -37,9 +37,13 @@ class Scripted:
 
 @contextlib.contextmanager
 def smtp_server(
-    handler: Scripted, *, ca: tls.TestCA | None = None, password: str | None = None
+    handler: Scripted,
+    *,
+    ca: tls.TestCA | None = None,
+    password: str | None = None,
+    port: int | None = None,
 ) -> Iterator[int]:
-    """aiosmtpd on a free port; with *tls*: STARTTLS required; with *password*: AUTH."""
+    """aiosmtpd on *port* (default a free one); *ca*: STARTTLS required; *password*: AUTH."""
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult
 
@@ -56,7 +60,7 @@ def smtp_server(
             return AuthResult(success=login[1] == password)
 
         options.update(authenticator=check, auth_require_tls=ca is not None)
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), **options)
+    controller = Controller(handler, hostname="127.0.0.1", port=port or free_port(), **options)
     controller.start()
     try:
         yield controller.port

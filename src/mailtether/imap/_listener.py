@@ -19,6 +19,7 @@ from mailtether._guard import DuplicateGuard
 from mailtether._keepalive import Keepalive
 from mailtether._mailbox_port import SIZE_UNKNOWN, FetchedMail, Listing, PostAction, made
 from mailtether._message_key import MessageKey
+from mailtether._outbox import Outbox
 from mailtether._redaction import redacting_logger
 from mailtether._runner import SourceRunner, either
 from mailtether._settings import ImapSettings
@@ -65,8 +66,10 @@ class ImapListener(SourceRunner):
         status: The status board; default ``StatusBoard(store)`` (logging notifier).
         after: What to do with a processed mail: ``"seen"``, ``"delete"``,
             ``"move:<folder>"`` or ``"leave"``.
-        on_poison: What to do with a held (poisoned) mail: ``"leave"``, ``"flag"`` or
-            ``"move:<folder>"``.
+        on_poison: What to do with a held (poisoned) mail: ``"leave"``, ``"flag"``,
+            ``"move:<folder>"``, or ``"forward:<address>"``: the whole mail is sent to that
+            person for review through *outbox* (then removed as *after* says; if it cannot
+            be queued, it stays and the source is BLOCKED with the reason).
         deliver: ``"message"`` (the handler gets each mail), ``"attachments"`` (each
             attachment as a separate delivery, as an integration platform's adapter does;
             a mail without attachments calls nothing), or ``"body"`` (the body only). A part
@@ -90,6 +93,9 @@ class ImapListener(SourceRunner):
             for a person to release or drop. Default 64 MiB. Fetches keep to about 16 MiB
             a batch (a larger mail goes alone), so memory stays bounded.
         name: The source's name in status and logs; default ``user@host/folder``.
+        outbox: The :class:`~mailtether.Outbox` review mails go through
+            (``on_poison="forward:…"``). Their From is the login user when it is an
+            address, else the reviewer's.
         clock: The clock for reconnect waits.
     """
 
@@ -115,6 +121,7 @@ class ImapListener(SourceRunner):
         heartbeat: float | None = 10.0,
         max_message_bytes: int = 64 * 2**20,
         name: str | None = None,
+        outbox: Outbox | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         settings = source if isinstance(source, ImapSettings) else ImapSettings.from_url(source)
@@ -131,11 +138,15 @@ class ImapListener(SourceRunner):
             lease_ttl=lease_ttl,
             clock=clock,
             after=PostAction.parse(after, "after", ("seen", "delete", "move", "leave")),
-            on_poison=PostAction.parse(on_poison, "on_poison", ("leave", "flag", "move")),
+            on_poison=PostAction.parse(
+                on_poison, "on_poison", ("leave", "flag", "move", "forward")
+            ),
             deliver=deliver,
             commit_window=commit_window,
             heartbeat=heartbeat,
             max_message_bytes=max_message_bytes,
+            outbox=outbox,
+            review_sender=settings.username if "@" in settings.username else "",
         )
         self.settings = settings
         """Where the mailbox is."""

@@ -19,6 +19,7 @@ from mailtether._errors import ConnectionLost, MalformedReply
 from mailtether._guard import DuplicateGuard
 from mailtether._mailbox_port import LEAVE, SIZE_UNKNOWN, FetchedMail, Listed, PostAction, made
 from mailtether._message_key import MessageKey, content_digest
+from mailtether._outbox import Outbox
 from mailtether._runner import SourceRunner, either
 from mailtether._settings import ImapSettings
 from mailtether._status import StatusBoard
@@ -55,6 +56,11 @@ class Pop3Poller(SourceRunner):
         delete: Delete handled mail (``DELE``); POP3 cannot mark mail read.
         poll_interval: Seconds between polls; also the default lease TTL (seed 001).
         timeout: Seconds for connecting and for each command.
+        on_poison: ``"leave"`` (a held mail stays on the server), or
+            ``"forward:<address>"``: the whole mail is sent to that person for review
+            through *outbox*, then deleted if *delete* is set (if it cannot be queued, it
+            stays and the source is BLOCKED with the reason).
+        outbox: The :class:`~mailtether.Outbox` review mails go through.
         Other arguments: as for :class:`~mailtether.ImapListener` (``deliver``,
             ``commit_window`` and ``max_message_bytes`` included; sizes come from ``LIST``).
     """
@@ -71,6 +77,7 @@ class Pop3Poller(SourceRunner):
         guard: DuplicateGuard | None = None,
         status: StatusBoard | None = None,
         delete: bool = True,
+        on_poison: str = "leave",
         deliver: DeliverMode = "message",
         poll_interval: float = 60.0,
         lease_ttl: float | None = None,
@@ -79,6 +86,7 @@ class Pop3Poller(SourceRunner):
         heartbeat: float | None = 10.0,
         max_message_bytes: int = 64 * 2**20,
         name: str | None = None,
+        outbox: Outbox | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         settings = (
@@ -95,11 +103,14 @@ class Pop3Poller(SourceRunner):
             lease_ttl=poll_interval if lease_ttl is None else lease_ttl,
             clock=clock,
             after=PostAction("delete") if delete else LEAVE,
-            on_poison=LEAVE,  # POP3 can only delete: a held mail stays on the server
+            # POP3 can only delete: a held mail stays on the server, or goes to a reviewer
+            on_poison=PostAction.parse(on_poison, "on_poison", ("leave", "forward")),
             deliver=deliver,
             commit_window=commit_window,
             heartbeat=heartbeat,
             max_message_bytes=max_message_bytes,
+            outbox=outbox,
+            review_sender=settings.username if "@" in settings.username else "",
         )
         self.settings = settings
         """Where the mailbox is."""
