@@ -204,3 +204,64 @@ def test_a_bad_number_in_the_settings_file_is_refused_naming_it(tmp_path, monkey
     assert out.getvalue().startswith(f"mailtether: {words}"), out.getvalue()
     assert out.getvalue().count("\n") == 1
     assert not (tmp_path / "s.db").exists()
+
+
+def test_watch_forwards_a_held_mail_for_review_through_its_relay(mailbox, tmp_path):
+    from servers.smtp import Scripted, smtp_server
+
+    (tmp_path / "picky.py").write_text(
+        "def handle(delivery):\n"
+        "    if 'poison' in str(delivery.message['Subject']):\n"
+        "        raise ValueError('not a ticket')\n"
+    )
+    scripted = Scripted()
+    with smtp_server(scripted) as port:
+        process = _start(
+            tmp_path,
+            _url(mailbox),
+            "--handler",
+            "picky:handle",
+            "--store",
+            f"sqlite:{tmp_path / 'state.db'}",
+            "--max-failures",
+            "1",
+            "--on-poison",
+            "forward:admin@example.com",
+            "--relay",
+            f"smtp://127.0.0.1:{port}/?security=plain",
+            "--poll-interval",
+            "1s",
+            "--quiet",
+        )
+        try:
+            mailbox.append(b"Subject: poison pill\r\n\r\nhi\r\n")
+            _wait_for(lambda: len(scripted.received) == 1)
+        finally:
+            _stop(process)
+    ((_, to, review),) = scripted.received
+    assert to == ("admin@example.com",)
+    assert b"held for review: poison pill" in review
+    assert b"ValueError: not a ticket" in review
+
+
+def test_watch_refuses_forward_without_a_relay(tmp_path, capsys):
+    (tmp_path / "my_handlers.py").write_text(HANDLER)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        code = main(
+            [
+                "watch",
+                "imap://u:p@127.0.0.1:1/INBOX?security=plain",
+                "--handler",
+                "my_handlers:handle",
+                "--store",
+                "memory:",
+                "--on-poison",
+                "forward:admin@example.com",
+            ]
+        )
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert code == 2
+    said = capsys.readouterr()
+    assert "needs --relay" in said.out + said.err

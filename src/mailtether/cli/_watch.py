@@ -18,10 +18,12 @@ from mailtether._durations import check_count, check_seconds
 from mailtether._errors import ConfigError
 from mailtether._guard import DuplicateGuard
 from mailtether._keepalive import Keepalive
+from mailtether._outbox import Outbox
 from mailtether._settings import ImapSettings, with_tokens
 from mailtether._status import LoggingNotifier, StatusBoard, StatusChange
 from mailtether.cli import _flags
 from mailtether.imap._listener import ImapListener
+from mailtether.smtp._relay_url import relay_from_url
 from mailtether.stores._url import store_from_url
 
 __all__ = ["add_watch_arguments", "run_watch"]
@@ -42,6 +44,7 @@ _OPTIONS = (
     "repeat",
     "lease_ttl",
     "deliver",
+    "relay",
 )
 # The duration settings, with their flags' help; each flag and each value from the settings
 # file is checked alike (_flags.seconds, _checked).
@@ -62,7 +65,16 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", help="store URL (default sqlite:mailtether-state.db)")
     parser.add_argument("--reconnect", help='strategy, e.g. "exponential 1s max_delay=5m"')
     parser.add_argument("--after", help="seen | delete | move:<folder> | leave")
-    parser.add_argument("--on-poison", dest="on_poison", help="leave | flag | move:<folder>")
+    parser.add_argument(
+        "--on-poison",
+        dest="on_poison",
+        help="leave | flag | move:<folder> | forward:<address> (needs --relay)",
+    )
+    parser.add_argument(
+        "--relay",
+        help="smtps://user:password@host/ (or smtp://, STARTTLS): an outbox in the store sends "
+        "through it, e.g. held mail forwarded for review",
+    )
     parser.add_argument("--mode", choices=("auto", "poll"))
     parser.add_argument("--deliver", choices=("message", "attachments", "body"))
     for name, example in _DURATIONS.items():
@@ -153,6 +165,11 @@ def run_watch(args: argparse.Namespace, out: TextIO, stop: threading.Event | Non
         ImapSettings.from_url(str(options["url"])),
         _flags.token_command(options.get("token_command")),
     )
+    outbox = None
+    if options.get("relay"):
+        outbox = Outbox(store, relay_from_url(str(options["relay"])), status=board)
+    elif str(options.get("on_poison", "")).startswith("forward:"):
+        raise ConfigError("--on-poison forward:<address> needs --relay URL to send through")
     listener = ImapListener(
         settings,
         handler,
@@ -167,6 +184,7 @@ def run_watch(args: argparse.Namespace, out: TextIO, stop: threading.Event | Non
         deliver=options.get("deliver", "message"),
         poll_interval=seconds.get("poll_interval", 60.0),
         lease_ttl=seconds.get("lease_ttl", 60.0),
+        outbox=outbox,
     )
     stop = stop or threading.Event()
     previous = signal.getsignal(signal.SIGINT)
@@ -174,6 +192,8 @@ def run_watch(args: argparse.Namespace, out: TextIO, stop: threading.Event | Non
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
+        if outbox is not None:
+            outbox.run_in_thread()
         listener.run_in_thread()
         while True:
             if not args.quiet:
@@ -184,6 +204,8 @@ def run_watch(args: argparse.Namespace, out: TextIO, stop: threading.Event | Non
     finally:
         started = time.monotonic()
         listener.stop()
+        if outbox is not None:
+            outbox.stop()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, previous)
         out.write(f"\n{_line(board, listener.name)}\n")
