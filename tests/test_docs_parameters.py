@@ -7,10 +7,12 @@ What is checked, on README.md and docs/*.md (the changelog is history: old names
   ``ImapSettings.from_url(url, ssl_context=...)``, and a method of a variable the page
   made from a public class (``outbox = Outbox(...)`` then ``outbox.send(..., relay=...)``);
 - the same in inline code: ```ImapListener(url, handler, on_poison="flag")```;
-- an inline ```name=``` (or ```name=value```) in prose just after a public name, in the same
-  sentence, with nothing else in inline code between: "`SmtpRelay` takes `security="tls"`"
-  (a keyword span following another such one belongs to the same name). A keyword with no
-  public name close before it ("`heartbeat=` on the listener") is not checked.
+- an inline ```name=``` (or ```name=value```) in prose just after a public name, with only
+  punctuation or the words "takes", "accepts", "with", "and", "or" between:
+  "`SmtpRelay` takes `security="tls"`", "{class}`~mailtether.ImapSettings` (with
+  `auth="xoauth2"`" (a keyword span following another such one belongs to the same name).
+  Other keywords in prose ("`heartbeat=` on the listener", "an `Outbox`, then removed as
+  `after=` says") are not checked: whose they are is not clear.
 
 Each keyword must be accepted by the callable's signature (``inspect.signature``; a
 ``**kwargs`` accepts anything). A method call on a value the page did not make from a public
@@ -54,8 +56,8 @@ _KEYWORD_SPAN = re.compile(r"([A-Za-z_]\w*)=(?!=)")
 _MENTION = re.compile(
     r"^~?(?:mailtether\.(?:testing\.)?)?([A-Za-z_][\w.]*?)(?:\(.*\))?$", re.DOTALL
 )
-_NEAR = 40
-"""At most this many characters between a public name and a keyword span that belongs to it."""
+_JOINED = re.compile(r"[\s,;:(]*(?:(?:takes|accepts|with|and|or)\b[\s,;:(]*)*")
+"""What may stand between a public name and a keyword span that belongs to it."""
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z({`*])|\n\s*\n")
 
 
@@ -204,7 +206,7 @@ def _prose_uses(prose: str, names: _Names, where: str) -> Iterator[Use]:
                 continue
             keyword = _KEYWORD_SPAN.match(span)
             if keyword is not None and (keyword.end() == len(span) or _parse(span) is not None):
-                if owner is not None and match.start() - owner_end <= _NEAR:
+                if owner is not None and _JOINED.fullmatch(sentence, owner_end, match.start()):
                     yield Use(f"{where} (prose)", owner, keyword[1])
                     owner_end = match.end()  # `A` takes `b=1`, `c=2`: both A's
                 continue
@@ -301,7 +303,8 @@ outbox.send(b"...", relays="backup")
 Then `ImapListener(url, handler, on_poision="flag")`. A {class}`~mailtether.Keepalive` takes
 `noop_intervall=0`. Not checked, as no public name comes just before: `heartbeat_every=` on
 the listener, and the {class}`~mailtether.StatusBoard` that keeps every source's state in the
-store and says, with `alive_untill=`, until when it is alive.
+store and says, with `alive_untill=`, until when it is alive; a mail sent through an
+{class}`~mailtether.Outbox`, then removed as `afterwards=` says.
 
 And the right ones: `Outbox(store, relay, skip_after=3)`. A
 {class}`~mailtether.DuplicateGuard` takes `max_failures=3`.
@@ -322,4 +325,4 @@ def test_right_keywords_pass_and_a_keyword_far_from_a_name_is_not_checked() -> N
     assert {("Outbox", "clock"), ("Outbox", "skip_after"), ("DuplicateGuard", "max_failures")} <= (
         found
     )
-    assert not {"heartbeat_every", "alive_untill"} & {keyword for _, keyword in found}
+    assert not {"heartbeat_every", "alive_untill", "afterwards"} & {keyword for _, keyword in found}
