@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+import imaplib
+import io
+import re
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mailtether.imap._fetch as fetch_module
 from mailtether import CommandFailed, ConnectionLost
+from mailtether.imap._connection import _bound_literals
 from mailtether.imap._fetch import fetch_mail
+from strategies import fetch_answers
 
 MAILS = [
     b"Subject: plain\r\n\r\nbody\r\n",
@@ -272,3 +283,103 @@ def test_search_uids_reads_a_listing_longer_than_imaplibs_line_bound():
         assert list(fetch_module.search_uids(client, 199_998)) == [199_999, 200_000]
         assert client._imap.untagged_responses.get("EXISTS") == [b"200001", b"200001"]
         client.shutdown()
+
+
+class _Trickle(io.RawIOBase):
+    """The reading end of a socket that gives at most *most* bytes a read."""
+
+    def __init__(self, data: bytes, most: int) -> None:
+        self._data, self._at, self._most = data, 0, most
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer):  # type: ignore[no-untyped-def]
+        piece = self._data[self._at : self._at + min(len(buffer), self._most)]
+        buffer[: len(piece)] = piece
+        self._at += len(piece)
+        return len(piece)
+
+
+def _over(
+    answer: bytes, most: int, buffer: int, *, in_place: bool, earlier: list[Any] | None = None
+) -> tuple[Any, Any]:
+    """An imaplib connection (and its imapclient) that reads *answer*, after a FETCH sent.
+
+    *earlier*: FETCH responses imaplib kept from before (a flag changed elsewhere).
+    """
+    imap = imaplib.IMAP4.__new__(imaplib.IMAP4)
+    imap.debug, imap.tagged_commands, imap.untagged_responses = 0, {}, {}
+    imap._cmd_log_len, imap._cmd_log_idx, imap._cmd_log = 10, 0, {}
+    imap._mode_ascii()
+    imap.tagre = re.compile(rb"(?P<tag>ABCD\d+) (?P<type>[A-Z]+) (?P<data>.*)", re.ASCII)
+    imap.file = io.BufferedReader(_Trickle(answer, most), buffer)
+    imap.tagged_commands[b"ABCD2"] = None  # a STORE sent before the FETCH, answered in between
+    if earlier:
+        imap.untagged_responses["FETCH"] = list(earlier)
+    imap._command = lambda *args: imap.tagged_commands.update({b"ABCD1": None}) or b"ABCD1"
+    if not in_place:  # imaplib's own road, every response read by _get_response
+        imap.readline = functools.partial(imaplib.IMAP4.readline, imap)
+    _bound_literals(imap, 1024)
+    return imap, SimpleNamespace(_imap=imap, use_uid=True, normalise_times=True)
+
+
+def _read_through(
+    answer: bytes, most: int, buffer: int, earlier: list[Any], *, in_place: bool
+) -> tuple[Any, ...]:
+    imap, client = _over(answer, most, buffer, in_place=in_place, earlier=earlier)
+    try:
+        outcome: Any = fetch_module.send_fetch(client, list(range(1, 8)))()
+    except Exception as error:
+        outcome = (type(error), str(error))
+    # The FETCH responses of an answer that is not OK are left unread by both: not compared.
+    kept = {name: data for name, data in imap.untagged_responses.items() if name != "FETCH"}
+    return outcome, kept, imap.tagged_commands, imap.file.read()
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    fetch_answers,
+    st.integers(1, 80),
+    st.sampled_from([64, 256, 8192]),
+    st.sampled_from([[], [b"3 (UID 3 FLAGS (\\Seen))"], [(b"2 (UID 2 BODY[] {1}", b"x"), b")"]]),
+)
+def test_reading_in_place_is_imaplibs_road(answer, most, buffer, earlier):
+    """Any answer, arriving in any pieces: the same mails, errors and connection state."""
+    expected = _read_through(answer, most, buffer, earlier, in_place=False)
+    assert _read_through(answer, most, buffer, earlier, in_place=True) == expected
+
+
+def test_usual_responses_whole_in_the_buffer_skip_imaplib(monkeypatch):
+    raws = [b"Subject: %d\r\n\r\n)\r\n* 1 FETCH (UID 9)\r\n" % n for n in range(40)]
+    answer = b"".join(
+        b"* %d FETCH (UID %d FLAGS (\\Seen $L) BODY[] {%d}\r\n%s)\r\n" % (n, n, len(raw), raw)
+        for n, raw in enumerate(raws, start=1)
+    )
+    imap, client = _over(answer + b"* 41 EXISTS\r\nABCD1 OK done\r\n", 8192, 8192, in_place=True)
+    lines = []
+    real = imap._get_response
+    monkeypatch.setattr(imap, "_get_response", lambda: lines.append(1) or real())
+    monkeypatch.setattr(fetch_module, "_usual", None)  # nor its per-response list
+    uids = list(range(1, 41))
+    fetched = fetch_module.send_fetch(client, uids)()
+    assert fetched == {n: (raw, (b"\\Seen", b"$L")) for n, raw in zip(uids, raws, strict=True)}
+    assert len(lines) == 2, "imaplib read the EXISTS and the tagged line only"
+    assert imap.untagged_responses == {"EXISTS": [b"41"]}
+
+
+def test_a_literal_over_the_connections_bound_is_refused_in_place():
+    answer = b"* 1 FETCH (UID 1 FLAGS () BODY[] {2000}\r\n%s)\r\nABCD1 OK done\r\n" % (b"x" * 2000)
+    _, client = _over(answer, 8192, 8192, in_place=True)
+    with pytest.raises(imaplib.IMAP4.abort, match="command: FETCH => the server announced"):
+        fetch_module.send_fetch(client, [1])()
+
+
+def test_fetch_responses_kept_from_before_come_first_as_in_imaplib():
+    """A flag change told before the answer: imapclient reads it first, the answer's wins."""
+    answer = b"* 1 FETCH (UID 3 FLAGS (Junk) BODY[] {1}\r\ny)\r\nABCD1 OK done\r\n"
+    earlier = [b"3 (UID 3 FLAGS (\\Seen))"]
+    for in_place in (False, True):
+        assert _read_through(answer, 80, 8192, earlier, in_place=in_place)[0] == {
+            3: (b"y", (b"Junk",))
+        }
