@@ -53,12 +53,15 @@ LAYERS: dict[str, int] = {
     "_outbox_queue": 2,
     "_outbox_relay_pass": 3,
     "_review": 2,
+    "_fleet_registry": 2,
     # sources: their connections, ports, listeners and probes; diagnostics across them
     "imap": 4,
     "pop3": 4,
     "smtp": 4,
     "_check": 4,
-    # the command line, and the package's front door
+    # the fleet: many sources of every kind; the command line; the package's front door
+    "_fleet": 5,
+    "_fleet_worker": 5,
     "cli": 5,
     "__init__": 6,
     "__main__": 6,

@@ -34,6 +34,9 @@ from mailtether._errors import (
     StoreError,
     TLSFailure,
 )
+from mailtether._fleet import Fleet, FleetSource
+from mailtether._fleet_registry import FleetWorkerInfo
+from mailtether._fleet_worker import FleetWorker
 from mailtether._guard import Claim, DuplicateGuard, RepeatPolicy
 from mailtether._guard_states import ClaimStatus, GuardEntry, GuardState, HistoryEntry, Triage
 from mailtether._keepalive import Keepalive
@@ -124,6 +127,10 @@ __all__ = [
     "Exponential",
     "Fixed",
     "FixedToken",
+    "Fleet",
+    "FleetSource",
+    "FleetWorker",
+    "FleetWorkerInfo",
     "FolderMissing",
     "ForwardFailed",
     "GuardEntry",

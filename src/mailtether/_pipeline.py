@@ -364,8 +364,10 @@ class Pipeline:
             claim = self.guard.claim(key)
             if not claim.acquired:
                 return
-            if self.guard.finish_many([(claim, reason)]) and self.on_poison.kind != "leave":
-                self.store.put(_OUTBOX, key.id, "pending", self.on_poison.to_record())
+            if self.guard.finish_many([(claim, reason)]):
+                if self.on_poison.kind != "leave":
+                    self.store.put(_OUTBOX, key.id, "pending", self.on_poison.to_record())
+                self._tell_held(port, position, key)
             self.status.count(self.name, failed=1)
         except Exception as failure:  # the fault in hand is the connection's: keep it
             log.error("%s: could not record the failed fetch of %s: %s", self.name, key, failure)
@@ -451,7 +453,7 @@ class Pipeline:
                 claim = self.guard.claim(key)
                 if claim.acquired and hold:  # no attempt can handle it: aside at once
                     claim.hold(reason)
-                    self.apply_one(port, position, key, self.on_poison)
+                    self._put_aside(port, position, key)
                     batch.count(position, reason)
                 elif claim.acquired:
                     batch.add(position, claim, reason, 0.0)
@@ -469,7 +471,7 @@ class Pipeline:
             raw_of = {position: raw for position, _, raw, _ in mails}
             for key in batch.poisoned:
                 position = batch.position_of[key.id]
-                self.apply_one(port, position, key, self.on_poison, raw_of.get(position))
+                self._put_aside(port, position, key, raw_of.get(position))
         # The outcomes are recorded; now the mailbox changes, one command for the batch.
         if not batch.finished or self.after.kind == "leave":
             return batch.done, batch.failed, made
@@ -491,7 +493,7 @@ class Pipeline:
             return
         error = self._run_handler(claim, raw, flags, token)
         for held in self.guard.finish_many([(claim, error)]):
-            self.apply_one(port, position, held, self.on_poison, raw)
+            self._put_aside(port, position, held, raw)
         batch.count(position, error)
 
     def _not_new(
@@ -528,6 +530,36 @@ class Pipeline:
         return None
 
     # -- changing the mailbox --------------------------------------------------------------------
+
+    def _put_aside(
+        self, port: MailboxPort, position: int, key: MessageKey, raw: bytes | None = None
+    ) -> None:
+        """A mail the guard has just held: a person is told, then ``on_poison`` is applied."""
+        self._tell_held(port, position, key)
+        self.apply_one(port, position, key, self.on_poison, raw)
+
+    def _tell_held(self, port: MailboxPort, position: int, key: MessageKey) -> None:
+        """Count a held mail on the status board and tell the notifiers (never raises)."""
+        try:
+            entry = self.guard.lookup(key)
+            why = entry.reason if entry is not None and entry.reason else "held"
+            self.status.count(self.name, held=1)
+            self.status.notice(
+                self.name,
+                "held",
+                f"mail at {port.describe(position)} held ({why}); {self._held_then()}; "
+                f"release it with: mailtether release {key.id!r}",
+            )
+        except Exception as error:  # telling must not cost the mail its post-action
+            log.warning("%s: could not report the held mail %s: %s", self.name, key, error)
+
+    def _held_then(self) -> str:
+        action = self.on_poison
+        if action.kind == "forward":
+            return f"sent to {action.address} for review"
+        if action.kind == "leave":
+            return "left in the mailbox"
+        return "flagged" if action.kind == "flag" else f"moved to {action.folder}"
 
     def apply(self, port: MailboxPort, positions: Sequence[int], action: PostAction) -> None:
         """Change the mailbox for many mails in one go (their outcomes are recorded)."""

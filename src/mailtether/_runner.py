@@ -184,6 +184,7 @@ class SourceRunner:
         if self._unwritten is not None:  # the store is back: the status it missed, now
             state, fields = self._wanted
             self._tell(state, **fields)
+        self.status.caught_up(self.name)
         with self._caught_up:
             self._catch_ups += 1
             self._caught_up.notify_all()
@@ -193,6 +194,12 @@ class SourceRunner:
     def max_message_bytes(self) -> int:
         """Mail larger than this is held without being fetched."""
         return self.pipeline.max_message_bytes
+
+    @property
+    def running(self) -> bool:
+        """Whether its run loop is running in the thread :meth:`run_in_thread` started."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     @property
     def catch_ups(self) -> int:
@@ -417,6 +424,10 @@ class SourceRunner:
             self._block(f"gave up after {state.attempt} reconnect attempts; last error: {reason}")
             return
         log.info("%s: reconnect attempt %d in %.2f s (%s)", self.name, state.attempt, delay, reason)
+        try:
+            self.status.count(self.name, reconnects=1)
+        except Exception as error:  # the store is down: the state below says so
+            log.debug("%s: reconnect not counted (%s)", self.name, error)
         offline = self._backoff.offline_for >= self.status.offline_after
         self._tell(
             SourceState.OFFLINE if offline else SourceState.RETRYING,

@@ -72,6 +72,10 @@ class SourceStatus:
         alive_until: Until when that heartbeat vouches for it; past this the source reads as
             :attr:`SourceState.STALE`. ``None``: no heartbeat was ever recorded (a record
             from an older version), and the stored state is shown as it is.
+        held: Mails held (poisoned, or too large), in all.
+        reconnects: Reconnect attempts, in all.
+        caught_up_at: When it last finished a catch-up (wall-clock seconds): every mail in
+            the mailbox then was handled or recorded as failed. ``None``: never.
     """
 
     source: str
@@ -85,6 +89,9 @@ class SourceStatus:
     resume_requested: bool = False
     heartbeat_at: float | None = None
     alive_until: float | None = None
+    held: int = 0
+    reconnects: int = 0
+    caught_up_at: float | None = None
 
     def as_of(self, now: float) -> SourceStatus:
         """This status as a reader at *now* sees it: STALE once ``alive_until`` has passed.
@@ -292,15 +299,35 @@ class StatusBoard:
 
         self._update(source, change)
 
-    def count(self, source: str, *, processed: int = 0, failed: int = 0) -> None:
+    def count(
+        self,
+        source: str,
+        *,
+        processed: int = 0,
+        failed: int = 0,
+        held: int = 0,
+        reconnects: int = 0,
+    ) -> None:
         """Add to the source's counters."""
 
         def change(previous: SourceStatus | None, now: float) -> SourceStatus | None:
             if previous is None:
                 return None
             return attrs.evolve(
-                previous, processed=previous.processed + processed, failed=previous.failed + failed
+                previous,
+                processed=previous.processed + processed,
+                failed=previous.failed + failed,
+                held=previous.held + held,
+                reconnects=previous.reconnects + reconnects,
             )
+
+        self._update(source, change)
+
+    def caught_up(self, source: str) -> None:
+        """Record that the source finished a catch-up now (:attr:`SourceStatus.caught_up_at`)."""
+
+        def change(previous: SourceStatus | None, now: float) -> SourceStatus | None:
+            return None if previous is None else attrs.evolve(previous, caught_up_at=now)
 
         self._update(source, change)
 

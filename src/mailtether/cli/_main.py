@@ -1,9 +1,9 @@
 """The ``mailtether`` command: its parser, and the dispatch to one module per command.
 
-``check`` (:mod:`._check`), ``watch`` (:mod:`._watch`), ``demo`` (:mod:`._demo`), and the
-commands that read a store: ``status`` (:mod:`._status`), ``resume`` (:mod:`._resume`),
-``release`` and ``drop`` (:mod:`._held`), ``queue`` (:mod:`._queue`). This module opens
-their store and closes it.
+``check`` (:mod:`._check`), ``watch`` (:mod:`._watch`), ``run`` (:mod:`._run`), ``demo``
+(:mod:`._demo`), and the commands that read a store: ``status`` (:mod:`._status`),
+``resume`` (:mod:`._resume`), ``release`` and ``drop`` (:mod:`._held`), ``queue``
+(:mod:`._queue`). This module opens their store and closes it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from mailtether.cli._held import add_held_arguments, run_drop, run_release
 from mailtether.cli._outcome import ERROR, USAGE
 from mailtether.cli._queue import add_queue_arguments, run_queue
 from mailtether.cli._resume import add_resume_arguments, run_resume
+from mailtether.cli._run import add_run_arguments, run_fleet
 from mailtether.cli._status import add_status_arguments, run_status
 from mailtether.cli._watch import add_watch_arguments, run_watch
 from mailtether.stores._protocol import Store
@@ -53,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_watch_arguments(
         commands.add_parser("watch", help="run a listener with your handler until Ctrl-C")
+    )
+    add_run_arguments(
+        commands.add_parser("run", help="run a fleet worker: a fair share of a fleet's sources")
     )
     commands.add_parser(
         "demo", help="watch a listener survive resets and a black hole (needs mailtether[demo])"
@@ -104,6 +108,12 @@ def _main(argv: Sequence[str] | None, out: TextIO) -> int:
     if args.command == "watch":
         try:
             return run_watch(args, out)
+        except MailtetherError as error:
+            out.write(f"mailtether: {error}\n")
+            return USAGE
+    if args.command == "run":
+        try:
+            return run_fleet(args, out)
         except MailtetherError as error:
             out.write(f"mailtether: {error}\n")
             return USAGE

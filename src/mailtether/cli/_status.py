@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import TextIO
 
+from mailtether._fleet_registry import FleetWorkerInfo, read_workers
 from mailtether._guard import DuplicateGuard
 from mailtether._guard_states import GuardEntry
 from mailtether._status import SourceState, SourceStatus, StatusBoard
@@ -30,11 +31,22 @@ def run_status(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     sources = StatusBoard(store, notifiers=[]).snapshot()
     guard = DuplicateGuard(store, name=args.guard)
     held = guard.held()
+    workers = read_workers(store)
+    now = store.now()
+    holders = {
+        source: (info, since)
+        for info in workers
+        if info.alive(now)
+        for source, since in info.held.items()
+    }
     if args.json:
         write_json(
             out,
             {
-                "sources": [status.to_dict() for status in sources],
+                "sources": [
+                    _with_holder(status.to_dict(), holders.get(status.source)) for status in sources
+                ],
+                "workers": [{**info.to_dict(), "alive": info.alive(now)} for info in workers],
                 "messages": guard.counts(),
                 "held": [
                     {
@@ -50,7 +62,13 @@ def run_status(store: Store, args: argparse.Namespace, out: TextIO) -> int:
             indent=2,
         )
         return OK
-    if sources:
+    if sources and workers:  # a fleet: who holds each source
+        write_table(
+            out,
+            ["SOURCE", "STATE", "SINCE", "HELD BY", "HELD SINCE", "OK/FAILED", "REASON"],
+            [_fleet_row(status, holders.get(status.source)) for status in sources],
+        )
+    elif sources:
         write_table(
             out,
             ["SOURCE", "STATE", "SINCE", "ATTEMPTS", "NEXT", "OK/FAILED", "REASON"],
@@ -63,6 +81,25 @@ def run_status(store: Store, args: argparse.Namespace, out: TextIO) -> int:
             )
     else:
         out.write("no sources have reported to this store yet\n")
+    if workers:
+        out.write("\nfleet workers:\n")
+        write_table(
+            out,
+            ["WORKER", "HOST", "PID", "ALIVE", "STARTED", "SOURCES"],
+            [
+                [
+                    info.worker,
+                    info.host,
+                    str(info.pid),
+                    f"yes, until {when(info.alive_until)}"
+                    if info.alive(now)
+                    else f"no, since {when(info.alive_until)}",
+                    when(info.started_at),
+                    str(len(info.held)),
+                ]
+                for info in workers
+            ],
+        )
     counts = guard.counts()
     out.write("\nmessages: " + ", ".join(f"{state} {n}" for state, n in counts.items()) + "\n")
     if held:
@@ -83,6 +120,26 @@ def _status_row(status: SourceStatus) -> list[str]:
         f"{status.processed}/{status.failed}",
         status.reason or "-",
     ]
+
+
+def _fleet_row(status: SourceStatus, holder: tuple[FleetWorkerInfo, float] | None) -> list[str]:
+    return [
+        status.source,
+        status.state.value.upper(),
+        when(status.since),
+        f"{holder[0].host}:{holder[0].pid}" if holder else "-",
+        when(holder[1]) if holder else "-",
+        f"{status.processed}/{status.failed}",
+        status.reason or "-",
+    ]
+
+
+def _with_holder(
+    data: dict[str, object], holder: tuple[FleetWorkerInfo, float] | None
+) -> dict[str, object]:
+    if holder is not None:
+        data["held_by"] = {"worker": holder[0].worker, "since": holder[1]}
+    return data
 
 
 def _held_row(entry: GuardEntry) -> list[str]:
