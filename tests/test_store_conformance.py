@@ -354,6 +354,12 @@ def test_updated_at_is_on_the_store_clock(backend):
     assert before - 1 <= record.updated_at <= after + 1
 
 
+def _holding_itself() -> dict[str, object]:
+    document: dict[str, object] = {}
+    document["x"] = [document]
+    return document
+
+
 @pytest.mark.parametrize(
     ("call", "error"),
     [
@@ -366,6 +372,7 @@ def test_updated_at_is_on_the_store_clock(backend):
         (lambda s: s.put("guard", "k", "Done!", {}), ValueError),
         (lambda s: s.put("guard", "k", "done", {"x": object()}), ValueError),
         (lambda s: s.put("guard", "k", "done", {"x": float("nan")}), ValueError),
+        (lambda s: s.put("guard", "k", "done", _holding_itself()), ValueError),
         (lambda s: s.put("guard", "k", "done", ["not", "a", "mapping"]), TypeError),
         (lambda s: s.put("guard", "k", "done", {}, expect=-1), ValueError),
         (lambda s: s.scan("guard", limit=-1), ValueError),

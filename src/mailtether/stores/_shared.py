@@ -58,6 +58,25 @@ _NAMESPACE: Final = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
 _STATE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 MIN_TTL: Final = 0.001
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+# _ENCODER's own C encoder, made once: encode() makes one a call (0.6 µs of a document's 1.1).
+# Without its circular-reference markers, so it keeps no state between calls: a document
+# that holds itself fails with a RecursionError instead, a ValueError like the others below.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_ENCODE_ONCE: Final = (
+    None
+    if _c_make_encoder is None
+    else _c_make_encoder(
+        None,
+        _ENCODER.default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        False,
+    )
+)
 
 
 # -- argument checks: each backend refuses the same arguments with the same errors -----------------
@@ -379,8 +398,10 @@ def encode_data(data: object) -> str:
     if not isinstance(data, Mapping):
         raise TypeError(f"data must be a mapping, not {type(data).__name__}")
     try:
+        if _ENCODE_ONCE is not None:
+            return "".join(_ENCODE_ONCE(data, 0))
         return _ENCODER.encode(data)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RecursionError) as error:
         raise ValueError(f"data must be JSON-serialisable: {error}") from None
 
 
