@@ -397,6 +397,9 @@ def test_with_uid_and_with_content_are_the_keys_imap_would_make() -> None:
     assert derived == made
     assert hash(derived) == hash(made)
     assert (derived.id, derived.content_id) == (made.id, made.content_id)
+    listed = base.with_uid(42)
+    assert listed.id == made.id  # known before the content, as a listing knows it
+    assert listed.with_content(raw).id == made.id
     assert base.with_uid(5) == MessageKey.imap("support@example.com", "INBOX", 7, 5)
     for bad in (0, 2**32, -1):
         with pytest.raises(ValueError, match="between 1 and"):

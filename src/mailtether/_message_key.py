@@ -57,7 +57,7 @@ def content_digest(raw: bytes) -> str:
         >>> crlf == content_digest(b"Subject: hi\n\nbody\n")
         True
     """
-    if not isinstance(raw, bytes | bytearray | memoryview):
+    if not isinstance(raw, _BYTES_LIKE):
         raise TypeError(f"raw must be bytes, not {type(raw).__name__}")
     return hashlib.sha256(bytes(raw).replace(b"\r\n", b"\n")).hexdigest()
 
@@ -286,7 +286,9 @@ class MessageKey:
         message_id, digest = message_id_of(raw), content_digest(raw)
         if self.protocol == "imap":
             assert self.uid is not None
-            return self._build_imap(self.uid, message_id, digest)
+            derived = self._build_imap(self.uid, message_id, digest)
+            object.__setattr__(derived, "id", self.id)  # the same position: the same id
+            return derived
         return attrs.evolve(self, message_id=message_id, digest=digest)
 
     @property
