@@ -62,6 +62,7 @@ LAYERS: dict[str, int] = {
     # the fleet: many sources of every kind; the command line; the package's front door
     "_fleet": 5,
     "_fleet_worker": 5,
+    "_metrics": 5,
     "cli": 5,
     "__init__": 6,
     "__main__": 6,
