@@ -27,6 +27,7 @@ from mailtether import (
 )
 from mailtether._fleet_registry import fair_share, read_workers
 from mailtether.cli._main import main
+from mailtether.testing import FakeClock
 
 
 @given(
@@ -127,15 +128,17 @@ def test_a_worker_that_stops_hands_everything_back_at_once(fleet, store):
 
 
 def test_a_lost_lease_stops_that_source_at_once(fleet, store):
-    worker = FleetWorker(fleet, store, worker="a")
+    clock = FakeClock()
+    worker = FleetWorker(fleet, store, worker="a", clock=clock)
     try:
         worker.step()
         name = worker.held[0]
         runner = worker.runner(name)
-        lease = store.holder(f"fleet:{name}")
+        lease = store.holder(f"listener:{name}")
         assert lease is not None
         assert store.release(lease)  # as if it expired while the worker was paused
-        assert store.acquire(f"fleet:{name}", "someone-else", 60) is not None
+        assert store.acquire(f"listener:{name}", "someone-else", 60) is not None
+        clock.advance(fleet.lease_ttl / 3)  # time to renew: the renewal finds it taken
         worker.step()
         assert name not in worker.held
         eventually(lambda: not runner.running)

@@ -927,3 +927,37 @@ def test_a_password_beyond_ascii_logs_in_with_authenticate_plain(mailbox):
     settings = plain(mailbox)
     with pytest.raises(AuthenticationFailed, match=r"logging in \(PLAIN\)"):
         ImapConnection.open(attrs.evolve(settings, password="pässwörd-wrong"))
+
+
+@pytest.mark.parametrize(("stop_rings", "most"), [(True, 2), (False, None)])
+def test_a_stop_that_rings_lets_idle_sleep_until_something_happens(
+    mailbox, trace, monkeypatch, stop_rings, most
+):
+    """Hundreds of idle folders in one process: a wait that never wakes by itself."""
+    from mailtether.imap import _idle
+
+    monkeypatch.setattr(_idle, "_SLICE", 0.01)  # a look every 10 ms, unless the stop rings
+    looks: list[float] = []
+    real = _idle.IdleReader._responses
+
+    def counted(self, until, doing):  # type: ignore[no-untyped-def]
+        looks.append(until)
+        return real(self, until, doing)
+
+    monkeypatch.setattr(_idle.IdleReader, "_responses", counted)
+    keepalive = Keepalive(noop_interval=60, idle_renewal=60, response_timeout=5)
+    with ImapConnection.open(plain(mailbox), keepalive=keepalive) as connection:
+        stop = threading.Event()
+        waiter = threading.Thread(target=lambda: connection.wait(60, stop, stop_rings=stop_rings))
+        waiter.start()
+        trace.wait_until_idling()
+        time.sleep(0.5)  # quiet: nothing arrives
+        seen = len(looks)
+        stop.set()
+        connection.wake()
+        waiter.join(5)
+        assert not waiter.is_alive(), "the wait saw its stop event at once"
+    if most is not None:
+        assert seen <= most, f"{seen} looks in 0.5 s of quiet"
+    else:
+        assert seen >= 10, "without the ringing stop, it looks every slice"

@@ -42,6 +42,7 @@ from mailtether._guard_states import ClaimStatus, GuardEntry, GuardState, Histor
 from mailtether._keepalive import Keepalive
 from mailtether._leases import ProcessLock, acquire_lease
 from mailtether._message_key import MessageKey, content_digest, message_id_of
+from mailtether._metrics import MetricsCollector, MetricsServer, metrics_collector, serve_metrics
 from mailtether._outbox import Outbox
 from mailtether._outbox_queue import OutboundMail, SendTry
 from mailtether._settings import ImapSettings, Security
@@ -158,6 +159,8 @@ __all__ = [
     "MalformedReply",
     "MemoryStore",
     "MessageKey",
+    "MetricsCollector",
+    "MetricsServer",
     "Notifier",
     "OutboundMail",
     "Outbox",
@@ -199,7 +202,9 @@ __all__ = [
     "content_digest",
     "default_owner",
     "message_id_of",
+    "metrics_collector",
     "parse_duration",
+    "serve_metrics",
     "store_from_url",
     "strategy_from_config",
 ]

@@ -137,10 +137,12 @@ class FleetSource:
         status: StatusBoard,
         lease_ttl: float,
         outbox: Outbox | None = None,
+        heartbeat: float | None = 10.0,
     ) -> SourceRunner:
         """The listener (or poller) of this source, on *store*, not started.
 
-        Its mailbox lease lasts *lease_ttl* unless the source's options say otherwise.
+        Its mailbox lease lasts *lease_ttl*, and its status heartbeat comes every
+        *heartbeat* seconds (``None``: none), unless the source's options say otherwise.
 
         Raises:
             ConfigError: a setting cannot be used (the message names the source).
@@ -161,6 +163,7 @@ class FleetSource:
         if "reconnect" in options and not hasattr(options["reconnect"], "delay"):
             options["reconnect"] = strategy_from_config(options["reconnect"])
         options.setdefault("lease_ttl", lease_ttl)
+        options.setdefault("heartbeat", heartbeat)
         common: dict[str, Any] = {
             "store": store,
             "guard": guard,
@@ -197,6 +200,8 @@ class Fleet:
             and one *heartbeat*. At least three heartbeats.
         store_url: The store the fleet file names (``mailtether run`` uses it unless
             ``--store`` is given).
+        concurrency: How many of a worker's sources may hand mail over at once (the others'
+            new mail waits for a free slot); their connections wait in IDLE all the same.
 
     Example:
         >>> from mailtether import Fleet, FleetSource
@@ -218,6 +223,7 @@ class Fleet:
         heartbeat: Duration | str = 5.0,
         lease_ttl: Duration | str = 30.0,
         store_url: str | None = None,
+        concurrency: int = 16,
     ) -> None:
         self.sources: tuple[FleetSource, ...] = tuple(sources)
         """The sources, in the order given."""
@@ -232,6 +238,8 @@ class Fleet:
             )
         self.store_url = store_url
         """The store the fleet file names, if any."""
+        self.concurrency = check_count(concurrency, "Fleet.concurrency", minimum=1)
+        """How many of a worker's sources may hand mail over at once."""
         names = [source.name for source in self.sources]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
@@ -256,7 +264,7 @@ class Fleet:
         settings = data.get("fleet", {})
         if not isinstance(settings, dict):
             raise ConfigError(f"{path}: [fleet] must be a table")
-        unknown = sorted(set(settings) - {"store", "heartbeat", "lease_ttl"})
+        unknown = sorted(set(settings) - {"store", "heartbeat", "lease_ttl", "concurrency"})
         if unknown:
             raise ConfigError(f"{path}: unknown [fleet] setting(s) {', '.join(unknown)}")
         entries = data.get("source", [])
@@ -275,6 +283,7 @@ class Fleet:
             heartbeat=settings.get("heartbeat", 5.0),
             lease_ttl=settings.get("lease_ttl", 30.0),
             store_url=settings.get("store"),
+            concurrency=settings.get("concurrency", 16),
         )
 
     def __repr__(self) -> str:

@@ -43,7 +43,7 @@ from mailtether._runner import SourceRunner
 from mailtether._status import StatusBoard
 from mailtether.stores._protocol import Lease, Store, default_owner
 
-__all__ = ["FleetWorker"]
+__all__ = ["FleetWorker", "lease_name"]
 
 log = redacting_logger("mailtether.fleet")
 
@@ -51,15 +51,53 @@ _ALIVE_BEATS: Final = 3  # a worker's record vouches for it this many heartbeats
 _PRUNE_AFTER: Final = 10  # a dead worker's record is deleted after this many lease TTLs
 
 
+def lease_name(source: FleetSource) -> str:
+    """The lease a source is worked under: the one its listener would take by itself."""
+    return f"listener:{source.name}"
+
+
+class _LeaseFence:
+    """A source's lease as its listener sees it: the token, and whether it still holds.
+
+    Renewed by the worker's rounds. The lease is believed lost no later than the store
+    believes it expired: its TTL counts from when the renewal was *sent*.
+    """
+
+    def __init__(self, lease: Lease, sent_at: float, clock: Clock) -> None:
+        self.lease = lease
+        self.sent_at = sent_at
+        self.clock = clock
+        self.lost = False
+
+    @property
+    def token(self) -> int:
+        """The lease's fencing token."""
+        return self.lease.token
+
+    def renewed(self, lease: Lease, sent_at: float) -> None:
+        self.lease, self.sent_at = lease, sent_at
+
+    def check(self) -> None:
+        """Raise :class:`~mailtether.LeaseLost` once the lease is lost or may have expired."""
+        if self.lost or self.clock.monotonic() - self.sent_at >= self.lease.ttl:
+            raise LeaseLost(f"the fleet lease {self.lease.name!r} is lost or expired")
+
+
 class _Held:
     """A source this worker holds: its lease and its running listener."""
 
-    def __init__(self, source: FleetSource, lease: Lease, runner: SourceRunner, since: float):
+    def __init__(
+        self, source: FleetSource, fence: _LeaseFence, runner: SourceRunner, since: float
+    ) -> None:
         self.source = source
-        self.lease = lease
+        self.fence = fence
         self.runner = runner
         self.since = since
         self.leaving = False
+
+    @property
+    def lease(self) -> Lease:
+        return self.fence.lease
 
 
 class FleetWorker:
@@ -103,6 +141,7 @@ class FleetWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # step() against stop()
+        self._slots = threading.Semaphore(fleet.concurrency)
         self.rounds = 0
         """Rounds made so far."""
 
@@ -112,6 +151,11 @@ class FleetWorker:
     def held(self) -> list[str]:
         """The names of the sources this worker holds (hand-overs in progress included)."""
         return sorted(self._held)
+
+    @property
+    def handing_over(self) -> list[str]:
+        """The sources being handed over: their listeners are stopping at a clean point."""
+        return sorted(name for name, held in self._held.items() if held.leaving)
 
     def runner(self, source: str) -> SourceRunner | None:
         """The listener (or poller) of a source this worker holds, else ``None``."""
@@ -158,15 +202,20 @@ class FleetWorker:
         self._beat(self.store.now())
 
     def _renew(self) -> None:
+        """Renew each lease a third of its TTL old (the rounds come at least that often)."""
         for held in list(self._held.values()):
+            sent = self.clock.monotonic()
+            if sent - held.fence.sent_at < self.fleet.lease_ttl / 3:
+                continue
             try:
-                held.lease = self.store.renew(held.lease, self.fleet.lease_ttl)
+                held.fence.renewed(self.store.renew(held.lease, self.fleet.lease_ttl), sent)
             except LeaseLost:
                 log.warning(
                     "fleet worker %s: lost the lease of %s (paused too long?); stopping it",
                     self.worker,
                     held.source.name,
                 )
+                held.fence.lost = True
                 held.runner.stop(timeout=0)
                 del self._held[held.source.name]
 
@@ -190,22 +239,26 @@ class FleetWorker:
         for source in free:
             if wanted <= 0:
                 return
-            lease = self.store.acquire(f"fleet:{source.name}", self.worker, self.fleet.lease_ttl)
+            sent = self.clock.monotonic()
+            lease = self.store.acquire(lease_name(source), self.worker, self.fleet.lease_ttl)
             if lease is None:
-                continue  # another worker holds it
+                continue  # another worker (or a listener of its own) holds it
+            fence = _LeaseFence(lease, sent, self.clock)
             try:
                 runner = source.build(
                     store=self.store,
                     status=self.status,
                     lease_ttl=self.fleet.lease_ttl,
                     outbox=self.outbox,
+                    heartbeat=None,  # the worker's rounds beat for every source at once
                 )
+                runner.work_under(fence, self._slots)
                 runner.run_in_thread()
             except Exception as error:  # checked when the fleet was made: a bug, or memory
                 log.error("fleet worker %s: cannot start %s: %s", self.worker, source.name, error)
                 self.store.release(lease)
                 continue
-            self._held[source.name] = _Held(source, lease, runner, self.store.now())
+            self._held[source.name] = _Held(source, fence, runner, self.store.now())
             log.info("fleet worker %s: took %s", self.worker, source.name)
             wanted -= 1
 
@@ -220,6 +273,9 @@ class FleetWorker:
             held={name: held.since for name, held in sorted(self._held.items())},
         )
         self.store.put(WORKERS, self.worker, "alive", info.to_dict())
+        running = [name for name, held in self._held.items() if held.runner.running]
+        if running:  # the sources' liveness, one write for all (their loops run)
+            self.status.heartbeat_many(running, alive_for)
 
     def _prune(self, workers: list[FleetWorkerInfo], now: float) -> None:
         """Delete the records of workers dead for long (``mailtether status`` shows the rest)."""

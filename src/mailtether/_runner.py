@@ -140,6 +140,8 @@ class SourceRunner:
         """Seconds between liveness beats while running (``None``: no beats)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._borrowed: Fence | None = None  # a lease held for it (a fleet worker's)
+        self._slots: threading.Semaphore | None = None  # catch-ups at once, across sources
         self._catch_ups = 0
         self._caught_up = threading.Condition()
         self._unexpected = 0  # unexpected errors in a row (a finished catch-up resets it)
@@ -172,9 +174,24 @@ class SourceRunner:
             raise TypeError("handler must be callable with a Delivery")
         self.pipeline.handover.handler = handler
 
+    def work_under(self, fence: Fence, slots: threading.Semaphore | None = None) -> None:
+        """Work under a lease someone else holds and renews (a fleet worker), not its own.
+
+        Called before :meth:`run`: the source then takes no lease of its own and runs no
+        lease heartbeat; *fence*'s ``check()`` says when the lease is lost and its ``token``
+        rides along with each mail. *slots*, shared by many sources, bounds how many of them
+        hand mail over at once.
+        """
+        self._borrowed = fence
+        self._slots = slots
+
     def _catch_up(self, port: MailboxPort, fence: Fence = NO_FENCE) -> int:
         """One pass of the pipeline over the mailbox (see :meth:`wait_for_catch_ups`)."""
-        handled = self.pipeline.catch_up(port, fence)
+        if self._slots is not None:
+            with self._slots:
+                handled = self.pipeline.catch_up(port, fence)
+        else:
+            handled = self.pipeline.catch_up(port, fence)
         self._unexpected = 0
         if self._backoff.state != BackoffState():
             # Only a session that got through a catch-up counts as a success: a server that
@@ -343,6 +360,9 @@ class SourceRunner:
         return f"listener:{self.name}"
 
     def _lease(self) -> Any:
+        if self._borrowed is not None:
+            self._borrowed.check()
+            return _Borrowed(self._borrowed)
         if self.lease_ttl is None:
             return _NoLease()
         return ProcessLock(
@@ -447,6 +467,19 @@ def _reason_of(error: BaseException) -> str:
 
 class _Unexpected(Exception):
     """An unexpected error, as the reason of a retry."""
+
+
+class _Borrowed:
+    """A lease held for the source by someone else: used, never taken or released here."""
+
+    def __init__(self, fence: Fence) -> None:
+        self._fence = fence
+
+    def __enter__(self) -> Fence:
+        return self._fence
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 class _NoLease:

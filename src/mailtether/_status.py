@@ -15,7 +15,7 @@ from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._durations import HOUR, check_seconds
 from mailtether._errors import one_line
 from mailtether._redaction import redact, redacting_logger
-from mailtether.stores._protocol import Store
+from mailtether.stores._protocol import Store, Write
 
 __all__ = [
     "LoggingNotifier",
@@ -298,6 +298,30 @@ class StatusBoard:
             return attrs.evolve(previous, heartbeat_at=now, alive_until=now + alive_for)
 
         self._update(source, change)
+
+    def heartbeat_many(self, sources: Iterable[str], alive_for: float) -> None:
+        """:meth:`heartbeat` for many sources in one read and one write (a fleet worker's).
+
+        A source whose status changed meanwhile is left for the next beat.
+        """
+        alive_for = check_seconds(alive_for, "StatusBoard.heartbeat_many(alive_for)")
+        records = self.store.get_many(_NAMESPACE, sources)
+        now = self.clock.time()
+        writes = []
+        for source, record in records.items():
+            status = SourceStatus.from_dict(dict(record.data))
+            status = attrs.evolve(status, heartbeat_at=now, alive_until=now + alive_for)
+            writes.append(
+                Write(
+                    _NAMESPACE,
+                    source,
+                    status.state.value,
+                    status.to_dict(),
+                    expect=record.version,
+                )
+            )
+        if writes:
+            self.store.put_many(writes)
 
     def count(
         self,

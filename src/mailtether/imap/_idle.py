@@ -34,7 +34,7 @@ __all__ = ["IdleReader", "is_chatter"]
 
 # IDLE is read in slices this long, to notice a stop event nobody rang the bell for; a
 # caller waiting for the connection, or ImapConnection.wake(), ends a slice at once.
-_SLICE: Final = 1.0
+_SLICE: Final = 1.0  # seconds between looks at a stop event that does not ring the bell
 _MAX_LINE: Final = 1_000_000  # as imaplib's own bound on a line
 _MAX_LITERAL: Final = 16 * 2**20  # a push carrying more than this is not a push
 _LITERAL: Final = re.compile(rb"\{(\d+)\+?\}\r?\n\Z")
@@ -82,19 +82,22 @@ class IdleReader:
         clock: Clock,
         deadline: float,
         stop: threading.Event | None,
+        *,
+        stop_rings: bool = False,
     ) -> list[Any]:
         """Read pushes; return the changes (``[]`` for none).
 
         Returns at the first change, at *deadline* (on *clock*), when *stop* is set (seen
-        within a second, at once if :meth:`LockedClient.wake` is called), or as soon as
-        another thread waits to call through *locked*.
+        within a second, at once if :meth:`LockedClient.wake` is called; with *stop_rings*,
+        whoever sets it calls ``wake``, and it is seen only then), or as soon as another
+        thread waits to call through *locked*.
 
         Raises:
             ConnectionLost: BYE, EOF, a reset, or a line or literal past its bound.
         """
         with locked.listening() as self._bell:
             try:
-                return self._read(locked, clock, deadline, stop)
+                return self._read(locked, clock, deadline, stop, stop_rings)
             finally:
                 self._bell = None
 
@@ -104,6 +107,7 @@ class IdleReader:
         clock: Clock,
         deadline: float,
         stop: threading.Event | None,
+        stop_rings: bool,
     ) -> list[Any]:
         """:meth:`read`, while the bell is listened to."""
         while True:
@@ -116,7 +120,8 @@ class IdleReader:
             ):
                 return []
             # How long a read waits is a fact about the socket, not a schedule: real time.
-            responses = self._responses(time.monotonic() + min(_SLICE, remaining), "IDLE")
+            slice_ = remaining if stop_rings else min(_SLICE, remaining)
+            responses = self._responses(time.monotonic() + slice_, "IDLE")
             if responses:
                 locked.touch()
             changes = [r for r in responses if not is_chatter(r)]

@@ -209,7 +209,12 @@ class ImapListener(SourceRunner):
                 use_idle = self.mode == "auto"
                 while not stop.is_set() and not self._stop.is_set():
                     lease.check()
-                    connection.wait(self.poll_interval, either(stop, self._stop), use_idle=use_idle)
+                    connection.wait(
+                        self.poll_interval,
+                        either(stop, self._stop),
+                        use_idle=use_idle,
+                        stop_rings=stop is self._stop,  # stop() wakes the connection
+                    )
                     lease.check()
                     self._catch_up(mailbox, lease)
             finally:
