@@ -258,3 +258,34 @@ def test_mailtether_run_says_what_is_wrong_in_one_line(tmp_path):
     assert out.getvalue() == (
         "mailtether: run needs a store: --store URL, or store = … under [fleet]\n"
     )
+
+
+def test_a_fleet_runs_pop3_mailboxes_beside_imap_folders(dovecot, store, handled):
+    def handle(delivery: Delivery) -> None:
+        handled.append((delivery.key.account, str(delivery.message["Subject"]), delivery.token))
+
+    imap_user, pop_user = dovecot.add_user(), dovecot.add_user()
+    pop_url = (
+        f"pop3://{pop_user}:{dovecot.password(pop_user)}@127.0.0.1:{dovecot.pop3_port}/"
+        "?security=plain"
+    )
+    fleet = Fleet(
+        [
+            FleetSource("folder", url(dovecot, imap_user), handle, {"poll_interval": 0.5}),
+            FleetSource("mailbox", pop_url, handle, {"poll_interval": 0.5, "timeout": 5}),
+        ],
+        heartbeat=1,
+        lease_ttl=3,
+    )
+    assert [source.kind for source in fleet.sources] == ["imap", "pop3"]
+    worker = FleetWorker(fleet, store, worker="a")
+    try:
+        worker.step()
+        dovecot.save(imap_user, b"Subject: by imap\r\n\r\nhi\r\n")
+        dovecot.save(pop_user, b"Subject: by pop3\r\n\r\nhi\r\n")
+        eventually(lambda: len(handled) == 2)
+        tokens = {account: token for account, _, token in handled}
+        assert all(isinstance(token, int) for token in tokens.values())
+        assert sorted(subject for _, subject, _ in handled) == ["by imap", "by pop3"]
+    finally:
+        worker.stop()
