@@ -12,4 +12,4 @@ def test_demo_runs_and_loses_nothing():
     assert "summary: delivered 7, handled 6, duplicates refused 1, handled twice 0, lost 0" in text
     assert "dead connection found after" in text
     assert "is retrying" in text
-    assert "is online (was retrying)" in text
+    assert "is online again after" in text

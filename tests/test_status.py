@@ -70,12 +70,77 @@ def test_a_flapping_source_does_not_flood(board, sent, clock):
     for _ in range(10):
         board.set("s", SourceState.ONLINE)
         board.set("s", SourceState.RETRYING)
-    assert len(sent) == 2
+    assert [c.sentence() for c in sent] == [
+        "s is online",
+        "s is retrying (was online)",
+        "s is online again after under a second (was retrying)",
+    ], "the repeats of the problem, and their recoveries, are counted, not sent"
     clock.advance(601)
     board.set("s", SourceState.ONLINE)
+    assert len(sent) == 3, "the person was told 'online' last: still true"
+    board.set("s", SourceState.RETRYING)
+    assert sent[-1].sentence() == "s is retrying (was online) [18 similar changes not sent]"
+
+
+def test_a_recovery_is_told_with_how_long_the_problem_lasted(board, sent, clock):
+    board.set("s", SourceState.ONLINE)
+    clock.advance(5)
+    board.set("s", SourceState.RETRYING, reason="reset")
+    clock.advance(200)
+    board.set("s", SourceState.OFFLINE, reason="reset")
+    clock.advance(100)
+    board.set("s", SourceState.ONLINE, reason="")
+    assert sent[-1].lasted == 300
+    assert sent[-1].sentence() == "s is online again after 5 min (was offline)"
+    assert board.get("s").outage_since is None
+
+
+def test_a_recovery_within_the_quiet_period_is_told(board, sent, clock):
+    """Issue 20: "online again" was dropped as a repeat of the first "online"."""
+    board.set("s", SourceState.ONLINE)
+    board.set("s", SourceState.RETRYING)
+    clock.advance(42)
+    board.set("s", SourceState.ONLINE)
+    assert [c.current.state for c in sent] == [
+        SourceState.ONLINE,
+        SourceState.RETRYING,
+        SourceState.ONLINE,
+    ]
+    assert sent[-1].sentence() == "s is online again after 42 s (was retrying)"
+
+
+def test_a_held_back_problem_that_lasts_is_told_after_all(board, sent, clock):
+    board.set("s", SourceState.ONLINE)
+    board.set("s", SourceState.RETRYING)
+    board.set("s", SourceState.ONLINE)
+    board.set("s", SourceState.RETRYING, reason="timeout", attempts=1)  # a repeat: held back
     assert len(sent) == 3
-    assert sent[-1].suppressed == 18
-    assert "18 similar changes not sent" in sent[-1].sentence()
+    clock.advance(59)
+    board.set("s", SourceState.RETRYING, reason="timeout", attempts=2)
+    assert len(sent) == 3, "not yet a tenth of the quiet period"
+    clock.advance(1)
+    board.set("s", SourceState.RETRYING, reason="timeout", attempts=3)
+    assert sent[-1].sentence() == "s is still retrying, for 60 s: timeout"
+    board.set("s", SourceState.RETRYING, reason="timeout", attempts=4)
+    assert len(sent) == 4, "told once"
+    board.set("s", SourceState.ONLINE)
+    assert sent[-1].sentence() == "s is online again after 60 s (was retrying)"
+
+
+def test_what_was_told_is_shared_through_the_store(clock, sent):
+    """Two processes (or one restarted) on one store decide alike: nobody tells twice."""
+    store = MemoryStore(clock=clock)
+    first = StatusBoard(store, notifiers=[sent.append], quiet_period=600, clock=clock)
+    first.set("s", SourceState.ONLINE)
+    first.set("s", SourceState.RETRYING)
+    again: list[StatusChange] = []
+    second = StatusBoard(store, notifiers=[again.append], quiet_period=600, clock=clock)
+    second.set("s", SourceState.ONLINE)
+    assert [c.sentence() for c in again] == ["s is online again after under a second (was retrying)"]
+    first.set("s", SourceState.RETRYING)  # a repeat within the quiet period, told by another
+    second.set("s", SourceState.ONLINE)
+    assert len(sent) == 2
+    assert len(again) == 1
 
 
 def test_blocked_is_always_sent(board, sent):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
@@ -76,6 +75,8 @@ class SourceStatus:
         reconnects: Reconnect attempts, in all.
         caught_up_at: When it last finished a catch-up (wall-clock seconds): every mail in
             the mailbox then was handled or recorded as failed. ``None``: never.
+        outage_since: When its current problem began (it left ONLINE), through RETRYING,
+            OFFLINE and BLOCKED alike; ``None`` while online.
     """
 
     source: str
@@ -92,6 +93,7 @@ class SourceStatus:
     held: int = 0
     reconnects: int = 0
     caught_up_at: float | None = None
+    outage_since: float | None = None
 
     def as_of(self, now: float) -> SourceStatus:
         """This status as a reader at *now* sees it: STALE once ``alive_until`` has passed.
@@ -136,6 +138,25 @@ class SourceStatus:
         return cls(**values)
 
 
+def _lasting(seconds: float) -> str:
+    """A duration as a person says it: ``42 s``, ``3 min``, ``2.5 h``, ``3 days``."""
+    if seconds < 1:
+        return "under a second"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.1f} h".replace(".0 h", " h")
+    return f"{seconds / 86400:.1f} days".replace(".0 days", " days")
+
+
+_PROBLEMS: Final = frozenset({"retrying", "offline", "blocked"})
+_TOLD: Final = "notified"  # the store namespace of what each source's notifiers were told
+_NOTICES: Final = "notified-notice"  # and of each kind of notice, keyed "kind:source"
+_FOREVER: Final = float("inf")
+
+
 def _utc(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
@@ -153,12 +174,25 @@ class StatusChange:
     """Not a change of state but something that happened to the source (a mail sent to
     the error queue, a mail held): what, as a sentence. The state is the source's current one
     (``previous`` is the same); see :meth:`StatusBoard.notice`."""
+    lasted: float | None = None
+    """For a recovery (back ONLINE after a problem a person was told of): how many seconds
+    the problem lasted. For a problem told late (see :class:`StatusBoard`): how long it has
+    lasted so far."""
 
     def sentence(self) -> str:
         """The change as one line for a person."""
         if self.event:
             more = f" [{self.suppressed} similar not sent]" if self.suppressed else ""
             return f"{self.source}: {self.event}{more}"
+        if self.lasted is not None and self.current.state is SourceState.ONLINE:
+            was = f" (was {self.previous.value})" if self.previous else ""
+            more = f" [{self.suppressed} similar changes not sent]" if self.suppressed else ""
+            return f"{self.source} is online again after {_lasting(self.lasted)}{was}{more}"
+        if self.lasted is not None and self.previous is self.current.state:
+            why = f": {self.current.reason}" if self.current.reason else ""
+            more = f" [{self.suppressed} similar changes not sent]" if self.suppressed else ""
+            state = self.current.state.value
+            return f"{self.source} is still {state}, for {_lasting(self.lasted)}{why}{more}"
         was = f" (was {self.previous.value})" if self.previous else ""
         why = f": {self.current.reason}" if self.current.reason else ""
         more = f" [{self.suppressed} similar changes not sent]" if self.suppressed else ""
@@ -196,9 +230,18 @@ class LoggingNotifier:
 class StatusBoard:
     """The status of every source, kept in a store, with notifications on every change.
 
-    Notifications are de-duplicated: the same source entering the same state again within
-    *quiet_period* is not sent again (a flapping connection does not flood anyone); the next
-    notification that is sent says how many were held back. BLOCKED is always sent.
+    What the notifiers are told keeps a person's picture true without flooding it:
+
+    - a problem (RETRYING, OFFLINE) is told, unless the person was told of that same problem
+      of that source within *quiet_period* (a flapping connection): then it is counted, and
+      told after all if it lasts a tenth of *quiet_period* (``still retrying, for 6 min``);
+    - a recovery (back ONLINE) is told whenever its problem was — ``online again after
+      42 s`` — and counted with it when the problem was not;
+    - BLOCKED is always told; notices (:meth:`notice`) are folded per kind;
+    - each message says how many were held back since the last one.
+
+    What was told is kept in the store (namespace ``notified``), so processes sharing it —
+    and a process restarted — decide alike and do not each tell.
 
     Args:
         store: Where statuses live (so ``mailtether status`` in another process sees them).
@@ -206,7 +249,7 @@ class StatusBoard:
             changes the state (a listener, before it reconnects): keep them quick, or hand the
             work to a thread as :class:`~mailtether.SmtpNotifier` does.
         offline_after: A source retrying for longer than this is OFFLINE.
-        quiet_period: Seconds in which a repeated (source, state) notification is held back.
+        quiet_period: Seconds in which a problem told once is not told again (counted).
         clock: Wall-clock time for ``since`` and the heartbeat's ``alive_until``, and for
             deciding, when reading, whether a heartbeat has expired. The default, the system
             clock, is what ``mailtether status`` reads with: hosts that share a store need
@@ -234,9 +277,6 @@ class StatusBoard:
         """Repeated notifications are held back this long."""
         self.clock = clock
         """The clock."""
-        self._sent: dict[tuple[str, SourceState | str], float] = {}
-        self._held_back: dict[str, int] = {}
-        self._lock = threading.Lock()
 
     def get(self, source: str) -> SourceStatus | None:
         """The source's status as of now, or ``None`` if it never reported.
@@ -268,16 +308,29 @@ class StatusBoard:
         if isinstance(fields.get("reason"), str):  # what a person reads, and gets by mail
             fields["reason"] = one_line(redact(fields["reason"]), REASON_MOST)
 
+        problem = state.value in _PROBLEMS
+
         def change(previous: SourceStatus | None, now: float) -> SourceStatus:
+            outage = None
+            if problem:
+                began = previous.outage_since if previous is not None else None
+                outage = began if began is not None else now
             if previous is None:
-                return SourceStatus(source, state, now, **fields)
+                return SourceStatus(source, state, now, **fields, outage_since=outage)
             since = previous.since if previous.state is state else now
-            return attrs.evolve(previous, state=state, since=since, **fields)
+            return attrs.evolve(previous, state=state, since=since, outage_since=outage, **fields)
 
         previous, status = self._update(source, change)
         assert status is not None  # change() always gives one
         if previous is None or previous.state is not state:
-            self._notify(StatusChange(source, previous.state if previous else None, status))
+            change_ = StatusChange(source, previous.state if previous else None, status)
+            if state is SourceState.ONLINE and previous is not None:
+                began = previous.outage_since
+                if began is not None:
+                    change_ = attrs.evolve(change_, lasted=max(0.0, status.since - began))
+            self._notify(change_)
+        elif problem:
+            self._overdue(status)
         return status
 
     def heartbeat(self, source: str, alive_for: float) -> None:
@@ -406,21 +459,87 @@ class StatusBoard:
         raise RuntimeError(f"could not record the status of {source}: it kept changing")
 
     def _notify(self, change: StatusChange, kind: str | None = None) -> None:
-        key = (change.source, change.current.state if kind is None else f"notice:{kind}")
-        held_key = change.source if kind is None else f"{change.source}\0{kind}"
-        now = self.clock.monotonic()
-        with self._lock:
-            last = self._sent.get(key)
-            if (
-                (kind is not None or change.current.state is not SourceState.BLOCKED)
-                and last is not None
-                and now - last < self.quiet_period
-            ):
-                self._held_back[held_key] = self._held_back.get(held_key, 0) + 1
-                return
-            self._sent[key] = now
-            suppressed = self._held_back.pop(held_key, 0)
-        change = attrs.evolve(change, suppressed=suppressed)
+        """Tell the notifiers, or count the change, as the class docstring says."""
+        try:
+            suppressed = self._decide(change, kind)
+        except Exception as error:  # the store is down: tell rather than stay silent
+            log.warning("notifications: what was told could not be read (%s)", error)
+            suppressed = 0
+        if suppressed is None:
+            return
+        self._tell(attrs.evolve(change, suppressed=suppressed))
+
+    def _decide(self, change: StatusChange, kind: str | None) -> int | None:
+        """Record the decision in the store; the count held back to tell, or ``None``."""
+        namespace, key = (
+            (_TOLD, change.source) if kind is None else (_NOTICES, f"{kind}:{change.source}")
+        )
+        state = change.current.state.value
+        for _ in range(16):
+            record = self.store.get(namespace, key)
+            told: dict[str, Any] = dict(record.data) if record is not None else {}
+            now = self.clock.time()
+            sent: dict[str, float] = dict(told.get("sent", {}))
+            last_told = told.get("state")
+            if kind is not None:
+                tell = now - sent.get("notice", -_FOREVER) >= self.quiet_period
+                told_as = "notice"
+            elif state == "blocked":
+                tell, told_as = True, state
+            elif state == "online":  # a recovery: told when its problem was
+                tell, told_as = last_told != "online", state
+            else:
+                recently = now - sent.get(state, -_FOREVER) < self.quiet_period
+                tell, told_as = last_told != state and not recently, state
+            if tell:
+                sent[told_as] = now
+                data = {"state": told_as, "at": now, "sent": sent, "folded": 0}
+            else:
+                data = {**told, "folded": int(told.get("folded", 0)) + 1}
+                if kind is None and state != "online" and last_told != state:
+                    data["waiting"] = {"state": state, "since": now}  # told if it lasts
+                elif kind is None and state == "online":
+                    data.pop("waiting", None)
+            expect = 0 if record is None else record.version
+            if self.store.put(namespace, key, "told", data, expect=expect) is not None:
+                return int(told.get("folded", 0)) if tell else None
+        raise RuntimeError(f"could not record what was told of {change.source}: it kept changing")
+
+    def _overdue(self, status: SourceStatus) -> None:
+        """A problem held back as a repeat, still there a tenth of the quiet period on: tell it."""
+        try:
+            folded = self._claim_overdue(status)
+        except Exception as error:
+            log.warning("notifications: %s's held-back problem unread: %s", status.source, error)
+            return
+        if folded is None:
+            return
+        began = status.outage_since if status.outage_since is not None else status.since
+        lasted = self.clock.time() - began
+        suppressed = max(0, folded - 1)  # (this one was counted when it was held back)
+        self._tell(StatusChange(status.source, status.state, status, suppressed, lasted=lasted))
+
+    def _claim_overdue(self, status: SourceStatus) -> int | None:
+        """Record an overdue problem as told; the count held back, or ``None`` (not due)."""
+        record = self.store.get(_TOLD, status.source)
+        if record is None:
+            return None
+        data = dict(record.data)
+        waiting = data.get("waiting")
+        now = self.clock.time()
+        if not isinstance(waiting, dict) or waiting.get("state") != status.state.value:
+            return None
+        if now - float(waiting["since"]) < self.quiet_period / 10:
+            return None
+        del data["waiting"]
+        folded = int(data.get("folded", 0))
+        sent = {**data.get("sent", {}), status.state.value: now}
+        data.update(state=status.state.value, at=now, sent=sent, folded=0)
+        if self.store.put(_TOLD, status.source, "told", data, expect=record.version) is None:
+            return None  # another process told it
+        return folded
+
+    def _tell(self, change: StatusChange) -> None:
         for notifier in self.notifiers:
             try:
                 notifier(change)
