@@ -265,3 +265,44 @@ def test_a_lost_claim_is_retried_with_its_sentence_not_counted_as_unexpected(
     assert listener.wait_for_catch_ups(1, timeout=10)
     assert state_of(listener) is not SourceState.BLOCKED
     assert alive(listener)
+
+
+def test_standing_by_is_said_once_and_taking_over_once(caplog, monkeypatch):
+    """Issue 20: a standby said "standing by" at INFO every lease period (55-70 lines a minute)."""
+    import logging
+
+    from mailtether import LeaseUnavailable
+
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    listener = ImapListener(
+        ImapSettings("127.0.0.1", "u", "p", port=9, security="plain"),
+        Collector(),
+        store=store,
+        lease_ttl=3.0,
+        clock=clock,
+    )
+    held = [True]
+
+    def session(stop):  # type: ignore[no-untyped-def]
+        if held[0]:
+            raise LeaseUnavailable("listener:u@127.0.0.1/INBOX is held by 'another-worker'")
+        listener._online()
+
+    monkeypatch.setattr(listener, "_session", session)
+    caplog.set_level(logging.DEBUG, logger="mailtether")
+    stop = threading.Event()
+    for _ in range(20):
+        listener._run_once(stop)
+    held[0] = False
+    listener._run_once(stop)
+    listener._run_once(stop)
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert [m for m in info if "standing by" in m] == [
+        "u@127.0.0.1/INBOX: another listener works this mailbox; standing by until its lease ends"
+    ]
+    assert sum("still standing by" in m for m in debug) == 19
+    assert [m for m in info if "active" in m] == [
+        "u@127.0.0.1/INBOX: active: took the mailbox over from the listener before"
+    ]

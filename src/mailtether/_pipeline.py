@@ -250,7 +250,10 @@ class Pipeline:
             known = self._read_sizes(sizes)
             if unchanged:  # handled, but a crash came before the mailbox was changed
                 log.info(
-                    "%s: finishing %d mailbox changes after a restart", self.name, len(unchanged)
+                    "%s: %d handled mails were not yet marked or moved (a crash or a lost "
+                    "connection came between their outcome and the change); changing them now",
+                    self.name,
+                    len(unchanged),
                 )
                 self.apply(port, unchanged, self.after)
             limit = self.max_message_bytes

@@ -140,6 +140,7 @@ class SourceRunner:
         """Seconds between liveness beats while running (``None``: no beats)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._standby = False  # told the log it stands by (LeaseUnavailable)
         self._borrowed: Fence | None = None  # a lease held for it (a fleet worker's)
         self._slots: threading.Semaphore | None = None  # catch-ups at once, across sources
         self._catch_ups = 0
@@ -271,7 +272,15 @@ class SourceRunner:
         try:
             self._session(stop)
         except LeaseUnavailable:
-            log.info("%s: another %s works this mailbox; standing by", self.name, self.kind)
+            if not self._standby:  # said once; the looks while standing by are DEBUG
+                log.info(
+                    "%s: another %s works this mailbox; standing by until its lease ends",
+                    self.name,
+                    self.kind,
+                )
+                self._standby = True
+            else:
+                log.debug("%s: still standing by: the mailbox's lease is held", self.name)
             self.clock.sleep(self._until_takeover(), either(stop, self._stop))
         except self.blocking_errors as error:
             self._block(str(error))
@@ -373,6 +382,9 @@ class SourceRunner:
         )
 
     def _online(self) -> None:
+        if self._standby:
+            log.info("%s: active: took the mailbox over from the %s before", self.name, self.kind)
+            self._standby = False
         self._tell(SourceState.ONLINE, reason="", attempts=0, next_attempt_at=None)
 
     def _save_backoff(self) -> None:
