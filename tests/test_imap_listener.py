@@ -18,6 +18,7 @@ from mailtether import (
     ImapListener,
     ImapSettings,
     Keepalive,
+    MemoryStore,
     SourceState,
     SQLiteStore,
     StatusBoard,
@@ -127,6 +128,49 @@ def test_a_black_hole_is_survived(mailbox, start):
         proxy.pass_through()
         eventually(lambda: handler.count()["mail 1"] == 1)
     assert handler.count() == Counter({"mail 1": 1})
+
+
+@pytest.mark.parametrize(
+    ("mode", "noop", "poll", "bound"),
+    [
+        ("poll", 0, 5.0, 5.0 + 2.5),  # issue 20: said 3 s, took the poll interval + timeout
+        ("poll", 1.0, 5.0, 1.0 + 2.5),
+        ("auto", 0, 5.0, 5.0 + 2.5),  # before it knows whether the server has IDLE
+        ("auto", 1.0, 5.0, 1.0 + 2.5),
+        ("auto", 1.0, 0.3, 0.3 + 2.5),
+    ],
+)
+def test_the_detection_bound_counts_the_listeners_own_waits(mode, noop, poll, bound):
+    keepalive = Keepalive(noop_interval=noop, idle_renewal=0.5, response_timeout=2.5)
+    listener = ImapListener(
+        ImapSettings("127.0.0.1", "u", "p", port=9, security="plain"),
+        Collector(),
+        keepalive=keepalive,
+        mode=mode,
+        poll_interval=poll,
+        store=MemoryStore(),
+    )
+    assert listener.detection_bound == bound
+
+
+def test_a_black_hole_is_found_within_the_bound_when_polling_without_noop(mailbox, start):
+    keepalive = Keepalive(noop_interval=0, idle_renewal=1, response_timeout=1)
+    with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
+        listener = start(
+            settings_for(mailbox, proxy.port),
+            Collector(),
+            keepalive=keepalive,
+            mode="poll",
+            poll_interval=2.0,
+        )
+        eventually(lambda: state_of(listener) is SourceState.ONLINE)
+        assert listener.detection_bound == 2.0 + 1
+        holed = time.monotonic()
+        proxy.blackhole()
+        eventually(lambda: state_of(listener) is SourceState.RETRYING)
+        found = time.monotonic() - holed
+        proxy.pass_through()
+    assert found <= listener.detection_bound + 1.0, f"found after {found:.1f} s"
 
 
 def test_a_server_kick_is_survived(mailbox, start):

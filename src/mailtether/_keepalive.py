@@ -65,5 +65,11 @@ class Keepalive:
 
     @property
     def detection_bound(self) -> float:
-        """The longest a dead connection can go unnoticed, in seconds."""
+        """The longest a dead connection can go unnoticed, in seconds, while it is waited on.
+
+        For a connection in :meth:`~mailtether.ImapConnection.wait`: in IDLE, or polling with
+        NOOPs. With ``noop_interval=0`` and no IDLE nothing is sent while waiting: the
+        connection is tested when next used. A listener's own bound, which counts its
+        ``poll_interval``, is :attr:`ImapListener.detection_bound`.
+        """
         return max(self.noop_interval, self.idle_renewal) + self.response_timeout

@@ -231,7 +231,7 @@ def run_demo(out: TextIO | None = None) -> int:
         ok &= wait("the dead connection to be found", lambda: SourceState.RETRYING in states)
         say(
             f"dead connection found after {time.monotonic() - holed:.1f} s "
-            f"(bound: {keepalive.detection_bound:g} s)"
+            f"(bound: {listener.detection_bound:g} s)"
         )
         proxy.pass_through()
         ok &= wait("request #6", lambda: total() == 6)

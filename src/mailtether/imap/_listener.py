@@ -156,6 +156,31 @@ class ImapListener(SourceRunner):
         """``"auto"`` (IDLE when offered) or ``"poll"``."""
         self._connection: ImapConnection | None = None
 
+    @property
+    def detection_bound(self) -> float:
+        """The longest a dead connection can go unnoticed by this listener, in seconds.
+
+        The keepalive's bound counts what this listener's waits add: in IDLE the wait ends
+        every ``idle_renewal`` and at the ``poll_interval`` catch-up, whichever comes first;
+        polling (``mode="poll"``, or a server without IDLE) it sends NOOP every
+        ``noop_interval`` and catches up every ``poll_interval``; ``noop_interval=0``
+        leaves the catch-up alone. Then ``response_timeout`` for the answer that does not
+        come. In ``"auto"`` mode, before the server says whether it has IDLE, the larger of
+        the two.
+        """
+        keepalive = self.keepalive
+        noop = keepalive.noop_interval
+        polling = min(noop, self.poll_interval) if noop > 0 else self.poll_interval
+        idling = min(keepalive.idle_renewal, self.poll_interval)
+        connection = self._connection
+        if self.mode == "poll" or (connection is not None and not connection.has_idle):
+            waits = polling
+        elif connection is not None:
+            waits = idling
+        else:
+            waits = max(polling, idling)
+        return waits + keepalive.response_timeout
+
     # -- running ---------------------------------------------------------------------------------
 
     def poll_once(self) -> int:
