@@ -52,6 +52,7 @@ LAYERS: dict[str, int] = {
     "_outbox": 3,
     "_outbox_queue": 2,
     "_outbox_relay_pass": 3,
+    "_outbox_handoff": 3,
     "_review": 2,
     "_fleet_registry": 2,
     # sources: their connections, ports, listeners and probes; diagnostics across them

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import smtplib
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ from mailtether import (
     SourceState,
     SQLiteStore,
     StatusBoard,
+    StoreError,
 )
 from mailtether.cli._main import main
 from mailtether.testing import FakeClock, FaultProxy
@@ -334,6 +336,52 @@ def test_two_senders_on_one_store_send_every_mail_once(handler, tmp_path):
     finally:
         first.close()
         second.close()
+
+
+def test_a_record_that_fails_stops_the_next_mail_before_the_relay_accepts_it(handler, clock):
+    """Mail n is recorded while mail n + 1's MAIL FROM is answered; if that fails, n + 1 waits."""
+    scripted, port = handler
+
+    class FailingRecord(MemoryStore):
+        failing = True
+
+        def put(self, namespace, key, state, data, *, expect=None):  # type: ignore[no-untyped-def]
+            if self.failing and key == "<reply-1@example.com>" and state == "sent":
+                raise StoreError("the store is down")
+            return super().put(namespace, key, state, data, expect=expect)
+
+    store = FailingRecord(clock=clock)
+    outbox = Outbox(store, relay(port), clock=clock, claim_ttl=60)
+    for n in range(4):
+        outbox.send(mail(n))
+    with pytest.raises(StoreError, match="the store is down"):
+        outbox.deliver_due()
+    assert [subject_of(raw) for _, _, raw in scripted.received] == [b"reply 0", b"reply 1"]
+    assert outbox.counts() == {"sent": 1, "sending": 3}, "mail 2 went no further than MAIL FROM"
+    store.failing = False
+    clock.advance(61)  # the claims expire
+    assert outbox.deliver_due() == 3
+    subjects = Counter(subject_of(raw) for _, _, raw in scripted.received)
+    assert subjects == {b"reply 0": 1, b"reply 1": 2, b"reply 2": 1, b"reply 3": 1}
+
+
+def test_the_relay_gets_what_smtplib_sendmail_sends(handler, clock):
+    """Dots at line starts, no final line end, display names and quoted local parts."""
+    scripted, port = handler
+    raw = b"From: a@example.com\r\nSubject: dots\r\n\r\n.one\r\n..two\r\nlast"
+    recipients = ["Bob <bob@example.com>", '"odd one"@example.com', "carol@example.com"]
+    with smtplib.SMTP("127.0.0.1", port) as plain:
+        plain.sendmail("Helpdesk <helpdesk@example.com>", recipients, raw)
+    outbox = Outbox(MemoryStore(clock=clock), relay(port), clock=clock)
+    outbox.send(
+        b"Message-ID: <dots@example.com>\r\n" + raw,
+        sender="Helpdesk <helpdesk@example.com>",
+        recipients=recipients,
+    )
+    assert outbox.deliver_due() == 1
+    theirs, ours = scripted.received
+    assert ours[:2] == theirs[:2]
+    assert ours[2] == b"Message-ID: <dots@example.com>\r\n" + theirs[2]
 
 
 def test_the_sender_thread_sends_what_is_queued_and_stops(handler):

@@ -79,7 +79,9 @@ class Outbox:
 
     What a crash can cost: a sender killed between the relay's ``250`` and the record of it
     sends that mail again when its claim expires (same Message-ID, so receivers can drop the
-    repeat). Nothing else is sent twice, and nothing is lost.
+    repeat). Nothing else is sent twice, and nothing is lost. (A mail's outcome is recorded
+    while the relay answers the next mail's ``MAIL FROM``, and a relay accepts a mail only
+    at the end of its data, later: so only one mail at a time is accepted and unrecorded.)
 
     Args:
         store: Where the mail is kept.

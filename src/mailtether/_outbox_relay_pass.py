@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from mailtether._errors import one_line
+from mailtether._outbox_handoff import PendingOutcome, send_mail
 from mailtether._outbox_queue import OUTGOING, SendTry, copy_data
 from mailtether._redaction import redacting_logger
 from mailtether._smtp_relay import SmtpRelay
@@ -36,9 +37,10 @@ class RelayPass:
         self.failures = 0  # connection failures in a row
         self.skipped = False
         self.source = f"outbox:{relay.name}"
+        self.pending = PendingOutcome()  # each outcome recorded as the next mail goes out
+        self.sent = 0  # counted by _conclude
 
     def run(self, records: list[Record]) -> int:
-        sent = 0
         try:
             for start in range(0, len(records), _CLAIM_MOST):
                 if self._skipping():
@@ -48,8 +50,10 @@ class RelayPass:
                     if self._skipping():  # the rest waits for the next pass, uncharged
                         self._put_back(claimed[index:])
                         break
-                    sent += self._deliver(record)
+                    self._deliver(record)
+            self.pending.finish()  # the last outcome is recorded before the pass ends
         finally:
+            self._finish_after_failure()
             self._close()
         if self.skipped:
             log.warning(
@@ -57,7 +61,14 @@ class RelayPass:
                 self.relay.name,
                 self.failures,
             )
-        return sent
+        return self.sent
+
+    def _finish_after_failure(self) -> None:
+        """Record the outcome still held when the pass failed (a claim, say): logged if not."""
+        try:
+            self.pending.finish()
+        except Exception as error:
+            log.error("outbox: a mail's outcome could not be recorded: %s", error)
 
     def _skipping(self) -> bool:
         """Whether the relay is skipped for the rest of the pass (set by :meth:`_deliver`)."""
@@ -73,7 +84,8 @@ class RelayPass:
             writes.append(Write(OUTGOING, record.key, "sending", data, expect=record.version))
         return [claimed for claimed in self.outbox.store.put_many(writes) if claimed is not None]
 
-    def _deliver(self, record: Record) -> int:
+    def _deliver(self, record: Record) -> None:
+        """Hand one claimed mail to the relay; its outcome is recorded as the next one goes."""
         outbox = self.outbox
         data = copy_data(record.data)
         data.pop("claimed_until", None)
@@ -87,15 +99,22 @@ class RelayPass:
             self.failures += 1
             if self.failures >= outbox.skip_after:
                 self.skipped = True
+            self.pending.finish()  # the mail before may say ONLINE: this comes after it
             self._report(SourceState.RETRYING, f"cannot hand mail to {self.relay.name}: {reply}")
             if self.skipped:  # not charged a try: the relay is down, not the mail
                 self._put_back([record])
-                return 0
+                return
             tries.append(SendTry(now, self.relay.name, "delayed", reply, tuple(pending)))
         else:
             self.failures = 0
             raw = base64.b64decode(data["raw"])
             tries.extend(self._send(smtp, data["sender"], pending, raw, now))
+        # The rest is bookkeeping and a store write: done while the relay reads the next
+        # mail's MAIL FROM (see _outbox_handoff), or at the end of the pass.
+        self.pending.hold(lambda: self._conclude(record, data, tries))
+
+    def _conclude(self, record: Record, data: dict[str, Any], tries: list[SendTry]) -> None:
+        """Settle a mail after its tries, and record it."""
         recipients: dict[str, str] = data["recipients"]
         for attempt in tries:
             for recipient in attempt.recipients:
@@ -105,10 +124,11 @@ class RelayPass:
         history = [*data["history"], *(t.to_dict() for t in tries)]
         data["history"] = history[:1] + history[1:][-(_HISTORY_MOST - 1) :]
         state = self._settle(record.key, data, tries)
-        written = outbox.store.put(OUTGOING, record.key, state, data, expect=record.version)
+        if state == "sent":
+            self.sent += 1
+        written = self.outbox.store.put(OUTGOING, record.key, state, data, expect=record.version)
         if written is None:
             log.warning("outbox: %s was changed by someone else while it was sent", record.key)
-        return 1 if state == "sent" else 0
 
     def _settle(self, message_id: str, data: dict[str, Any], tries: list[SendTry]) -> str:
         """The mail's new state (and ``next_at``/``reason`` in *data*) after this pass's tries."""
@@ -155,7 +175,8 @@ class RelayPass:
     ) -> list[SendTry]:
         name = self.relay.name
         try:
-            refused = smtp.sendmail(sender, pending, raw)
+            # The mail before this one is recorded before the relay can accept this one.
+            refused = send_mail(smtp, sender, pending, raw, meanwhile=self.pending.finish)
         except smtplib.SMTPRecipientsRefused as error:
             return _by_reply(now, name, error.recipients)
         except smtplib.SMTPResponseException as error:  # MAIL FROM or DATA refused: everyone

@@ -74,8 +74,9 @@ class RedisStore(PutFromPutMany):
 
     Every operation that reads and writes is one Lua script, so it is atomic on the server;
     lease expiry uses the server's clock (``TIME``). Records are read and written in batches
-    of 500 per script; the lease calls go over one connection of their own (see
-    :mod:`~mailtether.stores._redis_line`), the rest over redis-py's pool. All keys start with
+    of 500 per script; the lease calls, and one-write puts when it is free, go over one
+    connection of their own (see :mod:`~mailtether.stores._redis_line`), the rest over
+    redis-py's pool. All keys start with
     ``{prefix}`` — in braces, a Redis Cluster hash tag, so they share one slot. Needs
     ``pip install 'mailtether[redis]'``.
 
@@ -158,18 +159,28 @@ class RedisStore(PutFromPutMany):
         raise failed  # not from redis-py's error, which may quote what the server was sent
 
     def _eval(
-        self, what: str, script: str, keys: list[str], args: list[Any], *, lease: bool = False
+        self,
+        what: str,
+        script: str,
+        keys: list[str],
+        args: list[Any],
+        *,
+        lease: bool = False,
+        small: bool = False,
     ) -> Any:
         """Run one of :data:`SCRIPTS` by its SHA (loading it first if the server lost it).
 
         :meth:`_run` for scripts, without redis-py's ``Script`` wrapper (two imports and
         type checks a call). ``NOSCRIPT`` means the script did not run, so sending it again
-        cannot run it twice. The *lease* calls go on the store's :class:`Line`.
+        cannot run it twice. The *lease* calls go on the store's :class:`Line`, and so do
+        *small* ones (a one-write put: half its client time is the pool's) when the line is
+        free: a thread never waits behind another's call for it.
         """
         if self._closed:
             raise StoreError(f"RedisStore({self.url!r}) is closed")
         found = self._scripts[script]
-        command = self._line.call if lease else self._client.execute_command
+        line = lease or (small and self._line.free())
+        command = self._line.call if line else self._client.execute_command
         try:
             try:
                 return command("EVALSHA", found.sha, len(keys), *keys, *args)
@@ -286,7 +297,9 @@ class RedisStore(PutFromPutMany):
                 )
             packed = "\x00".join(fields) + "\x00"
             what = "put_many" if len(checked) > 1 else "put"
-            answer = self._eval(what, "put_many", [], [self._base, packed, len(batch)]).split(" ")
+            answer = self._eval(
+                what, "put_many", [], [self._base, packed, len(batch)], small=len(batch) == 1
+            ).split(" ")
             stamp = float(answer[0])
             records += [
                 None if version == "0" else written(write, int(version), stamp)

@@ -1,4 +1,4 @@
-"""``Line``: the one connection a RedisStore keeps for its lease calls.
+"""``Line``: the one connection a RedisStore keeps for its lease calls (and small writes).
 
 A lease's acquire and release are two round trips of tiny commands, and for those redis-py's
 connection pool costs more client time than the server's work: taking a connection and
@@ -66,6 +66,10 @@ class Line:
             stale = True  # closed by the server: can_read dropped it already
         if stale:
             connection.disconnect()
+
+    def free(self) -> bool:
+        """Whether no call is on the line now (a call made next may still find it taken)."""
+        return not self._lock.locked()
 
     def close(self) -> None:
         """Close the connection (a later call opens another)."""

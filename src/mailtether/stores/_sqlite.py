@@ -52,6 +52,12 @@ _UPDATE_MANY: Final = (
     "AND mailtether_records.version = v.column2 "
     "RETURNING mailtether_records.key, mailtether_records.version, mailtether_records.updated_at"
 )
+# One write (a mail's outcome, a status change): a plain one-row statement, cheaper to run
+# than the multi-row forms above for one row (an UPDATE of one row: no join with VALUES).
+_UPDATE_ONE: Final = (
+    "UPDATE mailtether_records SET state = ?, data = ?, version = version + 1, updated_at = ? "
+    "WHERE namespace = ? AND key = ? AND version = ? RETURNING key, version, updated_at"
+)
 _SELECT_MANY: Final = (
     f"SELECT {COLUMNS} FROM mailtether_records "  # noqa: S608
     "WHERE namespace = ? AND key IN ({marks})"
@@ -486,6 +492,9 @@ class SQLiteStore(PutFromPutMany):
 def _many_statement(run: WriteRun, now: float) -> Statement:
     """One statement for a run of writes of one kind to distinct keys of one namespace."""
     params: list[Any] = []
+    if run.kind == "update" and len(run.writes) == 1:
+        write, text = run.writes[0], run.texts[0]
+        return _UPDATE_ONE, [write.state, text, now, write.namespace, write.key, write.expect]
     if run.kind == "update":
         params.append(now)
         for write, text in zip(run.writes, run.texts, strict=True):
