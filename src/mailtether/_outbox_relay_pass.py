@@ -220,10 +220,24 @@ class RelayPass:
         self.outbox.store.put_many(writes)
 
     def _report(self, state: SourceState, reason: str) -> None:
+        """Set the relay's state on the status board.
+
+        RETRYING turns OFFLINE once the relay has failed for the board's ``offline_after``
+        (since its first failure after a delivery).
+        """
         status = self.outbox.status
         if status is None:
             return
         try:
+            known = status.get(self.source) if state is SourceState.RETRYING else None
+            if known is not None and (
+                known.state is SourceState.OFFLINE
+                or (
+                    known.state is SourceState.RETRYING
+                    and status.clock.time() - known.since >= status.offline_after
+                )
+            ):
+                state = SourceState.OFFLINE  # failing since its last delivery, that long
             status.set(self.source, state, reason=reason)
         except Exception as error:  # the status board is not worth a lost mail
             log.warning("outbox: could not record %s's status: %s", self.relay.name, error)
@@ -234,8 +248,14 @@ class RelayPass:
         if status is not None:
             try:
                 status.count(self.source, failed=1)
+                status.notice(
+                    self.source,
+                    "error queue",
+                    f"mail {message_id} is in the error queue: {reason}; "
+                    f"see mailtether queue show {message_id!r}",
+                )
             except Exception as error:
-                log.warning("outbox: could not count a failed mail: %s", error)
+                log.warning("outbox: could not report a failed mail: %s", error)
 
 
 def _by_reply(now: float, relay: str, refused: Mapping[str, tuple[int, bytes]]) -> list[SendTry]:
