@@ -306,3 +306,39 @@ def test_standing_by_is_said_once_and_taking_over_once(caplog, monkeypatch):
     assert [m for m in info if "active" in m] == [
         "u@127.0.0.1/INBOX: active: took the mailbox over from the listener before"
     ]
+
+
+def test_a_restart_in_an_outage_keeps_to_the_saved_next_attempt():
+    """Issue 20: the first try after a restart ignored the saved next_attempt_at."""
+    from mailtether import BackoffState
+    from mailtether._runner import BACKOFFS
+    from mailtether.testing import ScriptedImapServer
+
+    clock = FakeClock(auto_advance=False)
+    store = MemoryStore(clock=clock)
+    with ScriptedImapServer(user="u", password="p") as imap:
+        settings = ImapSettings(imap.host, "u", "p", port=imap.port, security="plain")
+        name = f"u@{imap.host}/INBOX"
+        saved = BackoffState(
+            attempt=3,
+            offline_since=clock.time() - 100,
+            last_delay=1800,
+            next_attempt_at=clock.time() + 1700,
+        )
+        store.put(BACKOFFS, name, "state", saved.to_dict())
+        listener = ImapListener(
+            settings, Collector(), store=store, clock=clock, lease_ttl=None, heartbeat=None
+        )
+        listener.run_in_thread()
+        try:
+            clock.wait_for_sleepers(1)
+            status = listener.status.get(name)
+            assert status.state is SourceState.RETRYING
+            assert status.next_attempt_at == saved.next_attempt_at
+            assert status.attempts == 3
+            assert imap.connections == 0, "no attempt before it is due"
+            clock.advance(1700)
+            eventually(lambda: state_of(listener) is SourceState.ONLINE)
+            assert imap.connections == 1
+        finally:
+            listener.stop()

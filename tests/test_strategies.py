@@ -36,9 +36,11 @@ def test_seed_002_exponential_doubles_from_one_second_and_stops_after_12():
     assert schedule.gave_up
 
 
-def test_seed_002_first_reconnect_is_immediate():
-    schedule = simulate(Exponential(initial=1, growth=1, max_attempts=12).immediate_first())
-    assert schedule.waits == [0.0] + [2.0**k for k in range(12)]
+def test_seed_002_first_reconnect_is_immediate_and_12_attempts_in_all():
+    """The write-up's RECONNECT_ATTEMPTS=12, the first at once (our reading: scenarios.md)."""
+    schedule = simulate(Exponential(initial=1, growth=1, max_attempts=11).immediate_first())
+    assert schedule.waits == [0.0] + [2.0**k for k in range(11)]
+    assert len(schedule.waits) == 12
     assert schedule.gave_up
 
 

@@ -255,6 +255,7 @@ class SourceRunner:
             )
             beats.start()
         try:
+            self._wait_for_the_saved_attempt(stop)
             while not stop.is_set() and not self._stop.is_set():
                 try:
                     if not self._waiting_for_a_person(stop):
@@ -267,6 +268,39 @@ class SourceRunner:
         finally:
             if beats is not None:
                 beats.stop(timeout=1.0)
+
+    def _wait_for_the_saved_attempt(self, stop: threading.Event) -> None:
+        """After a restart in an outage, keep to the schedule: the next attempt when it was due.
+
+        A process restarted during a week-long outage on a 30-minute schedule does not try
+        at once (and every restart again): it waits until the ``next_attempt_at`` saved before
+        it stopped, RETRYING (or OFFLINE) with that time on the status board.
+        """
+        state = self._backoff.state
+        due = state.next_attempt_at
+        if due is None or state.gave_up:
+            return
+        wait = due - self.clock.time()
+        if wait <= 0:
+            return
+        log.info(
+            "%s: in an outage since before the restart; the next attempt (%d) is due in %.0f s",
+            self.name,
+            state.attempt,
+            wait,
+        )
+        offline = self._backoff.offline_for >= self.status.offline_after
+        try:
+            current = self.status.get(self.name)
+        except StoreError:
+            current = None
+        self._tell(
+            SourceState.OFFLINE if offline else SourceState.RETRYING,
+            reason=current.reason if current is not None else "",
+            attempts=state.attempt,
+            next_attempt_at=due,
+        )
+        self.clock.sleep(wait, either(stop, self._stop))
 
     def _run_once(self, stop: threading.Event) -> None:
         try:

@@ -445,9 +445,9 @@ class ImmediateFirst(_Composable):
 
     Example:
         >>> from mailtether import Exponential
-        >>> rpa = Exponential(1, growth=1, max_attempts=12).immediate_first()
-        >>> [rpa.delay(k, 0.0) for k in (1, 2, 3, 13, 14)]
-        [0.0, 1.0, 2.0, 2048.0, None]
+        >>> rpa = Exponential(1, growth=1, max_attempts=11).immediate_first()  # 12 in all
+        >>> [rpa.delay(k, 0.0) for k in (1, 2, 3, 12, 13)]
+        [0.0, 1.0, 2.0, 1024.0, None]
     """
 
     strategy: ReconnectStrategy = attrs.field(validator=_check_strategy)
