@@ -428,6 +428,72 @@ def test_body_only_delivery(mailbox, start):
     eventually(lambda: [body.strip() for body in bodies if body] == [b"body 7"])
 
 
+def test_body_and_attachments_both_each_once_across_a_retry(mailbox, start):
+    """The integration adapter's two switches on at once (issue 20): body, then each part."""
+    seen: list[tuple[str, int | None, bytes | None]] = []
+    failed_once = threading.Event()
+
+    def handler(delivery: Delivery) -> None:
+        if delivery.part == 1 and not failed_once.is_set():
+            failed_once.set()
+            raise RuntimeError("the archive is busy")
+        seen.append((delivery.kind, delivery.part, delivery.content))
+
+    mailbox.append(_with_attachments())
+    listener = start(settings_for(mailbox), handler, deliver="body+attachments")
+    eventually(lambda: len(seen) == 3)
+    assert listener.wait_for_catch_ups(2, timeout=10)
+    assert seen == [
+        ("body", None, b"see attached\r\n"),
+        ("attachment", 0, b"invoice one"),
+        ("attachment", 1, b"invoice two"),
+    ], "the body and the first attachment are not handed out again on the retry"
+
+
+def test_a_mail_without_attachments_reaches_the_handler_as_an_empty_delivery(mailbox, start):
+    """Issue 20: it was marked seen and done without the handler ever being called."""
+    seen: list[tuple[str, bytes | None]] = []
+    mailbox.append(mail(8))
+    listener = start(
+        settings_for(mailbox), lambda d: seen.append((d.kind, d.content)), deliver="attachments"
+    )
+    eventually(lambda: seen == [("empty", None)])
+    eventually(lambda: all(b"\\Seen" in f for f in flags_of(mailbox).values()))
+    skipped: list[Delivery] = []
+    mailbox.append(mail(9))
+    listener.stop()
+    quiet = start(settings_for(mailbox), skipped.append, deliver="attachments", deliver_empty=False)
+    assert quiet.wait_for_catch_ups(1, timeout=10)
+    assert skipped == [], "opted out: done without the handler"
+    eventually(lambda: all(b"\\Seen" in f for f in flags_of(mailbox).values()))
+
+
+@pytest.mark.parametrize(
+    ("deliver", "modes"),
+    [
+        ("message", ("message",)),
+        ("attachments+body", ("body", "attachments")),
+        (["attachments", "message"], ("message", "attachments")),
+        ("body, attachments", ("body", "attachments")),
+    ],
+)
+def test_deliver_takes_any_combination(deliver, modes):
+    from mailtether._handover import parse_deliver
+
+    assert parse_deliver(deliver) == modes
+
+
+@pytest.mark.parametrize("deliver", ["", "pdf", "body+pdf", []])
+def test_a_wrong_deliver_is_refused_naming_the_choices(deliver):
+    with pytest.raises(ValueError, match="deliver must be message, body or attachments"):
+        ImapListener(
+            ImapSettings("127.0.0.1", "u", "p", port=9, security="plain"),
+            print,
+            store=MemoryStore(),
+            deliver=deliver,
+        )
+
+
 def test_a_crash_between_outcome_and_mailbox_change_is_finished_later(mailbox, start):
     """The outcome is recorded first; if the mailbox change is lost, it is redone, not the mail."""
     handler = Collector()

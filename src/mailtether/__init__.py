@@ -7,7 +7,7 @@ from mailtether._backoff import Backoff, BackoffState
 from mailtether._check import CheckReport, CheckStep, check
 from mailtether._clock import SYSTEM_CLOCK, Clock, SystemClock
 from mailtether._config import ENTRY_POINT_GROUP, strategy_from_config
-from mailtether._delivery import DeliverMode, Delivery
+from mailtether._delivery import DeliverMode, Delivery, DeliveryKind
 from mailtether._durations import DAY, HOUR, MINUTE, SECOND, WEEK, Duration, parse_duration
 from mailtether._errors import (
     AuthenticationFailed,
@@ -123,6 +123,7 @@ __all__ = [
     "ConnectionLost",
     "DeliverMode",
     "Delivery",
+    "DeliveryKind",
     "DuplicateGuard",
     "Duration",
     "Exponential",

@@ -59,6 +59,7 @@ Handler = Callable[[Delivery], object]
 _COMMON: Final = frozenset(
     {
         "deliver",
+        "deliver_empty",
         "poll_interval",
         "commit_window",
         "max_message_bytes",

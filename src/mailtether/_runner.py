@@ -91,6 +91,7 @@ class SourceRunner:
         on_poison: PostAction,
         deliver: DeliverMode,
         commit_window: float,
+        deliver_empty: bool = True,
         heartbeat: float | None,
         max_message_bytes: int = 64 * 2**20,
         outbox: Outbox | None = None,
@@ -127,7 +128,7 @@ class SourceRunner:
             clock=clock,
             after=after,
             on_poison=on_poison,
-            handover=Handover(handler, deliver, self.store),
+            handover=Handover(handler, deliver, self.store, deliver_empty=deliver_empty),
             commit_window=self.commit_window,
             max_message_bytes=check_count(
                 max_message_bytes, f"{kind}.max_message_bytes", minimum=1024

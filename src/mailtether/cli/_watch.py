@@ -76,7 +76,9 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
         "through it, e.g. held mail forwarded for review",
     )
     parser.add_argument("--mode", choices=("auto", "poll"))
-    parser.add_argument("--deliver", choices=("message", "attachments", "body"))
+    parser.add_argument(
+        "--deliver", help="message | body | attachments, or a combination: body+attachments"
+    )
     for name, example in _DURATIONS.items():
         flag = "--" + name.replace("_", "-")
         seconds = _flags.seconds(allow_zero=name in _ZERO_DISABLES)

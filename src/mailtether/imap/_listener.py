@@ -70,11 +70,15 @@ class ImapListener(SourceRunner):
             ``"move:<folder>"``, or ``"forward:<address>"``: the whole mail is sent to that
             person for review through *outbox* (then removed as *after* says; if it cannot
             be queued, it stays and the source is BLOCKED with the reason).
-        deliver: ``"message"`` (the handler gets each mail), ``"attachments"`` (each
-            attachment as a separate delivery, as an integration platform's adapter does;
-            a mail without attachments calls nothing), or ``"body"`` (the body only). A part
-            already handled is not handed out again when a later part fails and the mail
-            is retried.
+        deliver: ``"message"`` (the handler gets each mail), ``"body"`` (the body only),
+            ``"attachments"`` (each attachment as a separate delivery, as an integration
+            platform's adapter does), or a combination such as ``"body+attachments"`` (the
+            body, then each attachment: both of the adapter's switches on). A mail with
+            nothing to deliver (no attachment) reaches the handler once as a delivery of
+            kind ``"empty"``, unless *deliver_empty* is false. A part already handled is not
+            handed out again when a later part fails and the mail is retried.
+        deliver_empty: Hand a mail with nothing to deliver to the handler as an ``"empty"``
+            delivery (default), or mark it done without calling it (``False``).
         mode: ``"auto"`` (IDLE when offered), or ``"poll"``.
         poll_interval: Seconds between catch-ups when polling (and at most between them in
             IDLE, as a safety net).
@@ -114,6 +118,7 @@ class ImapListener(SourceRunner):
         after: str = "seen",
         on_poison: str = "leave",
         deliver: DeliverMode = "message",
+        deliver_empty: bool = True,
         mode: Literal["auto", "poll"] = "auto",
         poll_interval: float = 60.0,
         lease_ttl: float | None = 60.0,
@@ -142,6 +147,7 @@ class ImapListener(SourceRunner):
                 on_poison, "on_poison", ("leave", "flag", "move", "forward")
             ),
             deliver=deliver,
+            deliver_empty=deliver_empty,
             commit_window=commit_window,
             heartbeat=heartbeat,
             max_message_bytes=max_message_bytes,

@@ -62,7 +62,8 @@ class Pop3Poller(SourceRunner):
             stays and the source is BLOCKED with the reason).
         outbox: The :class:`~mailtether.Outbox` review mails go through.
         Other arguments: as for :class:`~mailtether.ImapListener` (``deliver``,
-            ``commit_window`` and ``max_message_bytes`` included; sizes come from ``LIST``).
+            ``deliver_empty``, ``commit_window`` and ``max_message_bytes`` included; sizes
+            come from ``LIST``).
     """
 
     kind = "poller"
@@ -79,6 +80,7 @@ class Pop3Poller(SourceRunner):
         delete: bool = True,
         on_poison: str = "leave",
         deliver: DeliverMode = "message",
+        deliver_empty: bool = True,
         poll_interval: float = 60.0,
         lease_ttl: float | None = None,
         timeout: float = 30.0,
@@ -106,6 +108,7 @@ class Pop3Poller(SourceRunner):
             # POP3 can only delete: a held mail stays on the server, or goes to a reviewer
             on_poison=PostAction.parse(on_poison, "on_poison", ("leave", "forward")),
             deliver=deliver,
+            deliver_empty=deliver_empty,
             commit_window=commit_window,
             heartbeat=heartbeat,
             max_message_bytes=max_message_bytes,
