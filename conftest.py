@@ -11,7 +11,11 @@ from sybil.sybil import SybilCollection
 
 _PARSERS = [DocTestParser(optionflags=ELLIPSIS), PythonCodeBlockParser(), SkipParser()]
 # Pages whose examples talk to local servers, and the fixtures (docs/conftest.py) that start them.
-_PAGES_WITH_SERVERS = {"docs/oauth2.md": ["local"], "docs/outbound.md": ["smtp"]}
+_PAGES_WITH_SERVERS = {
+    "docs/oauth2.md": ["local"],
+    "docs/outbound.md": ["smtp"],
+    "docs/notifications.md": ["webhook", "mail_relay"],
+}
 _markdown = Sybil(
     parsers=_PARSERS,
     patterns=["README.md", "docs/*.md"],

@@ -3,7 +3,10 @@
 - docs/oauth2.md: ``local``, a token endpoint and an introspection endpoint
   (``tests/servers/oauth2.py``) and a Dovecot that checks every OAuth2 token there: the same
   test bed as ``tests/test_oauth2_listener.py``;
-- docs/outbound.md: ``smtp``, an SMTP server (aiosmtpd) that keeps what it is sent.
+- docs/outbound.md: ``smtp``, an SMTP server (aiosmtpd) that keeps what it is sent;
+- docs/notifications.md: ``webhook``, an HTTP server on 127.0.0.1 that keeps the JSON posted
+  to it (``tests/servers/webhook.py``), and ``mail_relay``, an SMTP server of its own (the
+  examples of docs/outbound.md count what ``smtp`` received).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from servers.dovecot import DovecotServer
 from servers.oauth2 import OAuth2Server
 from servers.smtp import Scripted, smtp_server
 from servers.tls import make_ca
+from servers.webhook import WebhookReceiver
 
 
 @attrs.frozen
@@ -73,10 +77,27 @@ def local() -> Iterator[LocalProvider]:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def smtp() -> Iterator[Scripted]:
-    """An SMTP server (aiosmtpd) for docs/outbound.md's examples: ``port``, ``received``."""
+def _scripted_smtp() -> Iterator[Scripted]:
     handler = Scripted()
     with smtp_server(handler) as port:
         handler.port = port
         yield handler
+
+
+@pytest.fixture(scope="session")
+def smtp() -> Iterator[Scripted]:
+    """An SMTP server (aiosmtpd) for docs/outbound.md's examples: ``port``, ``received``."""
+    yield from _scripted_smtp()
+
+
+@pytest.fixture(scope="session")
+def webhook() -> Iterator[WebhookReceiver]:
+    """A webhook receiver for docs/notifications.md: ``url()``, ``received``, ``faults``."""
+    with WebhookReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def mail_relay() -> Iterator[Scripted]:
+    """An SMTP server (aiosmtpd) for docs/notifications.md: ``port``, ``received``."""
+    yield from _scripted_smtp()

@@ -5,16 +5,16 @@ from __future__ import annotations
 import queue
 import ssl
 import threading
-import time
 from collections.abc import Iterable
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 from typing import Literal
 
-from mailtether._errors import ConfigError, one_line
+from mailtether._errors import ConfigError
+from mailtether._pending import Pending
 from mailtether._redaction import redacting_logger
 from mailtether._smtp_relay import SmtpRelay
 from mailtether._status import StatusChange
+from mailtether._status_mail import status_mail
 from mailtether._tokens import TokenSource
 
 __all__ = ["SmtpNotifier"]
@@ -87,8 +87,7 @@ class SmtpNotifier:
         self.ssl_context = ssl_context
         self.only = None if only is None else {state.lower() for state in only}
         self._queue: queue.Queue[EmailMessage] = queue.Queue(_QUEUE)
-        self._idle = threading.Condition()
-        self._pending = 0
+        self._pending = Pending()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -100,59 +99,25 @@ class SmtpNotifier:
             and change.current.state.value not in self.only
         ):
             return
-        message = EmailMessage()
-        message["From"] = self.sender
-        message["To"] = ", ".join(self.recipients)
-        message["Subject"] = (
-            f"[mailtether] {change.source}: {one_line(change.event, 80)}"
-            if change.event
-            else f"[mailtether] {change.source} is {change.current.state.value}"
-        )
-        message["Date"] = formatdate(localtime=True)
-        message["Message-ID"] = make_msgid(domain="mailtether.invalid")
-        status = change.current
-        lines = [
-            change.sentence(),
-            "",
-            f"source:        {status.source}",
-            f"state:         {status.state.value}",
-            f"attempts:      {status.attempts}",
-            f"processed:     {status.processed}",
-            f"failed:        {status.failed}",
-        ]
-        if status.state.value == "blocked":
-            lines += [
-                "",
-                "Nothing is retried until a person resumes it: mailtether resume "
-                f"{status.source!r}",
-            ]
-        message.set_content("\n".join(lines) + "\n")
+        message = status_mail(change, self.sender, self.recipients)
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._sender, name="mailtether-smtp-notifier", daemon=True
                 )
                 self._thread.start()
-        with self._idle:
-            self._pending += 1
+        self._pending.add()
         try:
             self._queue.put_nowait(message)
         except queue.Full:
-            self._done()
+            self._pending.done()
             log.warning(
                 "SMTP notifier: %d changes wait already; not mailed: %s", _QUEUE, change.sentence()
             )
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued change is mailed (or failed); ``False`` at the timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._idle:
-            while self._pending:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._idle.wait(remaining)
-        return True
+        return self._pending.wait(timeout)
 
     def _sender(self) -> None:
         while True:
@@ -168,12 +133,7 @@ class SmtpNotifier:
                     error,
                 )
             finally:
-                self._done()
-
-    def _done(self) -> None:
-        with self._idle:
-            self._pending -= 1
-            self._idle.notify_all()
+                self._pending.done()
 
     def _send(self, message: EmailMessage) -> None:
         with self._relay.connect() as smtp:
