@@ -44,6 +44,7 @@ from mailtether._leases import ProcessLock, acquire_lease
 from mailtether._message_key import MessageKey, content_digest, message_id_of
 from mailtether._metrics import MetricsCollector, MetricsServer, metrics_collector, serve_metrics
 from mailtether._outbox import Outbox
+from mailtether._outbox_notifier import OutboxNotifier
 from mailtether._outbox_queue import OutboundMail, SendTry
 from mailtether._settings import ImapSettings, Security
 from mailtether._smtp_notifier import SmtpNotifier
@@ -77,6 +78,7 @@ from mailtether._tokens import (
     TokenSource,
     TokenUnavailable,
 )
+from mailtether._webhook_notifier import WebhookNotifier
 from mailtether.imap._connection import ImapConnection
 from mailtether.imap._listener import ImapListener
 from mailtether.imap._watchdog import KeepaliveWatchdog
@@ -165,6 +167,7 @@ __all__ = [
     "Notifier",
     "OutboundMail",
     "Outbox",
+    "OutboxNotifier",
     "PeerClosed",
     "Pop3Poller",
     "PostgresStore",
@@ -197,6 +200,7 @@ __all__ = [
     "TokenSource",
     "TokenUnavailable",
     "Triage",
+    "WebhookNotifier",
     "Write",
     "acquire_lease",
     "check",
