@@ -494,6 +494,68 @@ def test_a_wrong_deliver_is_refused_naming_the_choices(deliver):
         )
 
 
+def _handled_then_put_back(mailbox, start, store, repeat, **options):  # type: ignore[no-untyped-def]
+    """A mail handled and moved to Done; then the same bytes put back into INBOX."""
+    mailbox.server.doveadm("mailbox", "create", "-u", mailbox.user, "Done")
+    handler = Collector()
+    guard = DuplicateGuard(store, repeat=repeat)
+    raw = mail(1)
+    mailbox.append(raw)
+    listener = start(settings_for(mailbox), handler, guard=guard, after="move:Done", **options)
+    eventually(lambda: flags_of(mailbox) == {})
+    mailbox.append(raw)  # a person moves it back, byte for byte
+    return listener, handler, guard
+
+
+def test_a_mail_put_back_after_its_move_blocks_the_source(mailbox, start, store):
+    """Issue 20, the help-desk rule: seen before and in the mailbox again: a person must look."""
+    listener, handler, _ = _handled_then_put_back(mailbox, start, store, "block")
+    eventually(lambda: state_of(listener) is SourceState.BLOCKED)
+    reason = listener.status.get(listener.name).reason
+    assert "already processed and is in the mailbox again" in reason
+    assert handler.count() == Counter({"mail 1": 1})
+    assert len(flags_of(mailbox)) == 1, "left where it is, for the person"
+
+
+def test_a_mail_put_back_is_moved_again_with_repeat_skip(mailbox, start, store):
+    listener, handler, _ = _handled_then_put_back(mailbox, start, store, "skip")
+    eventually(lambda: flags_of(mailbox) == {})
+    assert listener.wait_for_catch_ups(1, timeout=10)
+    assert state_of(listener) is SourceState.ONLINE
+    assert handler.count() == Counter({"mail 1": 1})
+
+
+def test_a_mail_put_back_is_put_aside_with_repeat_quarantine(mailbox, start, store):
+    listener, handler, _ = _handled_then_put_back(
+        mailbox, start, store, "quarantine", on_poison="flag"
+    )
+    eventually(lambda: [b"\\Flagged" in f for f in flags_of(mailbox).values()] == [True])
+    assert state_of(listener) is SourceState.ONLINE
+    assert handler.count() == Counter({"mail 1": 1})
+
+
+def test_a_copy_of_a_mail_not_yet_moved_is_moved_not_blocked(mailbox, start, store):
+    """Its first copy's change was never confirmed: the copy is finished, not a repeat."""
+    mailbox.server.doveadm("mailbox", "create", "-u", mailbox.user, "Done")
+    raw = mail(1)
+    handler = Collector()
+    guard = DuplicateGuard(store)
+    with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
+        listener = start(settings_for(mailbox, proxy.port), handler, guard=guard, after="move:Done")
+        eventually(lambda: state_of(listener) is SourceState.ONLINE)
+        proxy.cut_on(b"MOVE", direction="up")  # the move of the first copy never goes out
+        mailbox.append(raw)
+        eventually(lambda: state_of(listener) is SourceState.RETRYING)
+        listener.stop()
+        mailbox.append(raw)  # meanwhile the same bytes arrive again
+        proxy.pass_through()
+    again = start(settings_for(mailbox), handler, guard=guard, after="move:Done")
+    eventually(lambda: flags_of(mailbox) == {})
+    assert again.wait_for_catch_ups(1, timeout=10)
+    assert state_of(again) is SourceState.ONLINE
+    assert handler.count() == Counter({"mail 1": 1})
+
+
 def test_a_crash_between_outcome_and_mailbox_change_is_finished_later(mailbox, start):
     """The outcome is recorded first; if the mailbox change is lost, it is redone, not the mail."""
     handler = Collector()

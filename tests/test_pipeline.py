@@ -171,13 +171,28 @@ def test_mail_recorded_done_but_not_yet_changed_is_only_changed():
 
 def test_the_same_content_under_a_new_position_is_not_handed_out_again():
     seen: list[Delivery] = []
-    pipeline, mailbox = make(seen.append)
+    pipeline, mailbox = make(seen.append, repeat="skip")
     mailbox.add(1, "same")
     pipeline.catch_up(mailbox)
     mailbox.mails[2] = mailbox.mails.pop(1)  # the server gave it a new UID
     assert pipeline.catch_up(mailbox) == 0
     assert subjects(seen) == ["same"]
     assert mailbox.applied[-1] == ((2,), "seen"), "its post-action is still applied"
+
+
+def test_the_same_bytes_back_after_their_change_blocks_by_default():
+    """The help-desk rule (issue 20): handled, changed, and in the mailbox again."""
+    from mailtether import RepeatedMessage
+
+    seen: list[Delivery] = []
+    pipeline, mailbox = make(seen.append)
+    mailbox.add(1, "same")
+    pipeline.catch_up(mailbox)
+    mailbox.mails[2] = mailbox.mails.pop(1)
+    with pytest.raises(RepeatedMessage, match="in the mailbox again"):
+        pipeline.catch_up(mailbox)
+    assert subjects(seen) == ["same"]
+    assert mailbox.applied[-1] == ((1,), "seen"), "the copy is left for a person"
 
 
 def test_a_held_mail_is_put_aside_through_the_outbox_and_the_rest_goes_on():

@@ -18,7 +18,14 @@ import attrs
 
 from mailtether._clock import Clock
 from mailtether._delivery import Delivery
-from mailtether._errors import CommandFailed, ConfigError, ConnectionLost, ForwardFailed, one_line
+from mailtether._errors import (
+    CommandFailed,
+    ConfigError,
+    ConnectionLost,
+    ForwardFailed,
+    RepeatedMessage,
+    one_line,
+)
 from mailtether._guard import Claim, DuplicateGuard
 from mailtether._guard_states import ClaimStatus
 from mailtether._handover import Handover
@@ -63,6 +70,7 @@ _DONE_TO: Final = {
     "move": "moved to {folder}",
 }
 _OUTBOX: Final = "outbox"
+_APPLIED: Final = "applied"  # POP3: mail whose DELE a QUIT made, by source
 
 
 class Fence(Protocol):
@@ -140,6 +148,7 @@ class Pipeline:
         self._suspects: set[str] = set()
         self._sizes_broke = False  # asking for sizes broke the connection: fetch without
         self._per_mail: float | None = None  # handling seconds per mail, last measured
+        self._applied_until = 0  # IMAP: mail at or below this had its change confirmed
 
     # -- recovery --------------------------------------------------------------------------------
 
@@ -179,6 +188,7 @@ class Pipeline:
         """
         recovered = self.recover(port)  # changes another holder (or a fault) left undone
         last, busy_before = self._cursor(port) if port.uses_cursor else (0, ())
+        self._applied_until = last  # the cursor passes a mail once its change is confirmed
         listed = port.list_new(last)
         first: list[Listed] = self._again(port, last, busy_before) if port.uses_cursor else []
         windows = self._windows(port, listed, first, recovered, fence)
@@ -248,6 +258,9 @@ class Pipeline:
             sizes = self._ask_sizes(port, sorted({item.position for item in window}))
             keys, fresh, busy, unchanged = self._sort_out(window, recovered)
             known = self._read_sizes(sizes)
+            if unchanged:  # done, and still listed: finished, or found again
+                listed_keys = {item.position: item.key for item in window}
+                unchanged = self._found_again(port, listed_keys, unchanged)
             if unchanged:  # handled, but a crash came before the mailbox was changed
                 log.info(
                     "%s: %d handled mails were not yet marked or moved (a crash or a lost "
@@ -509,12 +522,92 @@ class Pipeline:
     ) -> None:
         """Do what a claim that is not ours to handle asks of the mailbox (*raw*: the mail)."""
         key = claim.key
-        if claim.status is ClaimStatus.DUPLICATE or (
-            claim.status is ClaimStatus.DONE and self.store.get(_OUTBOX, key.id) is not None
-        ):
+        if claim.status is ClaimStatus.DUPLICATE:
+            first = self._first_copy(key)
+            if first is not None and self._applied(port, first):
+                self._again_policy(port, batch, position, key, raw)  # the same bytes are back
+            else:
+                batch.finished.append(position)  # a copy of mail not yet changed: change it
+        elif claim.status is ClaimStatus.DONE and self.store.get(_OUTBOX, key.id) is not None:
             batch.finished.append(position)  # handled before: only the post-action is due
         elif claim.status is ClaimStatus.QUARANTINE:
             self.apply_one(port, position, key, self.on_poison, raw)
+
+    # -- mail found again ------------------------------------------------------------------------
+
+    def _found_again(
+        self, port: MailboxPort, keys: dict[int, MessageKey], unchanged: list[int]
+    ) -> list[int]:
+        """Sort listed done mail: the ones whose change is due (returned) or found again.
+
+        A done mail whose mailbox change was never confirmed (a crash or a lost connection
+        came in between) is finished: returned. One whose change was recorded as made, but
+        which is listed again (the server did not apply it, or it was put back), gets the
+        guard's repeat policy: ``block`` raises :class:`~mailtether.RepeatedMessage`, ``skip``
+        changes it again (returned), ``quarantine`` applies ``on_poison``.
+        """
+        due = []
+        for position in unchanged:
+            key = keys[position]
+            if not self._applied(port, key.id) or self.guard.repeat == "skip":
+                due.append(position)
+            elif self.guard.repeat == "quarantine":
+                self.apply_one(port, position, key, self.on_poison)
+            else:
+                self._block_repeat(key)
+        return due
+
+    def _again_policy(
+        self,
+        port: MailboxPort,
+        batch: _Outcomes,
+        position: int,
+        key: MessageKey,
+        raw: bytes | None,
+    ) -> None:
+        """The repeat policy for the same bytes back in the mailbox under a new position."""
+        if self.guard.repeat == "skip":
+            batch.finished.append(position)
+        elif self.guard.repeat == "quarantine":
+            self.apply_one(port, position, key, self.on_poison, raw)
+        else:
+            self._block_repeat(key)
+
+    def _block_repeat(self, key: MessageKey) -> None:
+        record = self.store.get(self.guard.namespace, key.id)
+        raise RepeatedMessage(key, record.updated_at if record is not None else 0.0)
+
+    def _first_copy(self, key: MessageKey) -> str | None:
+        """The id of the mail *key* is a byte-for-byte copy of (the guard recorded it)."""
+        record = self.store.get(self.guard.namespace, key.id)
+        first = record.data.get("duplicate_of") if record is not None else None
+        return first if isinstance(first, str) else None
+
+    def _applied(self, port: MailboxPort, key_id: str) -> bool:
+        """Whether the mailbox change of the done mail *key_id* was recorded as made.
+
+        IMAP: the cursor passes a mail only once its change is confirmed. POP3: the
+        ``DELE`` of a session is made at its ``QUIT``, which the poller records
+        (:meth:`committed`).
+        """
+        if self.after.kind == "leave" or self.store.get(_OUTBOX, key_id) is not None:
+            return False  # no change to make; or one still due
+        key = MessageKey.from_id(key_id)
+        if port.uses_cursor:
+            return key.scope == port.scope and (key.uid or 0) <= self._applied_until
+        record = self.store.get(_APPLIED, self.name)
+        return record is not None and key_id in record.data.get("ids", ())
+
+    def committed(self, port: MailboxPort, key_ids: Sequence[str], listed: set[str]) -> None:
+        """Record that the changes of *key_ids* were made (a POP3 session's ``QUIT``).
+
+        Kept: those, and the ones recorded before that are still *listed* (found again).
+        """
+        record = self.store.get(_APPLIED, self.name)
+        before = record.data.get("ids", ()) if record is not None else ()
+        ids = sorted({*key_ids, *(i for i in before if i in listed)})
+        if ids or record is not None:
+            self.store.put(_APPLIED, self.name, "applied", {"scope": port.scope, "ids": ids})
 
     def _run_handler(
         self, claim: Claim, raw: bytes, flags: tuple[bytes, ...], token: int | None

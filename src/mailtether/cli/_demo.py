@@ -148,7 +148,7 @@ def run_demo(out: TextIO | None = None) -> int:
     settings = ImapSettings(
         "127.0.0.1", USER, PASSWORD, port=proxy.port, security="plain", connect_timeout=2
     )
-    guard = DuplicateGuard(store)
+    guard = DuplicateGuard(store, repeat="skip")  # the default, "block", would stop at step 4
     listener = ImapListener(
         settings,
         handler,

@@ -137,8 +137,11 @@ class Pop3Poller(SourceRunner):
             try:
                 self._online()
                 most = self.pipeline.max_message_bytes + _SLACK
-                handled = self._catch_up(_Pop3Mailbox(connection, most), lease)
+                mailbox = _Pop3Mailbox(connection, most)
+                handled = self._catch_up(mailbox, lease)
                 connection.quit()  # only now does the server delete
+                if self.delete:  # so a deleted mail listed again is known as found again
+                    self.pipeline.committed(mailbox, mailbox.deleted, set(mailbox.listed_ids))
                 return handled
             finally:
                 self._connection = None
@@ -165,6 +168,7 @@ class _Pop3Mailbox:
         self.scope = MessageKey.pop3(self._account, "-").scope
         self._numbers: dict[str, int] = {}
         self._known: dict[int, int] = {}  # the sizes LIST gave
+        self.deleted: list[str] = []  # the key ids DELE'd in this session
 
     def list_new(self, after: int) -> list[Listed]:
         connection = self._connection
@@ -192,6 +196,11 @@ class _Pop3Mailbox:
 
     def locate(self, key: MessageKey) -> int | None:
         return self._numbers.get(key.id)
+
+    @property
+    def listed_ids(self) -> list[str]:
+        """The key ids of the last listing."""
+        return list(self._numbers)
 
     def sizes(self, positions: Sequence[int]) -> Callable[[], Mapping[int, int]]:
         found = self._sizes(positions)  # POP3 has no pipelining here: asked and read now
@@ -234,8 +243,11 @@ class _Pop3Mailbox:
     def apply(self, positions: Sequence[int], action: PostAction) -> Callable[[], None]:
         assert action.kind == "delete", f"POP3 cannot {action}"
         connection = self._connection
+        ids = {number: key_id for key_id, number in self._numbers.items()}
         for number in positions:
             connection.call("DELE", connection.pop.dele, number)
+            if number in ids:
+                self.deleted.append(ids[number])
         return made
 
 
