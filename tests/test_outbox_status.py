@@ -108,3 +108,21 @@ def test_each_mail_sent_to_the_error_queue_is_told_folded_when_many(board, told,
     last = [c for c in told if c.event][-1]
     assert "<reply-9@example.com>" in last.event
     assert last.suppressed == 2
+
+
+def test_a_pass_tells_the_board_online_once_not_once_a_mail(board, smtp, clock, monkeypatch):
+    _, port = smtp
+    relay = SmtpRelay("127.0.0.1", port=port, security="plain", timeout=5)
+    outbox = Outbox(MemoryStore(clock=clock), relay, status=board, clock=clock)
+    for n in range(5):
+        outbox.send(mail(n))
+    calls: list[SourceState] = []
+    real = StatusBoard.set
+
+    def counted(self, source, state, **fields):  # type: ignore[no-untyped-def]
+        calls.append(state)
+        return real(self, source, state, **fields)
+
+    monkeypatch.setattr(StatusBoard, "set", counted)
+    assert outbox.deliver_due() == 5
+    assert calls == [SourceState.ONLINE], "two store round trips a mail saved"

@@ -39,6 +39,7 @@ class RelayPass:
         self.source = f"outbox:{relay.name}"
         self.pending = PendingOutcome()  # each outcome recorded as the next mail goes out
         self.sent = 0  # counted by _conclude
+        self._online = False  # ONLINE told in this pass: once is enough
 
     def run(self, records: list[Record]) -> int:
         try:
@@ -226,8 +227,9 @@ class RelayPass:
         (since its first failure after a delivery).
         """
         status = self.outbox.status
-        if status is None:
+        if status is None or (state is SourceState.ONLINE and self._online):
             return
+        self._online = state is SourceState.ONLINE
         try:
             known = status.get(self.source) if state is SourceState.RETRYING else None
             if known is not None and (
