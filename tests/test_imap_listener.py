@@ -22,6 +22,7 @@ from mailtether import (
     SourceState,
     SQLiteStore,
     StatusBoard,
+    StatusChange,
 )
 from mailtether.testing import FakeClock, FaultProxy
 
@@ -226,6 +227,22 @@ def test_poison_mail_is_held_and_flagged_while_others_flow(mailbox, start, store
     assert handler.count() == Counter({"mail 2": 1})
 
 
+def test_a_held_mail_is_told_to_a_person(mailbox, start, store):
+    """Issue 20: a held (poison) mail notified nobody, though the docs said it "tells a person"."""
+    told: list[StatusChange] = []
+    board = StatusBoard(store, notifiers=[told.append])
+    guard = DuplicateGuard(store, max_failures=1)
+    listener = start(settings_for(mailbox), Collector(fail_on="poison"), guard=guard, status=board)
+    mailbox.append(mail(1, "poison pill"))
+    eventually(lambda: any(change.event for change in told))
+    (notice,) = [change for change in told if change.event]
+    assert notice.source == listener.name
+    assert "held (ValueError: cannot handle poison pill)" in notice.event
+    assert "left in the mailbox" in notice.event
+    assert "mailtether release" in notice.event
+    assert board.get(listener.name).held == 1
+
+
 def test_a_mail_that_cannot_be_moved_blocks_the_source(mailbox, start):
     """Seed 000: processing it again and again would never end, so a person must act."""
     mailbox.append(mail(1))
@@ -346,7 +363,7 @@ def test_a_server_restart_is_survived(mailbox, start):
 
 def test_the_reconnect_schedule_follows_the_strategy_on_a_fake_clock(mailbox):
     """Seed 002's schedule, kept exactly, then BLOCKED; no real waiting."""
-    from mailtether import Exponential, MemoryStore, StatusChange
+    from mailtether import Exponential, MemoryStore
     from mailtether.testing import FakeClock
 
     clock = FakeClock()
