@@ -342,3 +342,19 @@ def test_a_restart_in_an_outage_keeps_to_the_saved_next_attempt():
             assert imap.connections == 1
         finally:
             listener.stop()
+
+
+def test_retryable_says_what_the_run_loop_does():
+    """Issue 20: CommandFailed said not retryable, and the listener retried it."""
+    import mailtether
+    from mailtether._runner import SourceRunner
+
+    errors = [
+        value
+        for value in vars(mailtether).values()
+        if isinstance(value, type) and issubclass(value, mailtether.MailServerError)
+    ]
+    assert mailtether.CommandFailed in errors
+    for error in errors:
+        retried = issubclass(error, SourceRunner.retry_errors)
+        assert error.retryable is retried, f"{error.__name__}.retryable says {error.retryable}"

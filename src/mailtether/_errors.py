@@ -160,7 +160,8 @@ class MailServerError(MailtetherError):
     Attributes:
         message: What happened, without the hint.
         hint: One sentence: what to do about it.
-        retryable: Whether reconnecting later may help (the listener retries only these).
+        retryable: Whether reconnecting later may help: the listener retries these on its
+            reconnect strategy (and BLOCKs on the others that need a person).
     """
 
     retryable = False
@@ -260,8 +261,13 @@ class MailboxUnchangeable(MailServerError):
 
 
 class CommandFailed(MailServerError):
-    """The server answered NO or BAD to a command."""
+    """The server answered NO or BAD to a command.
 
+    Retryable: a listener reconnects on its schedule (a server busy, a mailbox being
+    repaired); a mail that makes every fetch fail is found and held on its own.
+    """
+
+    retryable = True
     default_hint = "see the server's answer above"
 
 
