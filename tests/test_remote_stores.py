@@ -411,3 +411,16 @@ def test_a_forked_child_gets_its_own_redis_lease_connection(redis_server):
     assert os.waitstatus_to_exitcode(status) == 0
     assert store.release(lease) is True
     store.close()
+
+
+def test_sqlalchemys_four_slash_sqlite_url_names_the_same_absolute_file(tmp_path):
+    """``sqlite:////abs/x.db`` failed with "invalid uri authority" (issue 20's users)."""
+    path = tmp_path / "four.db"
+    store = store_from_url(f"sqlite:///{path}")
+    store.put("n", "k", "s", {"v": 1})
+    store.close()
+    again = store_from_url(f"sqlite:////{str(path).lstrip('/')}")
+    record = again.get("n", "k")
+    again.close()
+    assert record is not None
+    assert record.data == {"v": 1}

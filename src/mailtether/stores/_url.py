@@ -22,7 +22,8 @@ def store_from_url(url: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = True
     """Open the store a URL names.
 
     - ``memory:`` — a :class:`~mailtether.MemoryStore`;
-    - ``sqlite:///absolute/path.db`` or ``sqlite:relative/path.db`` — a
+    - ``sqlite:///absolute/path.db`` (or SQLAlchemy's ``sqlite:////absolute/path.db``) or
+      ``sqlite:relative/path.db`` — a
       :class:`~mailtether.SQLiteStore`;
     - ``redis://[:password@]host[:port][/db][?prefix=name]`` (``rediss://`` for TLS) — a
       :class:`~mailtether.RedisStore` (needs ``mailtether[redis]``);
@@ -55,6 +56,8 @@ def store_from_url(url: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = True
             path = urlsplit(url).path
         except ValueError:
             path = ""  # a host part urllib refuses: sqlite URLs have none
+        if path.startswith("//"):  # sqlite:////abs/path.db, SQLAlchemy's spelling: the same
+            path = "/" + path.lstrip("/")
         if not path or path == "/":
             raise ConfigError(
                 f"{redact_url(url)!r} names no file: write sqlite:///absolute/path.db or "
