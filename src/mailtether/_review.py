@@ -1,4 +1,4 @@
-"""A held mail sent to a person for review (``on_poison="forward:ADDRESS"``; seed 002).
+"""A held mail sent to a person for review (``on_poison="forward:ADDRESS"``; seed 000).
 
 The help-desk write-up forwards a mail it cannot turn into a ticket to an administrator,
 then removes it from the mailbox. The review mail carries the whole held mail, byte for
