@@ -134,10 +134,10 @@ def test_check_timeout_must_be_a_duration(capsys, value):
 
 
 def test_usage_errors_are_one_line_saying_where_help_is(capsys):
-    assert run("status")[0] == 2
+    assert run("release")[0] == 2
     assert capsys.readouterr().err == (
-        "mailtether status: the following arguments are required: --store "
-        "(see mailtether status --help)\n"
+        "mailtether release: the following arguments are required: key "
+        "(see mailtether release --help)\n"
     )
 
 

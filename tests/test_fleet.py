@@ -254,9 +254,10 @@ def test_mailtether_run_says_what_is_wrong_in_one_line(tmp_path):
         tmp_path, '[[source]]\nname = "a"\nurl = "imaps://u:p@h/"\nhandler = "json:dumps"\n'
     )
     out = io.StringIO()
-    assert main(["run", str(path)], out=out) == 2
+    assert main(["run", str(path)], out=out, environ={}) == 2
     assert out.getvalue() == (
-        "mailtether: run needs a store: --store URL, or store = … under [fleet]\n"
+        "mailtether: run needs a store: give --store URL, set MAILTETHER_STORE, or put "
+        'store = "…" in mailtether.toml, or under [fleet] in the fleet file\n'
     )
 
 

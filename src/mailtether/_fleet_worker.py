@@ -275,7 +275,10 @@ class FleetWorker:
         self.store.put(WORKERS, self.worker, "alive", info.to_dict())
         running = [name for name, held in self._held.items() if held.runner.running]
         if running:  # the sources' liveness, one write for all (their loops run)
-            self.status.heartbeat_many(running, alive_for)
+            for status in self.status.heartbeat_many(running, alive_for):
+                held = self._held.get(status.source)
+                if held is not None:
+                    held.runner.noticed(status)  # a pause ends the source's session now
 
     def _prune(self, workers: list[FleetWorkerInfo], now: float) -> None:
         """Delete the records of workers dead for long (``mailtether status`` shows the rest)."""

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._durations import check_seconds
 from mailtether._redaction import redacting_logger
-from mailtether._status import StatusBoard
+from mailtether._status import SourceStatus, StatusBoard
 
 __all__ = ["Heartbeat"]
 
@@ -31,6 +31,8 @@ class Heartbeat:
         every: Seconds between beats (> 0).
         clock: Schedules the beats (``clock.sleep``).
         alive: Whether the run loop is alive; no beat is written while it says ``False``.
+        on_beat: Given the status each beat wrote (the run loop learns of a pause from it);
+            an exception it raises is logged.
 
     Example:
         >>> from mailtether import MemoryStore, SourceState, StatusBoard
@@ -52,6 +54,7 @@ class Heartbeat:
         every: float,
         clock: Clock = SYSTEM_CLOCK,
         alive: Callable[[], bool],
+        on_beat: Callable[[SourceStatus], object] | None = None,
     ) -> None:
         self.status = status
         """The board the beats go to."""
@@ -63,6 +66,8 @@ class Heartbeat:
         """The clock the beats are scheduled on."""
         self.alive = alive
         """Whether the run loop is alive."""
+        self.on_beat = on_beat
+        """Given the status each beat wrote."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._beating = threading.Lock()  # one beat at a time: the thread's or beat_now's
@@ -116,7 +121,7 @@ class Heartbeat:
             if not self._is_alive():
                 return
             try:
-                self.status.heartbeat(self.source, alive_for=self.alive_for)
+                status = self.status.heartbeat(self.source, alive_for=self.alive_for)
             except Exception as error:  # the heartbeat must outlive any outage of the store
                 self._failed += 1
                 if self._failed == 1:
@@ -136,6 +141,11 @@ class Heartbeat:
                     self._failed,
                 )
                 self._failed = 0
+            if status is not None and self.on_beat is not None:
+                try:
+                    self.on_beat(status)
+                except Exception:
+                    log.exception("%s: the heartbeat's on_beat raised", self.source)
 
     def _is_alive(self) -> bool:
         try:

@@ -38,7 +38,7 @@ from mailtether._mailbox_port import MailboxPort, PostAction
 from mailtether._outbox import Outbox
 from mailtether._pipeline import NO_FENCE, Fence, Pipeline
 from mailtether._redaction import redacting_logger
-from mailtether._status import SourceState, StatusBoard
+from mailtether._status import SourceState, SourceStatus, StatusBoard
 from mailtether._strategies import Exponential, ReconnectStrategy
 from mailtether.stores._memory import MemoryStore
 from mailtether.stores._protocol import Store
@@ -150,6 +150,13 @@ class SourceRunner:
         self._last_unexpected = ""
         self._unwritten: tuple[float, str] | None = None  # a status the store did not take
         self._wanted: tuple[SourceState, dict[str, Any]] = (SourceState.RETRYING, {})
+        # A pause: seen by the run loop, a heartbeat or a catch-up (any thread), under _pausing
+        # with whether a catch-up is on (a pause waits for its end rather than break it).
+        self._pausing = threading.Lock()
+        self._pause_seen = False
+        self._in_catch_up = False
+        self._loop: threading.Thread | None = None  # the thread in run(): catch-ups look there
+        self._said_paused = False
         record = self.store.get(BACKOFFS, self.name)
         state = BackoffState.from_dict(dict(record.data)) if record is not None else None
         self._backoff = Backoff(self.reconnect, clock=clock, state=state)
@@ -188,12 +195,27 @@ class SourceRunner:
         self._slots = slots
 
     def _catch_up(self, port: MailboxPort, fence: Fence = NO_FENCE) -> int:
-        """One pass of the pipeline over the mailbox (see :meth:`wait_for_catch_ups`)."""
-        if self._slots is not None:
-            with self._slots:
+        """One pass of the pipeline over the mailbox (see :meth:`wait_for_catch_ups`).
+
+        In the run loop, a paused source's catch-up hands nothing out: it ends the session
+        (before the pass, or after it when the pause came during it).
+        """
+        looping = threading.current_thread() is self._loop
+        if looping:
+            self._look_for_a_pause()
+        with self._pausing:
+            if looping and self._pause_seen:
+                raise _Paused
+            self._in_catch_up = True
+        try:
+            if self._slots is not None:
+                with self._slots:
+                    handled = self.pipeline.catch_up(port, fence)
+            else:
                 handled = self.pipeline.catch_up(port, fence)
-        else:
-            handled = self.pipeline.catch_up(port, fence)
+        finally:
+            with self._pausing:
+                self._in_catch_up = False
         self._unexpected = 0
         if self._backoff.state != BackoffState():
             # Only a session that got through a catch-up counts as a success: a server that
@@ -207,7 +229,34 @@ class SourceRunner:
         with self._caught_up:
             self._catch_ups += 1
             self._caught_up.notify_all()
+        if looping and self._pause_seen:  # paused during the pass: disconnect now
+            raise _Paused
         return handled
+
+    def noticed(self, status: SourceStatus) -> None:
+        """Act on this source's status as read elsewhere (its heartbeat, a fleet's round).
+
+        A pause ends the connected session at once (or at the end of a catch-up in
+        progress): the run loop then waits until the source is resumed.
+        """
+        if status.state is not SourceState.PAUSED:
+            return
+        with self._pausing:
+            if self._pause_seen:
+                return
+            self._pause_seen = True
+            if not self._in_catch_up:
+                self._drop_connection()
+
+    def _look_for_a_pause(self) -> None:
+        """Read the status (before a catch-up): a pause is :meth:`noticed`."""
+        try:
+            status = self.status.get(self.name)
+        except Exception as error:  # the store is down: the catch-up meets it itself
+            log.debug("%s: status unread before a catch-up (%s)", self.name, error)
+            return
+        if status is not None:
+            self.noticed(status)
 
     @property
     def max_message_bytes(self) -> int:
@@ -252,9 +301,15 @@ class SourceRunner:
         if self.heartbeat is not None:
             loop = threading.current_thread()
             beats = Heartbeat(
-                self.status, self.name, every=self.heartbeat, clock=self.clock, alive=loop.is_alive
+                self.status,
+                self.name,
+                every=self.heartbeat,
+                clock=self.clock,
+                alive=loop.is_alive,
+                on_beat=self.noticed,  # a pause is seen within a beat, even in IDLE
             )
             beats.start()
+        self._loop = threading.current_thread()
         try:
             self._wait_for_the_saved_attempt(stop)
             while not stop.is_set() and not self._stop.is_set():
@@ -306,6 +361,8 @@ class SourceRunner:
     def _run_once(self, stop: threading.Event) -> None:
         try:
             self._session(stop)
+        except _Paused:
+            pass  # the loop waits for the resume (_waiting_for_a_person)
         except LeaseUnavailable:
             if not self._standby:  # said once; the looks while standing by are DEBUG
                 log.info(
@@ -318,19 +375,38 @@ class SourceRunner:
                 log.debug("%s: still standing by: the mailbox's lease is held", self.name)
             self.clock.sleep(self._until_takeover(), either(stop, self._stop))
         except self.blocking_errors as error:
-            self._block(str(error))
+            if not self._pause_seen:  # (a session broken for a pause fails as it may)
+                self._block(str(error))
         except self.retry_errors as error:
-            self._retry(error, stop)
+            if not self._pause_seen:
+                self._retry(error, stop)
         except Exception as error:  # a bug, here or in a server's answer: never a dead loop
-            self._unexpected_error(error, stop)
+            if not self._pause_seen:
+                self._unexpected_error(error, stop)
 
     def _waiting_for_a_person(self, stop: threading.Event) -> bool:
-        """While BLOCKED, wait (a short while) and return ``True``; on resume, clear it."""
+        """While BLOCKED or PAUSED, wait (a while) and return ``True``; on resume, clear it."""
         try:
             status = self.status.get(self.name)
         except StoreError as error:  # the store is down: a fault like any other
             self._retry(error, stop)
             return True
+        if status is not None and status.state is SourceState.PAUSED:
+            with self._pausing:
+                self._pause_seen = True
+            if not self._said_paused:
+                log.info("%s: %s; disconnected until resumed", self.name, status.reason)
+                self._said_paused = True
+            self.clock.sleep(min(self.poll_interval, 1.0), stop)
+            return True
+        if self._pause_seen:  # no longer paused: resumed (StatusBoard.resume)
+            log.info("%s: resumed by a person", self.name)
+            with self._pausing:
+                self._pause_seen = False
+            self._said_paused = False
+            self._backoff.reset()
+            self._unexpected = 0
+            self._save_backoff()
         if status is None or status.state is not SourceState.BLOCKED:
             return False
         if not status.resume_requested:
@@ -514,6 +590,10 @@ def _reason_of(error: BaseException) -> str:
 
 class _Unexpected(Exception):
     """An unexpected error, as the reason of a retry."""
+
+
+class _Paused(Exception):
+    """A person paused the source: the session ends, and the run loop waits."""
 
 
 class _Borrowed:

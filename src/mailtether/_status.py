@@ -1,4 +1,4 @@
-"""Per-source status (ONLINE, RETRYING, OFFLINE, BLOCKED; STALE), persisted, and notifications."""
+"""Per-source status (ONLINE, RETRYING, OFFLINE, BLOCKED, PAUSED; STALE), kept, and told."""
 
 from __future__ import annotations
 
@@ -44,13 +44,17 @@ class SourceState(enum.Enum):
     BLOCKED = "blocked"
     """Needs a person: credentials rejected, attempts exhausted, a mail that keeps coming back.
     Nothing is retried until :meth:`StatusBoard.resume`."""
+    PAUSED = "paused"
+    """Paused on purpose by a person (:meth:`StatusBoard.pause`): its run loop disconnects and
+    hands out no mail until :meth:`StatusBoard.resume`. The reason says who paused it, the
+    ``since`` when."""
     STALE = "stale"
     """No heartbeat since …: the process that ran it stopped, or hangs.
 
     Never stored: :meth:`StatusBoard.get` reads a source as STALE once the ``alive_until`` its
     heartbeat wrote has passed, and the record keeps its last real state, so a restarted source
-    carries on from there. A stale BLOCKED source is still shown as BLOCKED (a person must act
-    either way), its reason noting that it is not running."""
+    carries on from there. A stale BLOCKED or PAUSED source is still shown as it is (a person
+    must act either way), its reason noting that it is not running."""
 
 
 @attrs.frozen
@@ -99,14 +103,15 @@ class SourceStatus:
         """This status as a reader at *now* sees it: STALE once ``alive_until`` has passed.
 
         The stale view says since when no heartbeat came and what the last known state was,
-        and has no next attempt (no process is there to make it). BLOCKED stays BLOCKED, with
-        "not running" added to its reason. A status that is not stale is returned as it is.
+        and has no next attempt (no process is there to make it). BLOCKED stays BLOCKED, and
+        PAUSED stays PAUSED, with "not running" added to the reason. A status that is not
+        stale is returned as it is.
         """
         if self.alive_until is None or now <= self.alive_until or self.state is SourceState.STALE:
             return self
         last_beat = self.alive_until if self.heartbeat_at is None else self.heartbeat_at
         silent = f"no heartbeat since {_utc(last_beat)}"
-        if self.state is SourceState.BLOCKED:
+        if self.state in _A_PERSONS:
             reason = (
                 f"{self.reason} (not running: {silent})"
                 if self.reason
@@ -152,6 +157,8 @@ def _lasting(seconds: float) -> str:
 
 
 _PROBLEMS: Final = frozenset({"retrying", "offline", "blocked"})
+_A_PERSONS: Final = frozenset({SourceState.BLOCKED, SourceState.PAUSED})
+"""The states only a person ends: shown as they are when the source's process stopped."""
 _TOLD: Final = "notified"  # the store namespace of what each source's notifiers were told
 _NOTICES: Final = "notified-notice"  # and of each kind of notice, keyed "kind:source"
 _FOREVER: Final = float("inf")
@@ -237,7 +244,8 @@ class StatusBoard:
       told after all if it lasts a tenth of *quiet_period* (``still retrying, for 6 min``);
     - a recovery (back ONLINE) is told whenever its problem was — ``online again after
       42 s`` — and counted with it when the problem was not;
-    - BLOCKED is always told; notices (:meth:`notice`) are folded per kind;
+    - BLOCKED and PAUSED are always told, and so is the resume of a pause; notices
+      (:meth:`notice`) are folded per kind;
     - each message says how many were held back since the last one.
 
     What was told is kept in the store (namespace ``notified``), so processes sharing it —
@@ -300,9 +308,19 @@ class StatusBoard:
     def set(self, source: str, state: SourceState, **fields: Any) -> SourceStatus:
         """Record the source's state (and fields), notifying if the state changed.
 
+        A PAUSED source stays PAUSED: another state is not recorded over it (its run loop may
+        write one before it notices the pause), and the stored status is returned; only
+        :meth:`resume` ends a pause.
+
         Raises:
             ValueError: for :attr:`SourceState.STALE`, which is read, never recorded.
         """
+        return self._record(source, state, fields, by_a_person=False)
+
+    def _record(
+        self, source: str, state: SourceState, fields: dict[str, Any], *, by_a_person: bool
+    ) -> SourceStatus:
+        """:meth:`set`; *by_a_person* (pause, resume) may record over a pause."""
         if state is SourceState.STALE:
             raise ValueError("STALE is derived from an expired heartbeat and is never recorded")
         if isinstance(fields.get("reason"), str):  # what a person reads, and gets by mail
@@ -310,7 +328,14 @@ class StatusBoard:
 
         problem = state.value in _PROBLEMS
 
-        def change(previous: SourceStatus | None, now: float) -> SourceStatus:
+        def change(previous: SourceStatus | None, now: float) -> SourceStatus | None:
+            if (
+                not by_a_person
+                and previous is not None
+                and previous.state is SourceState.PAUSED
+                and state is not SourceState.PAUSED
+            ):
+                return None  # paused by a person: only resume() ends it
             outage = None
             if problem:
                 began = previous.outage_since if previous is not None else None
@@ -321,7 +346,9 @@ class StatusBoard:
             return attrs.evolve(previous, state=state, since=since, outage_since=outage, **fields)
 
         previous, status = self._update(source, change)
-        assert status is not None  # change() always gives one
+        if status is None:  # a pause kept
+            assert previous is not None
+            return previous
         if previous is None or previous.state is not state:
             change_ = StatusChange(source, previous.state if previous else None, status)
             if state is SourceState.ONLINE and previous is not None:
@@ -333,12 +360,16 @@ class StatusBoard:
             self._overdue(status)
         return status
 
-    def heartbeat(self, source: str, alive_for: float) -> None:
+    def heartbeat(self, source: str, alive_for: float) -> SourceStatus | None:
         """Say the source's run loop is alive for *alive_for* more seconds.
 
         Writes ``heartbeat_at`` and ``alive_until`` only: the state stays as it is and nobody
         is notified. A source that never reported a state is left alone (there is nothing to
         vouch for yet). :class:`~mailtether.Heartbeat` calls this on a schedule.
+
+        Returns:
+            The status as written (a run loop learns of a pause from it), or ``None`` for a
+            source that never reported.
 
         Raises:
             ConfigError: *alive_for* is not a positive duration.
@@ -350,20 +381,23 @@ class StatusBoard:
                 return None
             return attrs.evolve(previous, heartbeat_at=now, alive_until=now + alive_for)
 
-        self._update(source, change)
+        return self._update(source, change)[1]
 
-    def heartbeat_many(self, sources: Iterable[str], alive_for: float) -> None:
+    def heartbeat_many(self, sources: Iterable[str], alive_for: float) -> list[SourceStatus]:
         """:meth:`heartbeat` for many sources in one read and one write (a fleet worker's).
 
-        A source whose status changed meanwhile is left for the next beat.
+        A source whose status changed meanwhile is left for the next beat. Returns the
+        statuses read (with the new heartbeat), of every source that ever reported.
         """
         alive_for = check_seconds(alive_for, "StatusBoard.heartbeat_many(alive_for)")
         records = self.store.get_many(_NAMESPACE, sources)
         now = self.clock.time()
         writes = []
+        statuses = []
         for source, record in records.items():
             status = SourceStatus.from_dict(dict(record.data))
             status = attrs.evolve(status, heartbeat_at=now, alive_until=now + alive_for)
+            statuses.append(status)
             writes.append(
                 Write(
                     _NAMESPACE,
@@ -375,6 +409,7 @@ class StatusBoard:
             )
         if writes:
             self.store.put_many(writes)
+        return statuses
 
     def count(
         self,
@@ -420,13 +455,52 @@ class StatusBoard:
         current = self.get(source) or SourceStatus(source, SourceState.ONLINE, self.clock.time())
         self._notify(StatusChange(source, current.state, current, event=event), kind)
 
-    def resume(self, source: str) -> bool:
-        """Ask a BLOCKED source's listener to try again now (a person's decision).
+    def pause(self, source: str, *, by: str = "") -> bool:
+        """Pause the source on purpose (a person's decision) until :meth:`resume`.
 
-        Returns ``False`` if the source is unknown or not blocked.
+        The source is PAUSED at once, with *by* (who paused it) in the reason; its run loop,
+        wherever it runs, notices within a heartbeat or at its next catch-up, disconnects,
+        and hands out no mail until resumed. The notifiers are told. Pausing a paused source
+        changes nothing.
+
+        Returns ``False`` if the source is unknown (it never reported).
         """
         status = self.get(source)
-        if status is None or status.state is not SourceState.BLOCKED:
+        if status is None:
+            return False
+        if status.state is SourceState.PAUSED:
+            return True
+        reason = f"paused by {by}" if by else "paused by a person"
+        self._record(
+            source,
+            SourceState.PAUSED,
+            {"reason": reason, "next_attempt_at": None, "resume_requested": False},
+            by_a_person=True,
+        )
+        return True
+
+    def resume(self, source: str, *, by: str = "") -> bool:
+        """Let a BLOCKED or PAUSED source try again now (a person's decision).
+
+        A BLOCKED source is asked to (its listener clears the request as it reconnects); a
+        PAUSED one is RETRYING at once, with *by* in the reason, and its run loop connects
+        when it next looks (within a second). The notifiers are told of a resumed pause.
+
+        Returns ``False`` if the source is unknown, or neither blocked nor paused.
+        """
+        status = self.get(source)
+        if status is None:
+            return False
+        if status.state is SourceState.PAUSED:
+            reason = f"resumed by {by}" if by else "resumed by a person"
+            self._record(
+                source,
+                SourceState.RETRYING,
+                {"reason": f"{reason}; connecting", "attempts": 0, "next_attempt_at": None},
+                by_a_person=True,
+            )
+            return True
+        if status.state is not SourceState.BLOCKED:
             return False
         self.set(source, SourceState.BLOCKED, resume_requested=True)
         return True
@@ -484,8 +558,8 @@ class StatusBoard:
             if kind is not None:
                 tell = now - sent.get("notice", -_FOREVER) >= self.quiet_period
                 told_as = "notice"
-            elif state == "blocked":
-                tell, told_as = True, state
+            elif state in ("blocked", "paused") or change.previous is SourceState.PAUSED:
+                tell, told_as = True, state  # a person must know, or did it: always told
             elif state == "online":  # a recovery: told when its problem was
                 tell, told_as = last_told != "online", state
             else:

@@ -10,6 +10,7 @@ import argparse
 from typing import TextIO
 
 from mailtether._guard import DuplicateGuard
+from mailtether.cli._config_file import add_store_arguments
 from mailtether.cli._outcome import answer
 from mailtether.stores._protocol import Store
 
@@ -19,7 +20,7 @@ __all__ = ["add_held_arguments", "run_drop", "run_release"]
 def add_held_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``mailtether release`` and ``mailtether drop``."""
     parser.add_argument("key", help="the message key, as `status` prints it")
-    parser.add_argument("--store", required=True)
+    add_store_arguments(parser)
     parser.add_argument("--guard", default=None)
     parser.add_argument("--by", default="mailtether command line", help="who decided")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")

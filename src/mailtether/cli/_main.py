@@ -2,23 +2,28 @@
 
 ``check`` (:mod:`._check`), ``watch`` (:mod:`._watch`), ``run`` (:mod:`._run`), ``demo``
 (:mod:`._demo`), and the commands that read a store: ``status`` (:mod:`._status`),
-``resume`` (:mod:`._resume`), ``release`` and ``drop`` (:mod:`._held`), ``queue``
-(:mod:`._queue`). This module opens their store and closes it.
+``pause`` (:mod:`._pause`), ``resume`` (:mod:`._resume`), ``release`` and ``drop``
+(:mod:`._held`), ``queue`` (:mod:`._queue`). This module reads the settings file every
+command but ``demo`` takes (:mod:`._config_file`), and opens their store and closes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final, NoReturn, TextIO, cast
 
 from mailtether._errors import MailtetherError
 from mailtether._redaction import redact
+from mailtether._status import StatusBoard
 from mailtether.cli._check import add_check_arguments, run_check
+from mailtether.cli._config_file import ConfigFile, flush
 from mailtether.cli._held import add_held_arguments, run_drop, run_release
 from mailtether.cli._outcome import ERROR, USAGE
+from mailtether.cli._pause import add_pause_arguments, run_pause
 from mailtether.cli._queue import add_queue_arguments, run_queue
 from mailtether.cli._resume import add_resume_arguments, run_resume
 from mailtether.cli._run import add_run_arguments, run_fleet
@@ -31,10 +36,14 @@ __all__ = ["main", "run"]
 
 _STORE_COMMANDS: Final[dict[str, Callable[[Store, argparse.Namespace, TextIO], int]]] = {
     "status": run_status,
-    "resume": run_resume,
     "release": run_release,
     "drop": run_drop,
     "queue": run_queue,
+}
+# These change a source's state: the settings file's notifiers are told.
+_BOARD_COMMANDS: Final[dict[str, Callable[[StatusBoard, argparse.Namespace, TextIO], int]]] = {
+    "pause": run_pause,
+    "resume": run_resume,
 }
 
 
@@ -69,7 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     add_status_arguments(
         commands.add_parser("status", help="show every source and the held messages")
     )
-    add_resume_arguments(commands.add_parser("resume", help="let a BLOCKED source try again now"))
+    add_pause_arguments(
+        commands.add_parser("pause", help="stop a source on purpose (it disconnects) until resumed")
+    )
+    add_resume_arguments(
+        commands.add_parser("resume", help="let a BLOCKED or PAUSED source try again now")
+    )
     add_held_arguments(commands.add_parser("release", help="retry a held (poisoned) message"))
     add_held_arguments(commands.add_parser("drop", help="never process a held or failed message"))
     add_queue_arguments(
@@ -78,12 +92,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
-    """Run the command line; return the exit code (see :func:`_main`)."""
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    out: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """Run the command line; return the exit code (see :func:`_main`).
+
+    *environ* holds the ``MAILTETHER_*`` variables (default: the process's environment).
+    """
     out = cast(TextIO, _Redacting(out or sys.stdout))  # whatever is printed: no secret in it
     debug = "--debug" in (sys.argv[1:] if argv is None else list(argv))
     try:
-        return _main(argv, out)
+        return _main(argv, out, os.environ if environ is None else environ)
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # one line, not a traceback, unless asked
@@ -93,7 +115,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return ERROR
 
 
-def _main(argv: Sequence[str] | None, out: TextIO) -> int:
+def _main(argv: Sequence[str] | None, out: TextIO, environ: Mapping[str, str]) -> int:
     """Run the command line; return the exit code.
 
     0 ok, 1 not found, 2 usage, 3 error; ``check``: 4 unreachable, 5 reachable but
@@ -103,20 +125,6 @@ def _main(argv: Sequence[str] | None, out: TextIO) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0) and USAGE
-    if args.command == "check":
-        return run_check(args, out)
-    if args.command == "watch":
-        try:
-            return run_watch(args, out)
-        except MailtetherError as error:
-            out.write(f"mailtether: {error}\n")
-            return USAGE
-    if args.command == "run":
-        try:
-            return run_fleet(args, out)
-        except MailtetherError as error:
-            out.write(f"mailtether: {error}\n")
-            return USAGE
     if args.command == "demo":
         from mailtether.cli._demo import run_demo  # needs the demo extra: only when asked
 
@@ -125,18 +133,36 @@ def _main(argv: Sequence[str] | None, out: TextIO) -> int:
         except MailtetherError as error:
             out.write(f"mailtether: {error}\n")
             return ERROR
+    try:  # flags > environment > file > defaults, for every command
+        config = ConfigFile.load(args.config, environ)
+        if args.command == "check":
+            return run_check(args, out, config)
+        if args.command == "watch":
+            return run_watch(args, out, config=config)
+        if args.command == "run":
+            return run_fleet(args, out, config=config)
+        url = config.store_url(args.store, args.command)
+        steering = args.command in _BOARD_COMMANDS
+        notifiers = config.notifiers() if steering else []
+        config.board_options()  # (checked before the store is opened)
+    except MailtetherError as error:
+        out.write(f"mailtether: {error}\n")
+        return USAGE
     try:  # these commands look at or steer a store: a missing one is a mistyped path
-        store = store_from_url(args.store, create=False)
+        store = store_from_url(url, create=False)
     except MailtetherError as error:
         out.write(f"mailtether: {error}\n")
         return ERROR
     try:
+        if steering:  # the settings file's notifiers are told
+            return _BOARD_COMMANDS[args.command](config.board(store, notifiers), args, out)
         return _STORE_COMMANDS[args.command](store, args, out)
     except MailtetherError as error:
         out.write(f"mailtether: {error}\n")
         return ERROR
     finally:
         store.close()
+        flush(notifiers)
 
 
 class _Redacting(io.TextIOBase):

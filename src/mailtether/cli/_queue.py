@@ -10,6 +10,7 @@ import argparse
 from typing import TextIO
 
 from mailtether._outbox_queue import OutboundMail, OutboxQueue, QueueLine
+from mailtether.cli._config_file import add_store_arguments
 from mailtether.cli._outcome import NOT_FOUND, OK, USAGE, answer, when, write_json, write_table
 from mailtether.stores._protocol import Store
 
@@ -28,7 +29,7 @@ def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "message_id", nargs="?", help="the mail's Message-ID, for show/release/drop"
     )
-    parser.add_argument("--store", required=True, help="the store URL, e.g. sqlite:///state.db")
+    add_store_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.add_argument(
         "--relay",

@@ -2,7 +2,9 @@
 
 Start it on as many hosts (and as many times per host) as you like, every one on the same
 store: the workers share the fleet's sources among themselves (see
-:class:`~mailtether.FleetWorker`).
+:class:`~mailtether.FleetWorker`). The store is ``--store``, ``MAILTETHER_STORE``, the fleet
+file's, or the settings file's; the relay ``--relay``, ``MAILTETHER_RELAY`` or the settings
+file's; the status board takes ``[status]`` and ``[[notify.*]]`` from the settings file.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import threading
 import time
 from typing import TextIO
 
-from mailtether._errors import ConfigError
 from mailtether._fleet import Fleet
 from mailtether._fleet_worker import FleetWorker
 from mailtether._outbox import Outbox
-from mailtether._status import LoggingNotifier, StatusBoard
+from mailtether._status import LoggingNotifier
+from mailtether.cli._config_file import ConfigFile, add_config_argument, flush
 from mailtether.cli._outcome import OK
 from mailtether.smtp._relay_url import relay_from_url
 from mailtether.stores._url import store_from_url
@@ -28,7 +30,12 @@ __all__ = ["add_run_arguments", "run_fleet"]
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``mailtether run``."""
     parser.add_argument("fleet", help="the fleet file (TOML: [fleet] and [[source]] tables)")
-    parser.add_argument("--store", help="the store URL (default: the fleet file's [fleet] store)")
+    parser.add_argument(
+        "--store",
+        help="the store URL (default: $MAILTETHER_STORE, the fleet file's [fleet] store, or "
+        "store in the settings file)",
+    )
+    add_config_argument(parser)
     parser.add_argument(
         "--relay",
         help="smtps://user:password@host/ (or smtp://): an outbox sends through it "
@@ -45,15 +52,26 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_fleet(args: argparse.Namespace, out: TextIO, stop: threading.Event | None = None) -> int:
-    """Run one worker of the fleet until Ctrl-C, SIGTERM (or *stop*); return the exit code."""
+def run_fleet(
+    args: argparse.Namespace,
+    out: TextIO,
+    stop: threading.Event | None = None,
+    *,
+    config: ConfigFile | None = None,
+) -> int:
+    """Run one worker of the fleet until Ctrl-C, SIGTERM (or *stop*); return the exit code.
+
+    *config*: the settings file and environment (default: ``--config``'s, the process's).
+    """
+    config = config or ConfigFile.load(args.config)
     fleet = Fleet.from_toml(args.fleet)
-    url = args.store or fleet.store_url
-    if not url:
-        raise ConfigError("run needs a store: --store URL, or store = … under [fleet]")
+    url = config.store_url(args.store, "run", also=fleet.store_url)
+    relay = config.relay_url(args.relay)
+    notifiers = config.notifiers()
+    config.board_options()  # checked before the store is opened (or made)
     store = store_from_url(url)
-    board = StatusBoard(store, notifiers=[LoggingNotifier()])
-    outbox = Outbox(store, relay_from_url(args.relay), status=board) if args.relay else None
+    board = config.board(store, [LoggingNotifier(), *notifiers])
+    outbox = Outbox(store, relay_from_url(relay), status=board) if relay else None
     worker = FleetWorker(fleet, store, status=board, outbox=outbox)
     metrics = None
     if args.metrics_port is not None:
@@ -86,4 +104,5 @@ def run_fleet(args: argparse.Namespace, out: TextIO, stop: threading.Event | Non
             signal.signal(number, previous)
         out.write(f"fleet worker stopped in {time.monotonic() - started:.1f} s\n")
         store.close()
+        flush(notifiers)
     return OK

@@ -13,6 +13,7 @@ from mailtether._fleet_registry import FleetWorkerInfo, read_workers
 from mailtether._guard import DuplicateGuard
 from mailtether._guard_states import GuardEntry
 from mailtether._status import SourceState, SourceStatus, StatusBoard
+from mailtether.cli._config_file import add_store_arguments
 from mailtether.cli._outcome import OK, when, write_json, write_table
 from mailtether.stores._protocol import Store
 
@@ -21,7 +22,7 @@ __all__ = ["add_status_arguments", "run_status"]
 
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``mailtether status``."""
-    parser.add_argument("--store", required=True, help="the store URL, e.g. sqlite:///state.db")
+    add_store_arguments(parser)
     parser.add_argument("--guard", default=None, help="the guard's name, if it has one")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
@@ -79,7 +80,12 @@ def run_status(store: Store, args: argparse.Namespace, out: TextIO) -> int:
                 "\nSTALE: the process that ran the source stopped or hangs (no heartbeat); "
                 "start it again, or look at why it stopped.\n"
             )
-    else:
+    if any(status.state is SourceState.PAUSED for status in sources):
+        out.write(
+            "\nPAUSED: stopped on purpose by a person (REASON says who, SINCE when); "
+            "`mailtether resume SOURCE` lets it go on.\n"
+        )
+    if not sources:
         out.write("no sources have reported to this store yet\n")
     if workers:
         out.write("\nfleet workers:\n")

@@ -1,15 +1,19 @@
-"""``mailtether watch``: run an ImapListener from the command line."""
+"""``mailtether watch``: run an ImapListener from the command line.
+
+Each setting is a flag, a ``MAILTETHER_*`` variable, or a key under ``[watch]`` in the
+settings file, in that order (see :mod:`._config_file`); the status board takes
+``[status]`` and the notifiers ``[[notify.*]]`` of the same file.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import signal
 import threading
 import time
-import tomllib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Final, TextIO
 
 from mailtether._config import strategy_from_config
@@ -22,30 +26,20 @@ from mailtether._outbox import Outbox
 from mailtether._settings import ImapSettings, with_tokens
 from mailtether._status import LoggingNotifier, StatusBoard, StatusChange
 from mailtether.cli import _flags
+from mailtether.cli._config_file import (
+    WATCH_CHOICES,
+    WATCH_OPTIONS,
+    ConfigFile,
+    add_config_argument,
+    flush,
+)
 from mailtether.imap._listener import ImapListener
 from mailtether.smtp._relay_url import relay_from_url
 from mailtether.stores._url import store_from_url
 
 __all__ = ["add_watch_arguments", "run_watch"]
 
-_OPTIONS = (
-    "token_command",
-    "handler",
-    "store",
-    "reconnect",
-    "after",
-    "on_poison",
-    "mode",
-    "poll_interval",
-    "noop_interval",
-    "idle_renewal",
-    "response_timeout",
-    "max_failures",
-    "repeat",
-    "lease_ttl",
-    "deliver",
-    "relay",
-)
+_WHOLE: Final = re.compile(r"\s*[+-]?\d+\s*")
 # The duration settings, with their flags' help; each flag and each value from the settings
 # file is checked alike (_flags.seconds, _checked).
 _DURATIONS: Final = {
@@ -85,7 +79,7 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=name, type=seconds, help=example)
     parser.add_argument("--max-failures", dest="max_failures", type=_flags.count(), help="e.g. 3")
     parser.add_argument("--repeat", choices=("block", "skip", "quarantine"))
-    parser.add_argument("--config", help="a TOML file with these settings (under [watch])")
+    add_config_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no live status line")
     parser.add_argument(
         "--token-command",
@@ -95,16 +89,28 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _checked(section: dict[str, Any], source: str) -> dict[str, Any]:
-    """*section* of the settings file with its numbers checked as the flags check theirs."""
+def _checked(section: dict[str, Any], where: Callable[[str], str]) -> dict[str, Any]:
+    """Settings (the file's, or the environment's as text) checked as the flags check theirs.
+
+    *where* names a setting for the message (``poll_interval in watch.toml``,
+    ``MAILTETHER_POLL_INTERVAL``).
+    """
     checked = dict(section)
     for name in _DURATIONS:
         if name in checked:
             checked[name] = check_seconds(
-                checked[name], f"{name} in {source}", allow_zero=name in _ZERO_DISABLES
+                checked[name], where(name), allow_zero=name in _ZERO_DISABLES
             )
     if "max_failures" in checked:
-        checked["max_failures"] = check_count(checked["max_failures"], f"max_failures in {source}")
+        value = checked["max_failures"]
+        if isinstance(value, str) and _WHOLE.fullmatch(value):
+            value = int(value)
+        checked["max_failures"] = check_count(value, where("max_failures"))
+    for name, choices in WATCH_CHOICES.items():
+        if name in checked and checked[name] not in choices:
+            raise ConfigError(
+                f"{where(name)} must be one of {', '.join(choices)}, not {checked[name]!r}"
+            )
     return checked
 
 
@@ -122,27 +128,57 @@ def _load_handler(spec: str) -> Callable[[Delivery], object]:
     return handler  # type: ignore[no-any-return]
 
 
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    if args.config:
-        try:
-            loaded = tomllib.loads(Path(args.config).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as error:
-            raise ConfigError(f"cannot read {args.config}: {error}") from None
-        merged.update(_checked(loaded.get("watch", loaded), args.config))
-    for name in ("url", *_OPTIONS):
+def _settings(args: argparse.Namespace, config: ConfigFile) -> dict[str, Any]:
+    """The settings: the flags, over the environment, over the file.
+
+    In the file, store and relay at its top, and every setting under ``[watch]``.
+    """
+    merged: dict[str, Any] = {
+        name: config.data[name]
+        for name in ("store", "relay")
+        if "watch" in config.data and name in config.data
+    }
+    merged.update(_checked(config.watch_section(), lambda name: f"{name} in {config.path}"))
+    variables = {}
+    for name in WATCH_OPTIONS:
+        found = config.env(name)
+        if found is not None:
+            variables[name] = found
+    merged.update(
+        _checked(
+            {name: value for name, (value, _) in variables.items()},
+            lambda name: variables[name][1],
+        )
+    )
+    for name in WATCH_OPTIONS:
         value = getattr(args, name, None)
         if value is not None:
             merged[name] = value
     return merged
 
 
-def run_watch(args: argparse.Namespace, out: TextIO, stop: threading.Event | None = None) -> int:
-    """Run the listener until Ctrl-C (or *stop*); return the exit code."""
-    options = _settings(args)
+def run_watch(
+    args: argparse.Namespace,
+    out: TextIO,
+    stop: threading.Event | None = None,
+    *,
+    config: ConfigFile | None = None,
+) -> int:
+    """Run the listener until Ctrl-C (or *stop*); return the exit code.
+
+    *config*: the settings file and environment (default: ``--config``'s, the process's).
+    """
+    config = config or ConfigFile.load(args.config)
+    options = _settings(args, config)
     if not options.get("url") or not options.get("handler"):
-        raise ConfigError("watch needs a URL and --handler module:function (or both in --config)")
+        raise ConfigError(
+            "watch needs a URL and --handler module:function (or url and handler under "
+            f"[watch] in {config.path or 'mailtether.toml'}, or MAILTETHER_URL and "
+            "MAILTETHER_HANDLER)"
+        )
     handler = _load_handler(str(options["handler"]))
+    notifiers = config.notifiers()
+    config.board_options()  # checked before the store is opened (or made)
     store = store_from_url(str(options.get("store", "sqlite:mailtether-state.db")))
     seconds = {name: options[name] for name in _DURATIONS if name in options}  # checked
     keepalive = Keepalive(
@@ -157,7 +193,7 @@ def run_watch(args: argparse.Namespace, out: TextIO, stop: threading.Event | Non
     def remember(change: StatusChange) -> None:
         latest.append(change.sentence())
 
-    board = StatusBoard(store, notifiers=[LoggingNotifier(), remember])
+    board = config.board(store, [LoggingNotifier(), remember, *notifiers])
     guard = DuplicateGuard(
         store,
         max_failures=options.get("max_failures", 3),
@@ -213,6 +249,7 @@ def run_watch(args: argparse.Namespace, out: TextIO, stop: threading.Event | Non
         out.write(f"\n{_line(board, listener.name)}\n")
         out.write(f"stopped in {time.monotonic() - started:.1f} s\n")
         store.close()
+        flush(notifiers)
     return 0
 
 
