@@ -12,6 +12,7 @@ from sybil.sybil import SybilCollection
 _PARSERS = [DocTestParser(optionflags=ELLIPSIS), PythonCodeBlockParser(), SkipParser()]
 # Pages whose examples talk to local servers, and the fixtures (docs/conftest.py) that start them.
 _PAGES_WITH_SERVERS = {
+    "docs/listener.md": ["helpdesk"],
     "docs/oauth2.md": ["local"],
     "docs/outbound.md": ["smtp"],
     "docs/notifications.md": ["webhook", "mail_relay"],

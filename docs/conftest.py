@@ -4,6 +4,8 @@
   (``tests/servers/oauth2.py``) and a Dovecot that checks every OAuth2 token there: the same
   test bed as ``tests/test_oauth2_listener.py``;
 - docs/outbound.md: ``smtp``, an SMTP server (aiosmtpd) that keeps what it is sent;
+- docs/listener.md: ``helpdesk``, a Dovecot with one mail waiting, named in the environment
+  the quickstart reads (``HELPDESK_MAILBOX``, ``HELPDESK_STATE``);
 - docs/notifications.md: ``webhook``, an HTTP server on 127.0.0.1 that keeps the JSON posted
   to it (``tests/servers/webhook.py``), and ``mail_relay``, an SMTP server of its own (the
   examples of docs/outbound.md count what ``smtp`` received).
@@ -75,6 +77,34 @@ def local() -> Iterator[LocalProvider]:
         finally:
             dovecot.stop()
             shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def helpdesk() -> Iterator[DovecotServer]:
+    """A mailbox with one mail, for docs/listener.md's quickstart to run as written."""
+    import os
+    import shutil
+
+    directory = make_temp_dir("docs-helpdesk")
+    dovecot = start_or_skip("Dovecot", DovecotServer(make_ca(directory)).start)
+    saved = {name: os.environ.get(name) for name in ("HELPDESK_MAILBOX", "HELPDESK_STATE")}
+    try:
+        user = dovecot.add_user()
+        dovecot.append(user, b"Subject: printer on fire\r\n\r\nHelp!\r\n")
+        os.environ["HELPDESK_MAILBOX"] = (
+            f"imap://{user}:{dovecot.password(user)}@127.0.0.1:{dovecot.imap_port}/INBOX"
+            "?security=plain"
+        )
+        os.environ["HELPDESK_STATE"] = str(directory / "helpdesk.db")
+        yield dovecot
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        dovecot.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _scripted_smtp() -> Iterator[Scripted]:
