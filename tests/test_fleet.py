@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -288,5 +289,25 @@ def test_a_fleet_runs_pop3_mailboxes_beside_imap_folders(dovecot, store, handled
         tokens = {account: token for account, _, token in handled}
         assert all(isinstance(token, int) for token in tokens.values())
         assert sorted(subject for _, subject, _ in handled) == ["by imap", "by pop3"]
+    finally:
+        worker.stop()
+
+
+def test_a_paused_source_of_a_fleet_hands_out_nothing_until_resumed(fleet, store, dovecot, handled):
+    worker = FleetWorker(fleet, store, worker="a")
+    try:
+        worker.step()
+        name = fleet.sources[0].name
+        runner = worker.runner(name)
+        eventually(lambda: runner.catch_ups >= 1)
+        assert worker.status.pause(name, by="a person")
+        worker.step()  # the round's heartbeat reads the pause and passes it on
+        eventually(lambda: runner._connection is None)
+        dovecot.save(name, b"Subject: while paused\r\n\r\nhi\r\n")
+        time.sleep(1.0)  # a listener in IDLE would have handled it by now (a negative check)
+        assert worker.status.get(name).state.value == "paused"
+        assert handled == [], "nothing handed out while paused"
+        assert worker.status.resume(name, by="a person")
+        eventually(lambda: [subject for _, subject, _ in handled] == ["while paused"])
     finally:
         worker.stop()
