@@ -96,6 +96,15 @@ protocol pop3 {{
 }}
 """
 
+# With ``DovecotServer(ca, process_limit=N)``: many sessions at once (benchmarks/fleet.py).
+_LIMITS = """\
+default_process_limit = {processes}
+default_client_limit = {clients}
+service imap {{
+  process_limit = {imap}
+}}
+"""
+
 # With ``DovecotServer(ca, oauth2=server)``: the changes to _CONFIG (the module docstring of
 # tests/test_oauth2_testbed.py says why each is needed). The password file answers only the
 # password mechanisms (and "none": doveadm's user lookups, which the static userdb checks with a
@@ -154,6 +163,12 @@ class DovecotServer:
     started before this server; its introspection port is written into the configuration."""
     oauth2_timeout_msecs: int = attrs.field(default=5000, kw_only=True)
     """With :attr:`oauth2`: how long Dovecot waits for the introspection endpoint."""
+    process_limit: int | None = attrs.field(default=None, kw_only=True)
+    """How many sessions may log in at once and stay open: ``default_process_limit`` (each
+    login is an ``imap-login`` process of its own, 100 at most by default: past them,
+    connections wait unanswered) and the ``imap`` service's limit (one process a session,
+    1024 by default), with the client limits of the services every process talks to (log,
+    anvil, stats). ``None``: Dovecot's defaults."""
 
     @property
     def config(self) -> Path:
@@ -223,6 +238,12 @@ class DovecotServer:
             )
             if self.oauth2 is not None:
                 config = self._with_oauth2(config, self.oauth2)
+            if self.process_limit is not None:
+                config += _LIMITS.format(
+                    processes=self.process_limit,
+                    imap=max(1024, self.process_limit),
+                    clients=max(1000, 4 * self.process_limit),
+                )
             self.config.write_text(config)
         with open(self.stderr_log, "wb") as stderr:
             self.process = subprocess.Popen(
