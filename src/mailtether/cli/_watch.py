@@ -8,7 +8,6 @@ settings file, in that order (see :mod:`._config_file`); the status board takes
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
 import signal
 import threading
@@ -17,9 +16,9 @@ from collections.abc import Callable
 from typing import Any, Final, TextIO
 
 from mailtether._config import strategy_from_config
-from mailtether._delivery import Delivery
 from mailtether._durations import check_count, check_seconds
 from mailtether._errors import ConfigError
+from mailtether._fleet import import_handler
 from mailtether._guard import DuplicateGuard
 from mailtether._keepalive import Keepalive
 from mailtether._outbox import Outbox
@@ -114,20 +113,6 @@ def _checked(section: dict[str, Any], where: Callable[[str], str]) -> dict[str, 
     return checked
 
 
-def _load_handler(spec: str) -> Callable[[Delivery], object]:
-    module_name, _, function_name = spec.partition(":")
-    if not module_name or not function_name:
-        raise ConfigError(f"--handler must look like module:function, got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ConfigError(f"cannot import handler module {module_name!r}: {error}") from None
-    handler = getattr(module, function_name, None)
-    if not callable(handler):
-        raise ConfigError(f"{module_name!r} has no callable {function_name!r}")
-    return handler  # type: ignore[no-any-return]
-
-
 def _settings(args: argparse.Namespace, config: ConfigFile) -> dict[str, Any]:
     """The settings: the flags, over the environment, over the file.
 
@@ -176,7 +161,7 @@ def run_watch(
             f"[watch] in {config.path or 'mailtether.toml'}, or MAILTETHER_URL and "
             "MAILTETHER_HANDLER)"
         )
-    handler = _load_handler(str(options["handler"]))
+    handler = import_handler(str(options["handler"]))
     notifiers = config.notifiers()
     config.board_options()  # checked before the store is opened (or made)
     store = store_from_url(str(options.get("store", "sqlite:mailtether-state.db")))
