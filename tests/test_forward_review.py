@@ -274,30 +274,28 @@ def test_pop3_forwards_a_held_mail_then_deletes_it(mailbox, start, store, smtp):
     assert handler.count() == Counter({"mail 2": 1})
 
 
+KEY = MessageKey("imap", "support@example.com", "INBOX", uidvalidity=7, uid=17)
+
+
+def review_of(raw: bytes, reason: str = "ValueError: no") -> EmailMessage:
+    """The review mail of the held mail UID 17 of support@example.com."""
+    return review_mail(
+        source="support",
+        key=KEY,
+        where="UID 17",
+        reason=reason,
+        raw=raw,
+        sender="support@example.com",
+        reviewer=REVIEWER,
+        then="marked seen",
+    )
+
+
 def test_forwarding_the_same_mail_again_queues_it_once():
     """A crash between the queueing and the mailbox change forwards it again: queued once."""
-    key = MessageKey("imap", "support@example.com", "INBOX", uidvalidity=7, uid=17)
-    first = review_mail(
-        source="support",
-        key=key,
-        where="UID 17",
-        reason="ValueError: no",
-        raw=b"Subject: x\r\n\r\nbody\r\n",
-        sender="support@example.com",
-        reviewer=REVIEWER,
-        then="marked seen",
-    )
-    again = review_mail(
-        source="support",
-        key=key,
-        where="UID 17",
-        reason="ValueError: no",
-        raw=b"Subject: x\r\n\r\nbody\r\n",
-        sender="support@example.com",
-        reviewer=REVIEWER,
-        then="marked seen",
-    )
-    assert first["Message-ID"] == again["Message-ID"] == review_id(key)
+    first = review_of(b"Subject: x\r\n\r\nbody\r\n")
+    again = review_of(b"Subject: x\r\n\r\nbody\r\n")
+    assert first["Message-ID"] == again["Message-ID"] == review_id(KEY)
     outbox = Outbox(MemoryStore(), SmtpRelay("127.0.0.1", port=1, security="plain"))
     outbox.send(first)
     outbox.send(again)
@@ -308,17 +306,7 @@ def test_forwarding_the_same_mail_again_queues_it_once():
     "raw", [b"", b"\x00\xff garbage with no header at all", b"Subject: =?bad?=\r\n\r\n\xff"]
 )
 def test_a_mail_of_any_bytes_is_attached_as_it_is(raw):
-    key = MessageKey("imap", "support@example.com", "INBOX", uidvalidity=7, uid=17)
-    review = review_mail(
-        source="support",
-        key=key,
-        where="UID 17",
-        reason="held",
-        raw=raw,
-        sender="support@example.com",
-        reviewer=REVIEWER,
-        then="marked seen",
-    )
+    review = review_of(raw, reason="held")
     sent = review.as_bytes(policy=review.policy.clone(linesep="\r\n"))
     assert attached(sent) == raw
 
