@@ -187,7 +187,8 @@ class FleetWorker:
             self._started_at = now
         self._renew()
         self._finish_hand_overs()
-        self._beat(now)
+        self._beat(now, sources=False)  # alive, before the shares are worked out
+        held_before = set(self._held)
         workers = read_workers(self.store)
         live = live_workers(workers, now)
         self._prune(workers, now)
@@ -199,7 +200,7 @@ class FleetWorker:
                 self._hand_over(held)
         elif len(staying) < share and not any(held.leaving for held in self._held.values()):
             self._take(share - len(staying))
-        self._beat(self.store.now())
+        self._beat(self.store.now(), record=set(self._held) != held_before)
 
     def _renew(self) -> None:
         """Renew each lease a third of its TTL old (the rounds come at least that often)."""
@@ -262,7 +263,8 @@ class FleetWorker:
             log.info("fleet worker %s: took %s", self.worker, source.name)
             wanted -= 1
 
-    def _beat(self, now: float) -> None:
+    def _beat(self, now: float, *, record: bool = True, sources: bool = True) -> None:
+        """Write this worker's record (*record*) and its running sources' heartbeats."""
         alive_for = min(_ALIVE_BEATS * self.fleet.heartbeat, self.fleet.lease_ttl)
         info = FleetWorkerInfo(
             worker=self.worker,
@@ -272,9 +274,10 @@ class FleetWorker:
             alive_until=now + alive_for,
             held={name: held.since for name, held in sorted(self._held.items())},
         )
-        self.store.put(WORKERS, self.worker, "alive", info.to_dict())
+        if record:
+            self.store.put(WORKERS, self.worker, "alive", info.to_dict())
         running = [name for name, held in self._held.items() if held.runner.running]
-        if running:  # the sources' liveness, one write for all (their loops run)
+        if running and sources:  # the sources' liveness, one write for all (their loops run)
             for status in self.status.heartbeat_many(running, alive_for):
                 held = self._held.get(status.source)
                 if held is not None:
