@@ -136,7 +136,9 @@ def test_what_was_told_is_shared_through_the_store(clock, sent):
     again: list[StatusChange] = []
     second = StatusBoard(store, notifiers=[again.append], quiet_period=600, clock=clock)
     second.set("s", SourceState.ONLINE)
-    assert [c.sentence() for c in again] == ["s is online again after under a second (was retrying)"]
+    assert [c.sentence() for c in again] == [
+        "s is online again after under a second (was retrying)"
+    ]
     first.set("s", SourceState.RETRYING)  # a repeat within the quiet period, told by another
     second.set("s", SourceState.ONLINE)
     assert len(sent) == 2
