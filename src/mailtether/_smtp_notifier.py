@@ -34,6 +34,11 @@ class SmtpNotifier:
     the next change is tried afresh; at most 100 changes wait, further ones are logged and
     dropped. :meth:`flush` waits for the queue to drain.
 
+    It is best effort: a notice the server refuses, or that finds it down, is logged, not
+    sent later. For notices kept in the store and retried on a schedule until the mail server
+    takes them, use :class:`~mailtether.OutboxNotifier` (through an
+    :class:`~mailtether.Outbox`); :class:`~mailtether.WebhookNotifier` retries its POSTs too.
+
     Args:
         host: The SMTP server.
         sender: The From address.
