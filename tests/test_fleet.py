@@ -311,3 +311,31 @@ def test_a_paused_source_of_a_fleet_hands_out_nothing_until_resumed(fleet, store
         eventually(lambda: [subject for _, subject, _ in handled] == ["while paused"])
     finally:
         worker.stop()
+
+
+def test_a_round_that_fails_is_logged_and_the_next_one_goes_on(fleet, store, caplog, monkeypatch):
+    """Every error ends in the log and the next round, never in a dead worker thread."""
+    from mailtether import StoreError
+
+    worker = FleetWorker(fleet, store, worker="a")
+    try:
+        worker.step()
+        assert len(worker.held) == 5
+        real_scan = type(store).scan
+        failures = [StoreError("the store is down"), RuntimeError("a bug in a store")]
+
+        def scan(self, namespace, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if namespace == "fleet-worker" and failures:
+                raise failures.pop(0)
+            return real_scan(self, namespace, *args, **kwargs)
+
+        monkeypatch.setattr(type(store), "scan", scan)
+        worker.step()
+        worker.step()
+        assert "this round failed (the store): the store is down" in caplog.text
+        assert "this round failed (tried again next round): a bug in a store" in caplog.text
+        worker.step()
+        assert len(worker.held) == 5, "the sources ran on through the failed rounds"
+        assert all(worker.runner(name).running for name in worker.held)
+    finally:
+        worker.stop()

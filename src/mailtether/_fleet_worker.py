@@ -167,8 +167,9 @@ class FleetWorker:
     def step(self) -> None:
         """One round: say it is alive, renew, hand over or take sources to keep shares even.
 
-        Every fault ends in the log and the next round: a store that is down leaves the
-        sources running as they are (their own leases and run loops deal with it).
+        Every fault ends in the log and the next round, never in a dead worker: a store that
+        is down leaves the sources running as they are (their own leases and run loops deal
+        with it, and a lease not renewed in time stops its source).
         """
         with self._lock:
             if self._stop.is_set() and self._thread is not None:
@@ -179,6 +180,13 @@ class FleetWorker:
             except StoreError as error:
                 log.warning(
                     "fleet worker %s: this round failed (the store): %s", self.worker, error
+                )
+            except Exception as error:  # a bug, here or in a store: never a dead worker
+                log.error(
+                    "fleet worker %s: this round failed (tried again next round): %s",
+                    self.worker,
+                    error,
+                    exc_info=error,
                 )
 
     def _round(self) -> None:
