@@ -346,3 +346,41 @@ def test_a_forward_left_undone_by_a_crash_is_finished_on_the_next_run(mailbox, s
     eventually(lambda: store.get("outbox", held.key.id) is None)
     assert guard.lookup(held.key) is not None
     assert outbox.counts() == {"queued": 1}
+
+
+def test_a_mail_the_server_will_not_give_is_reported_without_its_bytes_and_stays(smtp):
+    """A server that answers NO to the fetch, every time: the reviewer still hears of it."""
+    from mailtether.testing import ScriptedImapServer
+
+    scripted, port = smtp
+    store = MemoryStore()
+    outbox = Outbox(store, SmtpRelay("127.0.0.1", port=port, security="plain"))
+    with ScriptedImapServer(user="helpdesk@example.com", password="pw") as imap:
+        imap.append(b"Subject: unreadable\r\n\r\nbody\r\n")
+        imap.fetch_no(1)  # until clear_faults(): every fetch of UID 1 is refused
+        listener = ImapListener(
+            ImapSettings(imap.host, "helpdesk@example.com", "pw", port=imap.port, security="plain"),
+            Collector(),
+            store=store,
+            guard=DuplicateGuard(store, max_failures=1),
+            outbox=outbox,
+            on_poison=f"forward:{REVIEWER}",
+            lease_ttl=None,
+            heartbeat=None,
+        )
+        listener.run_in_thread()
+        try:
+            eventually(lambda: outbox.counts().get("queued") == 1)
+        finally:
+            listener.stop()
+        assert imap.flags(1) == set(), "not marked: it stays for a person"
+    assert outbox.deliver_due() == 1
+    ((sender, _, raw),) = scripted.received
+    assert sender == "helpdesk@example.com", "from the mailbox's own address"
+    review = email.message_from_bytes(raw, policy=email.policy.default)
+    assert list(review.iter_attachments()) == []
+    body = review.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert "could not be fetched to attach it" in text
+    assert "UID 1" in text
