@@ -126,3 +126,31 @@ def test_a_pass_tells_the_board_online_once_not_once_a_mail(board, smtp, clock, 
     monkeypatch.setattr(StatusBoard, "set", counted)
     assert outbox.deliver_due() == 5
     assert calls == [SourceState.ONLINE], "two store round trips a mail saved"
+
+
+def test_ordered_senders_work_a_relay_one_at_a_time_in_queued_order(smtp, tmp_path):
+    """Several senders on one store; where the order matters, one sender per relay."""
+    import threading
+
+    from mailtether import SQLiteStore
+
+    scripted, port = smtp
+    store = SQLiteStore(tmp_path / "outbox.db")
+    relay = SmtpRelay("127.0.0.1", port=port, security="plain", timeout=5)
+    senders = [Outbox(store, relay, ordered=True) for _ in range(3)]
+    for n in reversed(range(20)):  # queued in this order: 19, 18, ... 0
+        senders[0].send(mail(n))
+    assert store.acquire("outbox-relay:" + relay.name, "a-sender-elsewhere", 5.0) is not None
+    assert [s.deliver_due() for s in senders] == [0, 0, 0], "another sender holds the relay"
+    assert store.release(store.holder("outbox-relay:" + relay.name))
+    threads = [threading.Thread(target=s.deliver_due) for s in senders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for sender in senders:
+        sender.stop()
+    subjects = [raw.split(b"Subject: ")[1].split(b"\r\n")[0] for _, _, raw in scripted.received]
+    assert subjects == [f"reply {n}".encode() for n in reversed(range(20))], "queued order"
+    assert senders[0].counts() == {"sent": 20}
+    store.close()

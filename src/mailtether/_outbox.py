@@ -30,7 +30,8 @@ from typing import Any, Final
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._durations import Duration, check_count, check_seconds
-from mailtether._errors import ConfigError
+from mailtether._errors import ConfigError, LeaseUnavailable
+from mailtether._leases import ProcessLock
 from mailtether._outbox_queue import OUTGOING, OutboundMail, OutboxQueue, view
 from mailtether._outbox_relay_pass import RelayPass
 from mailtether._redaction import redacting_logger
@@ -75,7 +76,10 @@ class Outbox:
     not sent, until :meth:`release`.
 
     Several senders (threads, processes, hosts on a shared store) may work one outbox: a
-    sender claims a mail before it sends it.
+    sender claims a mail before it sends it. Where the order matters, ``ordered=True``: one
+    sender at a time works each relay (a lease per relay, ``outbox-relay:<name>``; the others
+    leave that relay's mail to it for the pass), sending its due mail in the order it was
+    queued. A mail that is delayed does not hold back the ones queued after it.
 
     What a crash can cost: a sender killed between the relay's ``250`` and the record of it
     sends that mail again when its claim expires (same Message-ID, so receivers can drop the
@@ -95,6 +99,7 @@ class Outbox:
             of a pass (default 3).
         claim_ttl: How long a sender's claim on a mail lasts (default 10 minutes).
         poll_interval: How often :meth:`run` looks for due mail when nothing wakes it.
+        ordered: One sender at a time per relay, in the order mail was queued.
         clock: The clock (tests pass a :class:`~mailtether.testing.FakeClock`).
 
     Example:
@@ -124,6 +129,7 @@ class Outbox:
         skip_after: int = 3,
         claim_ttl: Duration | str = 600.0,
         poll_interval: Duration | str = 5.0,
+        ordered: bool = False,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.store = store
@@ -144,6 +150,9 @@ class Outbox:
         self.claim_ttl = check_seconds(claim_ttl, "claim_ttl", minimum=1.0)
         self.poll_interval = check_seconds(poll_interval, "poll_interval", minimum=0.01)
         self.clock = clock
+        self.ordered = ordered
+        """Whether each relay is worked by one sender at a time, in queued order."""
+        self._relay_locks: dict[str, ProcessLock] = {}
         self.queue = OutboxQueue(store, clock=clock)
         """The mail in the store: look-ups and a person's decisions (as ``mailtether queue``)."""
         self._wake = threading.Event()
@@ -264,7 +273,19 @@ class Outbox:
                     "outbox: %d mail(s) wait for relay %r, unknown here", len(records), name
                 )
                 continue
-            sent += RelayPass(self, relay).run(records)
+            if not self.ordered:
+                sent += RelayPass(self, relay).run(records)
+                continue
+            lock = self._relay_locks.get(name)
+            if lock is None:
+                lock = ProcessLock(self.store, f"outbox-relay:{name}", ttl=60.0, clock=self.clock)
+                self._relay_locks[name] = lock
+            try:
+                with lock:
+                    records.sort(key=lambda record: float(record.data.get("queued_at", 0.0)))
+                    sent += RelayPass(self, relay).run(records)
+            except LeaseUnavailable:
+                log.debug("outbox: another sender works relay %s; its mail is left to it", name)
         return sent
 
     def run(self, stop: threading.Event | None = None) -> None:
@@ -306,6 +327,8 @@ class Outbox:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        for lock in self._relay_locks.values():  # (ordered=True) their heartbeat threads
+            lock.close()
 
     def __repr__(self) -> str:
         return f"Outbox({self.store!r}, relays={list(self.relays)!r})"
