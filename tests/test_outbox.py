@@ -532,7 +532,8 @@ def test_mailtether_queue_run_sends_the_outbox_through_a_relay_url(handler, tmp_
     url = f"sqlite://{db}"
     assert queue_cli("run", "--store", url) == (
         2,
-        "mailtether queue run: give the relay: --relay smtps://user:pw@host/\n",
+        "mailtether queue run: give the relay: --relay smtps://user:pw@host/, "
+        "MAILTETHER_RELAY, or relay = … in the settings file\n",
     )
     relay_url = f"smtp://127.0.0.1:{port}/?security=plain"
     # The mail names a relay this sender does not have: it waits, nothing is lost.
@@ -550,6 +551,18 @@ def test_mailtether_queue_run_sends_the_outbox_through_a_relay_url(handler, tmp_
         "sent 1; mails: queued 1, sent 1\n",
     )
     assert [recipients for _, recipients, _ in scripted.received] == [("bob@example.com",)]
+    store = SQLiteStore(db)
+    try:
+        Outbox(store, relay(port)).send(mail(3, "carol@example.com"))
+    finally:
+        store.close()
+    out = io.StringIO()  # the relay from the environment, as the other commands take it
+    code = main(
+        ["queue", "run", "--once", "--store", url],
+        out=out,
+        environ={"MAILTETHER_RELAY": relay_url},
+    )
+    assert (code, out.getvalue()) == (0, "sent 1; mails: queued 1, sent 2\n")
     code, text = queue_cli(
         "run", "--once", "--relay", "smtp://u:s3cret@127.0.0.1:1/?bad=1", "--store", url
     )

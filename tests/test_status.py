@@ -595,3 +595,23 @@ def test_smtp_notifier_mails_notices_whatever_only_says(smtp_server, board):
     assert message["Subject"] == (
         "[mailtether] outbox:relay: mail <a@x> is in the error queue: 550 no"
     )
+
+
+def test_smtp_notifier_says_how_to_resume_a_paused_source(smtp_server, board):
+    controller, received = smtp_server
+    notifier = SmtpNotifier(
+        "127.0.0.1",
+        "mailtether@example.com",
+        ["admin@example.com"],
+        port=controller.port,
+        security="plain",
+        only={"paused"},
+    )
+    board.notifiers.append(notifier)
+    board.set("support@example.com/INBOX", SourceState.ONLINE)
+    assert board.pause("support@example.com/INBOX", by="bob")
+    assert notifier.flush(timeout=10)
+    (message,) = received
+    text = message.get_payload(decode=True).decode()
+    assert "Paused on purpose" in text
+    assert "mailtether resume 'support@example.com/INBOX'" in text

@@ -54,5 +54,11 @@ def status_mail(
             "",
             f"Nothing is retried until a person resumes it: mailtether resume {status.source!r}",
         ]
+    elif status.state.value == "paused":
+        lines += [
+            "",
+            "Paused on purpose: no mail is handed out until a person resumes it:",
+            f"mailtether resume {status.source!r}",
+        ]
     message.set_content("\n".join(lines) + "\n")
     return message

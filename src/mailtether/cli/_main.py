@@ -142,6 +142,9 @@ def _main(argv: Sequence[str] | None, out: TextIO, environ: Mapping[str, str]) -
         if args.command == "run":
             return run_fleet(args, out, config=config)
         url = config.store_url(args.store, args.command)
+        if args.command == "queue" and args.action == "run" and not args.relay:
+            relay = config.relay_url(None)  # MAILTETHER_RELAY, or relay = … in the file
+            args.relay = [relay] if relay else []
         steering = args.command in _BOARD_COMMANDS
         notifiers = config.notifiers() if steering else []
         config.board_options()  # (checked before the store is opened)

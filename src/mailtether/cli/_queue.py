@@ -35,7 +35,8 @@ def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
         "--relay",
         action="append",
         default=[],
-        help="run: an SMTP relay URL (smtps://user:pw@host/ or smtp://, STARTTLS); repeatable",
+        help="run: an SMTP relay URL (smtps://user:pw@host/ or smtp://, STARTTLS); repeatable; "
+        "default: MAILTETHER_RELAY, or relay = … in the settings file",
     )
     parser.add_argument(
         "--once", action="store_true", help="run: one pass over due mail, then exit"
@@ -70,7 +71,10 @@ def _run(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     from mailtether.smtp._relay_url import relay_from_url
 
     if not args.relay:
-        out.write("mailtether queue run: give the relay: --relay smtps://user:pw@host/\n")
+        out.write(
+            "mailtether queue run: give the relay: --relay smtps://user:pw@host/, "
+            "MAILTETHER_RELAY, or relay = … in the settings file\n"
+        )
         return USAGE
     relays = [relay_from_url(url) for url in args.relay]
     outbox = Outbox(store, relays, status=StatusBoard(store))
