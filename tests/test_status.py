@@ -577,17 +577,23 @@ def test_a_notice_is_redacted_and_one_line(board, sent):
     assert sent[-1].event == "login as bob:*** failed second line"
 
 
-def test_smtp_notifier_mails_notices_whatever_only_says(smtp_server, board):
-    controller, received = smtp_server
+def admin_mailer(board: StatusBoard, port: int, only: set[str]) -> SmtpNotifier:
+    """An SmtpNotifier to admin@example.com on the local server, among *board*'s notifiers."""
     notifier = SmtpNotifier(
         "127.0.0.1",
         "mailtether@example.com",
         ["admin@example.com"],
-        port=controller.port,
+        port=port,
         security="plain",
-        only={"blocked"},
+        only=only,
     )
     board.notifiers.append(notifier)
+    return notifier
+
+
+def test_smtp_notifier_mails_notices_whatever_only_says(smtp_server, board):
+    controller, received = smtp_server
+    notifier = admin_mailer(board, controller.port, {"blocked"})
     board.set("outbox:relay", SourceState.ONLINE)
     board.notice("outbox:relay", "error queue", "mail <a@x> is in the error queue: 550 no")
     assert notifier.flush(timeout=10)
@@ -599,15 +605,7 @@ def test_smtp_notifier_mails_notices_whatever_only_says(smtp_server, board):
 
 def test_smtp_notifier_says_how_to_resume_a_paused_source(smtp_server, board):
     controller, received = smtp_server
-    notifier = SmtpNotifier(
-        "127.0.0.1",
-        "mailtether@example.com",
-        ["admin@example.com"],
-        port=controller.port,
-        security="plain",
-        only={"paused"},
-    )
-    board.notifiers.append(notifier)
+    notifier = admin_mailer(board, controller.port, {"paused"})
     board.set("support@example.com/INBOX", SourceState.ONLINE)
     assert board.pause("support@example.com/INBOX", by="bob")
     assert notifier.flush(timeout=10)
