@@ -176,16 +176,29 @@ def test_a_held_lock_is_unavailable(clock, store):
         ProcessLock(store, "run", ttl=30, clock=clock).__enter__()
 
 
-def test_entry_waits_up_to_the_timeout():
+def test_entry_waits_for_a_crashed_holder_within_the_timeout():
     clock = FakeClock()  # auto-advancing: the waits pass instantly
     store = MemoryStore(clock=clock)
     store.acquire("run", "crashed", 5)
-    with ProcessLock(store, "run", ttl=30, timeout=10, clock=clock) as lock:
-        assert lock.lease.owner == lock.owner
-        assert sum(clock.sleeps) >= 5
+    lock = ProcessLock(store, "run", ttl=30, timeout=10, clock=clock)
+    try:
+        with lock:
+            assert lock.lease.owner == lock.owner
+            assert sum(clock.sleeps) >= 5
+    finally:
+        assert lock.close()
+
+
+def test_entry_gives_up_at_the_timeout():
+    # A clock of its own: no heartbeat or lease-watch thread of another lock sleeps on it.
+    # (On an auto-advancing clock such a thread moves time on while the entry waits, and
+    # the holder's 50 s could pass within the entry's 10 s.)
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
     store.acquire("run", "crashed-again", 50)
     with pytest.raises(LeaseUnavailable, match="waited 10 s"):
         ProcessLock(store, "run", ttl=30, timeout=10, clock=clock).__enter__()
+    assert clock.monotonic() == pytest.approx(10, abs=1)
 
 
 def test_a_lock_object_cannot_be_entered_twice(clock, store):
