@@ -19,6 +19,7 @@ from mailtether import (
     RedisStore,
     SchemaError,
     StoreError,
+    Write,
     store_from_url,
 )
 from mailtether.testing import FaultProxy
@@ -349,6 +350,72 @@ def test_redis_scripts_the_server_forgot_are_loaded_again(redis_server):
         client.script_flush()
         assert store.release(lease) is True
         assert store.acquire("forgotten", "me", 30).token == 2
+    finally:
+        client.close()
+        store.close()
+
+
+def _redis_layout_holds(client, base: str, namespace: str) -> dict[str, str]:
+    """Check the indexes of *namespace* against its records; return each key's state.
+
+    The namespace index and each state's index hold exactly the records (in that state), at
+    their ``updated_at``; the states set holds every state that has a record (and may hold
+    states left empty: count skips them).
+    """
+    records = {
+        name.split("|", 1)[1]: client.hgetall(name)
+        for name in client.scan_iter(f"{base}:r:{namespace}|*", count=1000)
+    }
+    times = {key: float(fields["updated_at"]) for key, fields in records.items()}
+    assert dict(client.zrange(f"{base}:i:{namespace}", 0, -1, withscores=True)) == times
+    states = {fields["state"] for fields in records.values()}
+    for name in client.scan_iter(f"{base}:s:{namespace}|*", count=1000):
+        state = name.split("|", 1)[1]
+        held = {key: times[key] for key, fields in records.items() if fields["state"] == state}
+        assert dict(client.zrange(name, 0, -1, withscores=True)) == held
+    assert states <= client.smembers(f"{base}:states:{namespace}")
+    return {key: fields["state"] for key, fields in records.items()}
+
+
+def test_redis_put_many_keeps_the_index_layout_of_one_write_at_a_time(redis_server):
+    # put_many writes the indexes once per script; they must end as one put after another
+    # left them (the layout older versions read), for long runs too (more values than one
+    # command takes from Lua at once) and keys changing state more than once in a run.
+    from mailtether.stores._redis_scripts import SCRIPTS
+
+    redis = pytest.importorskip("redis")
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    base = "{" + prefix + "}"
+    store = store_from_url(f"{redis_server.url}?prefix={prefix}")
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        store.put_many(Write("guard", f"k{n}", "processing", {}) for n in range(0, 2500, 2))
+        fields: list[str] = []
+        for n in range(2500):  # one run of 2,500 (put_many sends 500): two namespaces in turn
+            fields += ["guard", f"k{n}", "failed" if n % 3 else "done", "", "{}"]
+            fields += ["guard-content", f"c{n}", "done", "0", "{}"]
+            if n % 5 == 0:
+                fields += ["guard", f"k{n}", "held", "", "{}"]
+        count = len(fields) // 5
+        answer = client.eval(SCRIPTS["put_many"], 0, base, "\x00".join(fields) + "\x00", count)
+        assert len(answer.split(" ")) == count + 1
+        states = _redis_layout_holds(client, base, "guard")
+        assert states == {
+            f"k{n}": "held" if n % 5 == 0 else "failed" if n % 3 else "done" for n in range(2500)
+        }
+        assert store.count("guard") == {
+            state: list(states.values()).count(state) for state in ("held", "failed", "done")
+        }
+        assert _redis_layout_holds(client, base, "guard-content") == {
+            f"c{n}": "done" for n in range(2500)
+        }
+        # processing is empty now; the set may still name it, count leaves it out.
+        assert "processing" not in store.count("guard")
+        assert store.delete("guard", "k1")
+        assert store.prune("guard", state="held", updated_before=store.now() + 1) == 500
+        left = _redis_layout_holds(client, base, "guard")
+        assert store.count("guard") == {"failed": 1332, "done": 667}
+        assert len(left) == 1999
     finally:
         client.close()
         store.close()

@@ -276,6 +276,41 @@ def test_put_many_writes_to_one_key_apply_in_order(store):
     assert store.get("guard", "j").state == "processing"
 
 
+def test_put_many_moves_keys_through_states_in_one_batch(store):
+    # The indexes behind scan and count follow each key to its last state, also when a key
+    # passes through states within one batch, and across namespaces taking turns.
+    store.put("guard", "was-held", "held", {})
+    results = store.put_many(
+        [
+            Write("guard", "k", "processing", {}, expect=0),
+            Write("guard-content", "k", "processing", {}, expect=0),
+            Write("guard", "k", "failed", {}, expect=1),
+            Write("guard", "j", "failed", {}),
+            Write("guard-content", "k", "done", {}, expect=1),
+            Write("guard", "k", "processing", {}, expect=2),
+            Write("guard", "was-held", "failed", {}, expect=1),
+            Write("guard", "was-held", "done", {}, expect=2),
+            Write("guard", "k", "done", {}, expect=9),  # refused: k stays processing
+        ]
+    )
+    assert [None if r is None else r.version for r in results] == [1, 1, 2, 1, 2, 3, 2, 3, None]
+    assert store.count("guard") == {"processing": 1, "failed": 1, "done": 1}
+    assert store.count("guard-content") == {"done": 1}
+    assert [r.key for r in store.scan("guard", state="processing")] == ["k"]
+    assert [r.key for r in store.scan("guard", state="failed")] == ["j"]
+    assert [r.key for r in store.scan("guard", state="done")] == ["was-held"]
+    assert store.scan("guard", state="held") == []
+    assert store.scan("guard-content", state="processing") == []
+    assert sorted(r.key for r in store.scan("guard")) == ["j", "k", "was-held"]
+    for record in store.scan("guard"):
+        assert record == store.get("guard", record.key)
+    # A state left empty in the batch is entered again later: it counts again.
+    store.put("guard", "j", "held", {})
+    assert store.count("guard") == {"processing": 1, "done": 1, "held": 1}
+    assert store.prune("guard", state="held", updated_before=store.now() + 1) == 1
+    assert store.count("guard") == {"processing": 1, "done": 1}
+
+
 def test_put_many_of_nothing_and_of_many(store):
     assert store.put_many([]) == []
     results = store.put_many(Write("guard", f"k{i}", "done", {"i": i}) for i in range(1200))
