@@ -68,6 +68,14 @@ local function send(command, key, values)
     redis.call(command, key, unpack(values, from, math.min(from + 1999, #values)))
   end
 end
+local function list_in(lists, name)  -- lists[name], made empty if missing
+  local found = lists[name]
+  if not found then
+    found = {}
+    lists[name] = found
+  end
+  return found
+end
 local out = {stamp}
 local seen = {}    -- record key: {version, state, state before the script, written?, key}
 local spaces = {}  -- namespace: {records = record-key prefix, name, written = {entries}}
@@ -120,21 +128,13 @@ for _, space in ipairs(order) do
       local state, before, key = entry[2], entry[3], entry[5]
       index[#index + 1] = stamp
       index[#index + 1] = key
-      local into = entered[state]
-      if not into then
-        into = {}
-        entered[state] = into
-      end
+      local into = list_in(entered, state)
       into[#into + 1] = stamp
       into[#into + 1] = key
       if before ~= state then
         new[state] = true
         if before then
-          local from = left[before]
-          if not from then
-            from = {}
-            left[before] = from
-          end
+          local from = list_in(left, before)
           from[#from + 1] = key
         end
       end
