@@ -185,6 +185,32 @@ def test_odd_keys_and_documents_round_trip_in_batches(store):
     assert [store.get("guard", key).data for key in ODD_KEYS] == list(documents.values())
 
 
+@pytest.mark.parametrize("separator", ["", "unit\x1fseparator"], ids=["plain", "separator"])
+def test_odd_keys_and_documents_survive_every_kind_of_batch_write(store, separator):
+    # Quotes, backslashes, commas, braces, control characters, "NULL": whatever the rows
+    # travel in (PostgresStore: texts joined by \x1f, or JSON when a key holds one).
+    keys = [*ODD_KEYS, 'q"uote', "back\\slash\\", "a,b", "{x,y}", "NULL", "\x01\x1e\x7f", "é\u2028"]
+    keys += [separator] if separator else []
+    data = {k: {"k": k, "odd": '\x1f\x1e"\\ ,{}', "n": i} for i, k in enumerate(keys)}
+    created = store.put_many(Write("guard", k, "processing", data[k], expect=0) for k in keys)
+    assert [(r.key, r.version, r.data) for r in created] == [(k, 1, data[k]) for k in keys]
+    assert store.put_many(Write("guard", k, "processing", {}, expect=0) for k in keys) == [
+        None
+    ] * len(keys)
+    updated = store.put_many(Write("guard", k, "done", data[k], expect=1) for k in keys)
+    assert [(r.key, r.state, r.version) for r in updated] == [(k, "done", 2) for k in keys]
+    assert {k: r.data for k, r in store.get_many("guard", keys).items()} == data
+    assert store.put_many(Write("guard", k, "x", {}, expect=1) for k in keys) == [None] * len(keys)
+    upserted = store.put_many(Write("guard", k, "held", {"again": k}) for k in keys)
+    assert [(r.key, r.version) for r in upserted] == [(k, 3) for k in keys]
+    assert store.existing("guard", [*keys, "missing"]) == set(keys)
+    found = store.get_many("guard", [*keys, "missing"])
+    assert {k: (r.state, r.data, r.version) for k, r in found.items()} == {
+        k: ("held", {"again": k}, 3) for k in keys
+    }
+    assert store.count("guard") == {"held": len(keys)}
+
+
 def test_put_many_decides_each_write_across_batch_boundaries(store):
     taken = store.put_many(Write("guard", f"k{i}", "done", {}) for i in range(0, 1300, 2))
     writes = [Write("guard", f"k{i}", "processing", {"i": i}, expect=0) for i in range(1300)]
