@@ -112,3 +112,14 @@ def oauth2_dovecot(tls_ca: TestCA, oauth2: OAuth2Server) -> Iterator[DovecotServ
     server = _start("Dovecot", DovecotServer(tls_ca, oauth2=oauth2).start)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def batches_of(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Make the listener's batches small: at most *most* mails."""
+    import mailtether._pipeline as pipeline_module
+
+    def set_sizes(most: int) -> None:
+        monkeypatch.setattr(pipeline_module, "_FETCH_MOST", most)
+
+    return set_sizes

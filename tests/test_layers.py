@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "_smtp_notifier": 2,
     "_status_mail": 2,
     "_pending": 2,
+    "_write_behind": 2,
     "_state_filter": 2,
     "_webhook_notifier": 2,
     "_settings": 2,

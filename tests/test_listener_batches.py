@@ -51,17 +51,6 @@ def fill(mailbox, count: int) -> None:
     client.logout()
 
 
-@pytest.fixture
-def batches_of(monkeypatch):
-    """Make the listener's batches small: at most *most* mails."""
-    import mailtether._pipeline as pipeline_module
-
-    def set_sizes(most: int) -> None:
-        monkeypatch.setattr(pipeline_module, "_FETCH_MOST", most)
-
-    return set_sizes
-
-
 @pytest.mark.parametrize(
     ("window", "work", "recorded_when_handling"),
     [

@@ -11,7 +11,7 @@ mailbox changes in flight) and the parts (attachments handed out of a mail not y
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
@@ -41,6 +41,7 @@ from mailtether._message_key import MessageKey
 from mailtether._redaction import redacting_logger
 from mailtether._review import review_mail
 from mailtether._status import StatusBoard
+from mailtether._write_behind import Behind, writes_in_parallel
 from mailtether.stores._protocol import Store, Write
 
 if TYPE_CHECKING:
@@ -198,17 +199,41 @@ class Pipeline:
         # The last batch's mailbox change, sent but not yet confirmed, and its last position:
         # the cursor passes the batch once the server has confirmed the change.
         unconfirmed: tuple[Callable[[], None], int] | None = None
+        # Batches handled whose change is not sent yet, oldest first: on a store that writes
+        # in parallel, the last one's outcomes are recorded behind while the next is handed
+        # over, and it is settled (its change sent) after that one.
+        unsettled: list[tuple[_Settle, int]] = []
+        behind = writes_in_parallel(self.store)
+
+        def settle() -> None:
+            nonlocal handled, unconfirmed
+            settlement, position = unsettled[0]
+            done, failed, confirm = settlement()
+            del unsettled[0]  # its change is sent: no longer the fault path's
+            handled += done
+            if done or failed:
+                self.status.count(self.name, processed=done, failed=failed)
+            unconfirmed = (confirm, position)
+
+        def confirmed() -> None:
+            nonlocal last, unconfirmed
+            assert unconfirmed is not None
+            confirm, position = unconfirmed
+            unconfirmed = None
+            confirm()
+            if port.uses_cursor:
+                last = self._advance(port, last, position, busy)
+
         try:
             for window, batch, fetched, unreadable in fetches:
                 if not set(window.busy) <= set(busy):
                     busy = tuple(sorted({*busy, *window.busy}))
                 if unconfirmed is not None:  # its answer is in by now: the server made the
-                    confirm, position = unconfirmed  # change while it sent this batch
-                    unconfirmed = None
-                    confirm()
-                    if port.uses_cursor:
-                        last = self._advance(port, last, position, busy)
+                    confirmed()  # change while it sent this batch
                 if not batch:  # the window is worked through: the cursor passes all of it
+                    while unsettled:
+                        settle()
+                        confirmed()
                     if port.uses_cursor:
                         last = self._advance(port, last, window.newest, busy)
                     continue
@@ -217,19 +242,24 @@ class Pipeline:
                 mails = [(p, keys[p], *fetched[p]) for p in batch if p in fetched]  # else gone
                 bad = [(p, keys[p], reason, False) for p, reason in unreadable.items()]
                 began = self.clock.monotonic()
-                done, failed, confirm = self._handle(port, mails, window.fresh, fence, bad)
+                before = unsettled[-1][0] if unsettled else None
+                settlement = self._handle(
+                    port, mails, window.fresh, fence, bad, behind=behind, before=before
+                )
                 fetches.handled(len(mails), self.clock.monotonic() - began)
-                handled += done
-                if done or failed:
-                    self.status.count(self.name, processed=done, failed=failed)
-                unconfirmed = (confirm, batch[-1])
-            if unconfirmed is not None:  # (each window's end comes after its batches: unused)
-                confirm, position = unconfirmed
-                confirm()
-                if port.uses_cursor:
-                    last = self._advance(port, last, position, busy)
-        except ConnectionLost as error:
-            if fetches.reading:
+                unsettled.append((settlement, batch[-1]))
+                while len(unsettled) > (1 if behind else 0):
+                    settle()
+            # (each window's end comes after its batches: nothing is left here but by a bug)
+            while unconfirmed is not None or unsettled:
+                if unconfirmed is not None:
+                    confirmed()
+                if unsettled:
+                    settle()
+        except BaseException as error:
+            for settlement, _ in unsettled:  # recorded, or being recorded: changes for later
+                settlement.after_fault()
+            if isinstance(error, ConnectionLost) and fetches.reading:
                 self._broke(port, fetches.reading, error)
             raise
         finally:
@@ -276,7 +306,7 @@ class Pipeline:
                 if known.get(p, 0) > limit
             ]
             if too_large:
-                done, failed, confirm = self._handle(port, [], fresh, fence, too_large)
+                done, failed, confirm = self._handle(port, [], fresh, fence, too_large)()
                 confirm()
                 self.status.count(self.name, processed=done, failed=failed)
             todo = sorted(p for p in keys if known.get(p, 0) <= limit)
@@ -414,7 +444,10 @@ class Pipeline:
         fresh: set[int],
         fence: Fence,
         unreadable: Sequence[tuple[int, MessageKey, str, bool]] = (),
-    ) -> tuple[int, int, Callable[[], None]]:
+        *,
+        behind: bool = False,
+        before: _Settle | None = None,
+    ) -> _Settle:
         """Hand one fetched batch over; record the outcomes; change the mailbox.
 
         Mail the server could not give (*unreadable*: position, key, reason, hold at once)
@@ -424,11 +457,15 @@ class Pipeline:
         Mail the guard has never seen is claimed in one store write and its outcomes are
         recorded in groups (see *commit_window*); mail it knows (a retry, a claim that
         expired in a crash) goes one at a time, each outcome recorded at once, so a mail
-        that crashes the process is blamed alone. Returns how many were done and failed,
-        and the confirmation of the batch's mailbox change (sent, its answer not yet read:
-        see :meth:`MailboxPort.apply`).
+        that crashes the process is blamed alone. Returns the batch's settlement: called,
+        it waits for the outcomes to be recorded (*behind*: they are written on a thread of
+        their own meanwhile, see :mod:`mailtether._write_behind`), puts held mail aside, sends
+        the mailbox change and returns how many were done and failed, and the change's
+        confirmation (sent, its answer not yet read: see :meth:`MailboxPort.apply`).
         """
         keys = {position: key.with_content(raw) for position, key, raw, _ in mails}
+        if before is not None and before.shares_content(keys.values()):
+            before.written()  # a copy of mail the batch before records: decided after that
         # The same content twice in one batch: the second waits until the first is recorded,
         # and is then decided like any repeat (a duplicate of the first, if that was done).
         firsts, repeats = _first_of_each_content([p for p, _, _, _ in mails if p in fresh], keys)
@@ -482,7 +519,18 @@ class Pipeline:
             for unstarted in claims.values():
                 if unstarted.acquired:
                     unstarted.give_back()
+        if behind and batch.pending:
+            return _Settle(self, port, mails, batch, behind=True)
         batch.record()
+        return _Settle(self, port, mails, batch, behind=False)
+
+    def _settle(
+        self,
+        port: MailboxPort,
+        mails: list[tuple[int, MessageKey, bytes, tuple[bytes, ...]]],
+        batch: _Outcomes,
+    ) -> tuple[int, int, Callable[[], None]]:
+        """Put held mail aside, then change the mailbox: the outcomes are recorded by now."""
         if batch.poisoned:
             raw_of = {position: raw for position, _, raw, _ in mails}
             for key in batch.poisoned:
@@ -965,6 +1013,16 @@ class _Outcomes:
         self.done = 0
         self.failed = 0
 
+    @property
+    def pending(self) -> bool:
+        """Whether outcomes wait to be recorded."""
+        return bool(self._pending)
+
+    @property
+    def content_ids(self) -> frozenset[str]:
+        """The content ids of the mail whose outcomes are queued."""
+        return frozenset(c.key.content_id for _, c, _ in self._pending if c.key.content_id)
+
     def add(self, position: int, claim: Claim, error: str | None, seconds: float) -> None:
         """Queue an outcome; record the queue once *seconds* of work add up to the window."""
         self._pending.append((position, claim, error))
@@ -1000,11 +1058,72 @@ class _Outcomes:
         """
         try:
             self.record()
-            action = self._after
-            if self.finished_keys and action.kind != "leave":
-                data = action.to_record()
-                self._store.put_many(
-                    [Write(_OUTBOX, key.id, "pending", data) for key in self.finished_keys]
-                )
+            self.leave_changes()
         except Exception as error:
             log.error("%s: could not record the outcomes of handled mail: %s", self._name, error)
+
+    def leave_changes(self) -> None:
+        """Leave the mailbox changes of the mail recorded done in the outbox (see above)."""
+        action = self._after
+        if self.finished_keys and action.kind != "leave":
+            data = action.to_record()
+            self._store.put_many(
+                [Write(_OUTBOX, key.id, "pending", data) for key in self.finished_keys]
+            )
+
+
+class _Settle:
+    """A handled batch, its outcomes recorded (or being recorded): settled when called.
+
+    Calling it waits for the outcome write (*behind*: started here, on a thread of its own),
+    puts held mail aside and sends the batch's mailbox change: see :meth:`Pipeline._handle`.
+    """
+
+    __slots__ = ("_batch", "_behind", "_contents", "_mails", "_pipeline", "_port")
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        port: MailboxPort,
+        mails: list[tuple[int, MessageKey, bytes, tuple[bytes, ...]]],
+        batch: _Outcomes,
+        *,
+        behind: bool,
+    ) -> None:
+        self._pipeline = pipeline
+        self._port = port
+        self._mails = mails
+        self._batch = batch
+        # Read before the write starts (its thread changes the batch): copies of this mail
+        # in the next batch are decided once these outcomes are recorded.
+        self._contents = batch.content_ids if behind else frozenset()
+        self._behind = Behind(batch.record, pipeline.name) if behind else None
+
+    def written(self) -> None:
+        """Wait until the outcomes are recorded (raise the write's error)."""
+        behind, self._behind = self._behind, None
+        if behind is not None:
+            behind.wait()
+
+    def shares_content(self, keys: Iterable[MessageKey]) -> bool:
+        """Whether mail being recorded behind has the content of one of *keys* (a copy)."""
+        return not self._contents.isdisjoint(key.content_id for key in keys)
+
+    def __call__(self) -> tuple[int, int, Callable[[], None]]:
+        self.written()
+        return self._pipeline._settle(self._port, self._mails, self._batch)
+
+    def after_fault(self) -> None:
+        """A fault came first: leave the mailbox changes of what was recorded in the outbox.
+
+        Never raises: the fault is what the caller reports.
+        """
+        behind, self._behind = self._behind, None
+        try:
+            if behind is not None:
+                behind.wait()
+            self._batch.leave_changes()
+        except Exception as error:
+            log.error(
+                "%s: could not record the outcomes of handled mail: %s", self._pipeline.name, error
+            )

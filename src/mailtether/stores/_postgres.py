@@ -154,6 +154,10 @@ class PostgresStore(PutFromPutMany):
         PostgresStore('postgresql://mail:***@db.internal/mail', table_prefix='mailtether')
     """
 
+    # Writes from two threads run at once on the server (a connection each): the listener
+    # records a batch's outcomes behind while it hands the next batch over (_write_behind).
+    _parallel_writes = True
+
     def __init__(
         self,
         url: str,

@@ -102,6 +102,10 @@ class RedisStore(PutFromPutMany):
         RedisStore('redis://:***@redis.internal/0?prefix=mail', prefix='mail')
     """
 
+    # Writes from two threads run at once on the server (a connection each): the listener
+    # records a batch's outcomes behind while it hands the next batch over (_write_behind).
+    _parallel_writes = True
+
     def __init__(
         self,
         url: str,

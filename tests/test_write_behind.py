@@ -1,0 +1,234 @@
+"""Outcomes recorded behind: on a store that writes in parallel, a batch's outcome write runs
+on a thread of its own while the next batch is handed over (mailtether._write_behind).
+
+The promise holds all the same: no mail is marked before its outcome is recorded, a failed
+write marks nothing, and a fault while a batch is being recorded leaves its changes for later.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterable
+
+import pytest
+
+from helpers import flags_of
+from mailtether import (
+    Delivery,
+    DuplicateGuard,
+    ImapListener,
+    ImapSettings,
+    MemoryStore,
+    Pop3Poller,
+    StoreError,
+    Write,
+)
+from mailtether._guard_states import GuardState
+from mailtether._write_behind import Behind, writes_in_parallel
+from mailtether.testing import FakeClock
+from test_listener_batches import fill, mail, settings_for, subject
+
+
+class BehindStore(MemoryStore):
+    """A MemoryStore the listener treats as one that writes in parallel (Redis, PostgreSQL).
+
+    Each write of done outcomes is held up a little, on the thread that makes it, so the
+    listener is well into the next batch by then; after the write the mailbox is looked at:
+    none of those mails may be marked yet. *fail_on*: the numbers of the done-outcome writes
+    (1, 2, ...) that fail instead, before anything is written.
+    """
+
+    _parallel_writes = True
+
+    def __init__(self, mailbox, *, fail_on: Iterable[int] = (), clock=None) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(**({} if clock is None else {"clock": clock}))
+        self.mailbox = mailbox
+        self.fail_on = set(fail_on)
+        self.done_writes = 0
+        self.lock = threading.Lock()
+        self.threads: set[str] = set()
+        self.marked_too_early: list[int] = []
+        self.uid_of: dict[str, int] = {}
+
+    def put_many(self, writes: Iterable[Write]) -> list:  # type: ignore[override,type-arg]
+        writes = list(writes)
+        done = [w for w in writes if w.namespace == "guard" and w.state == GuardState.DONE]
+        if not done:
+            return super().put_many(writes)
+        with self.lock:
+            self.done_writes += 1
+            number = self.done_writes
+            self.threads.add(threading.current_thread().name)
+        threading.Event().wait(0.05)  # the listener goes on meanwhile
+        if number in self.fail_on:
+            raise StoreError("the store went away (injected)")
+        results = super().put_many(writes)
+        flags = flags_of(self.mailbox)
+        for write in done:
+            uid = self.uid_of.get(write.key)
+            if uid is not None and b"\\Seen" in flags.get(uid, ()):
+                self.marked_too_early.append(uid)
+        return results
+
+
+def listener_for(mailbox, store, handler, **options) -> ImapListener:  # type: ignore[no-untyped-def]
+    def handing(delivery: Delivery) -> None:
+        store.uid_of[delivery.key.id] = delivery.uid
+        handler(delivery)
+
+    return ImapListener(settings_for(mailbox), handing, store=store, lease_ttl=None, **options)
+
+
+def test_only_stores_that_say_so_are_written_behind(mailbox):
+    assert writes_in_parallel(BehindStore(mailbox))
+    assert not writes_in_parallel(MemoryStore())
+
+
+def test_a_behind_thread_hands_its_error_to_the_waiter_once():
+    def fails() -> None:
+        raise StoreError("down")
+
+    behind = Behind(fails, "test")
+    with pytest.raises(StoreError, match="down"):
+        behind.wait()
+    behind.wait()  # taken: not raised twice
+
+
+def test_every_mail_is_recorded_before_it_is_marked(mailbox, batches_of):
+    batches_of(10)
+    fill(mailbox, 45)
+    store = BehindStore(mailbox)
+    calls: Counter[str] = Counter()
+    listener = listener_for(mailbox, store, lambda d: calls.update([subject(d)]))
+    assert listener.poll_once() == 45
+    assert calls == Counter({f"mail {n}": 1 for n in range(1, 46)})
+    assert store.marked_too_early == []
+    assert any(name.startswith("mailtether-record-") for name in store.threads), "behind"
+    assert all(b"\\Seen" in f for f in flags_of(mailbox).values())
+    assert listener.poll_once() == 0, "nothing is handed out again"
+
+
+def test_a_mail_held_in_a_batch_recorded_behind_is_put_aside(mailbox, batches_of):
+    batches_of(7)
+    fill(mailbox, 30)
+    store = BehindStore(mailbox)
+    guard = DuplicateGuard(store, max_failures=1)
+
+    def handler(delivery: Delivery) -> None:
+        if subject(delivery) == "mail 12":
+            raise ValueError("poison")
+
+    listener = listener_for(mailbox, store, handler, guard=guard, on_poison="flag")
+    assert listener.poll_once() == 29
+    flags = flags_of(mailbox)
+    assert [uid for uid, f in flags.items() if b"\\Flagged" in f] == [12]
+    assert sum(b"\\Seen" in f for f in flags.values()) == 29
+    assert store.marked_too_early == []
+
+
+def test_a_failed_behind_write_marks_nothing_it_did_not_record(mailbox, batches_of):
+    """The second batch's outcomes are lost with the store: its mail comes again, later."""
+    batches_of(10)
+    fill(mailbox, 35)
+    clock = FakeClock(auto_advance=False)
+    store = BehindStore(mailbox, fail_on={2}, clock=clock)
+    guard = DuplicateGuard(store, claim_ttl=60)
+    calls: Counter[str] = Counter()
+    listener = listener_for(mailbox, store, lambda d: calls.update([subject(d)]), guard=guard)
+    with pytest.raises(StoreError, match="went away"):
+        listener.poll_once()
+    seen = {uid for uid, f in flags_of(mailbox).items() if b"\\Seen" in f}
+    # The first batch's change was sent (whether the server made it before the connection
+    # closed is its business: if not, it is made on the next catch-up); not the second's.
+    assert seen <= set(range(1, 11)), "nothing of the second batch: it was not recorded"
+    assert store.marked_too_early == []
+    clock.advance(61)  # the unrecorded claims expire: those mails are due again
+    listener.poll_once()
+    assert all(b"\\Seen" in f for f in flags_of(mailbox).values())
+    twice = {name for name, n in calls.items() if n == 2}
+    assert twice == {f"mail {n}" for n in range(11, 21)}, "only what was not recorded"
+    assert set(calls) == {f"mail {n}" for n in range(1, 36)}
+    assert store.marked_too_early == []
+
+
+def test_a_connection_lost_while_a_batch_is_recorded_behind(mailbox, batches_of):
+    """Its outcomes are recorded all the same; its change is made after the reconnect."""
+    from mailtether import Fixed, Keepalive
+    from mailtether.testing import FaultProxy
+
+    batches_of(10)
+    fill(mailbox, 40)
+    store = BehindStore(mailbox)
+    calls: Counter[str] = Counter()
+    with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
+        proxy.cut_on(b"Subject: mail 25\r\n")  # while the second batch is being recorded
+        settings = ImapSettings(
+            "127.0.0.1", mailbox.user, mailbox.password, port=proxy.port, security="plain"
+        )
+
+        def handler(delivery: Delivery) -> None:
+            store.uid_of[delivery.key.id] = delivery.uid
+            calls[subject(delivery)] += 1
+
+        listener = ImapListener(
+            settings,
+            handler,
+            store=store,
+            lease_ttl=None,
+            reconnect=Fixed(0.05),
+            keepalive=Keepalive(noop_interval=1, idle_renewal=1, response_timeout=2),
+            poll_interval=1,
+        )
+        with pytest.raises(Exception, match="the connection broke"):
+            listener.poll_once()
+        proxy.pass_through()
+        listener.poll_once()
+    assert calls == Counter({f"mail {n}": 1 for n in range(1, 41)})
+    assert all(b"\\Seen" in f for f in flags_of(mailbox).values())
+    assert store.marked_too_early == []
+
+
+def test_a_copy_in_the_next_batch_waits_for_the_first_to_be_recorded(mailbox, batches_of):
+    """The same bytes under a later UID, while the first is still being recorded: a copy."""
+    batches_of(10)
+    client = mailbox.client()
+    for n in range(1, 21):
+        client.append("INBOX", mail(3 if n == 15 else n))  # UID 15: a byte copy of UID 3
+    client.logout()
+    store = BehindStore(mailbox)
+    calls: Counter[int] = Counter()
+    listener = listener_for(mailbox, store, lambda d: calls.update([d.uid]))
+    assert listener.poll_once() == 19
+    assert 15 not in calls, "decided as a copy of UID 3, not handled again"
+    assert set(calls) == set(range(1, 21)) - {15}
+    assert all(b"\\Seen" in f for f in flags_of(mailbox).values())
+    assert store.marked_too_early == []
+
+
+def test_a_pop3_mailbox_recorded_behind_is_handled_once_and_emptied(mailbox, batches_of):
+    import poplib
+
+    batches_of(10)
+    fill(mailbox, 25)
+    store = BehindStore(mailbox)
+    calls: Counter[str] = Counter()
+    settings = ImapSettings(
+        "127.0.0.1",
+        mailbox.user,
+        mailbox.password,
+        port=mailbox.server.pop3_port,
+        security="plain",
+    )
+    poller = Pop3Poller(
+        settings, lambda d: calls.update([subject(d)]), store=store, lease_ttl=None, timeout=5
+    )
+    assert poller.poll_once() == 25
+    assert calls == Counter({f"mail {n}": 1 for n in range(1, 26)})
+    assert any(name.startswith("mailtether-record-") for name in store.threads), "behind"
+    pop = poplib.POP3("127.0.0.1", mailbox.server.pop3_port, timeout=10)
+    pop.user(mailbox.user)
+    pop.pass_(mailbox.password)
+    assert pop.stat()[0] == 0, "every mail deleted"
+    pop.quit()
+    assert poller.poll_once() == 0
