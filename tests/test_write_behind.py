@@ -193,15 +193,17 @@ def test_a_copy_in_the_next_batch_waits_for_the_first_to_be_recorded(mailbox, ba
     """The same bytes under a later UID, while the first is still being recorded: a copy."""
     batches_of(10)
     client = mailbox.client()
-    for n in range(1, 21):
-        client.append("INBOX", mail(3 if n == 15 else n))  # UID 15: a byte copy of UID 3
+    for n in range(1, 31):
+        client.append("INBOX", mail(13 if n == 25 else n))  # UID 25: a byte copy of UID 13
     client.logout()
     store = BehindStore(mailbox)
     calls: Counter[int] = Counter()
     listener = listener_for(mailbox, store, lambda d: calls.update([d.uid]))
-    assert listener.poll_once() == 19
-    assert 15 not in calls, "decided as a copy of UID 3, not handled again"
-    assert set(calls) == set(range(1, 21)) - {15}
+    # The second batch (UIDs 11-20) is recorded behind while the third is handed over.
+    assert listener.poll_once() == 29
+    assert any(name.startswith("mailtether-record-") for name in store.threads), "behind"
+    assert 25 not in calls, "decided as a copy of UID 13, not handled again"
+    assert set(calls) == set(range(1, 31)) - {25}
     assert all(b"\\Seen" in f for f in flags_of(mailbox).values())
     assert store.marked_too_early == []
 
@@ -232,3 +234,13 @@ def test_a_pop3_mailbox_recorded_behind_is_handled_once_and_emptied(mailbox, bat
     assert pop.stat()[0] == 0, "every mail deleted"
     pop.quit()
     assert poller.poll_once() == 0
+
+
+def test_a_batch_with_nothing_after_it_is_recorded_in_line(mailbox):
+    """One batch (a push in IDLE, a small catch-up): no thread, nothing to overlap."""
+    fill(mailbox, 5)
+    store = BehindStore(mailbox)
+    listener = listener_for(mailbox, store, lambda d: None)
+    assert listener.poll_once() == 5
+    assert store.threads == {threading.current_thread().name}
+    assert all(b"\\Seen" in f for f in flags_of(mailbox).values())

@@ -243,8 +243,16 @@ class Pipeline:
                 bad = [(p, keys[p], reason, False) for p, reason in unreadable.items()]
                 began = self.clock.monotonic()
                 before = unsettled[-1][0] if unsettled else None
+                # Behind only while the next batch is on its way: with nothing to overlap
+                # (one mail pushed in IDLE, the last batch) a thread would only cost.
                 settlement = self._handle(
-                    port, mails, window.fresh, fence, bad, behind=behind, before=before
+                    port,
+                    mails,
+                    window.fresh,
+                    fence,
+                    bad,
+                    behind=behind and fetches.ahead,
+                    before=before,
                 )
                 fetches.handled(len(mails), self.clock.monotonic() - began)
                 unsettled.append((settlement, batch[-1]))
@@ -859,6 +867,8 @@ class _Fetches:
         self._check = check
         self.reading: list[tuple[int, MessageKey]] | None = None
         """The mails whose answer is being read (still set if reading it failed)."""
+        self.ahead = False
+        """Whether the next batch was asked for before the one just yielded."""
         self._per_mail = per_mail  # seconds of handling per mail, once measured
 
     @property
@@ -925,6 +935,7 @@ class _Fetches:
             per_mail = self._per_mail
             if batch and per_mail is not None and per_mail * len(current) < _BATCH_SECONDS:
                 answer = self._ask(batch)
+            self.ahead = answer is not None
             yield window, current, fetched, unreadable
             if following is not window:
                 yield window, [], {}, {}
