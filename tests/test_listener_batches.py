@@ -29,14 +29,26 @@ def store(tmp_path) -> Iterator[SQLiteStore]:
     opened.close()
 
 
-def settings_for(mailbox) -> ImapSettings:
+def settings_for(mailbox, port: int | None = None) -> ImapSettings:  # type: ignore[no-untyped-def]
+    """The mailbox's IMAP settings (*port*: another way in, such as a FaultProxy's)."""
     return ImapSettings(
         "127.0.0.1",
         mailbox.user,
         mailbox.password,
-        port=mailbox.server.imap_port,
+        port=port or mailbox.server.imap_port,
         security="plain",
     )
+
+
+def reconnecting() -> dict[str, object]:
+    """Listener options for a test that cuts the connection: quick to notice, quick back."""
+    from mailtether import Fixed, Keepalive
+
+    return {
+        "reconnect": Fixed(0.05),
+        "keepalive": Keepalive(noop_interval=1, idle_renewal=1, response_timeout=2),
+        "poll_interval": 1,
+    }
 
 
 def subject(delivery: Delivery) -> str:
@@ -236,7 +248,6 @@ def test_the_next_batch_is_asked_for_ahead_only_when_handling_is_quick(
 
 def test_a_connection_lost_while_the_next_batch_is_on_its_way(mailbox, store, batches_of):
     """The reset comes in the middle of a batch asked for ahead: each mail still once, all seen."""
-    from mailtether import Fixed, Keepalive
     from mailtether.testing import FaultProxy
 
     batches_of(10)
@@ -248,18 +259,8 @@ def test_a_connection_lost_while_the_next_batch_is_on_its_way(mailbox, store, ba
 
     with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
         proxy.cut_on(b"Subject: mail 25\r\n")  # inside the third batch, fetched ahead
-        settings = ImapSettings(
-            "127.0.0.1", mailbox.user, mailbox.password, port=proxy.port, security="plain"
-        )
-        listener = ImapListener(
-            settings,
-            handler,
-            store=store,
-            lease_ttl=None,
-            reconnect=Fixed(0.05),
-            keepalive=Keepalive(noop_interval=1, idle_renewal=1, response_timeout=2),
-            poll_interval=1,
-        )
+        settings = settings_for(mailbox, proxy.port)
+        listener = ImapListener(settings, handler, store=store, lease_ttl=None, **reconnecting())
         with pytest.raises(Exception, match="fetching new mail"):
             listener.poll_once()
         proxy.pass_through()

@@ -18,7 +18,6 @@ from mailtether import (
     Delivery,
     DuplicateGuard,
     ImapListener,
-    ImapSettings,
     MemoryStore,
     Pop3Poller,
     StoreError,
@@ -27,7 +26,7 @@ from mailtether import (
 from mailtether._guard_states import GuardState
 from mailtether._write_behind import Behind, writes_in_parallel
 from mailtether.testing import FakeClock
-from test_listener_batches import fill, mail, settings_for, subject
+from test_listener_batches import fill, mail, reconnecting, settings_for, subject
 
 
 class BehindStore(MemoryStore):
@@ -72,12 +71,13 @@ class BehindStore(MemoryStore):
         return results
 
 
-def listener_for(mailbox, store, handler, **options) -> ImapListener:  # type: ignore[no-untyped-def]
+def listener_for(mailbox, store, handler, port=None, **options) -> ImapListener:  # type: ignore[no-untyped-def]
     def handing(delivery: Delivery) -> None:
         store.uid_of[delivery.key.id] = delivery.uid
         handler(delivery)
 
-    return ImapListener(settings_for(mailbox), handing, store=store, lease_ttl=None, **options)
+    settings = settings_for(mailbox, port)
+    return ImapListener(settings, handing, store=store, lease_ttl=None, **options)
 
 
 def test_only_stores_that_say_so_are_written_behind(mailbox):
@@ -154,7 +154,6 @@ def test_a_failed_behind_write_marks_nothing_it_did_not_record(mailbox, batches_
 
 def test_a_connection_lost_while_a_batch_is_recorded_behind(mailbox, batches_of):
     """Its outcomes are recorded all the same; its change is made after the reconnect."""
-    from mailtether import Fixed, Keepalive
     from mailtether.testing import FaultProxy
 
     batches_of(10)
@@ -163,22 +162,8 @@ def test_a_connection_lost_while_a_batch_is_recorded_behind(mailbox, batches_of)
     calls: Counter[str] = Counter()
     with FaultProxy(("127.0.0.1", mailbox.server.imap_port)) as proxy:
         proxy.cut_on(b"Subject: mail 25\r\n")  # while the second batch is being recorded
-        settings = ImapSettings(
-            "127.0.0.1", mailbox.user, mailbox.password, port=proxy.port, security="plain"
-        )
-
-        def handler(delivery: Delivery) -> None:
-            store.uid_of[delivery.key.id] = delivery.uid
-            calls[subject(delivery)] += 1
-
-        listener = ImapListener(
-            settings,
-            handler,
-            store=store,
-            lease_ttl=None,
-            reconnect=Fixed(0.05),
-            keepalive=Keepalive(noop_interval=1, idle_renewal=1, response_timeout=2),
-            poll_interval=1,
+        listener = listener_for(
+            mailbox, store, lambda d: calls.update([subject(d)]), port=proxy.port, **reconnecting()
         )
         with pytest.raises(Exception, match="the connection broke"):
             listener.poll_once()
@@ -215,13 +200,7 @@ def test_a_pop3_mailbox_recorded_behind_is_handled_once_and_emptied(mailbox, bat
     fill(mailbox, 25)
     store = BehindStore(mailbox)
     calls: Counter[str] = Counter()
-    settings = ImapSettings(
-        "127.0.0.1",
-        mailbox.user,
-        mailbox.password,
-        port=mailbox.server.pop3_port,
-        security="plain",
-    )
+    settings = settings_for(mailbox, mailbox.server.pop3_port)
     poller = Pop3Poller(
         settings, lambda d: calls.update([subject(d)]), store=store, lease_ttl=None, timeout=5
     )
