@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from helpers import flags_of
-from mailtether import Delivery, DuplicateGuard, ImapListener, ImapSettings, SQLiteStore
+from mailtether import (
+    Delivery,
+    DuplicateGuard,
+    ImapListener,
+    ImapSettings,
+    MessageKey,
+    SQLiteStore,
+)
 from mailtether.testing import FakeClock
 
 WORKER = Path(__file__).parent / "listener_worker.py"
@@ -141,7 +148,9 @@ def test_an_interrupt_records_what_was_handled_and_gives_the_rest_back(mailbox, 
     assert all(b"\\Seen" in f for f in flags_of(mailbox).values())
 
 
-def run_worker(mailbox, tmp_path: Path, window: float, run: int) -> int:
+def run_worker(  # type: ignore[no-untyped-def]
+    mailbox, tmp_path: Path, window: float, run: int, killer: str = "mail 3", *more: str
+) -> int:
     settings = settings_for(mailbox)
     command = [
         sys.executable,
@@ -152,9 +161,10 @@ def run_worker(mailbox, tmp_path: Path, window: float, run: int) -> int:
         mailbox.password,
         str(tmp_path / "state.db"),
         str(tmp_path / "handled.txt"),
-        "mail 3",
+        killer,
         str(window),
         str(run * 1000),  # each run's store clock is past the claims the last one left
+        *more,
     ]
     return subprocess.run(command, timeout=60, check=False).returncode
 
@@ -178,6 +188,37 @@ def test_a_mail_that_kills_the_process_is_held_alone(mailbox, tmp_path, window):
         guard = DuplicateGuard(store)
         assert [entry.key.uid for entry in guard.held()] == [3]
         assert guard.counts()["done"] == 5
+    finally:
+        store.close()
+
+
+def test_a_mail_that_kills_the_process_while_a_batch_is_recorded_behind(mailbox, tmp_path):
+    """kill -9 while the batch before is recorded behind: nothing marked unrecorded, one held."""
+    fill(mailbox, 40)
+    store = SQLiteStore(tmp_path / "state.db")  # made first, so the runs find it
+
+    def seen_but_not_done() -> set[int]:
+        seen = {uid for uid, f in flags_of(mailbox).items() if b"\\Seen" in f}
+        records = store.scan(DuplicateGuard(store).namespace, state="done")
+        return seen - {MessageKey.from_id(record.key).uid for record in records}
+
+    codes = []
+    try:
+        for run in range(6):
+            codes.append(run_worker(mailbox, tmp_path, 0.01, run, "mail 25", "10", "1"))
+            assert seen_but_not_done() == set(), f"run {run}: marked before its outcome"
+            if codes[-1] == 0:
+                break
+        assert codes == [3, 3, 3, 0], "three crashes, then mail 25 is held and the rest flows"
+        handled = Counter((tmp_path / "handled.txt").read_text().splitlines())
+        assert handled["mail 25"] == 3
+        assert all(handled[f"mail {n}"] == 1 for n in [*range(1, 11), *range(26, 41)])
+        assert all(1 <= handled[f"mail {n}"] <= 2 for n in range(11, 25)), handled
+        guard = DuplicateGuard(store)
+        assert [entry.key.uid for entry in guard.held()] == [25]
+        assert guard.counts()["done"] == 39
+        flags = flags_of(mailbox)
+        assert [uid for uid, f in flags.items() if b"\\Seen" not in f] == [25]
     finally:
         store.close()
 
