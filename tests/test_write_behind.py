@@ -223,3 +223,29 @@ def test_a_batch_with_nothing_after_it_is_recorded_in_line(mailbox):
     assert listener.poll_once() == 5
     assert store.threads == {threading.current_thread().name}
     assert all(b"\\Seen" in f for f in flags_of(mailbox).values())
+
+
+def test_a_mail_held_from_a_batch_recorded_behind_is_forwarded_whole(mailbox, batches_of):
+    """Put aside once the write is in: the held mail's bytes go to the reviewer whole."""
+    import base64
+
+    from mailtether import Outbox, SmtpRelay
+
+    batches_of(10)
+    fill(mailbox, 30)
+    store = BehindStore(mailbox)
+    outbox = Outbox(store, SmtpRelay("127.0.0.1", port=1, security="plain"))  # queued only
+    guard = DuplicateGuard(store, max_failures=1)
+
+    def handler(delivery: Delivery) -> None:
+        if subject(delivery) == "mail 15":  # in the second batch, recorded behind
+            raise ValueError("poison")
+
+    listener = listener_for(
+        mailbox, store, handler, guard=guard, on_poison="forward:review@example.com", outbox=outbox
+    )
+    assert listener.poll_once() == 29
+    assert any(name.startswith("mailtether-record-") for name in store.threads), "behind"
+    forwarded = [base64.b64decode(r.data["raw"]) for r in store.scan("outgoing")]
+    assert len(forwarded) == 1
+    assert b"Subject: mail 15\r\n" in forwarded[0]

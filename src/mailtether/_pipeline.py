@@ -1023,6 +1023,8 @@ class _Outcomes:
         self.position_of: dict[str, int] = {}
         self.done = 0
         self.failed = 0
+        self.failing: set[int] = set()
+        """Positions whose failed attempt is recorded."""
 
     @property
     def pending(self) -> bool:
@@ -1050,6 +1052,11 @@ class _Outcomes:
             self.done += 1
         else:
             self.failed += 1
+            self.failing.add(position)
+
+    def failing_now(self) -> frozenset[int]:
+        """Positions whose outcome is a failure, queued or recorded: only these can be held."""
+        return frozenset(self.failing).union(p for p, _, error in self._pending if error)
 
     def record(self) -> None:
         """Record every queued outcome in one write."""
@@ -1103,7 +1110,10 @@ class _Settle:
     ) -> None:
         self._pipeline = pipeline
         self._port = port
-        self._mails = mails
+        # Only a mail that failed can be held, and only a held one needs its bytes (to put it
+        # aside, forwarded for review): the rest are let go now, not a batch later.
+        failing = batch.failing_now()
+        self._mails = [mail for mail in mails if mail[0] in failing]
         self._batch = batch
         # Read before the write starts (its thread changes the batch): copies of this mail
         # in the next batch are decided once these outcomes are recorded.
