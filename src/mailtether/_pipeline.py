@@ -1097,7 +1097,7 @@ class _Settle:
     puts held mail aside and sends the batch's mailbox change: see :meth:`Pipeline._handle`.
     """
 
-    __slots__ = ("_batch", "_behind", "_contents", "_mails", "_pipeline", "_port")
+    __slots__ = ("_batch", "_behind", "_called", "_contents", "_mails", "_pipeline", "_port")
 
     def __init__(
         self,
@@ -1119,6 +1119,7 @@ class _Settle:
         # in the next batch are decided once these outcomes are recorded.
         self._contents = batch.content_ids if behind else frozenset()
         self._behind = Behind(batch.record, pipeline.name) if behind else None
+        self._called = False
 
     def written(self) -> None:
         """Wait until the outcomes are recorded (raise the write's error)."""
@@ -1131,19 +1132,24 @@ class _Settle:
         return not self._contents.isdisjoint(key.content_id for key in keys)
 
     def __call__(self) -> tuple[int, int, Callable[[], None]]:
+        self._called = True
         self.written()
         return self._pipeline._settle(self._port, self._mails, self._batch)
 
     def after_fault(self) -> None:
         """A fault came first: leave the mailbox changes of what was recorded in the outbox.
 
-        Never raises: the fault is what the caller reports.
+        Only for a batch whose settling never began (it was being recorded behind when the
+        fault came elsewhere): one that failed in its own settling is left as it always
+        was — recorded done but unchanged, which the next catch-up finds and changes in one
+        command. Never raises: the fault is what the caller reports.
         """
         behind, self._behind = self._behind, None
         try:
             if behind is not None:
                 behind.wait()
-            self._batch.leave_changes()
+            if not self._called:
+                self._batch.leave_changes()
         except Exception as error:
             log.error(
                 "%s: could not record the outcomes of handled mail: %s", self._pipeline.name, error
