@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from mailtether import Delivery, SourceState
+from mailtether import Delivery, ImapSettings, SourceState
 
 
 class Collector:
@@ -67,3 +67,15 @@ def survives_a_server_restart(  # type: ignore[no-untyped-def]
     deliver()
     eventually(handled)
     eventually(lambda: state_of(source) is SourceState.ONLINE)
+
+
+def settings_for(mailbox, port: int | None = None, **options) -> ImapSettings:  # type: ignore[no-untyped-def]
+    """The test mailbox's IMAP settings, in plain text (*port*: a FaultProxy's, POP3's)."""
+    return ImapSettings(
+        "127.0.0.1",
+        mailbox.user,
+        mailbox.password,
+        port=port or mailbox.server.imap_port,
+        security="plain",
+        **options,
+    )

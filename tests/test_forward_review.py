@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import helpers
 from helpers import Collector, eventually, flags_of, state_of
 from mailtether import (
     ConfigError,
@@ -54,14 +55,7 @@ def mail(n: int, subject: str | None = None) -> bytes:
 
 
 def settings_for(mailbox, port: int | None = None) -> ImapSettings:  # type: ignore[no-untyped-def]
-    return ImapSettings(
-        "127.0.0.1",
-        mailbox.user,
-        mailbox.password,
-        port=port or mailbox.server.imap_port,
-        security="plain",
-        connect_timeout=2,
-    )
+    return helpers.settings_for(mailbox, port, connect_timeout=2)
 
 
 class FlakyStore(MemoryStore):

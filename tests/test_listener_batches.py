@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import flags_of
+from helpers import flags_of, settings_for
 from mailtether import (
     Delivery,
     DuplicateGuard,
     ImapListener,
-    ImapSettings,
     MessageKey,
     SQLiteStore,
 )
@@ -34,17 +33,6 @@ def store(tmp_path) -> Iterator[SQLiteStore]:
     opened = SQLiteStore(tmp_path / "state.db")
     yield opened
     opened.close()
-
-
-def settings_for(mailbox, port: int | None = None) -> ImapSettings:  # type: ignore[no-untyped-def]
-    """The mailbox's IMAP settings (*port*: another way in, such as a FaultProxy's)."""
-    return ImapSettings(
-        "127.0.0.1",
-        mailbox.user,
-        mailbox.password,
-        port=port or mailbox.server.imap_port,
-        security="plain",
-    )
 
 
 def reconnecting() -> dict[str, object]:

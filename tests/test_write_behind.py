@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from helpers import flags_of
+from helpers import flags_of, settings_for
 from mailtether import (
     Delivery,
     DuplicateGuard,
@@ -26,7 +26,7 @@ from mailtether import (
 from mailtether._guard_states import GuardState
 from mailtether._write_behind import Behind, writes_in_parallel
 from mailtether.testing import FakeClock
-from test_listener_batches import fill, mail, reconnecting, settings_for, subject
+from test_listener_batches import fill, mail, reconnecting, subject
 
 
 class BehindStore(MemoryStore):
