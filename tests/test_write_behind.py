@@ -13,11 +13,12 @@ from collections.abc import Iterable
 
 import pytest
 
-from helpers import flags_of, settings_for
+from helpers import eventually, flags_of, settings_for
 from mailtether import (
     Delivery,
     DuplicateGuard,
     ImapListener,
+    ImapSettings,
     MemoryStore,
     Pop3Poller,
     StoreError,
@@ -25,7 +26,7 @@ from mailtether import (
 )
 from mailtether._guard_states import GuardState
 from mailtether._write_behind import Behind, writes_in_parallel
-from mailtether.testing import FakeClock
+from mailtether.testing import FakeClock, ScriptedImapServer
 from test_listener_batches import fill, mail, reconnecting, subject
 
 
@@ -42,7 +43,7 @@ class BehindStore(MemoryStore):
 
     def __init__(self, mailbox, *, fail_on: Iterable[int] = (), clock=None) -> None:  # type: ignore[no-untyped-def]
         super().__init__(**({} if clock is None else {"clock": clock}))
-        self.mailbox = mailbox
+        self.mailbox = mailbox  # a Dovecot mailbox, or a ScriptedImapServer
         self.fail_on = set(fail_on)
         self.done_writes = 0
         self.lock = threading.Lock()
@@ -63,12 +64,18 @@ class BehindStore(MemoryStore):
         if number in self.fail_on:
             raise StoreError("the store went away (injected)")
         results = super().put_many(writes)
-        flags = flags_of(self.mailbox)
-        for write in done:
-            uid = self.uid_of.get(write.key)
-            if uid is not None and b"\\Seen" in flags.get(uid, ()):
-                self.marked_too_early.append(uid)
+        seen = self.seen()
+        self.marked_too_early.extend(
+            uid for uid in (self.uid_of.get(write.key) for write in done) if uid in seen
+        )
         return results
+
+    def seen(self) -> set[int]:
+        """The UIDs marked seen in the mailbox now."""
+        if isinstance(self.mailbox, ScriptedImapServer):
+            server = self.mailbox
+            return {uid for uid in server.uids() if b"\\Seen" in server.flags(uid)}
+        return {uid for uid, flags in flags_of(self.mailbox).items() if b"\\Seen" in flags}
 
 
 def listener_for(mailbox, store, handler, port=None, **options) -> ImapListener:  # type: ignore[no-untyped-def]
@@ -249,3 +256,54 @@ def test_a_mail_held_from_a_batch_recorded_behind_is_forwarded_whole(mailbox, ba
     forwarded = [base64.b64decode(r.data["raw"]) for r in store.scan("outgoing")]
     assert len(forwarded) == 1
     assert b"Subject: mail 15\r\n" in forwarded[0]
+
+
+@pytest.mark.parametrize("fault", ["answers mixed", "split", "STORE unanswered", "mail omitted"])
+def test_a_misbehaving_server_while_batches_are_recorded_behind(batches_of, fault):
+    """Mixed, trickled, missing answers: every mail once (or held), nothing marked early."""
+    from mailtether import Fixed, Keepalive
+
+    batches_of(10)
+    with ScriptedImapServer(user="someone", password="a-long-secret") as server:
+        for n in range(1, 41):
+            server.append(mail(n))
+        if fault == "answers mixed":
+            server.answer_out_of_order(wait=0.2)
+        elif fault == "split":
+            server.split_writes(7)
+        elif fault == "STORE unanswered":
+            server.never_answer("UID STORE", times=1)  # a dead connection: replaced in time
+        else:
+            server.omit_from_fetch(25)
+        store = BehindStore(server)
+        calls: Counter[str] = Counter()
+
+        def handler(delivery: Delivery) -> None:
+            store.uid_of[delivery.key.id] = delivery.uid
+            calls[subject(delivery)] += 1
+
+        listener = ImapListener(
+            ImapSettings(
+                server.host, "someone", "a-long-secret", port=server.port, security="plain"
+            ),
+            handler,
+            store=store,
+            guard=DuplicateGuard(store, max_failures=2),
+            keepalive=Keepalive(noop_interval=5, idle_renewal=5, response_timeout=1),
+            reconnect=Fixed(0.05),
+            poll_interval=0.2,
+            lease_ttl=None,
+            heartbeat=None,
+            on_poison="flag",
+        )
+        bad = {25} if fault == "mail omitted" else set()
+        good = [uid for uid in range(1, 41) if uid not in bad]
+        listener.run_in_thread()
+        try:
+            eventually(lambda: all(b"\\Seen" in server.flags(uid) for uid in good), timeout=30)
+            eventually(lambda: all(b"\\Flagged" in server.flags(uid) for uid in bad), timeout=30)
+        finally:
+            listener.stop()
+        assert calls == Counter({f"mail {uid}": 1 for uid in good}), "nothing lost or doubled"
+        assert any(name.startswith("mailtether-record-") for name in store.threads), "behind"
+        assert store.marked_too_early == []
