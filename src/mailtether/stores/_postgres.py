@@ -51,6 +51,17 @@ _SEP: Final = "\x1f"
 """Between the texts of a column of put_many's rows: never in a document (JSON escapes
 control characters), in a key hardly ever (such a batch travels as JSON instead)."""
 _SPLIT: Final = "string_to_array(%s, E'\\x1f')"
+
+
+def _joined(texts: list[str]) -> str | None:
+    """*texts* as one text for ``_SPLIT``, or ``None`` if one holds ``_SEP``.
+
+    No document can hold it, a key hardly ever: such a batch goes as JSON.
+    """
+    joined = _SEP.join(texts)
+    return joined if joined.count(_SEP) == len(texts) - 1 else None
+
+
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
 _SLACK: Final = 1.0
 """Seconds past ``statement_timeout`` after which an unanswered call is given up."""
@@ -364,10 +375,8 @@ class PostgresStore(PutFromPutMany):
         )
 
         def fetch(chunk: list[str]) -> Callable[[Any], list[Any]]:
-            keys = _SEP.join(chunk)
-            sql = split
-            if keys.count(_SEP) != len(chunk) - 1:  # a key holds _SEP
-                keys, sql = _ENCODER.encode(chunk), json_
+            joined = _joined(chunk)
+            keys, sql = (_ENCODER.encode(chunk), json_) if joined is None else (joined, split)
             return lambda connection: connection.execute(sql, (keys, namespace)).fetchall()
 
         for start in range(0, len(wanted), _BATCH):  # a call per batch, each with its deadline
@@ -405,8 +414,8 @@ class PostgresStore(PutFromPutMany):
                 return self._update_one, params
             sql = self._create_one if kind == "create" else self._upsert_one
             return sql, [write.namespace, write.key, write.state, text]
-        keys = _SEP.join([w.key for w in writes])
-        if keys.count(_SEP) == len(writes) - 1:  # no key holds _SEP (no document can)
+        keys = _joined([w.key for w in writes])
+        if keys is not None:
             states = _SEP.join([w.state for w in writes])
             data = _SEP.join(texts)
             if kind == "update":
