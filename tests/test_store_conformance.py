@@ -9,7 +9,7 @@ import pytest
 from backends import BACKENDS, Backend, make_backend
 from mailtether import Lease, LeaseLost, Record, Store, StoreError, Write
 from mailtether.stores._protocol import KeyLookup
-from mailtether.stores._shared import existing_keys
+from mailtether.stores._shared import existing_keys, put_rows
 
 
 @pytest.fixture(params=BACKENDS)
@@ -220,6 +220,38 @@ def test_put_many_decides_each_write_across_batch_boundaries(store):
     assert [r is not None for r in results[1300:]] == [True, False]
     assert store.count("guard") == {"done": 651, "processing": 649}
     assert len(taken) == 650
+
+
+def test_put_rows_answers_each_write_with_its_version_as_put_many_would(store):
+    # SQLiteStore's own put_rows, the others' put_many through the fallback. Creates and
+    # updates refused in runs of many (SQLite: written unanswered, then again answered).
+    store.put_many(Write("guard", f"k{i}", "done", {}) for i in range(0, 40, 4))
+    rows = [("guard", f"k{i}", "processing", {"i": i}, 0) for i in range(40)]
+    rows += [("guard", f"k{i}", "done", {}, 1) for i in range(0, 40, 2)]
+    rows += [("guard", "k1", "x", {}, 5), ("guard", "k3", "x", {}, 0)]
+    rows += [("guard", "k100", "held", {"n": 1}, None), ("guard", "k0", "held", {}, None)]
+    expected = [None if i % 4 == 0 else 1 for i in range(40)] + [2] * 20 + [None, None] + [1, 3]
+    assert put_rows(store, rows) == expected
+    found = store.get_many("guard", [f"k{i}" for i in range(40)] + ["k100"])
+    assert {k: (r.state, r.version) for k, r in found.items()} == {
+        **{f"k{i}": ("processing", 1) for i in range(1, 40, 2)},
+        **{f"k{i}": ("done", 2) for i in range(2, 40, 4)},
+        **{f"k{i}": ("done", 2) for i in range(4, 40, 4)},
+        "k0": ("held", 3),
+        "k100": ("held", 1),
+    }
+    assert found["k2"].data == {}
+    assert found["k5"].data == {"i": 5}
+    assert put_rows(store, []) == []
+
+
+def test_put_rows_checks_every_row_before_applying_any(store):
+    rows = [("guard", f"k{i}", "done", {}, 0) for i in range(20)]
+    with pytest.raises(ValueError, match="state"):
+        put_rows(store, [*rows, ("guard", "bad", "Not A State", {}, 0)])
+    with pytest.raises(ValueError, match="JSON"):
+        put_rows(store, [*rows, ("guard", "bad", "done", {"x": object()}, 0)])
+    assert store.count("guard") == {}
 
 
 @pytest.mark.parametrize(

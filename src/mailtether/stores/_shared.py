@@ -6,7 +6,7 @@ The :class:`~mailtether.Store` protocol and its value types are in
 - argument checks (``check_*``), so each backend refuses the same arguments with the same errors;
 - write planning for ``put_many`` (:func:`plan_writes`, :func:`written_records`) and
   :class:`PutFromPutMany`, which gives every store ``put`` as ``put_many`` of one write;
-- :func:`existing_keys`, an optional store method with its fallback;
+- :func:`existing_keys` and :func:`put_rows`, optional store methods with their fallbacks;
 - the documents' JSON (:func:`encode_data`, :func:`decode_data`), :func:`lease_lost`,
   :func:`redact_url` and :func:`require` (optional dependencies).
 """
@@ -22,7 +22,7 @@ from typing import Any, Final, NamedTuple, cast
 
 from mailtether._errors import ConfigError, LeaseLost
 from mailtether._url_errors import redact
-from mailtether.stores._protocol import KeyLookup, Lease, Record, Store, Write
+from mailtether.stores._protocol import KeyLookup, Lease, Record, Row, RowWrites, Store, Write
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -47,6 +47,7 @@ __all__ = [
     "existing_keys",
     "lease_lost",
     "plan_writes",
+    "put_rows",
     "redact_url",
     "require",
     "written",
@@ -388,6 +389,21 @@ def existing_keys(store: Store, namespace: str, keys: Iterable[str]) -> set[str]
     if callable(lookup):
         return cast(KeyLookup, store).existing(namespace, keys)
     return set(store.get_many(namespace, keys))
+
+
+def put_rows(store: Store, rows: list[Row]) -> list[int | None]:
+    """Apply *rows* (``(namespace, key, state, data, expect)``): :meth:`RowWrites.put_rows`.
+
+    A store without that optional method is given them as ``put_many``'s :class:`Write`
+    objects, and its records' versions are returned.
+    """
+    fast = getattr(store, "put_rows", None)
+    if callable(fast):
+        return cast(RowWrites, store).put_rows(rows)
+    return [
+        None if record is None else record.version
+        for record in store.put_many([Write(*row) for row in rows])
+    ]
 
 
 # -- documents, leases, URLs and optional dependencies ---------------------------------------------

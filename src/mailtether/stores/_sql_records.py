@@ -54,7 +54,8 @@ class SQLRecords:
             ``key COLLATE "C"`` (PostgreSQL).
         most: How many writes of ``put_many`` one statement takes at most.
         statements: One statement per run of ``put_many``'s writes, in order, each returning
-            ``key, version, updated_at`` for the rows it wrote.
+            ``key, version, updated_at`` for the rows it wrote; ``None`` for a store that
+            writes its records itself (SQLite), whose ``put_many`` is not this one.
         transaction: Opens a transaction on a connection: for ``put_many``'s statements,
             when there is more than one.
     """
@@ -67,7 +68,7 @@ class SQLRecords:
         mark: str,
         key_order: str,
         most: int,
-        statements: Callable[[list[WriteRun]], list[Statement]],
+        statements: Callable[[list[WriteRun]], list[Statement]] | None,
         transaction: Callable[[Any], AbstractContextManager[object]],
     ) -> None:
         self._run = run
@@ -95,6 +96,8 @@ class SQLRecords:
 
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
         """Apply several writes as ``put`` would: one statement per run, in one transaction."""
+        if self._statements is None:
+            raise NotImplementedError("this store writes its records itself")
         runs = plan_writes(writes, self._most)
         if not runs:
             return []

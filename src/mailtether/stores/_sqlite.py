@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -15,49 +16,55 @@ from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._durations import Duration, check_seconds
 from mailtether._errors import ConfigError, SchemaError, StoreError
 from mailtether.stores._pool import Pool
-from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
+from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Row, Write
 from mailtether.stores._shared import (
+    _SEEN_NAMESPACES,
+    _SEEN_STATES,
+    MAX_KEY_LENGTH,
     PutFromPutMany,
-    WriteRun,
     check_key,
     check_keys,
     check_lease,
     check_namespace,
+    check_put,
     check_ttl,
+    encode_data,
     lease_lost,
 )
-from mailtether.stores._sql_records import COLUMNS, SQLRecords, Statement, record_from_row
+from mailtether.stores._sql_records import COLUMNS, SQLRecords, record_from_row
 
 __all__ = ["SQLiteStore"]
 
 _T = TypeVar("_T")
 _BATCH: Final = 500  # well under SQLite's 32 766 host parameters, and fast to plan
-# The writes of put and put_many, a run of rows each; only "?" placeholders are formatted in.
+# The writes of put_many, a run of rows each (see _plan); only "?" placeholders are formatted in.
+# Each without what it returns: a run of creates or updates that writes every row needs no
+# answer (a create makes version 1, an update its expected version + 1), and rows read back
+# cost a fifth of a batch's time. Its rows' count tells: see SQLiteStore._apply.
 _INSERT: Final = (
     "INSERT INTO mailtether_records (namespace, key, state, data, version, updated_at) "
 )
 _UPSERT_MANY: Final = (
     _INSERT + "VALUES {rows} ON CONFLICT (namespace, key) DO UPDATE SET "
     "state = excluded.state, data = excluded.data, version = version + 1, "
-    "updated_at = excluded.updated_at RETURNING key, version, updated_at"
+    "updated_at = excluded.updated_at"
 )
-_CREATE_MANY: Final = (
-    _INSERT + "VALUES {rows} ON CONFLICT (namespace, key) DO NOTHING "
-    "RETURNING key, version, updated_at"
-)
+_CREATE_MANY: Final = _INSERT + "VALUES {rows} ON CONFLICT (namespace, key) DO NOTHING"
 _UPDATE_MANY: Final = (
     "UPDATE mailtether_records SET state = v.column3, data = v.column4, "
     "version = mailtether_records.version + 1, updated_at = ? FROM (VALUES {rows}) AS v "
     "WHERE mailtether_records.namespace = ? AND mailtether_records.key = v.column1 "
-    "AND mailtether_records.version = v.column2 "
-    "RETURNING mailtether_records.key, mailtether_records.version, mailtether_records.updated_at"
+    "AND mailtether_records.version = v.column2"
 )
-# One write (a mail's outcome, a status change): a plain one-row statement, cheaper to run
-# than the multi-row forms above for one row (an UPDATE of one row: no join with VALUES).
+# One update (a mail's outcome, a status change): a plain one-row statement, cheaper to run
+# than the multi-row form above for one row (no join with VALUES), its parameters numbered to
+# take the same list: now, key, expect, state, data, namespace.
 _UPDATE_ONE: Final = (
-    "UPDATE mailtether_records SET state = ?, data = ?, version = version + 1, updated_at = ? "
-    "WHERE namespace = ? AND key = ? AND version = ? RETURNING key, version, updated_at"
+    "UPDATE mailtether_records SET state = ?4, data = ?5, version = version + 1, "
+    "updated_at = ?1 WHERE namespace = ?6 AND key = ?2 AND version = ?3"
 )
+_RETURNING: Final = " RETURNING key, version"
+_RETURNING_UPDATED: Final = " RETURNING mailtether_records.key, mailtether_records.version"
 _SELECT_MANY: Final = (
     f"SELECT {COLUMNS} FROM mailtether_records "  # noqa: S608
     "WHERE namespace = ? AND key IN ({marks})"
@@ -97,6 +104,9 @@ transactions a listener lives on cheaper (one claim, one outcome: +16%; a lease'
 release: -15%), for 3-5% more CPU in large batches. 1024 would halve a lease again but cost
 batches a fifth."""
 _GROUP_ROWS: Final = 100  # writes of put_many in one statement, at most
+_UNANSWERED: Final = 8
+"""Writes of one statement from which put_many runs it in a transaction of its own, unanswered:
+fewer are cheaper answered (RETURNING) than with the transaction's BEGIN and COMMIT."""
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS mailtether_meta (
@@ -190,8 +200,8 @@ class SQLiteStore(PutFromPutMany):
             mark="?",
             key_order="key",
             most=_GROUP_ROWS,
-            statements=self._statements,
-            transaction=self._transaction,
+            statements=None,  # put_many is this store's own
+            transaction=_transaction,
         )
         if create:
             try:
@@ -307,16 +317,6 @@ class SQLiteStore(PutFromPutMany):
         pool.put_back(connection)
         return result
 
-    @contextmanager
-    def _transaction(self, connection: sqlite3.Connection) -> Iterator[None]:
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
-
     def _initialise(self, connection: sqlite3.Connection) -> None:
         if (
             not self._create
@@ -332,7 +332,7 @@ class SQLiteStore(PutFromPutMany):
         mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"{self!r}: cannot switch to WAL ({mode})")
-        with self._transaction(connection):
+        with _transaction(connection):
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     connection.execute(statement)
@@ -410,11 +410,37 @@ class SQLiteStore(PutFromPutMany):
         Runs of writes of one kind (unconditional, create-only, compare-and-set) to distinct
         keys of one namespace go in one multi-row statement each, up to 100 rows.
         """
-        return self._records.put_many(writes)
+        if isinstance(writes, Write | str | bytes | Mapping) or not isinstance(writes, Iterable):
+            raise TypeError(f"put_many takes an iterable of Write, not {type(writes).__name__}")
+        rows: list[Row] = []
+        for write in writes:
+            if type(write) is not Write and not isinstance(write, Write):
+                raise TypeError(f"put_many takes Write objects, not {type(write).__name__}")
+            rows.append((write.namespace, write.key, write.state, write.data, write.expect))
+        versions, now = self._put(rows)
+        return [
+            None if version is None else Record(namespace, key, state, dict(data), version, now)
+            for (namespace, key, state, data, _), version in zip(rows, versions, strict=True)
+        ]
 
-    def _statements(self, runs: list[WriteRun]) -> list[Statement]:
+    def put_rows(self, rows: Iterable[Row]) -> list[int | None]:
+        """:meth:`put_many` of ``(namespace, key, state, data, expect)`` tuples: new versions.
+
+        See :class:`~mailtether.stores._protocol.RowWrites`: the duplicate guard's batches,
+        without a :class:`~mailtether.Write` and a :class:`~mailtether.Record` per mail.
+        """
+        if isinstance(rows, str | bytes | Mapping) or not isinstance(rows, Iterable):
+            raise TypeError(f"put_rows takes an iterable of tuples, not {type(rows).__name__}")
+        return self._put(list(rows))[0]
+
+    def _put(self, rows: list[Row]) -> tuple[list[int | None], float]:
+        """Apply *rows* in order: each one's new version (or ``None``), and their updated_at."""
         now = self._clock.time()
-        return [_many_statement(run, now) for run in runs]
+        runs = _plan(rows, now)
+        if not runs:
+            return [], now
+        what = "put" if len(runs) == 1 else "put_many"
+        return self._run(what, lambda connection: _apply(connection, rows, runs)), now
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""
@@ -489,20 +515,146 @@ class SQLiteStore(PutFromPutMany):
         return f"SQLiteStore({str(self.path)!r})"
 
 
-def _many_statement(run: WriteRun, now: float) -> Statement:
-    """One statement for a run of writes of one kind to distinct keys of one namespace."""
+class _Refused(Exception):
+    """A statement run unanswered did not write all its rows: ask again, answered."""
+
+
+class _Run:
+    """Writes that one statement applies: of one kind, to distinct keys of one namespace.
+
+    *start* is the index of its first write in ``put_many``'s, the others follow it; *params*
+    the statement's parameters (see the statements above).
+    """
+
+    __slots__ = ("count", "kind", "params", "start")
+
+    def __init__(self, kind: str, start: int, params: list[Any]) -> None:
+        self.kind = kind
+        self.start = start
+        self.params = params
+        self.count = 0
+
+
+def _plan(rows: list[Row], now: float) -> list[_Run]:
+    """Check *rows*, encode their documents and split them into runs, in order.
+
+    A run holds writes of one kind (``upsert``: no *expect*; ``create``: *expect* 0;
+    ``update``: *expect* a version), to one namespace, to distinct keys, at most _GROUP_ROWS
+    of them; so running the runs in order applies every write as ``put`` would, in order.
+    Every write is checked, and every document encoded, before this returns: a bad one raises
+    before anything is applied. One pass: each run's parameters are made as it is planned.
+    """
+    runs: list[_Run] = []
+    encoded: dict[int, str] = {}  # a document shared by several writes is encoded once
+    keys: set[str] = set()
     params: list[Any] = []
-    if run.kind == "update" and len(run.writes) == 1:
-        write, text = run.writes[0], run.texts[0]
-        return _UPDATE_ONE, [write.state, text, now, write.namespace, write.key, write.expect]
-    if run.kind == "update":
-        params.append(now)
-        for write, text in zip(run.writes, run.texts, strict=True):
-            params += (write.key, write.expect, write.state, text)
-        params.append(run.writes[0].namespace)
-        rows = ",".join(["(?, ?, ?, ?)"] * len(run.writes))
-        return _UPDATE_MANY.format(rows=rows), params
-    for write, text in zip(run.writes, run.texts, strict=True):
-        params += (write.namespace, write.key, write.state, text, now)
-    rows = ",".join(["(?, ?, ?, ?, 1, ?)"] * len(run.writes))
-    return (_UPSERT_MANY if run.kind == "upsert" else _CREATE_MANY).format(rows=rows), params
+    run = _Run("", 0, params)  # none yet: the first write starts one
+    kind = namespace = ""
+    namespaces, states = _SEEN_NAMESPACES, _SEEN_STATES
+    for index, (namespace_, key, state, data, expect) in enumerate(rows):
+        if not (  # check_put's checks, the common case in one expression
+            namespace_ in namespaces
+            and state in states
+            and type(key) is str
+            and 0 < len(key) <= MAX_KEY_LENGTH
+            and "\x00" not in key
+            and (expect is None or (type(expect) is int and expect >= 0))
+        ):
+            check_put(namespace_, key, state, expect)
+        text = encoded.get(id(data))
+        if text is None:
+            text = encoded[id(data)] = (
+                "{}" if type(data) is dict and not data else encode_data(data)
+            )
+        if type(state) is not str:  # an enum's member: binds several times slower than text
+            state = str.__str__(state)
+        this = "upsert" if expect is None else "create" if expect == 0 else "update"
+        if this != kind or namespace_ != namespace or key in keys or run.count >= _GROUP_ROWS:
+            if kind == "update":
+                params.append(namespace)
+            kind, namespace, keys = this, namespace_, set()
+            params = [now] if this == "update" else []
+            run = _Run(this, index, params)
+            runs.append(run)
+        if this == "update":
+            params += (key, expect, state, text)
+        else:
+            params += (namespace, key, state, text, now)
+        keys.add(key)
+        run.count += 1
+    if kind == "update":
+        params.append(namespace)
+    return runs
+
+
+@functools.lru_cache(maxsize=1024)  # 3 kinds x 100 sizes x answered or not, at most
+def _sql(kind: str, count: int, answered: bool) -> str:
+    """The statement of a run of *count* writes of *kind*, returning ``key, version`` or not."""
+    if kind == "update" and count == 1:
+        return _UPDATE_ONE + (_RETURNING if answered else "")
+    if kind == "update":
+        sql = _UPDATE_MANY.format(rows=",".join(["(?, ?, ?, ?)"] * count))
+        return sql + (_RETURNING_UPDATED if answered else "")
+    rows = ",".join(["(?, ?, ?, ?, 1, ?)"] * count)
+    return (_UPSERT_MANY if kind == "upsert" else _CREATE_MANY).format(rows=rows) + (
+        _RETURNING if answered else ""
+    )
+
+
+def _apply(connection: sqlite3.Connection, rows: list[Row], runs: list[_Run]) -> list[int | None]:
+    """Run *runs*' statements in one transaction: each write's new version, or ``None``.
+
+    Optimistic: creates and updates (most of a batch, all of a guard's) go unanswered, and
+    a statement whose count of rows written is short of its writes (a key created already,
+    a version moved on) rolls the transaction back; then it is run again with every
+    statement answered (``RETURNING``), which says what each write did. One short statement
+    of few writes, atomic on its own, is answered at once, without a transaction.
+    """
+    if len(runs) > 1 or runs[0].count >= _UNANSWERED:
+        try:
+            with _transaction(connection):
+                return _unanswered(connection, runs)
+        except _Refused:
+            pass  # rolled back; the lock was let go, so it is all decided again
+    if len(runs) == 1:
+        return _answered(connection, rows, runs)
+    with _transaction(connection):
+        return _answered(connection, rows, runs)
+
+
+def _unanswered(connection: sqlite3.Connection, runs: list[_Run]) -> list[int | None]:
+    versions: list[int | None] = []
+    for run in runs:
+        if run.kind == "upsert":  # the version is the record's own: answered
+            answer = dict(connection.execute(_sql("upsert", run.count, True), run.params))
+            versions += [answer[key] for key in run.params[1::5]]
+        elif connection.execute(_sql(run.kind, run.count, False), run.params).rowcount != (
+            run.count
+        ):
+            raise _Refused
+        elif run.kind == "create":
+            versions += [1] * run.count
+        else:  # the expected versions, every fourth parameter from the third
+            versions += [expect + 1 for expect in run.params[2:-1:4]]
+    return versions
+
+
+def _answered(
+    connection: sqlite3.Connection, rows: list[Row], runs: list[_Run]
+) -> list[int | None]:
+    versions: list[int | None] = []
+    for run in runs:
+        get = dict(connection.execute(_sql(run.kind, run.count, True), run.params)).get
+        versions += [get(row[1]) for row in rows[run.start : run.start + run.count]]
+    return versions
+
+
+@contextmanager
+def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
