@@ -8,7 +8,7 @@ The look-ups and a person's decisions are in :mod:`mailtether._guard_views`, the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
@@ -30,8 +30,8 @@ from mailtether._guard_states import (
 from mailtether._guard_views import GuardViews
 from mailtether._message_key import MessageKey
 from mailtether._redaction import redacting_logger
-from mailtether.stores._protocol import Record, Store, Write, default_owner
-from mailtether.stores._shared import check_namespace
+from mailtether.stores._protocol import Record, Row, Store, default_owner
+from mailtether.stores._shared import check_namespace, put_rows
 
 __all__ = ["Claim", "DuplicateGuard", "RepeatPolicy"]
 
@@ -50,10 +50,15 @@ class Claim:
     a failure (and re-raises it). After ``max_failures`` failures the message is held.
     """
 
-    __slots__ = ("_finished", "_hold", "_record", "guard", "key", "status")
+    __slots__ = ("_data", "_finished", "_hold", "_version", "guard", "key", "status")
 
     def __init__(
-        self, guard: DuplicateGuard, key: MessageKey, status: ClaimStatus, record: Record | None
+        self,
+        guard: DuplicateGuard,
+        key: MessageKey,
+        status: ClaimStatus,
+        version: int = 0,
+        data: Mapping[str, Any] | None = None,
     ) -> None:
         self.guard = guard
         """The guard that decided."""
@@ -61,7 +66,10 @@ class Claim:
         """The message."""
         self.status = status
         """What was decided."""
-        self._record = record
+        # The claim's record, while it is yours: its version and document (never changed in
+        # place: several claims of one batch share theirs). None: not yours.
+        self._version = version
+        self._data = data
         self._finished = False
         self._hold = False  # set by hold(): this failure puts it aside at once
 
@@ -73,9 +81,9 @@ class Claim:
     @property
     def attempt(self) -> int:
         """Which attempt this is, from 1 (failed attempts before it plus one)."""
-        if self._record is None:
+        if self._data is None:
             return 0
-        return int(self._record.data.get("attempts", 0)) + 1
+        return int(self._data.get("attempts", 0)) + 1
 
     def __bool__(self) -> bool:
         return self.acquired
@@ -98,18 +106,20 @@ class Claim:
         else:  # KeyboardInterrupt, SystemExit: not the message's fault
             self.abandon()
 
-    def _require(self) -> Record:
-        if not self.acquired or self._record is None:
+    def _require(self) -> Mapping[str, Any]:
+        """The claim's document, if it is yours and not finished."""
+        data = self._data
+        if self.status is not _NEW or data is None:
             raise RuntimeError(f"claim of {self.key} is {self.status.value}, not yours")
         if self._finished:
             raise RuntimeError(f"claim of {self.key} is already finished")
-        return self._record
+        return data
 
     def done(self) -> None:
         """Record the message as processed (done automatically at the end of the block)."""
-        record = self._record
-        if self.key.content_id is None and record is not None and not self._finished:
-            self.guard._finish_one(self, record, None)  # one write: straight to it
+        data = self._data
+        if self.key.content_id is None and data is not None and not self._finished:
+            self.guard._finish_one(self, data, None)  # one write: straight to it
         else:  # (and the errors of a claim that is not yours, or finished)
             self.guard.finish_many([(self, None)])
 
@@ -133,9 +143,9 @@ class Claim:
 
     def abandon(self) -> None:
         """Give the message back untouched (not a failure), e.g. when shutting down."""
-        record = self._require()
+        data = self._require()
         self._finished = True
-        self.guard._abandon(self.key, record)
+        self.guard._abandon(self.key, self._version, data)
 
     def give_back(self) -> None:
         """Undo a claim whose work was never started: as if it had not been made.
@@ -144,20 +154,27 @@ class Claim:
         created is removed, and a retry's record goes back to waiting for its next attempt.
         For claims from :meth:`DuplicateGuard.claim_many` that you will not start.
         """
-        record = self._require()
+        data = self._require()
         self._finished = True
-        if record.version == 1:  # made by this claim: remove it
-            self.guard.store.delete(self.guard.namespace, self.key.id, expect=record.version)
+        if self._version == 1:  # made by this claim: remove it
+            self.guard.store.delete(self.guard.namespace, self.key.id, expect=1)
         else:
-            self.guard._abandon(self.key, record)
+            self.guard._abandon(self.key, self._version, data)
 
     def extend(self) -> None:
         """Renew the claim for another ``claim_ttl``, for handlers that run long."""
-        record = self._require()
-        self._record = self.guard._extend(self.key, record)
+        self._version, self._data = self.guard._extend(self.key, self._version, self._require())
 
     def __repr__(self) -> str:
         return f"Claim({self.key}, {self.status.value})"
+
+
+def _unclaimed(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a claim's document without the claim (its owner and expiry)."""
+    document = dict(data)
+    document.pop("owner", None)
+    document.pop("expires_at", None)
+    return document
 
 
 class DuplicateGuard(GuardViews):
@@ -252,12 +269,12 @@ class DuplicateGuard(GuardViews):
                 data: dict[str, Any] = {"owner": self.owner, "expires_at": now + self.claim_ttl}
                 written = store.put(namespace, key.id, PROCESSING, data, expect=0)
                 if written is not None:
-                    return Claim(self, key, ClaimStatus.NEW, written)
+                    return Claim(self, key, _NEW, written.version, data)
             else:
                 data = {"duplicate_of": duplicate_of, **content_fields(key)}
                 if store.put(namespace, key.id, DONE, data, expect=0) is not None:
                     log.info("%s: same content already processed; skipped", key)
-                    return Claim(self, key, ClaimStatus.DUPLICATE, None)
+                    return Claim(self, key, ClaimStatus.DUPLICATE)
             record = store.get(namespace, key.id)
             if record is None:
                 continue  # deleted meanwhile (pruned, or a person): start over
@@ -290,26 +307,26 @@ class DuplicateGuard(GuardViews):
         now = store.now()
         content_ids = [key.content_id for key in keys if key.content_id is not None]
         done_content = store.get_many(self.content_namespace, content_ids) if content_ids else {}
-        writes: list[Write] = []
         claimed = {"owner": self.owner, "expires_at": now + self.claim_ttl}  # one for all
+        rows: list[Row] = []
         for key in keys:
             content_id = key.content_id
             content = done_content.get(content_id) if content_id is not None else None
             first = str(content.data.get("id", "")) if content is not None else ""
             if first and first != key.id:
                 data: dict[str, Any] = {"duplicate_of": first, **content_fields(key)}
-                writes.append(Write(namespace, key.id, DONE, data, 0))
+                rows.append((namespace, key.id, DONE, data, 0))
             else:
-                writes.append(Write(namespace, key.id, PROCESSING, claimed, 0))
+                rows.append((namespace, key.id, PROCESSING, claimed, 0))
         # Every claim the write made is in hand before any known key is decided (a repeat
         # that blocks raises there, and the claims made are given back first).
         claims: list[Claim | None] = [
             None
-            if written is None
-            else Claim(self, key, ClaimStatus.NEW, written)
-            if write.state == PROCESSING
-            else Claim(self, key, ClaimStatus.DUPLICATE, None)
-            for key, write, written in zip(keys, writes, store.put_many(writes), strict=True)
+            if version is None
+            else Claim(self, key, _NEW, version, claimed)
+            if row[3] is claimed
+            else Claim(self, key, ClaimStatus.DUPLICATE)
+            for key, row, version in zip(keys, rows, put_rows(store, rows), strict=True)
         ]
         try:
             for index, claim in enumerate(claims):
@@ -340,7 +357,7 @@ class DuplicateGuard(GuardViews):
         state = record.state
         if state == PROCESSING:
             if claimed_at(record, now):
-                return Claim(self, key, ClaimStatus.BUSY, None)
+                return Claim(self, key, ClaimStatus.BUSY)
             attempts += 1
             history = add_event(
                 history_of(data), now, "expired", f"claim by {data.get('owner')} expired"
@@ -349,17 +366,17 @@ class DuplicateGuard(GuardViews):
         if state == FAILED:
             return self._retry(key, record, data, attempts, history_of(data), now)
         if state == HELD:
-            return Claim(self, key, ClaimStatus.HELD, None)
+            return Claim(self, key, ClaimStatus.HELD)
         if state == DROPPED:
-            return Claim(self, key, ClaimStatus.DROPPED, None)
+            return Claim(self, key, ClaimStatus.DROPPED)
         if state == DONE:
             if data.get("duplicate_of"):
-                return Claim(self, key, ClaimStatus.DUPLICATE, None)
+                return Claim(self, key, ClaimStatus.DUPLICATE)
             if self.repeat == "block":
                 raise RepeatedMessage(key, record.updated_at)
             if self.repeat == "quarantine":
-                return Claim(self, key, ClaimStatus.QUARANTINE, None)
-            return Claim(self, key, ClaimStatus.DONE, None)
+                return Claim(self, key, ClaimStatus.QUARANTINE)
+            return Claim(self, key, ClaimStatus.DONE)
         raise MailtetherError(f"unknown guard state {state!r} for {key}")
 
     def _retry(
@@ -381,7 +398,7 @@ class DuplicateGuard(GuardViews):
             if self.store.put(self.namespace, key.id, HELD, data, expect=record.version) is None:
                 return None
             log.warning("%s: held after %d failed attempts", key, attempts)
-            return Claim(self, key, ClaimStatus.HELD, None)
+            return Claim(self, key, ClaimStatus.HELD)
         data.update(
             attempts=attempts,
             owner=self.owner,
@@ -389,7 +406,7 @@ class DuplicateGuard(GuardViews):
             history=add_event(history, now, "claimed", self.owner),
         )
         written = self.store.put(self.namespace, key.id, PROCESSING, data, expect=record.version)
-        return None if written is None else Claim(self, key, ClaimStatus.NEW, written)
+        return None if written is None else Claim(self, key, _NEW, written.version, data)
 
     def finish_many(self, outcomes: Iterable[tuple[Claim, str | None]]) -> list[MessageKey]:
         """Record the outcomes of several claims at once; return the keys now held.
@@ -417,32 +434,41 @@ class DuplicateGuard(GuardViews):
             raise RuntimeError("finish_many was given the same claim twice")
         store, namespace = self.store, self.namespace
         # The time goes into history events only: a plain done has none to add.
-        needs_time = any(reason is not None or "history" in r.data for _, r, reason in finishing)
+        needs_time = any(reason is not None or "history" in data for _, data, reason in finishing)
         now = store.now() if needs_time else 0.0
-        writes: list[Write] = []
-        contents: list[Write] = []
-        for claim, record, reason in finishing:
+        rows: list[Row] = []
+        contents: list[Row] = []
+        done_of: dict[int, dict[str, Any]] = {}  # claims of one batch share their document
+        state: str
+        for claim, data, reason in finishing:
             claim._finished = True
             key = claim.key
-            state, data = self._outcome(key, record, reason, now, hold=claim._hold)
-            writes.append(Write(namespace, key.id, state, data, record.version))
+            if reason is None and "history" not in data:  # a plain done: no event, no time
+                state, document = DONE, done_of.get(id(data))
+                if document is None:
+                    document = done_of[id(data)] = _unclaimed(data)
+            else:
+                state, document = self._outcome(key, data, reason, now, hold=claim._hold)
+            rows.append((namespace, key.id, state, document, claim._version))
             # The content is recorded in the same write: handled is handled, even when the
             # claim turns out to be lost (the mail may then have been handled twice, not never).
             if state == DONE and key.content_id is not None:
-                contents.append(Write(self.content_namespace, key.content_id, DONE, {"id": key.id}))
-        results = store.put_many(writes + contents if contents else writes)
+                contents.append(
+                    (self.content_namespace, key.content_id, DONE, {"id": key.id}, None)
+                )
+        results = put_rows(store, rows + contents if contents else rows)
         held: list[MessageKey] = []
         lost: list[MessageKey] = []
-        for (claim, _, _), write, result in zip(finishing, writes, results, strict=False):
+        for (claim, _, _), row, result in zip(finishing, rows, results, strict=False):
             if result is None:
                 lost.append(claim.key)
-            elif write.state == HELD:
+            elif row[2] == HELD:
                 held.append(claim.key)
                 log.warning(
                     "%s: held after %d failed attempt(s): %s",
-                    write.key,
-                    write.data["attempts"],
-                    write.data.get("reason", ""),
+                    row[1],
+                    row[3]["attempts"],
+                    row[3].get("reason", ""),
                 )
         if lost:
             raise ClaimLost(
@@ -452,19 +478,20 @@ class DuplicateGuard(GuardViews):
             )
         return held
 
-    def _finish_one(self, claim: Claim, record: Record, reason: str | None) -> list[MessageKey]:
+    def _finish_one(
+        self, claim: Claim, data: Mapping[str, Any], reason: str | None
+    ) -> list[MessageKey]:
         """:meth:`finish_many` of one outcome that is one write (no content record): one put."""
         key = claim.key
         claim._finished = True
         state: str
-        data: dict[str, Any]
-        if reason is None and "history" not in record.data:  # a plain done: no event, no time
-            state, data = DONE, dict(record.data)
-            data.pop("owner", None)
-            data.pop("expires_at", None)
+        document: dict[str, Any]
+        if reason is None and "history" not in data:  # a plain done: no event, no time
+            state, document = DONE, _unclaimed(data)
         else:
-            state, data = self._outcome(key, record, reason, self.store.now(), hold=claim._hold)
-        if self.store.put(self.namespace, key.id, state, data, expect=record.version) is None:
+            state, document = self._outcome(key, data, reason, self.store.now(), hold=claim._hold)
+        row: Row = (self.namespace, key.id, state, document, claim._version)
+        if put_rows(self.store, [row])[0] is None:
             raise ClaimLost(
                 f"the claim of {key} expired and was taken over before its outcome was "
                 "recorded: it may have been handled twice; raise claim_ttl"
@@ -472,21 +499,28 @@ class DuplicateGuard(GuardViews):
         if state != HELD:
             return []
         log.warning(
-            "%s: held after %d failed attempt(s): %s", key.id, data["attempts"], data["reason"]
+            "%s: held after %d failed attempt(s): %s",
+            key.id,
+            document["attempts"],
+            document["reason"],
         )
         return [key]
 
     def _outcome(
-        self, key: MessageKey, record: Record, reason: str | None, now: float, *, hold: bool
+        self,
+        key: MessageKey,
+        data: Mapping[str, Any],
+        reason: str | None,
+        now: float,
+        *,
+        hold: bool,
     ) -> tuple[str, dict[str, Any]]:
-        """The state and document that record a claim's outcome.
+        """The state and document that record a claim's outcome (*data*: the claim's).
 
         Done if *reason* is ``None``, else failed: held after ``max_failures`` attempts, or at
         once if *hold*.
         """
-        data = dict(record.data)
-        data.pop("owner", None)
-        data.pop("expires_at", None)
+        data = _unclaimed(data)
         if reason is None:
             if "history" in data:  # it failed before: finish its story
                 data["history"] = add_event(history_of(data), now, "done", "")
@@ -503,20 +537,21 @@ class DuplicateGuard(GuardViews):
         data["history"] = history
         return state, data
 
-    def _abandon(self, key: MessageKey, record: Record) -> None:
-        data = dict(record.data)
-        data.pop("owner", None)
-        data.pop("expires_at", None)
-        data["history"] = add_event(history_of(data), self.store.now(), "abandoned")
-        self.store.put(self.namespace, key.id, FAILED, data, expect=record.version)
+    def _abandon(self, key: MessageKey, version: int, data: Mapping[str, Any]) -> None:
+        document = _unclaimed(data)
+        document["history"] = add_event(history_of(document), self.store.now(), "abandoned")
+        self.store.put(self.namespace, key.id, FAILED, document, expect=version)
 
-    def _extend(self, key: MessageKey, record: Record) -> Record:
-        data = dict(record.data)
-        data["expires_at"] = self.store.now() + self.claim_ttl
-        written = self.store.put(self.namespace, key.id, PROCESSING, data, expect=record.version)
+    def _extend(
+        self, key: MessageKey, version: int, data: Mapping[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        """Renew a claim at *version* with document *data*: its new version and document."""
+        document = dict(data)
+        document["expires_at"] = self.store.now() + self.claim_ttl
+        written = self.store.put(self.namespace, key.id, PROCESSING, document, expect=version)
         if written is None:
             raise ClaimLost(f"the claim of {key} was lost before it could be extended")
-        return written
+        return written.version, document
 
     # -- batches and housekeeping ----------------------------------------------------------------
 
