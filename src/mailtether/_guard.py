@@ -41,6 +41,10 @@ RepeatPolicy = Literal["block", "skip", "quarantine"]
 _POLICIES: Final = ("block", "skip", "quarantine")
 _RETRIES: Final = 32
 _NEW: Final = ClaimStatus.NEW
+# The states a batch writes, as plain text: a store binds a str subclass (an enum's member)
+# several times slower.
+_CLAIMED: Final = PROCESSING.value
+_DONE: Final = DONE.value
 
 
 class Claim:
@@ -118,7 +122,7 @@ class Claim:
     def done(self) -> None:
         """Record the message as processed (done automatically at the end of the block)."""
         data = self._data
-        if self.key.content_id is None and data is not None and not self._finished:
+        if self.key.digest is None and data is not None and not self._finished:
             self.guard._finish_one(self, data, None)  # one write: straight to it
         else:  # (and the errors of a claim that is not yours, or finished)
             self.guard.finish_many([(self, None)])
@@ -305,19 +309,25 @@ class DuplicateGuard(GuardViews):
             raise ValueError("claim_many was given the same key twice")
         store, namespace = self.store, self.namespace
         now = store.now()
-        content_ids = [key.content_id for key in keys if key.content_id is not None]
+        # (A key has a content id when it has a digest: asked so, a key without one does not
+        # work its cached property out.)
+        content_ids = [c for key in keys if key.digest is not None and (c := key.content_id)]
         done_content = store.get_many(self.content_namespace, content_ids) if content_ids else {}
         claimed = {"owner": self.owner, "expires_at": now + self.claim_ttl}  # one for all
-        rows: list[Row] = []
-        for key in keys:
-            content_id = key.content_id
-            content = done_content.get(content_id) if content_id is not None else None
-            first = str(content.data.get("id", "")) if content is not None else ""
-            if first and first != key.id:
-                data: dict[str, Any] = {"duplicate_of": first, **content_fields(key)}
-                rows.append((namespace, key.id, DONE, data, 0))
-            else:
-                rows.append((namespace, key.id, PROCESSING, claimed, 0))
+        rows: list[Row]
+        if not done_content:  # nothing of theirs handled before (as good as always)
+            rows = [(namespace, key.id, _CLAIMED, claimed, 0) for key in keys]
+        else:
+            rows = []
+            for key in keys:
+                content_id = key.content_id
+                content = done_content.get(content_id) if content_id is not None else None
+                first = str(content.data.get("id", "")) if content is not None else ""
+                if first and first != key.id:
+                    data: dict[str, Any] = {"duplicate_of": first, **content_fields(key)}
+                    rows.append((namespace, key.id, DONE, data, 0))
+                else:
+                    rows.append((namespace, key.id, _CLAIMED, claimed, 0))
         # Every claim the write made is in hand before any known key is decided (a repeat
         # that blocks raises there, and the claims made are given back first).
         claims: list[Claim | None] = [
@@ -427,7 +437,7 @@ class DuplicateGuard(GuardViews):
         """
         finishing = [(claim, claim._require(), reason) for claim, reason in outcomes]
         if len(finishing) == 1 and (
-            finishing[0][2] is not None or finishing[0][0].key.content_id is None
+            finishing[0][2] is not None or finishing[0][0].key.digest is None
         ):
             return self._finish_one(*finishing[0])  # one write: no content record to add
         if len({id(claim) for claim, _, _ in finishing}) != len(finishing):
@@ -444,7 +454,7 @@ class DuplicateGuard(GuardViews):
             claim._finished = True
             key = claim.key
             if reason is None and "history" not in data:  # a plain done: no event, no time
-                state, document = DONE, done_of.get(id(data))
+                state, document = _DONE, done_of.get(id(data))
                 if document is None:
                     document = done_of[id(data)] = _unclaimed(data)
             else:
@@ -452,10 +462,8 @@ class DuplicateGuard(GuardViews):
             rows.append((namespace, key.id, state, document, claim._version))
             # The content is recorded in the same write: handled is handled, even when the
             # claim turns out to be lost (the mail may then have been handled twice, not never).
-            if state == DONE and key.content_id is not None:
-                contents.append(
-                    (self.content_namespace, key.content_id, DONE, {"id": key.id}, None)
-                )
+            if state == DONE and key.digest is not None and (content := key.content_id):
+                contents.append((self.content_namespace, content, _DONE, {"id": key.id}, None))
         results = put_rows(store, rows + contents if contents else rows)
         held: list[MessageKey] = []
         lost: list[MessageKey] = []
