@@ -569,9 +569,10 @@ def _plan(rows: list[Row], now: float) -> list[_Run]:
         if type(state) is not str:  # an enum's member: binds several times slower than text
             state = str.__str__(state)
         this = "upsert" if expect is None else "create" if expect == 0 else "update"
-        if this != kind or namespace_ != namespace or key in keys or run.count >= _GROUP_ROWS:
+        if this != kind or namespace_ != namespace or key in keys or len(keys) >= _GROUP_ROWS:
             if kind == "update":
                 params.append(namespace)
+            run.count = len(keys)
             kind, namespace, keys = this, namespace_, set()
             params = [now] if this == "update" else []
             run = _Run(this, index, params)
@@ -581,9 +582,9 @@ def _plan(rows: list[Row], now: float) -> list[_Run]:
         else:
             params += (namespace, key, state, text, now)
         keys.add(key)
-        run.count += 1
     if kind == "update":
         params.append(namespace)
+    run.count = len(keys)  # (a run's keys are distinct: one a write)
     return runs
 
 
