@@ -7,14 +7,17 @@ Dovecot can run); no argument runs all five.
     connect + LOGIN + SELECT + IDLE, interleaved (target <= 1.2x);
 (b) push latency: APPEND until the handler runs, beside a plain ``idle_check`` + FETCH loop
     (target <= 1.05x; Dovecot's own ~0.5 s notification delay dominates);
-(c) first sync of 10,000 small messages, fetched and marked seen, beside imap_tools (bulk
+(c) first sync of 10,000 small messages, fetched and marked seen (``ONLY=Redis,floor``: just
+    the contenders whose names hold one of those words), beside imap_tools (bulk
     500) and plain imapclient (batches of 500, with and without a silent STORE): mailtether on
     SQLite (default commit_window, and 0: every outcome its own commit), MemoryStore, Redis
     and PostgreSQL (these two on throwaway servers, or skipped with a note); \\Seen cleared
     before each round so the server does real work; ratios to imap_tools, and the chart
     docs/_static/first-sync.svg (with matplotlib: the ``bench`` extra). Targets: >= 0.8x
     imap_tools on SQLite, Redis and PostgreSQL, >= 1.0x on MemoryStore, >= 0.5x with
-    commit_window=0;
+    commit_window=0. Beside them, the floors (benchmarks/_floors.py): raw imaplib fetching
+    and marking in batches of 500 with, per store, only the writes the guarantees need as
+    raw SQL or Redis commands — the most any implementation can reach here;
 (d) resident memory of the process with one idle listener;
 (e) first sync of 1,000, 10,000 and 100,000 small messages, each run in a fresh child process:
     peak RSS (``VmHWM``) and messages/s of plain imapclient (batched FETCH + STORE, as in (c)),
@@ -43,6 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from _floors import PostgresWriter, RedisWriter, SQLiteWriter, floor
 from _servers import postgres_server, redis_server
 from imapclient import IMAPClient
 
@@ -232,6 +236,7 @@ def first_sync(server: DovecotServer, tmp: Path) -> None:
         return count / (time.perf_counter() - started)
 
     runs = 0
+    names = iter(range(1_000_000))
 
     def ours(open_store: Callable[[str], Store], commit_window: float | None = None) -> float:
         nonlocal runs
@@ -274,6 +279,31 @@ def first_sync(server: DovecotServer, tmp: Path) -> None:
             contenders["mailtether, PostgreSQL"] = lambda: ours(
                 lambda name: store_from_url(f"{postgres_dsn}?table_prefix={name}")
             )
+        port = server.imap_port
+        floors: dict[str, Callable[[str], object] | None] = {
+            "": None,
+            ", raw SQLite": lambda name: SQLiteWriter(tmp / f"{name}.db"),
+            ", raw SQLite, a commit a mail": lambda name: SQLiteWriter(
+                tmp / f"{name}.db", each=True
+            ),
+        }
+        if redis_port is not None:
+            floors[", raw Redis"] = lambda name: RedisWriter(redis_port, name)
+        if postgres_dsn is not None:
+            floors[", raw PostgreSQL"] = lambda name: PostgresWriter(postgres_dsn, name)
+        for label, open_writer in floors.items():
+            contenders[f"floor: imaplib, PEEK + silent STORE{label}"] = (
+                lambda open_writer=open_writer: floor(  # type: ignore[misc]
+                    port, user, password, open_writer, f"floor{next(names)}"
+                )
+            )
+        only = [part for part in os.environ.get("ONLY", "").split(",") if part]
+        if only:  # ONLY=Redis,SQLite: those contenders (and imap_tools, the reference)
+            contenders = {
+                name: run
+                for name, run in contenders.items()
+                if name.startswith("imap_tools") or any(part in name for part in only)
+            }
         for run in contenders.values():  # warm-up: the server's caches, the stores' tables
             unseen()
             run()
@@ -300,6 +330,12 @@ def first_sync(server: DovecotServer, tmp: Path) -> None:
     chart(median, tools_rate)
 
 
+def _colour(contender: str) -> str:
+    if contender.startswith("mailtether"):
+        return "#4c72b0"
+    return "#dd8452" if contender.startswith("floor") else "#999999"
+
+
 def chart(median: dict[str, float], tools_rate: float) -> None:
     """docs/_static/first-sync.svg: the figures of (c) as bars (needs ``mailtether[bench]``)."""
     try:
@@ -316,7 +352,7 @@ def chart(median: dict[str, float], tools_rate: float) -> None:
     bars = axes.barh(
         names[::-1],
         [median[name] for name in names[::-1]],
-        color=["#4c72b0" if name.startswith("mailtether") else "#999999" for name in names[::-1]],
+        color=[_colour(name) for name in names[::-1]],
     )
     axes.bar_label(bars, [f"{median[n] / tools_rate:.2f}x" for n in names[::-1]], padding=3)
     axes.set_xlabel(f"messages per second, first sync of {SYNC_MESSAGES:,} (x imap_tools)")
