@@ -10,7 +10,7 @@ import attrs
 
 from mailtether._clock import SYSTEM_CLOCK, Clock
 from mailtether._errors import StoreError
-from mailtether.stores._protocol import Lease, Record, Write
+from mailtether.stores._protocol import Lease, Record, Row, Write
 from mailtether.stores._shared import (
     PutFromPutMany,
     check_expect,
@@ -211,25 +211,49 @@ class MemoryStore(PutFromPutMany):
     def put_many(self, writes: Iterable[Write]) -> list[Record | None]:
         """Apply several writes as :meth:`put` would, under one lock."""
         checked = check_writes(writes)
+        rows = [(w.namespace, w.key, w.state, w.data, w.expect) for w in checked]
+        versions, now = self._apply(rows)
+        return [
+            None if version is None else written(write, version, now)
+            for write, version in zip(checked, versions, strict=True)
+        ]
+
+    def put_rows(self, rows: Iterable[Row]) -> list[int | None]:
+        """:meth:`put_many` of ``(namespace, key, state, data, expect)`` tuples: new versions.
+
+        See :class:`~mailtether.stores._protocol.RowWrites`: the duplicate guard's batches,
+        without a :class:`~mailtether.Write` and a :class:`~mailtether.Record` per mail.
+        """
+        if isinstance(rows, str | bytes | Mapping) or not isinstance(rows, Iterable):
+            raise TypeError(f"put_rows takes an iterable of tuples, not {type(rows).__name__}")
+        checked = list(rows)
+        for namespace, key, state, _, expect in checked:
+            check_put(namespace, key, state, expect)
+        return self._apply(checked)[0]
+
+    def _apply(self, rows: list[Row]) -> tuple[list[int | None], float]:
+        """Apply checked *rows* in order, under one lock: each one's new version (or None)."""
         # Validated and copied exactly as a backend that serialises would keep them.
-        payloads = [_payload(write.data) for write in checked]
+        payloads = [_payload(row[3]) for row in rows]
         now = self._clock.time()
-        results: list[Record | None] = []
+        versions: list[int | None] = []
+        append = versions.append
         with self._lock:
             if self._closed:
                 raise StoreError("MemoryStore is closed")
-            for write, payload in zip(checked, payloads, strict=True):
-                space = self._records.get(write.namespace)
+            records = self._records
+            for (namespace, key, state, _, expect), payload in zip(rows, payloads, strict=True):
+                space = records.get(namespace)
                 if space is None:
-                    space = self._records[write.namespace] = {}
-                current = space.get(write.key)
+                    space = records[namespace] = {}
+                current = space.get(key)
                 version = current[_VERSION] if current is not None else 0
-                if write.expect is not None and write.expect != version:
-                    results.append(None)
+                if expect is not None and expect != version:
+                    append(None)
                     continue
-                space[write.key] = (_plain(write.state), payload, version + 1, now)
-                results.append(written(write, version + 1, now))
-        return results
+                space[key] = (_plain(state), payload, version + 1, now)
+                append(version + 1)
+        return versions, now
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""
