@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -11,7 +11,7 @@ from mailtether._durations import check_seconds
 from mailtether._errors import ConfigError, SchemaError, StoreError
 from mailtether._redaction import redacting_logger
 from mailtether._url_errors import split_url
-from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
+from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Row, Write
 from mailtether.stores._redis_line import Line
 from mailtether.stores._redis_scripts import SCRIPTS
 from mailtether.stores._shared import (
@@ -23,12 +23,14 @@ from mailtether.stores._shared import (
     check_limit,
     check_namespace,
     check_prefix,
+    check_put,
     check_state,
     check_time,
     check_ttl,
     check_writes,
     decode_data,
     encode_all,
+    encode_data,
     lease_lost,
     redact_url,
     require,
@@ -283,33 +285,57 @@ class RedisStore(PutFromPutMany):
         server; the writes travel packed in one argument, the answer comes back as one text.
         """
         checked = check_writes(writes)
-        if not checked:
-            return []
-        texts = encode_all(checked)
-        records: list[Record | None] = []
-        for start in range(0, len(checked), _BATCH):
-            batch = checked[start : start + _BATCH]
-            fields: list[str] = []
-            for write, text in zip(batch, texts[start : start + _BATCH], strict=True):
-                expect = write.expect
-                fields += (
-                    write.namespace,
-                    write.key,
-                    write.state,
-                    "" if expect is None else str(expect),
-                    text,
+        rows = [(w.namespace, w.key, w.state, w.data, w.expect) for w in checked]
+        versions, stamps = self._apply(rows, encode_all(checked))
+        return [
+            None if version is None else written(write, version, stamp)
+            for write, version, stamp in zip(checked, versions, stamps, strict=True)
+        ]
+
+    def put_rows(self, rows: Iterable[Row]) -> list[int | None]:
+        """:meth:`put_many` of ``(namespace, key, state, data, expect)`` tuples: new versions.
+
+        See :class:`~mailtether.stores._protocol.RowWrites`: the duplicate guard's batches,
+        without a :class:`~mailtether.Write` and a :class:`~mailtether.Record` per mail.
+        """
+        if isinstance(rows, str | bytes | Mapping) or not isinstance(rows, Iterable):
+            raise TypeError(f"put_rows takes an iterable of tuples, not {type(rows).__name__}")
+        checked = list(rows)
+        encoded: dict[int, str] = {}  # a document shared by several rows is encoded once
+        texts = []
+        for namespace, key, state, data, expect in checked:
+            check_put(namespace, key, state, expect)
+            text = encoded.get(id(data))
+            if text is None:
+                text = encoded[id(data)] = (
+                    "{}" if type(data) is dict and not data else encode_data(data)
                 )
+            texts.append(text)
+        return self._apply(checked, texts)[0]
+
+    def _apply(self, rows: list[Row], texts: list[str]) -> tuple[list[int | None], list[float]]:
+        """Apply checked *rows* (documents encoded in *texts*): versions and time stamps."""
+        versions: list[int | None] = []
+        stamps: list[float] = []
+        for start in range(0, len(rows), _BATCH):
+            batch = rows[start : start + _BATCH]
+            fields: list[str] = []
+            for (namespace, key, state, _, expect), text in zip(
+                batch, texts[start : start + _BATCH], strict=True
+            ):
+                fields += (namespace, key, state, "" if expect is None else str(expect), text)
             packed = "\x00".join(fields) + "\x00"
-            what = "put_many" if len(checked) > 1 else "put"
+            what = "put_many" if len(rows) > 1 else "put"
             answer = self._eval(
                 what, "put_many", [], [self._base, packed, len(batch)], small=len(batch) == 1
             ).split(" ")
             stamp = float(answer[0])
-            records += [
-                None if version == "0" else written(write, int(version), stamp)
-                for write, version in zip(batch, answer[1:], strict=True)
+            versions += [
+                None if version == "0" else int(version)
+                for _, version in zip(batch, answer[1:], strict=True)
             ]
-        return records
+            stamps += [stamp] * len(batch)
+        return versions, stamps
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""
