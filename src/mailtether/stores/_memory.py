@@ -233,8 +233,17 @@ class MemoryStore(PutFromPutMany):
 
     def _apply(self, rows: list[Row]) -> tuple[list[int | None], float]:
         """Apply checked *rows* in order, under one lock: each one's new version (or None)."""
-        # Validated and copied exactly as a backend that serialises would keep them.
-        payloads = [_payload(row[3]) for row in rows]
+        # Validated and copied exactly as a backend that serialises would keep them; a
+        # document several rows share (a batch's claims, its dones) once: payloads are
+        # never changed in place (a read copies), so records may share one.
+        kept: dict[int, str | dict[str, Any]] = {}
+        payloads = []
+        for row in rows:
+            data = row[3]
+            payload = kept.get(id(data))
+            if payload is None:
+                payload = kept[id(data)] = _payload(data)
+            payloads.append(payload)
         now = self._clock.time()
         versions: list[int | None] = []
         append = versions.append
