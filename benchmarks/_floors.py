@@ -131,33 +131,74 @@ return claimed
 _FINISH_LUA = """
 local n = #KEYS
 for i, key in ipairs(KEYS) do
-  redis.call('HSET', key, 's', 'done', 'd', '{}', 'v', 2)
-  redis.call('HSET', ARGV[i], 's', 'done', 'd', key, 'v', 1)
+  if redis.call('HGET', key, 'v') == '1' then  -- compare-and-set: still our claim
+    redis.call('HSET', key, 's', 'done', 'd', '{}', 'v', 2)
+  end
+  redis.call('HSET', ARGV[i + 1], 's', 'done', 'd', key, 'v', 1)
 end
 return n
 """
 
 
-class RedisWriter:
-    """Raw Redis: one script for a batch's look-ups and claims, one for its outcomes."""
+# With *indexed*: the indexes a store needs to scan a namespace, or one state of it, oldest
+# update first (what RedisStore keeps): one sorted set per namespace and one per state, each
+# written with one ZADD (and ZREM) per script.
+_INDEX_CLAIMS_LUA = """
+local stamp = redis.call('TIME')[1]
+local members = {}
+for i, key in ipairs(KEYS) do
+  members[#members + 1] = stamp
+  members[#members + 1] = key
+end
+redis.call('ZADD', ARGV[#ARGV] .. ':i:guard', unpack(members))
+redis.call('ZADD', ARGV[#ARGV] .. ':s:guard|processing', unpack(members))
+"""
+_INDEX_DONE_LUA = """
+local stamp = redis.call('TIME')[1]
+local members, contents = {}, {}
+for i, key in ipairs(KEYS) do
+  members[#members + 1] = stamp
+  members[#members + 1] = key
+  contents[#contents + 1] = stamp
+  contents[#contents + 1] = ARGV[i + 1]
+end
+redis.call('ZREM', ARGV[1] .. ':s:guard|processing', unpack(KEYS))
+redis.call('ZADD', ARGV[1] .. ':i:guard', unpack(members))
+redis.call('ZADD', ARGV[1] .. ':s:guard|done', unpack(members))
+redis.call('ZADD', ARGV[1] .. ':i:content', unpack(contents))
+redis.call('ZADD', ARGV[1] .. ':s:content|done', unpack(contents))
+"""
 
-    def __init__(self, port: int, prefix: str) -> None:
+
+class RedisWriter:
+    """Raw Redis: one script for a batch's look-ups and claims, one for its outcomes.
+
+    *indexed*: the same scripts then keep the scan indexes too (see above).
+    """
+
+    def __init__(self, port: int, prefix: str, *, indexed: bool = False) -> None:
         import redis
 
         self.client = redis.Redis(port=port)
         self.prefix = prefix
-        self.claim_script = self.client.register_script(_CLAIM_LUA)
-        self.finish_script = self.client.register_script(_FINISH_LUA)
+        index_claims = _INDEX_CLAIMS_LUA.replace('"""', "") if indexed else ""
+        index_done = _INDEX_DONE_LUA if indexed else ""
+        self.claim_script = self.client.register_script(
+            _CLAIM_LUA.replace("return claimed", index_claims + "return claimed")
+        )
+        self.finish_script = self.client.register_script(
+            _FINISH_LUA.replace("return n", index_done + "return n")
+        )
 
     def claim(self, keys: list[str], contents: list[str]) -> None:
         p = self.prefix
         names = [f"{p}:guard:{key}" for key in keys]
-        self.claim_script(names, [_CLAIMED, *(f"{p}:guard-content:{c}" for c in contents)])
+        self.claim_script(names, [_CLAIMED, *(f"{p}:guard-content:{c}" for c in contents), p])
 
     def finish(self, keys: list[str], contents: list[str]) -> None:
         p = self.prefix
         names = [f"{p}:guard:{key}" for key in keys]
-        self.finish_script(names, [f"{p}:guard-content:{c}" for c in contents])
+        self.finish_script(names, [p, *(f"{p}:guard-content:{c}" for c in contents)])
 
     def close(self) -> None:
         self.client.close()

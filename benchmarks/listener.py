@@ -289,6 +289,9 @@ def first_sync(server: DovecotServer, tmp: Path) -> None:
         }
         if redis_port is not None:
             floors[", raw Redis"] = lambda name: RedisWriter(redis_port, name)
+            floors[", raw Redis + scan indexes"] = lambda name: RedisWriter(
+                redis_port, name, indexed=True
+            )
         if postgres_dsn is not None:
             floors[", raw PostgreSQL"] = lambda name: PostgresWriter(postgres_dsn, name)
         for label, open_writer in floors.items():
