@@ -498,8 +498,8 @@ class DuplicateGuard(GuardViews):
             state, document = DONE, _unclaimed(data)
         else:
             state, document = self._outcome(key, data, reason, self.store.now(), hold=claim._hold)
-        row: Row = (self.namespace, key.id, state, document, claim._version)
-        if put_rows(self.store, [row])[0] is None:
+        # put: one write, which a store may apply faster than a batch of one.
+        if self.store.put(self.namespace, key.id, state, document, expect=claim._version) is None:
             raise ClaimLost(
                 f"the claim of {key} expired and was taken over before its outcome was "
                 "recorded: it may have been handled twice; raise claim_ttl"

@@ -40,7 +40,7 @@ _BATCH: Final = 500  # well under SQLite's 32 766 host parameters, and fast to p
 # The writes of put_many, a run of rows each (see _plan); only "?" placeholders are formatted in.
 # Each without what it returns: a run of creates or updates that writes every row needs no
 # answer (a create makes version 1, an update its expected version + 1), and rows read back
-# cost a fifth of a batch's time. Its rows' count tells: see SQLiteStore._apply.
+# cost a fifth of a batch's time. The count of rows it wrote tells: see _apply.
 _INSERT: Final = (
     "INSERT INTO mailtether_records (namespace, key, state, data, version, updated_at) "
 )
@@ -422,6 +422,23 @@ class SQLiteStore(PutFromPutMany):
             None if version is None else Record(namespace, key, state, dict(data), version, now)
             for (namespace, key, state, data, _), version in zip(rows, versions, strict=True)
         ]
+
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        state: str,
+        data: Mapping[str, Any],
+        *,
+        expect: int | None = None,
+    ) -> Record | None:
+        """Write a record, compare-and-set on its version if *expect* is given.
+
+        :meth:`put_many` of one write, without the :class:`~mailtether.Write` around it.
+        """
+        versions, now = self._put([(namespace, key, state, data, expect)])
+        version = versions[0]
+        return None if version is None else Record(namespace, key, state, dict(data), version, now)
 
     def put_rows(self, rows: Iterable[Row]) -> list[int | None]:
         """:meth:`put_many` of ``(namespace, key, state, data, expect)`` tuples: new versions.
