@@ -98,6 +98,10 @@ def test_a_mail_is_recorded_then_delivered(handler, clock):
     assert board.get(f"outbox:127.0.0.1:{port}").state is SourceState.ONLINE
     assert outbox.deliver_due() == 0, "nothing is sent twice"
     assert len(scripted.received) == 1
+    kept = store.get("outgoing", "<reply-1@example.com>")
+    assert kept is not None
+    assert "raw" not in kept.data, "a sent mail's bytes are not kept"
+    assert kept.data["sender"] == "helpdesk@example.com"
 
 
 def test_the_same_message_id_is_queued_once_and_a_mail_without_one_gets_one(clock):
@@ -131,12 +135,16 @@ def test_each_recipient_gets_the_outcome_smtp_gives_it(handler, clock):
         "busy@example.com": "450 4.2.1 mailbox busy",
         "gone@example.com": "550 5.1.1 no such user",
     }
-    outbox = Outbox(MemoryStore(), relay(port), clock=clock, retry=Fixed(120))
+    store = MemoryStore()
+    outbox = Outbox(store, relay(port), clock=clock, retry=Fixed(120))
     outbox.send(mail(1, "alice@example.com", "busy@example.com", "gone@example.com"))
     assert outbox.deliver_due() == 0
     first = outbox.get("<reply-1@example.com>")
     assert first is not None
     assert first.state == "queued"
+    queued = store.get("outgoing", "<reply-1@example.com>")
+    assert queued is not None
+    assert queued.data["raw"], "a mail still to send keeps its bytes"
     assert first.recipients == {
         "alice@example.com": "sent",
         "busy@example.com": "pending",
@@ -161,6 +169,9 @@ def test_each_recipient_gets_the_outcome_smtp_gives_it(handler, clock):
     done = outbox.get("<reply-1@example.com>")
     assert done is not None
     assert done.state == "failed", "in the error queue: one recipient refused for good"
+    failed = store.get("outgoing", "<reply-1@example.com>")
+    assert failed is not None
+    assert failed.data["raw"], "the error queue keeps the mail"
     assert "gone@example.com" in done.reason
     assert "550 5.1.1 no such user" in done.reason
     assert outbox.mails("failed") == [done]

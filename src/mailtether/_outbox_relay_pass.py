@@ -127,6 +127,9 @@ class RelayPass:
         state = self._settle(record.key, data, tries)
         if state == "sent":
             self.sent += 1
+            # Nothing will send it again: its record keeps the envelope and the history, not
+            # the mail (a smaller write now, and a store that does not keep every mail sent).
+            data.pop("raw", None)
         written = self.outbox.store.put(OUTGOING, record.key, state, data, expect=record.version)
         if written is None:
             log.warning("outbox: %s was changed by someone else while it was sent", record.key)
