@@ -152,30 +152,55 @@ return table.concat(out, ' ')
 """
 )
 
-# KEYS: none (see put_many); ARGV: record-key prefix, the keys (each ended by NUL).
-# One line per key, in order: "state version updated_at data", or empty if it has no record.
-_GET_MANY: Final = """
-local lines = {}
-local i = 0
-for key in string.gmatch(ARGV[2], '(.-)%z') do
-  i = i + 1
-  local f = redis.call('HMGET', ARGV[1] .. key, 'state', 'version', 'updated_at', 'data')
-  if f[1] then lines[i] = f[1] .. ' ' .. f[2] .. ' ' .. f[3] .. ' ' .. f[4] else lines[i] = '' end
+# The look-ups below take the record keys whole (the client joins them with NUL + prefix, a
+# join in C), cut with plain find. One EXISTS of them all comes first: a first sync looks up
+# keys none of which has a record, and then no key needs a command of its own (the answer of
+# each, when some exist).
+_KEYS: Final = """
+local text = ARGV[1]
+local find, sub = string.find, string.sub
+local keys, n, at = {}, 0, 1
+while true do
+  local stop = find(text, '\\0', at, true)
+  if not stop then break end
+  n = n + 1
+  keys[n] = sub(text, at, stop - 1)
+  at = stop + 1
 end
-return table.concat(lines, '\\n')
+local found = 0
+for from = 1, n, 2000 do  -- unpack is bounded by Lua's C stack (8,000 values)
+  found = found + redis.call('EXISTS', unpack(keys, from, math.min(from + 1999, n)))
+end
 """
 
-# KEYS: none (see put_many); ARGV: record-key prefix, the keys (each ended by NUL).
-# One character per key, in order: 1 if it has a record, else 0.
-_EXISTING: Final = """
-local marks = {}
-local i = 0
-for key in string.gmatch(ARGV[2], '(.-)%z') do
-  i = i + 1
-  marks[i] = redis.call('EXISTS', ARGV[1] .. key)
+# KEYS: none (see put_many); ARGV: the record keys (each ended by NUL).
+# One line per key, in order: "state version updated_at data", or empty if it has no record.
+_GET_MANY: Final = (
+    _KEYS
+    + """
+if found == 0 then return string.rep('\\n', n - 1) end
+local lines = {}
+for i = 1, n do
+  local f = redis.call('HMGET', keys[i], 'state', 'version', 'updated_at', 'data')
+  if f[1] then lines[i] = f[1] .. ' ' .. f[2] .. ' ' .. f[3] .. ' ' .. f[4] else lines[i] = '' end
 end
-return table.concat(marks)
+return table.concat(lines, '\\n', 1, n)
 """
+)
+
+# KEYS: none (see put_many); ARGV: the record keys (each ended by NUL).
+# One character per key, in order: 1 if it has a record, else 0. (EXISTS counts a key given
+# twice twice: all n counted means every key has a record.)
+_EXISTING: Final = (
+    _KEYS
+    + """
+if found == 0 then return string.rep('0', n) end
+if found == n then return string.rep('1', n) end
+local marks = {}
+for i = 1, n do marks[i] = redis.call('EXISTS', keys[i]) end
+return table.concat(marks, '', 1, n)
+"""
+)
 
 # KEYS: record, namespace index, states set; ARGV: state-index prefix, expect, member
 _DELETE: Final = """
