@@ -23,25 +23,31 @@ local now = tonumber(stamp)
 """
 
 # Batches travel as one argument: fields each ended by NUL (no key, state or namespace holds
-# one, and JSON text never does), read with gmatch's %z. One argument, not one per field:
-# redis-py packs each argument in Python, the server splits the text in C. Answers are one
-# text too (one bulk reply to parse, not an array of them): lines, as JSON text never holds
-# a raw newline.
+# one, and JSON text never does), cut with plain find (memchr), not a pattern (one step a
+# character). One argument, not one per field: redis-py packs each argument in Python, the
+# server splits the text in C. Answers are one text too (one bulk reply to parse, not an
+# array of them): lines, as JSON text never holds a raw newline.
 
 # KEYS: none (every key shares the prefix's hash slot); ARGV: the prefix ("{name}"), the writes
 # (namespace, key, state, expect or '', data; each ended by NUL), how many.
 # Each write is applied as the one-write put would, in order; the answer is the time stamp,
 # then for each write its new version or 0 (its compare-and-set refused), spaces between.
 #
-# What costs the server is the number of commands a record takes (each redis.call builds its
-# arguments, runs the command and parses its reply back), so a record takes two: HMGET and
-# HSET. The indexes are written once for the whole script, a few commands per namespace: one
+# What costs the server is the commands a record takes (each redis.call builds its arguments,
+# runs the command and parses its reply back), so a record takes at most two: HMGET and HSET.
+# The writes are cut first, grouped by namespace (writes to one record stay in order; the
+# namespaces are applied one after the other, which ends as the writes in order would: no
+# namespace holds '|', so two never share a record): one
+# EXISTS of a namespace's records says whether any of them exists, and if none does (a first
+# sync's claims, new content records) no record needs its HMGET (version 0, no state).
+# The indexes are written once for the whole script, a few commands per namespace: one
 # ZADD to the namespace index, one ZREM per state left, one ZADD per state entered, one SADD.
 # The end result is what writing them record by record gave: all writes share one stamp, and
 # only a record's state before the script and after its last write matter (one that passed
 # through a state within the script is in that state's index neither before nor after).
 # A record the script writes again is read from the script's own table, not with HMGET.
-# Fields are cut with plain find (memchr), not gmatch's pattern (one step per character).
+# Versions stay text as HMGET gives them (an equal text is an equal version; the next one is
+# worked out once per version, not converted back and forth a record).
 #
 # The states set holds every state that has a record, and may hold states that have none any
 # more: a record leaving a state does not check whether it was the last one (ZCARD, SREM);
@@ -52,103 +58,147 @@ local now = tonumber(stamp)
 _PUT_MANY: Final = (
     _NOW
     + """
-local base = ARGV[1]
-local text = ARGV[2]
-local find, sub = string.find, string.sub
-local at = 1
-local function field()
-  local stop = find(text, '\\0', at, true)
-  local value = sub(text, at, stop - 1)
-  at = stop + 1
-  return value
-end
+local base, text, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local find, sub, call = string.find, string.sub, redis.call
 -- unpack is bounded by Lua's C stack (8,000 values): long lists go in several commands
-local function send(command, key, values)
-  for from = 1, #values, 2000 do
-    redis.call(command, key, unpack(values, from, math.min(from + 1999, #values)))
+local function send(command, key, values, n)
+  for from = 1, n, 2000 do
+    call(command, key, unpack(values, from, math.min(from + 1999, n)))
   end
 end
-local function list_in(lists, name)  -- lists[name], made empty if missing
-  local found = lists[name]
-  if not found then
-    found = {}
-    lists[name] = found
-  end
-  return found
-end
-local out = {stamp}
-local seen = {}    -- record key: {version, state, state before the script, written?, key}
-local spaces = {}  -- namespace: {records = record-key prefix, name, written = {entries}}
-local order = {}
-local last, space
-for i = 1, tonumber(ARGV[3]) do
-  local namespace = field()
-  local key = field()
-  local state = field()
-  local expect = field()
-  local data = field()
+-- The writes, cut first: grouped by namespace, each group's record keys in one list
+local keys, states, expects, datas = {}, {}, {}, {}
+local spaces, order = {}, {}  -- namespace: {prefix, name, rows, records, n}
+local at, last, space = 1, nil, nil
+for i = 1, count do
+  local stop = find(text, '\\0', at, true)
+  local namespace = sub(text, at, stop - 1)
+  at = stop + 1
+  stop = find(text, '\\0', at, true)
+  local key = sub(text, at, stop - 1)
+  at = stop + 1
+  stop = find(text, '\\0', at, true)
+  states[i] = sub(text, at, stop - 1)
+  at = stop + 1
+  stop = find(text, '\\0', at, true)
+  expects[i] = sub(text, at, stop - 1)
+  at = stop + 1
+  stop = find(text, '\\0', at, true)
+  datas[i] = sub(text, at, stop - 1)
+  at = stop + 1
+  keys[i] = key
   if namespace ~= last then  -- a batch is mostly one namespace: its prefix is built once
     last = namespace
     space = spaces[namespace]
     if not space then
-      space = {records = base .. ':r:' .. namespace .. '|', name = namespace, written = {}}
+      space = {base .. ':r:' .. namespace .. '|', namespace, {}, {}, 0}
       spaces[namespace] = space
       order[#order + 1] = space
     end
   end
-  local record = space.records .. key
-  local entry = seen[record]
-  if not entry then
-    local current = redis.call('HMGET', record, 'version', 'state')
-    entry = {tonumber(current[1]) or 0, current[2], current[2], false, key}
-    seen[record] = entry
-  end
-  local version = entry[1]
-  if expect ~= '' and tonumber(expect) ~= version then
-    out[i + 1] = 0
-  else
-    version = version + 1
-    redis.call('HSET', record, 'state', state, 'data', data, 'version', version,
-               'updated_at', stamp)
-    entry[1] = version
-    entry[2] = state
-    if not entry[4] then
-      entry[4] = true
-      local written = space.written
-      written[#written + 1] = entry
-    end
-    out[i + 1] = version
-  end
+  local n = space[5] + 1
+  space[5] = n
+  space[3][n] = i
+  space[4][n] = space[1] .. key
 end
+local out = {stamp}
+local after = {}  -- version text: the next one's ('0' -> '1')
+local seen = {}   -- record key: {version text, state, state before the script, written?, key}
 for _, space in ipairs(order) do
-  local written = space.written
-  if #written > 0 then
+  local rows, records, n = space[3], space[4], space[5]
+  -- A namespace none of whose records exists (a first sync's claims, new content records)
+  -- needs no HMGET a record: one EXISTS of them all says so.
+  local found = 0
+  for from = 1, n, 2000 do
+    found = found + call('EXISTS', unpack(records, from, math.min(from + 1999, n)))
+  end
+  local written, w = {}, 0
+  for j = 1, n do
+    local i, record = rows[j], records[j]
+    local entry = seen[record]
+    if not entry then
+      if found == 0 then
+        entry = {'0', nil, nil, false, keys[i]}
+      else
+        local current = call('HMGET', record, 'version', 'state')
+        entry = {current[1] or '0', current[2], current[2], false, keys[i]}
+      end
+      seen[record] = entry
+    end
+    local version, expect = entry[1], expects[i]
+    -- the versions as text: equal text is an equal number (the answer, HSET's argument)
+    if expect ~= '' and expect ~= version and tonumber(expect) ~= (tonumber(version) or 0) then
+      out[i + 1] = '0'
+    else
+      local new = after[version]
+      if not new then
+        new = tostring((tonumber(version) or 0) + 1)
+        after[version] = new
+      end
+      local state = states[i]
+      call('HSET', record, 'state', state, 'data', datas[i], 'version', new, 'updated_at', stamp)
+      entry[1] = new
+      entry[2] = state
+      if not entry[4] then
+        entry[4] = true
+        w = w + 1
+        written[w] = entry
+      end
+      out[i + 1] = new
+    end
+  end
+  if w > 0 then
+    -- the namespace index; the states entered, left and new (each with its list, its length)
     local index, entered, left, new = {}, {}, {}, {}
-    for _, entry in ipairs(written) do
+    local one = written[1][2]  -- the state of every written record, or false
+    for x = 1, w do
+      local entry = written[x]
       local state, before, key = entry[2], entry[3], entry[5]
-      index[#index + 1] = stamp
-      index[#index + 1] = key
-      local into = list_in(entered, state)
-      into[#into + 1] = stamp
-      into[#into + 1] = key
+      index[2 * x - 1] = stamp
+      index[2 * x] = key
+      if state ~= one then one = false end
       if before ~= state then
         new[state] = true
         if before then
-          local from = list_in(left, before)
-          from[#from + 1] = key
+          local from = left[before]
+          if not from then
+            from = {0}
+            left[before] = from
+          end
+          local k = from[1] + 1
+          from[1] = k
+          from[k + 1] = key
         end
       end
     end
-    local by_state = base .. ':s:' .. space.name .. '|'
-    for state, keys in pairs(left) do send('ZREM', by_state .. state, keys) end
-    send('ZADD', base .. ':i:' .. space.name, index)
-    for state, members in pairs(entered) do send('ZADD', by_state .. state, members) end
+    local by_state = base .. ':s:' .. space[2] .. '|'
+    for state, keys in pairs(left) do
+      for from = 2, keys[1] + 1, 2000 do
+        call('ZREM', by_state .. state, unpack(keys, from, math.min(from + 1999, keys[1] + 1)))
+      end
+    end
+    send('ZADD', base .. ':i:' .. space[2], index, 2 * w)
+    if one then  -- one state for all (as good as always): its index takes the same list
+      send('ZADD', by_state .. one, index, 2 * w)
+    else
+      for x = 1, w do
+        local entry = written[x]
+        local into = entered[entry[2]]
+        if not into then
+          into = {}
+          entered[entry[2]] = into
+        end
+        into[#into + 1] = stamp
+        into[#into + 1] = entry[5]
+      end
+      for state, members in pairs(entered) do send('ZADD', by_state .. state, members, #members) end
+    end
     local states = {}
     for state in pairs(new) do states[#states + 1] = state end
-    if #states > 0 then send('SADD', base .. ':states:' .. space.name, states) end
+    if #states > 0 then send('SADD', base .. ':states:' .. space[2], states, #states) end
   end
 end
-return table.concat(out, ' ')
+return table.concat(out, ' ', 1, count + 1)
 """
 )
 
