@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import pytest
 
@@ -26,8 +27,11 @@ from mailtether import (
 )
 from mailtether._guard_states import GuardState
 from mailtether._write_behind import Behind, writes_in_parallel
+from mailtether.stores._protocol import Row
 from mailtether.testing import FakeClock, ScriptedImapServer
 from test_listener_batches import fill, mail, reconnecting, subject
+
+_T = TypeVar("_T")
 
 
 class BehindStore(MemoryStore):
@@ -53,9 +57,18 @@ class BehindStore(MemoryStore):
 
     def put_many(self, writes: Iterable[Write]) -> list:  # type: ignore[override,type-arg]
         writes = list(writes)
-        done = [w for w in writes if w.namespace == "guard" and w.state == GuardState.DONE]
+        done = [w.key for w in writes if w.namespace == "guard" and w.state == GuardState.DONE]
+        return self._held_up(done, lambda: super(BehindStore, self).put_many(writes))
+
+    def put_rows(self, rows: Iterable[Row]) -> list[int | None]:
+        """The guard's batches come this way (see RowWrites): held up as put_many."""
+        rows = list(rows)
+        done = [key for ns, key, state, _, _ in rows if ns == "guard" and state == GuardState.DONE]
+        return self._held_up(done, lambda: super(BehindStore, self).put_rows(rows))
+
+    def _held_up(self, done: list[str], write: Callable[[], _T]) -> _T:
         if not done:
-            return super().put_many(writes)
+            return write()
         with self.lock:
             self.done_writes += 1
             number = self.done_writes
@@ -63,10 +76,10 @@ class BehindStore(MemoryStore):
         threading.Event().wait(0.05)  # the listener goes on meanwhile
         if number in self.fail_on:
             raise StoreError("the store went away (injected)")
-        results = super().put_many(writes)
+        results = write()
         seen = self.seen()
         self.marked_too_early.extend(
-            uid for uid in (self.uid_of.get(write.key) for write in done) if uid in seen
+            uid for uid in (self.uid_of.get(key) for key in done) if uid in seen
         )
         return results
 
