@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, TypeVar
@@ -322,15 +323,30 @@ class RedisStore(PutFromPutMany):
         stamps: list[float] = []
         for start in range(0, len(rows), _BATCH):
             batch = rows[start : start + _BATCH]
+            # runs of writes sharing namespace, state and expect: the run's head (its count
+            # filled in after), then each write's key and document (see the script)
             fields: list[str] = []
+            heads: list[int] = []
+            last: tuple[Any, ...] = ()
             for (namespace, key, state, _, expect), text in zip(
                 batch, texts[start : start + _BATCH], strict=True
             ):
-                fields += (namespace, key, state, "" if expect is None else str(expect), text)
+                if last != (namespace, state, expect):
+                    last = (namespace, state, expect)
+                    heads.append(len(fields))
+                    fields += (namespace, state, "" if expect is None else str(expect), "")
+                fields += (key, text)
+            heads.append(len(fields))
+            for head, end in itertools.pairwise(heads):
+                fields[head + 3] = str((end - head - 4) // 2)
             packed = "\x00".join(fields) + "\x00"
             what = "put_many" if len(rows) > 1 else "put"
             answer = self._eval(
-                what, "put_many", [], [self._base, packed, len(batch)], small=len(batch) == 1
+                what,
+                "put_many",
+                [],
+                [self._base, packed, len(batch), "runs"],
+                small=len(batch) == 1,
             ).split(" ")
             stamp = float(answer[0])
             versions += [

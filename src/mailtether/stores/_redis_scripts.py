@@ -28,8 +28,12 @@ local now = tonumber(stamp)
 # server splits the text in C. Answers are one text too (one bulk reply to parse, not an
 # array of them): lines, as JSON text never holds a raw newline.
 
-# KEYS: none (every key shares the prefix's hash slot); ARGV: the prefix ("{name}"), the writes
-# (namespace, key, state, expect or '', data; each ended by NUL), how many.
+# KEYS: none (every key shares the prefix's hash slot); ARGV: the prefix ("{name}"), the writes,
+# how many, and 'runs' (or nothing: older callers). The writes come in runs sharing namespace,
+# state and expect: the run's namespace, state, expect or '', how many writes, then each
+# write's key and data, every field ended by NUL (a field cut is a C call each: a batch's
+# writes mostly share all three). Without 'runs', each write is a run of one, its fields in
+# the order namespace, key, state, expect, data.
 # Each write is applied as the one-write put would, in order; the answer is the time stamp,
 # then for each write its new version or 0 (its compare-and-set refused), spaces between.
 #
@@ -69,33 +73,56 @@ end
 -- The writes, cut first: grouped by namespace, each group's record keys in one list
 local keys, states, expects, datas = {}, {}, {}, {}
 local spaces, order = {}, {}  -- namespace: {prefix, name, rows, records, n}
-local at, last, space = 1, nil, nil
-for i = 1, count do
-  local stop = find(text, '\\0', at, true)
-  local namespace = sub(text, at, stop - 1)
-  at = stop + 1
+local runs = ARGV[4] ~= nil
+local at, i, left, namespace, state, expect, space = 1, 0, 0, nil, nil, nil, nil
+while i < count do
+  local stop
+  if left == 0 then  -- a run's head: its namespace, state, expect, how many writes
+    stop = find(text, '\\0', at, true)
+    local name = sub(text, at, stop - 1)
+    at = stop + 1
+    if runs then
+      stop = find(text, '\\0', at, true)
+      state = sub(text, at, stop - 1)
+      at = stop + 1
+      stop = find(text, '\\0', at, true)
+      expect = sub(text, at, stop - 1)
+      at = stop + 1
+      stop = find(text, '\\0', at, true)
+      left = tonumber(sub(text, at, stop - 1))
+      at = stop + 1
+    else
+      left = 1
+    end
+    if name ~= namespace then  -- a batch is mostly one namespace: its prefix is built once
+      namespace = name
+      space = spaces[name]
+      if not space then
+        space = {base .. ':r:' .. name .. '|', name, {}, {}, 0}
+        spaces[name] = space
+        order[#order + 1] = space
+      end
+    end
+  end
+  i = i + 1
+  left = left - 1
   stop = find(text, '\\0', at, true)
   local key = sub(text, at, stop - 1)
   at = stop + 1
-  stop = find(text, '\\0', at, true)
-  states[i] = sub(text, at, stop - 1)
-  at = stop + 1
-  stop = find(text, '\\0', at, true)
-  expects[i] = sub(text, at, stop - 1)
-  at = stop + 1
+  if not runs then
+    stop = find(text, '\\0', at, true)
+    state = sub(text, at, stop - 1)
+    at = stop + 1
+    stop = find(text, '\\0', at, true)
+    expect = sub(text, at, stop - 1)
+    at = stop + 1
+  end
   stop = find(text, '\\0', at, true)
   datas[i] = sub(text, at, stop - 1)
   at = stop + 1
   keys[i] = key
-  if namespace ~= last then  -- a batch is mostly one namespace: its prefix is built once
-    last = namespace
-    space = spaces[namespace]
-    if not space then
-      space = {base .. ':r:' .. namespace .. '|', namespace, {}, {}, 0}
-      spaces[namespace] = space
-      order[#order + 1] = space
-    end
-  end
+  states[i] = state
+  expects[i] = expect
   local n = space[5] + 1
   space[5] = n
   space[3][n] = i
