@@ -20,6 +20,7 @@ from mailtether.stores._shared import (
     check_limit,
     check_namespace,
     check_put,
+    check_rows,
     check_state,
     check_time,
     check_ttl,
@@ -224,12 +225,7 @@ class MemoryStore(PutFromPutMany):
         See :class:`~mailtether.stores._protocol.RowWrites`: the duplicate guard's batches,
         without a :class:`~mailtether.Write` and a :class:`~mailtether.Record` per mail.
         """
-        if isinstance(rows, str | bytes | Mapping) or not isinstance(rows, Iterable):
-            raise TypeError(f"put_rows takes an iterable of tuples, not {type(rows).__name__}")
-        checked = list(rows)
-        for namespace, key, state, _, expect in checked:
-            check_put(namespace, key, state, expect)
-        return self._apply(checked)[0]
+        return self._apply(check_rows(rows))[0]
 
     def _apply(self, rows: list[Row]) -> tuple[list[int | None], float]:
         """Apply checked *rows* in order, under one lock: each one's new version (or None)."""

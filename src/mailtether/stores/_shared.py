@@ -238,6 +238,16 @@ def check_writes(writes: object) -> list[Write]:
     return checked
 
 
+def check_rows(rows: object) -> list[Row]:
+    """Return *rows* (``put_rows``' tuples) as a list after checking each as ``put`` would."""
+    if isinstance(rows, str | bytes | Mapping) or not isinstance(rows, Iterable):
+        raise TypeError(f"put_rows takes an iterable of tuples, not {type(rows).__name__}")
+    checked: list[Row] = list(rows)
+    for namespace, key, state, _, expect in checked:
+        check_put(namespace, key, state, expect)
+    return checked
+
+
 def check_prefix(prefix: object, pattern: re.Pattern[str], what: str, rule: str) -> str:
     """Return *prefix* (of a remote store's keys or tables) if it matches *pattern*.
 
