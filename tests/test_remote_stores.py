@@ -391,12 +391,15 @@ def test_redis_put_many_keeps_the_index_layout_of_one_write_at_a_time(redis_serv
     try:
         store.put_many(Write("guard", f"k{n}", "processing", {}) for n in range(0, 2500, 2))
         fields: list[str] = []
-        for n in range(2500):  # one run of 2,500 (put_many sends 500): two namespaces in turn
-            fields += ["guard", f"k{n}", "failed" if n % 3 else "done", "", "{}"]
-            fields += ["guard-content", f"c{n}", "done", "0", "{}"]
+        count = 0
+        for n in range(2500):  # one call of 2,500 (put_many sends 500): two namespaces in turn
+            # each write a run of one: namespace, state, expect, how many, then key and data
+            fields += ["guard", "failed" if n % 3 else "done", "", "1", f"k{n}", "{}"]
+            fields += ["guard-content", "done", "0", "1", f"c{n}", "{}"]
+            count += 2
             if n % 5 == 0:
-                fields += ["guard", f"k{n}", "held", "", "{}"]
-        count = len(fields) // 5
+                fields += ["guard", "held", "", "1", f"k{n}", "{}"]
+                count += 1
         answer = client.eval(SCRIPTS["put_many"], 0, base, "\x00".join(fields) + "\x00", count)
         assert len(answer.split(" ")) == count + 1
         states = _redis_layout_holds(client, base, "guard")

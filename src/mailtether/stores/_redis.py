@@ -345,7 +345,7 @@ class RedisStore(PutFromPutMany):
                 what,
                 "put_many",
                 [],
-                [self._base, packed, len(batch), "runs"],
+                [self._base, packed, len(batch)],
                 small=len(batch) == 1,
             ).split(" ")
             stamp = float(answer[0])

@@ -29,11 +29,9 @@ local now = tonumber(stamp)
 # array of them): lines, as JSON text never holds a raw newline.
 
 # KEYS: none (every key shares the prefix's hash slot); ARGV: the prefix ("{name}"), the writes,
-# how many, and 'runs' (or nothing: older callers). The writes come in runs sharing namespace,
-# state and expect: the run's namespace, state, expect or '', how many writes, then each
-# write's key and data, every field ended by NUL (a field cut is a C call each: a batch's
-# writes mostly share all three). Without 'runs', each write is a run of one, its fields in
-# the order namespace, key, state, expect, data.
+# how many. The writes come in runs sharing namespace, state and expect: the run's namespace,
+# state, expect or '', how many writes, then each write's key and data, every field ended by
+# NUL (a field cut is a C call each: a batch's writes mostly share all three).
 # Each write is applied as the one-write put would, in order; the answer is the time stamp,
 # then for each write its new version or 0 (its compare-and-set refused), spaces between.
 #
@@ -73,7 +71,6 @@ end
 -- The writes, cut first: grouped by namespace, each group's record keys in one list
 local keys, states, expects, datas = {}, {}, {}, {}
 local spaces, order = {}, {}  -- namespace: {prefix, name, rows, records, n}
-local runs = ARGV[4] ~= nil
 local at, i, left, namespace, state, expect, space = 1, 0, 0, nil, nil, nil, nil
 while i < count do
   local stop
@@ -81,19 +78,15 @@ while i < count do
     stop = find(text, '\\0', at, true)
     local name = sub(text, at, stop - 1)
     at = stop + 1
-    if runs then
-      stop = find(text, '\\0', at, true)
-      state = sub(text, at, stop - 1)
-      at = stop + 1
-      stop = find(text, '\\0', at, true)
-      expect = sub(text, at, stop - 1)
-      at = stop + 1
-      stop = find(text, '\\0', at, true)
-      left = tonumber(sub(text, at, stop - 1))
-      at = stop + 1
-    else
-      left = 1
-    end
+    stop = find(text, '\\0', at, true)
+    state = sub(text, at, stop - 1)
+    at = stop + 1
+    stop = find(text, '\\0', at, true)
+    expect = sub(text, at, stop - 1)
+    at = stop + 1
+    stop = find(text, '\\0', at, true)
+    left = tonumber(sub(text, at, stop - 1))
+    at = stop + 1
     if name ~= namespace then  -- a batch is mostly one namespace: its prefix is built once
       namespace = name
       space = spaces[name]
@@ -109,14 +102,6 @@ while i < count do
   stop = find(text, '\\0', at, true)
   local key = sub(text, at, stop - 1)
   at = stop + 1
-  if not runs then
-    stop = find(text, '\\0', at, true)
-    state = sub(text, at, stop - 1)
-    at = stop + 1
-    stop = find(text, '\\0', at, true)
-    expect = sub(text, at, stop - 1)
-    at = stop + 1
-  end
   stop = find(text, '\\0', at, true)
   datas[i] = sub(text, at, stop - 1)
   at = stop + 1
