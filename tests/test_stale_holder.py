@@ -28,6 +28,12 @@ def mail(n: int) -> bytes:
     return (head + "\r\nb\r\n").encode()
 
 
+def stopped(pid: int) -> bool:
+    """Whether process *pid* is stopped (state ``T`` in ``/proc/PID/stat``)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "T"
+
+
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
@@ -54,6 +60,10 @@ def test_a_holder_paused_past_its_lease_hands_out_nothing_more(mailbox, tmp_path
     try:
         eventually(lambda: sum(line.startswith("end ") for line in lines(out)) >= 2)
         os.kill(stale.pid, signal.SIGSTOP)
+        # The signal stops the process soon, not at once: what it wrote is read once it has
+        # stopped (else a mail it began just after the kill is missed here, and then the
+        # fresh holder never gets it: the stale one handles it on waking).
+        eventually(lambda: stopped(stale.pid))
         started_before_the_pause = [line for line in lines(out) if line.startswith("start ")]
         time.sleep(1.5)  # the injected fault: paused past its 1 s lease
 
