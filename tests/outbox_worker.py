@@ -1,22 +1,22 @@
 """An outbox sender process, killed mid-run by tests/test_outbox.py.
 
-Usage: outbox_worker.py DB PORT
+Usage: outbox_worker.py STORE_URL PORT
 
-Delivers the outbox in the SQLite file DB through the SMTP server on 127.0.0.1:PORT until it
-is killed (claims last 60 s).
+Delivers the outbox in the store at STORE_URL (``sqlite:///...``, ``postgresql://...``)
+through the SMTP server on 127.0.0.1:PORT until it is killed (claims last 60 s).
 """
 
 from __future__ import annotations
 
 import sys
 
-from mailtether import Outbox, SmtpRelay, SQLiteStore
+from mailtether import Outbox, SmtpRelay, store_from_url
 
 
 def main() -> None:
-    db, port = sys.argv[1:]
+    url, port = sys.argv[1:]
     relay = SmtpRelay("127.0.0.1", port=int(port), security="plain", timeout=10)
-    Outbox(SQLiteStore(db), relay, claim_ttl=60, poll_interval=0.1).run()
+    Outbox(store_from_url(url), relay, claim_ttl=60, poll_interval=0.1).run()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -32,7 +33,9 @@ from mailtether import (
     SourceState,
     SQLiteStore,
     StatusBoard,
+    Store,
     StoreError,
+    store_from_url,
 )
 from mailtether.cli._main import main
 from mailtether.testing import FakeClock, FaultProxy
@@ -241,6 +244,52 @@ def test_a_dead_relay_is_skipped_for_the_rest_of_a_pass_and_the_others_flow_on(h
     assert sum(1 for m in outbox.mails() if m.relay == "dead" and m.state == "queued") == 5
 
 
+@pytest.mark.parametrize("kind", ["memory", "postgres"])
+def test_a_skipped_relay_leaves_no_mail_claimed_not_even_the_batch_claimed_ahead(
+    clock, request, kind
+):
+    """Three claims of 50: the next one is made while a batch is sent, and put back too."""
+    if kind == "memory":
+        store: Store = MemoryStore()
+    else:
+        dsn = request.getfixturevalue("postgres_server").dsn
+        store = store_from_url(f"{dsn}?table_prefix=k{uuid.uuid4().hex[:10]}")
+    try:
+        outbox = Outbox(store, relay(free_port()), clock=clock, skip_after=2)
+        for n in range(120):
+            outbox.send(mail(n))
+        assert outbox.deliver_due() == 0
+        assert outbox.counts() == {"queued": 120}, "nothing left claimed"
+        assert sum(1 for m in outbox.mails() if m.attempts) == 1, "one try charged"
+    finally:
+        store.close()
+
+
+def test_a_slow_relay_never_gets_a_mail_whose_claim_has_run_out(clock):
+    """A mail a minute, claims of two minutes: each is renewed before it is sent."""
+    seen: list[tuple[bytes, float]] = []
+    store = MemoryStore(clock=clock)
+
+    class Slow(Scripted):
+        async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+            key = f"<{subject_of(bytes(envelope.content)).decode().replace(' ', '-')}@example.com>"
+            record = store.get("outgoing", key)
+            assert record is not None
+            seen.append((key.encode(), float(record.data["claimed_until"]) - clock.time()))
+            clock.advance(60)  # the relay takes a minute over each mail
+            return await super().handle_DATA(server, session, envelope)
+
+    scripted = Slow()
+    with smtp_server(scripted) as port:
+        outbox = Outbox(store, relay(port), clock=clock, claim_ttl=120)
+        for n in range(6):
+            outbox.send(mail(n))
+        assert outbox.deliver_due() == 6
+    assert len(seen) == 6
+    assert all(left > 0 for _, left in seen), f"a mail went with its claim run out: {seen}"
+    assert outbox.counts() == {"sent": 6}
+
+
 def test_a_mail_in_a_loop_is_held_until_released(handler, clock):
     scripted, port = handler
     outbox = Outbox(MemoryStore(), relay(port), clock=clock, max_received=5)
@@ -376,6 +425,104 @@ def test_a_record_that_fails_stops_the_next_mail_before_the_relay_accepts_it(han
     assert subjects == {b"reply 0": 1, b"reply 1": 2, b"reply 2": 1, b"reply 3": 1}
 
 
+class StartedWrites(MemoryStore):
+    """A store that starts a write and applies it when its answer is asked for (as PostgreSQL
+    applies it while the sender goes on), logging both moments beside the relay's mail."""
+
+    def __init__(self, scripted: Scripted, clock: FakeClock) -> None:
+        super().__init__(clock=clock)
+        self.scripted = scripted
+        self.log: list[tuple[str, str, int]] = []  # (event, key, mails the relay had)
+        self.failing: str | None = None
+
+    def _put_started(self, writes):  # type: ignore[no-untyped-def]
+        outcomes = [write.key for write in writes if write.state != "sending"]  # not claims
+        for key in outcomes:
+            self.log.append(("sent", key, len(self.scripted.received)))
+
+        def answer():  # type: ignore[no-untyped-def]
+            for key in outcomes:
+                self.log.append(("answered", key, len(self.scripted.received)))
+                if key == self.failing:
+                    raise StoreError("the store is down")
+            return self.put_many(writes)
+
+        return answer
+
+
+def test_a_started_record_is_answered_before_the_next_mail_can_be_accepted(handler, clock):
+    """Mail n's record is sent as mail n + 1's MAIL FROM goes, answered before its content."""
+    scripted, port = handler
+    store = StartedWrites(scripted, clock)
+    outbox = Outbox(store, relay(port), clock=clock)
+    for n in range(5):
+        outbox.send(mail(n))
+    assert outbox.deliver_due() == 5
+    assert outbox.counts() == {"sent": 5}
+    keys = [f"<reply-{n}@example.com>" for n in range(5)]
+    # Each outcome: sent and answered while the relay had that mail and not the next one.
+    assert store.log == [
+        (event, key, n + 1) for n, key in enumerate(keys) for event in ("sent", "answered")
+    ]
+
+
+def test_a_started_record_that_fails_stops_the_next_mail_before_the_relay_accepts_it(
+    handler, clock
+):
+    scripted, port = handler
+    store = StartedWrites(scripted, clock)
+    store.failing = "<reply-1@example.com>"
+    outbox = Outbox(store, relay(port), clock=clock, claim_ttl=60)
+    for n in range(4):
+        outbox.send(mail(n))
+    with pytest.raises(StoreError, match="the store is down"):
+        outbox.deliver_due()
+    assert [subject_of(raw) for _, _, raw in scripted.received] == [b"reply 0", b"reply 1"]
+    assert outbox.counts() == {"sent": 1, "sending": 3}, "mail 2 went no further than DATA"
+    store.failing = None
+    clock.advance(61)  # the claims expire
+    assert outbox.deliver_due() == 3
+    subjects = Counter(subject_of(raw) for _, _, raw in scripted.received)
+    assert subjects == {b"reply 0": 1, b"reply 1": 2, b"reply 2": 1, b"reply 3": 1}
+
+
+def test_on_postgresql_each_mail_is_recorded_before_the_next_one_reaches_the_relay(
+    postgres_server,
+):
+    """The started writes on a real server: when the relay has mail n + 1, mail n is sent."""
+    from mailtether import PostgresStore
+
+    url = f"{postgres_server.dsn}?table_prefix=o{uuid.uuid4().hex[:10]}"
+    reader = PostgresStore(url)
+    unrecorded: list[bytes] = []
+
+    class Checking(Scripted):
+        async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+            before = len(self.received) - 1  # the mail accepted before this one
+            if before >= 0:
+                key = f"<reply-{before}@example.com>"
+                record = reader.get("outgoing", key)
+                if record is None or record.state != "sent":
+                    unrecorded.append(key.encode())
+            return await super().handle_DATA(server, session, envelope)
+
+    scripted = Checking()
+    store = PostgresStore(url)
+    try:
+        with smtp_server(scripted) as port:
+            outbox = Outbox(store, relay(port))
+            for n in range(60):  # more than one claim of 50
+                outbox.send(mail(n))
+            assert outbox.deliver_due() == 60
+        assert unrecorded == []
+        assert outbox.counts() == {"sent": 60}
+        subjects = Counter(subject_of(raw) for _, _, raw in scripted.received)
+        assert subjects == Counter(f"reply {n}".encode() for n in range(60)), "each mail once"
+    finally:
+        store.close()
+        reader.close()
+
+
 def test_the_relay_gets_what_smtplib_sendmail_sends(handler, clock):
     """Dots at line starts, no final line end, display names and quoted local parts."""
     scripted, port = handler
@@ -417,10 +564,21 @@ def test_a_view_of_a_mail_is_a_frozen_value(clock):
         queued.state = "sent"  # type: ignore[misc]
 
 
-def test_a_sender_killed_mid_run_loses_nothing_and_repeats_only_the_mail_in_flight(tmp_path):
-    """kill -9 between the server's 250 and the record: that mail, and only it, goes twice."""
-    db = tmp_path / "outbox.db"
-    store = SQLiteStore(db)
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_sender_killed_mid_run_loses_nothing_and_repeats_only_the_mail_in_flight(
+    tmp_path, request, kind
+):
+    """kill -9 between the server's 250 and the record: that mail, and only it, goes twice.
+
+    On PostgreSQL the records are started writes (sent before the relay answers the next
+    mail's MAIL FROM, answered before its content): the same promise.
+    """
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'outbox.db'}"
+    else:
+        dsn = request.getfixturevalue("postgres_server").dsn
+        url = f"{dsn}?table_prefix=k{uuid.uuid4().hex[:10]}"
+    store = store_from_url(url)
     killing, killed = threading.Event(), threading.Event()
     worker: list[subprocess.Popen[bytes]] = []
 
@@ -440,7 +598,7 @@ def test_a_sender_killed_mid_run_loses_nothing_and_repeats_only_the_mail_in_flig
             outbox = Outbox(store, relay(port))
             for n in range(30):
                 outbox.send(mail(n))
-            command = [sys.executable, str(WORKER), str(db), str(port)]
+            command = [sys.executable, str(WORKER), url, str(port)]
             worker.append(subprocess.Popen(command, stderr=subprocess.PIPE))
             deadline = time.monotonic() + 30
             while not killed.wait(0.1):  # (a sender that died on its own fails at once)

@@ -1,15 +1,18 @@
 """The outbox's hand-off: each mail's outcome recorded while the relay reads the next one's.
 
 A relay accepts a mail at the end of its data (the ``.`` line), not before. So the sender
-can record mail *n*'s outcome after sending mail *n + 1*'s ``MAIL FROM`` and before reading
-the reply to it: the relay works on that command (and the network carries it) while the
-store writes, and the write is done long before mail *n + 1* can be accepted. A crash at any
+can record mail *n*'s outcome while mail *n + 1*'s first commands are answered: the write
+starts once ``MAIL FROM`` is sent, and must be done before the mail's content is — the relay
+works on ``MAIL``, ``RCPT`` and ``DATA`` (and the network carries them) while the store
+writes (a store that can start a write and wait for it later, PostgreSQL, writes across all
+three; any other store writes at once, while ``MAIL FROM`` is answered). A crash at any
 moment leaves at most one mail accepted by the relay and not recorded — the one whose
 ``250`` came last — which is what :class:`~mailtether.Outbox` promises ("What a crash can
 cost"). One thread, no reordering: the writes happen in the order of the mails.
 
-- :func:`send_mail`: smtplib's ``sendmail``, with a call while ``MAIL FROM`` is answered;
-- :class:`PendingOutcome`: the one outcome that waits for that moment.
+- :func:`send_mail`: smtplib's ``sendmail``, with a call once ``MAIL FROM`` is sent and one
+  before the content goes;
+- :class:`PendingOutcome`: the one outcome that waits for those moments.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ def send_mail(
     raw: bytes,
     *,
     meanwhile: Callable[[], None],
+    before_content: Callable[[], None] | None = None,
 ) -> dict[str, tuple[int, bytes]]:
     """``smtp.sendmail(sender, recipients, raw)``, calling *meanwhile* as ``MAIL`` is answered.
 
@@ -73,6 +77,18 @@ def send_mail(
     code, said = smtp.getreply()
     if code != 354:  # as sendmail: no RSET here (the caller's to send)
         raise smtplib.SMTPDataError(code, said)
+    if before_content is not None:
+        try:
+            before_content()
+        except BaseException:
+            smtp.close()
+            raise
+    if before_content is not None:
+        try:
+            before_content()
+        except BaseException:
+            smtp.close()
+            raise
     data = _LEADING_DOT.sub(b"..", raw)
     smtp.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
     code, said = smtp.getreply()
@@ -102,24 +118,44 @@ def _end_transaction(smtp: smtplib.SMTP, code: int) -> None:
 
 
 class PendingOutcome:
-    """The outcome of the mail just handed over, until the next mail's ``MAIL`` goes out.
+    """The outcome of the mail just handed over, until the next mail's content goes out.
 
-    :meth:`hold` keeps a mail's bookkeeping and record (after the one held before it is
-    done); :meth:`finish` does it now, raising what it raised. The sender finishes it while
-    the next mail's ``MAIL FROM`` is answered (see :func:`send_mail`), before anything else
-    that must come after it, and at the end of its pass.
+    :meth:`hold` keeps a mail's conclusion (after the one held before it is done): a call
+    that does the bookkeeping, starts the record's write and returns the call that waits
+    for that write. :meth:`start` concludes it (the sender does so once the next mail's
+    ``MAIL FROM`` is sent, see :func:`send_mail`); :meth:`finish` waits for its write,
+    concluding it first if that has not been done, and raises what either raised (the
+    sender does so before the next mail's content, before anything else that must come
+    after it, and at the end of its pass).
     """
 
-    def __init__(self) -> None:
-        self._held: Callable[[], None] | None = None
+    __slots__ = ("_held", "_writing")
 
-    def hold(self, conclude: Callable[[], None]) -> None:
-        """Keep *conclude* until :meth:`finish`; the one held before is finished first."""
+    def __init__(self) -> None:
+        self._held: Callable[[], Callable[[], None]] | None = None
+        self._writing: Callable[[], None] | None = None
+
+    def hold(self, conclude: Callable[[], Callable[[], None]]) -> None:
+        """Keep *conclude* until :meth:`start`; the one held before is finished first."""
         self.finish()
         self._held = conclude
 
-    def finish(self) -> None:
-        """Run the held outcome (if any) now; raise what it raised (it is not run again)."""
+    def start(self) -> None:
+        """Conclude the held outcome (if any) now, leaving its write to :meth:`finish`."""
+        self._wait()
         held, self._held = self._held, None
         if held is not None:
-            held()
+            self._writing = held()
+
+    def finish(self) -> None:
+        """Conclude the held outcome (if not yet) and wait for its write; raise their errors.
+
+        Neither is done again after an error.
+        """
+        self.start()
+        self._wait()
+
+    def _wait(self) -> None:
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import smtplib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from mailtether._errors import one_line
@@ -14,6 +14,7 @@ from mailtether._redaction import redacting_logger
 from mailtether._smtp_relay import SmtpRelay
 from mailtether._status import SourceState
 from mailtether.stores._protocol import Record, Write
+from mailtether.stores._shared import put_many_started, put_started
 
 if TYPE_CHECKING:
     from mailtether._outbox import Outbox
@@ -42,19 +43,30 @@ class RelayPass:
         self._online = False  # ONLINE told in this pass: once is enough
 
     def run(self, records: list[Record]) -> int:
+        batches = [records[i : i + _CLAIM_MOST] for i in range(0, len(records), _CLAIM_MOST)]
+        # Each batch is claimed while the one before it is sent (the store writes while
+        # the relay works), and renewed before a mail goes if half its claim has passed.
+        claiming = self._claim(batches[0]) if batches else None
         try:
-            for start in range(0, len(records), _CLAIM_MOST):
-                if self._skipping():
+            for number in range(len(batches)):
+                if claiming is None or self._skipping():
                     break
-                claimed = self._claim(records[start : start + _CLAIM_MOST])
-                for index, record in enumerate(claimed):
+                claimed, claiming = claiming(), None
+                if number + 1 < len(batches):
+                    claiming = self._claim(batches[number + 1])
+                for index in range(len(claimed)):
                     if self._skipping():  # the rest waits for the next pass, uncharged
                         self._put_back(claimed[index:])
                         break
-                    self._deliver(record)
+                    if self._claim_ageing(claimed[index]):
+                        claimed[index:] = self._renew(claimed[index:])
+                        if index == len(claimed):
+                            break
+                    self._deliver(claimed[index])
             self.pending.finish()  # the last outcome is recorded before the pass ends
         finally:
             self._finish_after_failure()
+            self._unclaim(claiming)
             self._close()
         if self.skipped:
             log.warning(
@@ -75,15 +87,43 @@ class RelayPass:
         """Whether the relay is skipped for the rest of the pass (set by :meth:`_deliver`)."""
         return self.skipped
 
-    def _claim(self, records: list[Record]) -> list[Record]:
-        """Claim these mails in one store write; return the ones claimed (others took the rest)."""
+    def _claim(self, records: list[Record]) -> Callable[[], list[Record]]:
+        """Start claiming these mails in one store write; the call gives the ones claimed.
+
+        Mails another sender took are left out.
+        """
         until = self.outbox.clock.time() + self.outbox.claim_ttl
         writes = []
         for record in records:
             data = copy_data(record.data)
             data["claimed_until"] = until
             writes.append(Write(OUTGOING, record.key, "sending", data, expect=record.version))
-        return [claimed for claimed in self.outbox.store.put_many(writes) if claimed is not None]
+        started = put_many_started(self.outbox.store, writes)
+        return lambda: [claimed for claimed in started() if claimed is not None]
+
+    def _claim_ageing(self, record: Record) -> bool:
+        """Whether half of this mail's claim has passed (it is renewed before it is sent)."""
+        until = float(record.data.get("claimed_until") or 0.0)
+        return self.outbox.clock.time() >= until - self.outbox.claim_ttl / 2
+
+    def _renew(self, records: list[Record]) -> list[Record]:
+        """Claim these mails again (a slow relay: their claims must outlast their sending)."""
+        renewed = self._claim(records)()
+        if len(renewed) < len(records):
+            log.warning(
+                "outbox: %d claimed mail(s) were taken by another sender before they were sent",
+                len(records) - len(renewed),
+            )
+        return renewed
+
+    def _unclaim(self, claiming: Callable[[], list[Record]] | None) -> None:
+        """Put back the mails of a claim started for a batch the pass did not get to."""
+        if claiming is None:
+            return
+        try:
+            self._put_back(claiming())
+        except Exception as error:  # their claims expire: another pass sends them
+            log.error("outbox: claimed mail could not be put back: %s", error)
 
     def _deliver(self, record: Record) -> None:
         """Hand one claimed mail to the relay; its outcome is recorded as the next one goes."""
@@ -110,12 +150,14 @@ class RelayPass:
             self.failures = 0
             raw = base64.b64decode(data["raw"])
             tries.extend(self._send(smtp, data["sender"], pending, raw, now))
-        # The rest is bookkeeping and a store write: done while the relay reads the next
-        # mail's MAIL FROM (see _outbox_handoff), or at the end of the pass.
+        # The rest is bookkeeping and a store write: done while the relay answers the next
+        # mail's first commands (see _outbox_handoff), or at the end of the pass.
         self.pending.hold(lambda: self._conclude(record, data, tries))
 
-    def _conclude(self, record: Record, data: dict[str, Any], tries: list[SendTry]) -> None:
-        """Settle a mail after its tries, and record it."""
+    def _conclude(
+        self, record: Record, data: dict[str, Any], tries: list[SendTry]
+    ) -> Callable[[], None]:
+        """Settle a mail after its tries and start its record; return the wait for that."""
         recipients: dict[str, str] = data["recipients"]
         for attempt in tries:
             for recipient in attempt.recipients:
@@ -130,9 +172,14 @@ class RelayPass:
             # Nothing will send it again: its record keeps the envelope and the history, not
             # the mail (a smaller write now, and a store that does not keep every mail sent).
             data.pop("raw", None)
-        written = self.outbox.store.put(OUTGOING, record.key, state, data, expect=record.version)
-        if written is None:
-            log.warning("outbox: %s was changed by someone else while it was sent", record.key)
+        write = Write(OUTGOING, record.key, state, data, expect=record.version)
+        recorded = put_started(self.outbox.store, write)
+
+        def wait() -> None:
+            if recorded() is None:
+                log.warning("outbox: %s was changed by someone else while it was sent", write.key)
+
+        return wait
 
     def _settle(self, message_id: str, data: dict[str, Any], tries: list[SendTry]) -> str:
         """The mail's new state (and ``next_at``/``reason`` in *data*) after this pass's tries."""
@@ -179,8 +226,15 @@ class RelayPass:
     ) -> list[SendTry]:
         name = self.relay.name
         try:
-            # The mail before this one is recorded before the relay can accept this one.
-            refused = send_mail(smtp, sender, pending, raw, meanwhile=self.pending.finish)
+            # The mail before this one is recorded before this one's content goes.
+            refused = send_mail(
+                smtp,
+                sender,
+                pending,
+                raw,
+                meanwhile=self.pending.start,
+                before_content=self.pending.finish,
+            )
         except smtplib.SMTPRecipientsRefused as error:
             return _by_reply(now, name, error.recipients)
         except smtplib.SMTPResponseException as error:  # MAIL FROM or DATA refused: everyone

@@ -6,7 +6,8 @@
   SQL backends;
 - ``_memory``, ``_sqlite``, ``_redis`` (its Lua scripts in ``_redis_scripts``, its lease
   connection in ``_redis_line``),
-  ``_postgres`` (its call watchdog in ``_postgres_watchdog``): one module per backend;
+  ``_postgres`` (its call watchdog in ``_postgres_watchdog``, its started writes in
+  ``_postgres_started``): one module per backend;
 - ``_url``: :func:`~mailtether.store_from_url`.
 
 Internal: the public names are re-exported from :mod:`mailtether`.

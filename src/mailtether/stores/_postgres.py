@@ -1,8 +1,9 @@
 """``PostgresStore``: leases and records in plain PostgreSQL tables, for many hosts.
 
-A little over 400 lines, as one backend's SQL: its schema, its calls (pool, deadline, errors
+About 600 lines, as one backend's SQL: its schema, its calls (pool, deadline, errors
 without the password), its multi-row writes and its leases. The records' statements it shares
-with SQLiteStore are in ``_sql_records``; the watchdog of its calls is ``_postgres_watchdog``.
+with SQLiteStore are in ``_sql_records``; the watchdog of its calls is ``_postgres_watchdog``;
+the writes it sends now and answers later (the outbox's) use ``_postgres_started``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from mailtether._errors import ConfigError, SchemaError, StoreError
 from mailtether._redaction import remember_secret
 from mailtether._url_errors import split_url
 from mailtether.stores._pool import Pool
+from mailtether.stores._postgres_started import dollar_marks, read_rows, send_statement
 from mailtether.stores._postgres_watchdog import WATCHDOG
 from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
 from mailtether.stores._shared import (
@@ -32,8 +34,10 @@ from mailtether.stores._shared import (
     check_prefix,
     check_ttl,
     lease_lost,
+    plan_writes,
     redact_url,
     require,
+    written_records,
 )
 from mailtether.stores._sql_records import COLUMNS, SQLRecords, Statement, record_from_row
 
@@ -249,6 +253,21 @@ class PostgresStore(PutFromPutMany):
             f"UPDATE {table} SET state = %s, data = %s, version = version + 1, "  # noqa: S608
             f"updated_at = {_NOW} WHERE namespace = %s AND key = %s AND version = %s{returning}"
         )
+        # The statements of put_many with libpq's marks, for _put_started.
+        self._numbered = {
+            sql: dollar_marks(sql)
+            for sql in (
+                self._create_one,
+                self._upsert_one,
+                self._update_one,
+                self._create_split,
+                self._upsert_split,
+                self._update_split,
+                self._create_many,
+                self._upsert_many,
+                self._update_many,
+            )
+        }
         self._records = SQLRecords(
             self._run,
             table=table,
@@ -273,35 +292,18 @@ class PostgresStore(PutFromPutMany):
     def _run(
         self, what: str, operation: Callable[[Any], _T], *, seconds: float | None = None
     ) -> _T:
+        call = self._call(what, seconds)
+        result = call.step(operation)
+        call.end()
+        return result
+
+    def _call(self, what: str, seconds: float | None = None) -> _Call:
+        """A connection from the pool, watched for *seconds* (``statement_timeout`` + slack)."""
         if self._pool.closed:
             raise StoreError(f"PostgresStore({self.url!r}) is closed")
-        limit = self._limit if seconds is None else seconds
-        connection = None
-        watch = -1
-        failed: StoreError | None = None
-        try:
-            connection = self._pool.take()
-            watch = WATCHDOG.watch(connection, limit)
-            result = operation(connection)
-        except BaseException as error:
-            dropped = watch >= 0 and not WATCHDOG.unwatch(watch)
-            if connection is not None:
-                connection.close()
-            if not isinstance(error, self._psycopg.Error):
-                raise
-            if dropped:
-                reason = f"no answer within {limit:g} s: the server or the network to it is down"
-            else:  # psycopg's messages can quote the DSN: say what failed without it.
-                lines = self._hide(str(error)).strip().splitlines()
-                reason = lines[0] if lines else type(error).__name__
-            failed = StoreError(f"PostgresStore({self.url!r}): {what} failed: {reason}")
-        if failed is not None or connection is None:  # raised here: psycopg's error (it
-            raise failed or StoreError(what)  # may quote the DSN) is not kept as its context
-        if WATCHDOG.unwatch(watch):
-            self._pool.put_back(connection)
-        else:
-            connection.close()  # the watchdog shut it down just as the answer came
-        return result
+        call = _Call(self, what, self._limit if seconds is None else seconds)
+        call.step(call.take)
+        return call
 
     def _initialise(self, connection: Any) -> None:
         # Tables, index and version row are created in one transaction, so the version row
@@ -433,6 +435,34 @@ class PostgresStore(PutFromPutMany):
         sql = self._create_many if kind == "create" else self._upsert_many
         return sql, [writes[0].namespace, rows]
 
+    def _put_started(self, writes: list[Write]) -> Callable[[], list[Record | None]]:
+        """Send *writes* as :meth:`put_many` would, and return the call that gives the result.
+
+        When the writes make one statement (one kind, one namespace, distinct keys, up to
+        500), it is on its way when this returns, and the server applies it while the
+        caller does something else (the outbox: the next mail's first SMTP commands, or its
+        next mails); the returned call waits for its answer. Other writes are applied now.
+        The call must be made, once: it holds one of the pool's connections until then.
+        Errors as :meth:`put_many` (the writes checked before anything is sent; the store's
+        errors from either call).
+        """
+        runs = plan_writes(writes, _GROUP_ROWS)
+        if len(runs) != 1:
+            done = self._records.put_many(writes)
+            return lambda: done
+        sql, params = self._many_statement(runs[0])
+        call = self._call("put" if len(writes) == 1 else "put_many")
+        call.step(lambda connection: send_statement(connection, self._numbered[sql], params))
+
+        def answer() -> list[Record | None]:
+            rows = call.step(lambda connection: read_rows(connection, self._psycopg))
+            call.end()
+            # (key, version, updated_at) of each record written; none for a refused one.
+            found = {str(row[0]): (row[0], int(row[1] or 0), float(row[2] or 0)) for row in rows}
+            return written_records(runs, [found])
+
+        return answer
+
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""
         return self._records.delete(namespace, key, expect)
@@ -524,6 +554,59 @@ class PostgresStore(PutFromPutMany):
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.url!r}, table_prefix={self._p!r})"
+
+
+class _Call:
+    """One call to the server on a connection of the pool, in one or more steps.
+
+    Each :meth:`step` runs on the connection; an error in one closes the connection (the
+    watchdog's shut-down, a broken socket, a failed statement) and is raised as StoreError,
+    without psycopg's own error (it may quote the DSN) as its context. :meth:`end` puts the
+    connection back once the call is over.
+    """
+
+    __slots__ = ("_connection", "_limit", "_store", "_watch", "_what")
+
+    def __init__(self, store: PostgresStore, what: str, limit: float) -> None:
+        self._store = store
+        self._what = what
+        self._limit = limit
+        self._connection: Any = None
+        self._watch = -1
+
+    def take(self, _: object) -> None:
+        self._connection = self._store._pool.take()
+        self._watch = WATCHDOG.watch(self._connection, self._limit)
+
+    def step(self, operation: Callable[[Any], _T]) -> _T:
+        """Run *operation* on the connection; raise StoreError for a psycopg error."""
+        try:
+            return operation(self._connection)
+        except BaseException as error:
+            dropped = self._watch >= 0 and not WATCHDOG.unwatch(self._watch)
+            self._watch = -1
+            if self._connection is not None:
+                self._connection.close()
+            if not isinstance(error, self._store._psycopg.Error):
+                raise
+            if dropped:
+                reason = (
+                    f"no answer within {self._limit:g} s: the server or the network to it is down"
+                )
+            else:  # psycopg's messages can quote the DSN: say what failed without it.
+                lines = self._store._hide(str(error)).strip().splitlines()
+                reason = lines[0] if lines else type(error).__name__
+            failed = StoreError(
+                f"PostgresStore({self._store.url!r}): {self._what} failed: {reason}"
+            )
+        raise failed  # here: psycopg's error is not kept as its context
+
+    def end(self) -> None:
+        """Put the connection back (closed if the watchdog shut it down just as it answered)."""
+        if WATCHDOG.unwatch(self._watch):
+            self._store._pool.put_back(self._connection)
+        else:
+            self._connection.close()
 
 
 def _usable(connection: Any) -> bool:

@@ -17,7 +17,7 @@ import json
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, NamedTuple, cast
 
 from mailtether._errors import ConfigError, LeaseLost
@@ -217,7 +217,9 @@ def check_put(namespace: object, key: object, state: object, expect: object) -> 
 
 def check_writes(writes: object) -> list[Write]:
     """Return *writes* as a list after checking every one as ``put`` checks its arguments."""
-    if isinstance(writes, Write | str | bytes | Mapping) or not isinstance(writes, Iterable):
+    if type(writes) is not list and (  # a list is the usual case, and an ABC check costs
+        isinstance(writes, Write | str | bytes | Mapping) or not isinstance(writes, Iterable)
+    ):
         raise TypeError(f"put_many takes an iterable of Write, not {type(writes).__name__}")
     checked: list[Write] = []
     namespaces, states = _SEEN_NAMESPACES, _SEEN_STATES
@@ -305,7 +307,9 @@ def plan_writes(writes: Iterable[Write], most: int) -> list[WriteRun]:
     Every write is checked, and every document encoded, before this returns: a bad one
     raises before anything is applied.
     """
-    if isinstance(writes, Write | str | bytes | Mapping) or not isinstance(writes, Iterable):
+    if type(writes) is not list and (  # a list is the usual case, and an ABC check costs
+        isinstance(writes, Write | str | bytes | Mapping) or not isinstance(writes, Iterable)
+    ):
         raise TypeError(f"put_many takes an iterable of Write, not {type(writes).__name__}")
     runs: list[WriteRun] = []
     encoded: dict[int, str] = {}  # a document shared by several writes is encoded once
@@ -414,6 +418,32 @@ def put_rows(store: Store, rows: list[Row]) -> list[int | None]:
         None if record is None else record.version
         for record in store.put_many([Write(*row) for row in rows])
     ]
+
+
+def put_started(store: Store, write: Write) -> Callable[[], Record | None]:
+    """Start *write* and return the call that gives its result (as ``put`` would).
+
+    See :func:`put_many_started`; a store that cannot is given it through ``put``.
+    """
+    if callable(getattr(store, "_put_started", None)):
+        started = put_many_started(store, [write])
+        return lambda: started()[0]
+    record = store.put(write.namespace, write.key, write.state, write.data, expect=write.expect)
+    return lambda: record
+
+
+def put_many_started(store: Store, writes: list[Write]) -> Callable[[], list[Record | None]]:
+    """Start *writes* and return the call that gives their result (as ``put_many`` would).
+
+    A store that can send writes and wait for them later (PostgresStore: the server applies
+    them meanwhile) does so; any other store writes them now, and the call only returns
+    them. The call must be made, once.
+    """
+    start = getattr(store, "_put_started", None)
+    if callable(start):
+        return cast("Callable[[], list[Record | None]]", start(writes))
+    records = store.put_many(writes)
+    return lambda: records
 
 
 # -- documents, leases, URLs and optional dependencies ---------------------------------------------
