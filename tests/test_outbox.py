@@ -67,6 +67,17 @@ def subject_of(raw: bytes) -> bytes:
     return raw.split(b"Subject: ")[1].split(b"\r\n")[0]
 
 
+def store_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store of *kind* (sqlite, redis, postgres) for this test, as a URL."""
+    name = f"o{uuid.uuid4().hex[:10]}"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'outbox.db'}"
+    if kind == "redis":
+        server = request.getfixturevalue("redis_server")
+        return f"redis://127.0.0.1:{server.port}/0?prefix={name}"
+    return f"{request.getfixturevalue('postgres_server').dsn}?table_prefix={name}"
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -244,16 +255,15 @@ def test_a_dead_relay_is_skipped_for_the_rest_of_a_pass_and_the_others_flow_on(h
     assert sum(1 for m in outbox.mails() if m.relay == "dead" and m.state == "queued") == 5
 
 
-@pytest.mark.parametrize("kind", ["memory", "postgres"])
+@pytest.mark.parametrize("kind", ["memory", "redis", "postgres"])
 def test_a_skipped_relay_leaves_no_mail_claimed_not_even_the_batch_claimed_ahead(
-    clock, request, kind
+    clock, request, tmp_path, kind
 ):
     """Three claims of 50: the next one is made while a batch is sent, and put back too."""
     if kind == "memory":
         store: Store = MemoryStore()
     else:
-        dsn = request.getfixturevalue("postgres_server").dsn
-        store = store_from_url(f"{dsn}?table_prefix=k{uuid.uuid4().hex[:10]}")
+        store = store_from_url(store_url(kind, request, tmp_path))
     try:
         outbox = Outbox(store, relay(free_port()), clock=clock, skip_after=2)
         for n in range(120):
@@ -486,14 +496,13 @@ def test_a_started_record_that_fails_stops_the_next_mail_before_the_relay_accept
     assert subjects == {b"reply 0": 1, b"reply 1": 2, b"reply 2": 1, b"reply 3": 1}
 
 
-def test_on_postgresql_each_mail_is_recorded_before_the_next_one_reaches_the_relay(
-    postgres_server,
+@pytest.mark.parametrize("kind", ["redis", "postgres"])
+def test_on_a_server_store_each_mail_is_recorded_before_the_next_one_reaches_the_relay(
+    request, tmp_path, kind
 ):
     """The started writes on a real server: when the relay has mail n + 1, mail n is sent."""
-    from mailtether import PostgresStore
-
-    url = f"{postgres_server.dsn}?table_prefix=o{uuid.uuid4().hex[:10]}"
-    reader = PostgresStore(url)
+    url = store_url(kind, request, tmp_path)
+    reader = store_from_url(url)
     unrecorded: list[bytes] = []
 
     class Checking(Scripted):
@@ -507,7 +516,7 @@ def test_on_postgresql_each_mail_is_recorded_before_the_next_one_reaches_the_rel
             return await super().handle_DATA(server, session, envelope)
 
     scripted = Checking()
-    store = PostgresStore(url)
+    store = store_from_url(url)
     try:
         with smtp_server(scripted) as port:
             outbox = Outbox(store, relay(port))
@@ -564,20 +573,16 @@ def test_a_view_of_a_mail_is_a_frozen_value(clock):
         queued.state = "sent"  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "postgres"])
 def test_a_sender_killed_mid_run_loses_nothing_and_repeats_only_the_mail_in_flight(
     tmp_path, request, kind
 ):
     """kill -9 between the server's 250 and the record: that mail, and only it, goes twice.
 
-    On PostgreSQL the records are started writes (sent before the relay answers the next
-    mail's MAIL FROM, answered before its content): the same promise.
+    On Redis and PostgreSQL the records are started writes (sent once the next mail's MAIL
+    FROM is, answered before its content): the same promise.
     """
-    if kind == "sqlite":
-        url = f"sqlite:///{tmp_path / 'outbox.db'}"
-    else:
-        dsn = request.getfixturevalue("postgres_server").dsn
-        url = f"{dsn}?table_prefix=k{uuid.uuid4().hex[:10]}"
+    url = store_url(kind, request, tmp_path)
     store = store_from_url(url)
     killing, killed = threading.Event(), threading.Event()
     worker: list[subprocess.Popen[bytes]] = []

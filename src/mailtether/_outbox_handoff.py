@@ -4,8 +4,8 @@ A relay accepts a mail at the end of its data (the ``.`` line), not before. So t
 can record mail *n*'s outcome while mail *n + 1*'s first commands are answered: the write
 starts once ``MAIL FROM`` is sent, and must be done before the mail's content is — the relay
 works on ``MAIL``, ``RCPT`` and ``DATA`` (and the network carries them) while the store
-writes (a store that can start a write and wait for it later, PostgreSQL, writes across all
-three; any other store writes at once, while ``MAIL FROM`` is answered). A crash at any
+writes (a store that can start a write and wait for it later, Redis or PostgreSQL, writes
+across all three; any other store writes at once, while ``MAIL FROM`` is answered). A crash at any
 moment leaves at most one mail accepted by the relay and not recorded — the one whose
 ``250`` came last — which is what :class:`~mailtether.Outbox` promises ("What a crash can
 cost"). One thread, no reordering: the writes happen in the order of the mails.

@@ -72,6 +72,43 @@ def _hide(text: str, url: str) -> str:
     return text
 
 
+def _packed(rows: list[Row], texts: list[str]) -> str:
+    """Up to 500 checked rows (documents encoded in *texts*) as the put script's argument.
+
+    Runs of writes sharing namespace, state and expect: the run's head (its count filled in
+    after), then each write's key and document (see the script), each field ended by NUL.
+    """
+    fields: list[str] = []
+    heads: list[int] = []
+    last: tuple[Any, ...] = ()
+    for (namespace, key, state, _, expect), text in zip(rows, texts, strict=True):
+        if last != (namespace, state, expect):
+            last = (namespace, state, expect)
+            heads.append(len(fields))
+            fields += (namespace, state, "" if expect is None else str(expect), "")
+        fields += (key, text)
+    heads.append(len(fields))
+    for head, end in itertools.pairwise(heads):
+        fields[head + 3] = str((end - head - 4) // 2)
+    return "\x00".join(fields) + "\x00"
+
+
+def _put_answer(answer: str, count: int) -> tuple[list[int | None], float]:
+    """The put script's answer (the time stamp, then each write's version or 0): parsed."""
+    parts = answer.split(" ")
+    if len(parts) != count + 1:
+        raise StoreError(f"the put script answered {len(parts) - 1} versions for {count} writes")
+    return [None if version == "0" else int(version) for version in parts[1:]], float(parts[0])
+
+
+def _pool_connection(pool: Any) -> Any:
+    """A connection of redis-py's pool (``get_connection``'s argument went in redis-py 5.3)."""
+    try:
+        return pool.get_connection()
+    except TypeError:  # redis-py < 5.3 wants the command's name
+        return pool.get_connection("EVALSHA")
+
+
 class RedisStore(PutFromPutMany):
     """A :class:`~mailtether.Store` in Redis: for listeners on many hosts.
 
@@ -323,38 +360,90 @@ class RedisStore(PutFromPutMany):
         stamps: list[float] = []
         for start in range(0, len(rows), _BATCH):
             batch = rows[start : start + _BATCH]
-            # runs of writes sharing namespace, state and expect: the run's head (its count
-            # filled in after), then each write's key and document (see the script)
-            fields: list[str] = []
-            heads: list[int] = []
-            last: tuple[Any, ...] = ()
-            for (namespace, key, state, _, expect), text in zip(
-                batch, texts[start : start + _BATCH], strict=True
-            ):
-                if last != (namespace, state, expect):
-                    last = (namespace, state, expect)
-                    heads.append(len(fields))
-                    fields += (namespace, state, "" if expect is None else str(expect), "")
-                fields += (key, text)
-            heads.append(len(fields))
-            for head, end in itertools.pairwise(heads):
-                fields[head + 3] = str((end - head - 4) // 2)
-            packed = "\x00".join(fields) + "\x00"
+            packed = _packed(batch, texts[start : start + _BATCH])
             what = "put_many" if len(rows) > 1 else "put"
             answer = self._eval(
-                what,
-                "put_many",
-                [],
-                [self._base, packed, len(batch)],
-                small=len(batch) == 1,
-            ).split(" ")
-            stamp = float(answer[0])
-            versions += [
-                None if version == "0" else int(version)
-                for _, version in zip(batch, answer[1:], strict=True)
-            ]
+                what, "put_many", [], [self._base, packed, len(batch)], small=len(batch) == 1
+            )
+            more, stamp = _put_answer(answer, len(batch))
+            versions += more
             stamps += [stamp] * len(batch)
         return versions, stamps
+
+    def _put_started(self, writes: list[Write]) -> Callable[[], list[Record | None]]:
+        """Send *writes* as :meth:`put_many` would, and return the call that gives the result.
+
+        Up to 500 writes go in one script, sent when this returns: the server runs it while
+        the caller does something else (the outbox: the next mail's first SMTP commands, or
+        its next mails); the returned call waits for the answer. More writes are applied
+        now. The call must be made, once: it holds a connection of the pool until then.
+        Errors as :meth:`put_many` (the writes checked before anything is sent).
+        """
+        checked = check_writes(writes)
+        if len(checked) > _BATCH:
+            done = self.put_many(checked)
+            return lambda: done
+        rows = [(w.namespace, w.key, w.state, w.data, w.expect) for w in checked]
+        packed = _packed(rows, encode_all(checked))
+        what = "put_many" if len(rows) > 1 else "put"
+        answer = self._eval_started(what, "put_many", [self._base, packed, len(rows)])
+
+        def result() -> list[Record | None]:
+            versions, stamp = _put_answer(answer(), len(rows))
+            return [
+                None if version is None else written(write, version, stamp)
+                for write, version in zip(checked, versions, strict=True)
+            ]
+
+        return result
+
+    def _eval_started(self, what: str, script: str, args: list[Any]) -> Callable[[], Any]:
+        """:meth:`_eval` sent now on a connection of the pool; the call reads its answer.
+
+        A script the server lost (``NOSCRIPT``: it did not run) is loaded and sent again
+        when the answer is read. A failure other than the server's own error answer drops
+        the connection (its answer may still be on the way).
+        """
+        if self._closed:
+            raise StoreError(f"RedisStore({self.url!r}) is closed")
+        found = self._scripts[script]
+        pool = self._client.connection_pool
+        redis = self._redis
+        connection: Any = None
+        failed: StoreError | None = None
+        try:
+            connection = _pool_connection(pool)
+            connection.send_command("EVALSHA", found.sha, 0, *args)
+        except redis.RedisError as error:
+            if connection is not None:
+                connection.disconnect()
+                pool.release(connection)
+            failed = StoreError(f"RedisStore({self.url!r}): {what} failed: {error}")
+        if failed is not None:
+            raise failed  # not from redis-py's error, which may quote what was sent
+
+        def answer() -> Any:
+            problem: StoreError | None = None
+            try:
+                try:
+                    return connection.read_response()
+                except redis.exceptions.NoScriptError:
+                    connection.send_command("SCRIPT", "LOAD", found.script)
+                    found.sha = connection.read_response()
+                    connection.send_command("EVALSHA", found.sha, 0, *args)
+                    return connection.read_response()
+            except redis.ResponseError as error:  # the server answered: in step
+                problem = StoreError(f"RedisStore({self.url!r}): {what} failed: {error}")
+            except BaseException as error:
+                connection.disconnect()
+                if not isinstance(error, redis.RedisError):
+                    raise
+                problem = StoreError(f"RedisStore({self.url!r}): {what} failed: {error}")
+            finally:
+                pool.release(connection)
+            raise problem
+
+        return answer
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""

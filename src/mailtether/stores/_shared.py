@@ -435,9 +435,9 @@ def put_started(store: Store, write: Write) -> Callable[[], Record | None]:
 def put_many_started(store: Store, writes: list[Write]) -> Callable[[], list[Record | None]]:
     """Start *writes* and return the call that gives their result (as ``put_many`` would).
 
-    A store that can send writes and wait for them later (PostgresStore: the server applies
-    them meanwhile) does so; any other store writes them now, and the call only returns
-    them. The call must be made, once.
+    A store that can send writes and wait for them later (RedisStore, PostgresStore: the
+    server applies them meanwhile) does so; any other store writes them now, and the call
+    only returns them. The call must be made, once.
     """
     start = getattr(store, "_put_started", None)
     if callable(start):
