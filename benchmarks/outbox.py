@@ -45,7 +45,7 @@ from mailtether.stores._postgres_started import dollar_marks, read_rows, send_st
 from servers import free_port, port_open
 
 MAILS = 500
-ROUNDS = 5
+ROUNDS = 9
 
 
 def mail(round_: int, n: int) -> EmailMessage:

@@ -4,11 +4,12 @@ A relay accepts a mail at the end of its data (the ``.`` line), not before. So t
 can record mail *n*'s outcome while mail *n + 1*'s first commands are answered: the write
 starts once ``MAIL FROM`` is sent, and must be done before the mail's content is — the relay
 works on ``MAIL``, ``RCPT`` and ``DATA`` (and the network carries them) while the store
-writes (a store that can start a write and wait for it later, Redis or PostgreSQL, writes
-across all three; any other store writes at once, while ``MAIL FROM`` is answered). A crash at any
-moment leaves at most one mail accepted by the relay and not recorded — the one whose
-``250`` came last — which is what :class:`~mailtether.Outbox` promises ("What a crash can
-cost"). One thread, no reordering: the writes happen in the order of the mails.
+writes. A store that can start a write and wait for it later (Redis, PostgreSQL) writes
+across all three, its answer read while ``DATA`` is answered; any other store writes at
+once, while ``MAIL FROM`` is answered. A crash at any moment leaves at most one mail
+accepted by the relay and not recorded — the one whose ``250`` came last — which is what
+:class:`~mailtether.Outbox` promises ("What a crash can cost"). One thread, no reordering:
+the writes happen in the order of the mails.
 
 - :func:`send_mail`: smtplib's ``sendmail``, with a call once ``MAIL FROM`` is sent and one
   before the content goes;
@@ -74,21 +75,15 @@ def send_mail(
         _end_transaction(smtp, 0)
         raise smtplib.SMTPRecipientsRefused(refused)
     smtp.putcmd("data")
+    if before_content is not None:  # while the relay answers DATA; the content comes after
+        try:
+            before_content()
+        except BaseException:
+            smtp.close()
+            raise
     code, said = smtp.getreply()
     if code != 354:  # as sendmail: no RSET here (the caller's to send)
         raise smtplib.SMTPDataError(code, said)
-    if before_content is not None:
-        try:
-            before_content()
-        except BaseException:
-            smtp.close()
-            raise
-    if before_content is not None:
-        try:
-            before_content()
-        except BaseException:
-            smtp.close()
-            raise
     data = _LEADING_DOT.sub(b"..", raw)
     smtp.send(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
     code, said = smtp.getreply()
