@@ -408,33 +408,6 @@ def test_two_senders_on_one_store_send_every_mail_once(handler, tmp_path):
         second.close()
 
 
-def test_a_record_that_fails_stops_the_next_mail_before_the_relay_accepts_it(handler, clock):
-    """Mail n is recorded while mail n + 1's MAIL FROM is answered; if that fails, n + 1 waits."""
-    scripted, port = handler
-
-    class FailingRecord(MemoryStore):
-        failing = True
-
-        def put(self, namespace, key, state, data, *, expect=None):  # type: ignore[no-untyped-def]
-            if self.failing and key == "<reply-1@example.com>" and state == "sent":
-                raise StoreError("the store is down")
-            return super().put(namespace, key, state, data, expect=expect)
-
-    store = FailingRecord(clock=clock)
-    outbox = Outbox(store, relay(port), clock=clock, claim_ttl=60)
-    for n in range(4):
-        outbox.send(mail(n))
-    with pytest.raises(StoreError, match="the store is down"):
-        outbox.deliver_due()
-    assert [subject_of(raw) for _, _, raw in scripted.received] == [b"reply 0", b"reply 1"]
-    assert outbox.counts() == {"sent": 1, "sending": 3}, "mail 2 went no further than MAIL FROM"
-    store.failing = False
-    clock.advance(61)  # the claims expire
-    assert outbox.deliver_due() == 3
-    subjects = Counter(subject_of(raw) for _, _, raw in scripted.received)
-    assert subjects == {b"reply 0": 1, b"reply 1": 2, b"reply 2": 1, b"reply 3": 1}
-
-
 class StartedWrites(MemoryStore):
     """A store that starts a write and applies it when its answer is asked for (as PostgreSQL
     applies it while the sender goes on), logging both moments beside the relay's mail."""
@@ -476,12 +449,30 @@ def test_a_started_record_is_answered_before_the_next_mail_can_be_accepted(handl
     ]
 
 
-def test_a_started_record_that_fails_stops_the_next_mail_before_the_relay_accepts_it(
-    handler, clock
+class FailingRecord(MemoryStore):
+    """A store whose record of one mail's delivery fails while ``failing`` is set."""
+
+    failing = True
+
+    def put(self, namespace, key, state, data, *, expect=None):  # type: ignore[no-untyped-def]
+        if self.failing and key == "<reply-1@example.com>" and state == "sent":
+            raise StoreError("the store is down")
+        return super().put(namespace, key, state, data, expect=expect)
+
+
+@pytest.mark.parametrize("written", ["at once", "started"])
+def test_a_record_that_fails_stops_the_next_mail_before_the_relay_accepts_it(
+    handler, clock, written
 ):
+    """Mail n is recorded while mail n + 1's first commands are answered; if that fails, n + 1
+    waits (written at once: while MAIL FROM is answered; started: answered while DATA is)."""
     scripted, port = handler
-    store = StartedWrites(scripted, clock)
-    store.failing = "<reply-1@example.com>"
+    store: FailingRecord | StartedWrites
+    if written == "at once":
+        store = FailingRecord(clock=clock)
+    else:
+        store = StartedWrites(scripted, clock)
+        store.failing = "<reply-1@example.com>"
     outbox = Outbox(store, relay(port), clock=clock, claim_ttl=60)
     for n in range(4):
         outbox.send(mail(n))
@@ -489,7 +480,7 @@ def test_a_started_record_that_fails_stops_the_next_mail_before_the_relay_accept
         outbox.deliver_due()
     assert [subject_of(raw) for _, _, raw in scripted.received] == [b"reply 0", b"reply 1"]
     assert outbox.counts() == {"sent": 1, "sending": 3}, "mail 2 went no further than DATA"
-    store.failing = None
+    store.failing = False if written == "at once" else None
     clock.advance(61)  # the claims expire
     assert outbox.deliver_due() == 3
     subjects = Counter(subject_of(raw) for _, _, raw in scripted.received)
