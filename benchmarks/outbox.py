@@ -6,7 +6,8 @@ Run: ``.venv/bin/python benchmarks/outbox.py [STORE ...]`` (STORE: ``memory``, `
 ports, or are left out with a note).
 
 1. delivery: mails per second handed to a local aiosmtpd through ``Outbox.deliver_due`` on
-   MemoryStore, SQLite, Redis and PostgreSQL, beside a plain ``smtplib`` loop sending the
+   MemoryStore, SQLite, Redis and PostgreSQL (by default, and with ``prepared_statements``),
+   beside a plain ``smtplib`` loop sending the
    same mails over one reused connection (target: >= 0.8x the plain loop). Rounds
    interleaved, medians.
 2. ``Outbox.send()``: what recording one mail costs per store (microseconds).
@@ -202,9 +203,16 @@ def main() -> int:
             stores["PostgresStore"] = lambda: store_from_url(
                 f"{postgres_dsn}?table_prefix=o{next(counter)}"
             )
+            stores["PostgresStore, prepared statements"] = lambda: store_from_url(
+                f"{postgres_dsn}?table_prefix=o{next(counter)}&prepared_statements=true"
+            )
         wanted = {name.lower() for name in sys.argv[1:]}
         if wanted:
-            stores = {k: v for k, v in stores.items() if k.lower().removesuffix("store") in wanted}
+            stores = {
+                k: v
+                for k, v in stores.items()
+                if k.split(",")[0].lower().removesuffix("store") in wanted
+            }
         rounds = iter(range(1_000_000))
 
         def plain() -> tuple[float, float]:
@@ -250,13 +258,13 @@ def main() -> int:
                 rates[name].append(rate)
                 costs[name].append(cost)
     plain_rate = statistics.median(rates["plain smtplib"])
-    print(f"\n  {'contender':<36} {'mails/s':>8}  x plain   send() µs/mail")
+    print(f"\n  {'contender':<44} {'mails/s':>8}  x plain   send() µs/mail")
     for name in contenders:
         rate = statistics.median(rates[name])
         cost = statistics.median(costs[name])
         peer = name == "plain smtplib" or name.startswith("floor")
         shown = "        -" if peer else f"{cost:9.0f}"
-        print(f"  {name:<36} {rate:8,.0f}  {rate / plain_rate:6.2f}   {shown}")
+        print(f"  {name:<44} {rate:8,.0f}  {rate / plain_rate:6.2f}   {shown}")
     for missing, port_or_dsn in (("Redis", redis_port), ("PostgreSQL", postgres_dsn)):
         if port_or_dsn is None:
             print(f"  (no {missing} row: not installed)")

@@ -82,8 +82,10 @@ def make_backend(
         server = request.getfixturevalue("redis_server")
         url = f"{server.url}?prefix=t{uuid.uuid4().hex[:10]}"
         return Backend(name, store_from_url(url), lambda: store_from_url(url), url, None)
-    if name == "postgres":
+    if name in ("postgres", "postgres-prepared"):
         server = request.getfixturevalue("postgres_server")
         url = f"{server.dsn}?table_prefix=t{uuid.uuid4().hex[:10]}"
+        if name == "postgres-prepared":  # the server parses and plans each statement once
+            url += "&prepared_statements=true"
         return Backend(name, store_from_url(url), lambda: store_from_url(url), url, None)
     raise AssertionError(f"unknown backend {name}")

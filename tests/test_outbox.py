@@ -68,14 +68,15 @@ def subject_of(raw: bytes) -> bytes:
 
 
 def store_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh store of *kind* (sqlite, redis, postgres) for this test, as a URL."""
+    """A fresh store of *kind* (sqlite, redis, postgres, postgres-prepared), as a URL."""
     name = f"o{uuid.uuid4().hex[:10]}"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'outbox.db'}"
     if kind == "redis":
         server = request.getfixturevalue("redis_server")
         return f"redis://127.0.0.1:{server.port}/0?prefix={name}"
-    return f"{request.getfixturevalue('postgres_server').dsn}?table_prefix={name}"
+    url = f"{request.getfixturevalue('postgres_server').dsn}?table_prefix={name}"
+    return url + ("&prepared_statements=true" if kind == "postgres-prepared" else "")
 
 
 @pytest.fixture
@@ -487,7 +488,7 @@ def test_a_record_that_fails_stops_the_next_mail_before_the_relay_accepts_it(
     assert subjects == {b"reply 0": 1, b"reply 1": 2, b"reply 2": 1, b"reply 3": 1}
 
 
-@pytest.mark.parametrize("kind", ["redis", "postgres"])
+@pytest.mark.parametrize("kind", ["redis", "postgres", "postgres-prepared"])
 def test_on_a_server_store_each_mail_is_recorded_before_the_next_one_reaches_the_relay(
     request, tmp_path, kind
 ):
@@ -564,7 +565,7 @@ def test_a_view_of_a_mail_is_a_frozen_value(clock):
         queued.state = "sent"  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis", "postgres"])
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "postgres", "postgres-prepared"])
 def test_a_sender_killed_mid_run_loses_nothing_and_repeats_only_the_mail_in_flight(
     tmp_path, request, kind
 ):

@@ -18,28 +18,35 @@ from typing import Any
 
 import pytest
 
-from mailtether import PostgresStore, RedisStore, Store, StoreError
+from mailtether import ConfigError, PostgresStore, RedisStore, Store, StoreError
 from mailtether.stores._postgres_started import dollar_marks
 from mailtether.stores._protocol import Write
 from mailtether.stores._shared import put_many_started, put_started
 from mailtether.testing import FaultProxy
 
 
-@pytest.fixture(params=["redis", "postgres"])
+@pytest.fixture(params=["redis", "postgres", "postgres-prepared"])
 def remote(request: pytest.FixtureRequest) -> tuple[str, Any, Callable[..., Store]]:
     """(kind, server, open(host=None, port=None, timeout=5.0)) for each remote store."""
     prefix = f"s{uuid.uuid4().hex[:10]}"
-    server = request.getfixturevalue(f"{request.param}_server")
+    kind = request.param.removesuffix("-prepared")
+    server = request.getfixturevalue(f"{kind}_server")
 
     def open_store(host: str | None = None, port: int | None = None, timeout: float = 5.0):  # type: ignore[no-untyped-def]
         host, port = host or server.address[0], port or server.address[1]
-        if request.param == "redis":
+        if kind == "redis":
             url = f"redis://{host}:{port}/0?prefix={prefix}"
             return RedisStore(url, socket_timeout=timeout, connect_timeout=timeout)
         url = f"{server.dsn_via(host, port)}?table_prefix={prefix}"
-        return PostgresStore(url, statement_timeout=timeout, connect_timeout=timeout)
+        prepared = request.param == "postgres-prepared"
+        return PostgresStore(
+            url,
+            statement_timeout=timeout,
+            connect_timeout=timeout,
+            prepared_statements=prepared,
+        )
 
-    return request.param, server, open_store
+    return kind, server, open_store
 
 
 @pytest.fixture
@@ -138,9 +145,8 @@ def test_a_write_the_server_refuses_is_a_store_error_without_secrets(remote, sto
         with psycopg.connect(server.dsn, autocommit=True) as connection:
             connection.execute(f"DROP TABLE {store._p}_records")  # type: ignore[attr-defined]
         expected = r"put failed: .*does not exist"
-    answer = put_started(store, Write("outgoing", "m1", "queued", {}))
-    with pytest.raises(StoreError, match=expected) as raised:
-        answer()
+    with pytest.raises(StoreError, match=expected) as raised:  # (prepared: when sent)
+        put_started(store, Write("outgoing", "m1", "queued", {}))()
     assert raised.value.__context__ is None, "the driver's error (it may quote) is not kept"
     if kind == "postgres":
         assert server.password not in str(raised.value)
@@ -170,15 +176,49 @@ def test_a_silent_server_is_a_store_error_within_the_deadline(remote):
             assert store.get("outgoing", "m1") is None  # a connection in the pool
             started = time.monotonic()
             proxy.blackhole()
-            answer = put_started(store, Write("outgoing", "m1", "queued", {}))  # into the void
-            with pytest.raises(StoreError, match="put failed"):
-                answer()
+            with pytest.raises(StoreError, match="put failed"):  # (prepared: when sent)
+                put_started(store, Write("outgoing", "m1", "queued", {}))()
             assert time.monotonic() - started < 4, "the deadline bounds a started write"
             proxy.pass_through()
             assert store.get("outgoing", "nothing") is None, "the store recovers by itself"
         finally:
             proxy.pass_through()
             store.close()
+
+
+def test_prepared_statements_are_prepared_once_a_connection(postgres_server):
+    url = f"{postgres_server.dsn}?table_prefix=p{uuid.uuid4().hex[:10]}"
+    store = PostgresStore(f"{url}&prepared_statements=true")
+    try:
+        for n in range(3):
+            assert put_started(store, Write("outgoing", f"m{n}", "queued", {}))() is not None
+        assert store.get("outgoing", "m0") is not None
+        connection = store._pool.take()  # type: ignore[attr-defined]  # the one used above
+        names = [row[0] for row in connection.execute("SELECT name FROM pg_prepared_statements")]
+        store._pool.put_back(connection)  # type: ignore[attr-defined]
+        ours = [name for name in names if name.startswith("mailtether_put_")]
+        assert ours == ["mailtether_put_1"], "the one-row upsert, prepared once"
+        assert any(name.startswith("_pg3_") for name in names), "psycopg prepares the rest"
+    finally:
+        store.close()
+    plain = PostgresStore(url)  # the default: nothing prepared (a transaction-pooling
+    try:  # PgBouncer before 1.21 would lose them)
+        put_started(plain, Write("outgoing", "m9", "queued", {}))()
+        connection = plain._pool.take()  # type: ignore[attr-defined]
+        assert connection.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+        plain._pool.put_back(connection)  # type: ignore[attr-defined]
+    finally:
+        plain.close()
+
+
+@pytest.mark.parametrize("value", ["maybe", ""])
+def test_a_prepared_statements_value_that_is_not_true_or_false_is_refused(postgres_server, value):
+    url = postgres_server.dsn.replace("mailtether@", "mailtether:pw-secret@", 1)
+    with pytest.raises(ConfigError, match="prepared_statements must be true or false") as raised:
+        PostgresStore(f"{url}?prepared_statements={value}")
+    assert "pw-secret" not in str(raised.value)
+    with pytest.raises(ConfigError, match="True or False"):
+        PostgresStore(postgres_server.dsn, prepared_statements="yes")  # type: ignore[arg-type]
 
 
 def test_only_percent_s_marks_are_numbered():

@@ -12,7 +12,7 @@ from mailtether.stores._protocol import KeyLookup
 from mailtether.stores._shared import existing_keys, put_rows
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=[*BACKENDS, "postgres-prepared"])
 def backend(request: pytest.FixtureRequest, tmp_path) -> Backend:
     made = make_backend(request.param, request, tmp_path)
     yield made

@@ -12,6 +12,7 @@ import json
 import math
 import re
 import select
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlunsplit
@@ -21,7 +22,12 @@ from mailtether._errors import ConfigError, SchemaError, StoreError
 from mailtether._redaction import remember_secret
 from mailtether._url_errors import split_url
 from mailtether.stores._pool import Pool
-from mailtether.stores._postgres_started import dollar_marks, read_rows, send_statement
+from mailtether.stores._postgres_started import (
+    dollar_marks,
+    read_rows,
+    send_prepared,
+    send_statement,
+)
 from mailtether.stores._postgres_watchdog import WATCHDOG
 from mailtether.stores._protocol import SCHEMA_VERSION, Lease, Record, Write
 from mailtether.stores._shared import (
@@ -55,6 +61,7 @@ _SEP: Final = "\x1f"
 """Between the texts of a column of put_many's rows: never in a document (JSON escapes
 control characters), in a key hardly ever (such a batch travels as JSON instead)."""
 _SPLIT: Final = "string_to_array(%s, E'\\x1f')"
+_YES_NO: Final = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def _joined(texts: list[str]) -> str | None:
@@ -99,8 +106,10 @@ INSERT INTO {p}_meta (key, value) VALUES ('schema_version', '{version}')
 """
 
 
-def _read_url(url: str, table_prefix: str, psycopg: Any) -> tuple[str, str, str, str]:
-    """(the DSN for libpq, the table prefix, the URL's ``options``, the password).
+def _read_url(
+    url: str, table_prefix: str, prepared: bool, psycopg: Any
+) -> tuple[str, str, str, str, bool]:
+    """The URL read: (DSN for libpq, table prefix, ``options``, password, prepared statements).
 
     Raises:
         ConfigError: the URL cannot be read for sure, or libpq refuses it; the message names
@@ -118,6 +127,14 @@ def _read_url(url: str, table_prefix: str, psycopg: Any) -> tuple[str, str, str,
         "a lower-case SQL identifier of up to 40 characters",
     )
     options = query.pop("options", "")
+    if "prepared_statements" in query:
+        said = query.pop("prepared_statements").strip().lower()
+        if said not in _YES_NO:
+            raise ConfigError(
+                f"PostgreSQL URL {redact_url(url)!r}: prepared_statements must be true or "
+                f"false, not {said!r}"
+            )
+        prepared = _YES_NO[said]
     dsn = urlunsplit(parts._replace(query=urlencode(query)))
     problem = None
     try:
@@ -133,7 +150,7 @@ def _read_url(url: str, table_prefix: str, psycopg: Any) -> tuple[str, str, str,
         raise ConfigError(problem)
     password = str(conninfo.get("password") or "")
     remember_secret(password)  # a password= parameter too: from now on in no output
-    return dsn, table_prefix, options, password
+    return dsn, table_prefix, options, password, prepared
 
 
 class PostgresStore(PutFromPutMany):
@@ -141,8 +158,8 @@ class PostgresStore(PutFromPutMany):
 
     Plain tables, and every compare-and-set is one ``INSERT … ON CONFLICT … WHERE …
     RETURNING`` or ``UPDATE … WHERE … RETURNING`` statement: row-level atomic, with no
-    session-scoped advisory locks and no prepared statements, so it works behind a
-    transaction-pooling PgBouncer (add ``options`` to its ``ignore_startup_parameters``, or
+    session-scoped advisory locks and (by default) no prepared statements, so it works behind
+    a transaction-pooling PgBouncer (add ``options`` to its ``ignore_startup_parameters``, or
     PgBouncer refuses the ``statement_timeout`` this store asks for). Lease expiry uses the
     server's clock (``clock_timestamp()``). Needs ``pip install 'mailtether[postgres]'``.
 
@@ -156,6 +173,12 @@ class PostgresStore(PutFromPutMany):
         statement_timeout: Seconds any statement may run before the server cancels it. A call
             with no answer at all one second later (a frozen server, a black-holed network)
             drops its connection and raises StoreError instead of waiting forever.
+        prepared_statements: Prepare each statement on a connection the first time it runs
+            there (the URL's ``prepared_statements=true`` too): the server parses and plans
+            it once, not on every call — less of its CPU a write (the outbox on PostgreSQL:
+            see the performance page). For a direct connection, or a PgBouncer of 1.21 or
+            later with ``max_prepared_statements`` set; a transaction-pooling PgBouncer
+            without it fails with "prepared statement … does not exist".
 
     Raises:
         ConfigError: the URL or prefix is malformed, or psycopg is not installed.
@@ -180,14 +203,20 @@ class PostgresStore(PutFromPutMany):
         table_prefix: str = "mailtether",
         connect_timeout: float = 5.0,
         statement_timeout: float = 5.0,
+        prepared_statements: bool = False,
     ) -> None:
         connect_timeout = check_seconds(connect_timeout, "PostgresStore.connect_timeout")
         statement_timeout = check_seconds(statement_timeout, "PostgresStore.statement_timeout")
         self._psycopg = require("psycopg", "postgres")
         self.url = redact_url(url)
         """The URL, password hidden."""
-        self._dsn, table_prefix, options, self._password = _read_url(
-            url, table_prefix, self._psycopg
+        if not isinstance(prepared_statements, bool):
+            raise ConfigError(
+                "PostgresStore.prepared_statements is True or False, "
+                f"not {type(prepared_statements).__name__}"
+            )
+        self._dsn, table_prefix, options, self._password, prepared = _read_url(
+            url, table_prefix, prepared_statements, self._psycopg
         )
         # Ours comes last, so it wins over a statement_timeout in the URL's own options.
         options = f"{options} -c statement_timeout={_ms(statement_timeout)}"
@@ -196,9 +225,13 @@ class PostgresStore(PutFromPutMany):
             "options": options.strip(),
             "autocommit": True,
             # Server-side prepared statements live in one server session, which a
-            # transaction-pooling PgBouncer does not give us.
-            "prepare_threshold": None,
+            # transaction-pooling PgBouncer does not give us (before 1.21): asked for only.
+            "prepare_threshold": 0 if prepared else None,
         }
+        # The names _put_started prepared on each connection (None: no prepared statements).
+        self._prepared: weakref.WeakKeyDictionary[Any, set[bytes]] | None = (
+            weakref.WeakKeyDictionary() if prepared else None
+        )
         self._limit = statement_timeout + _SLACK
         self._p = table_prefix
         self._pool: Pool[Any] = Pool(self._connect, size=_POOL, usable=_usable)
@@ -253,7 +286,7 @@ class PostgresStore(PutFromPutMany):
             f"UPDATE {table} SET state = %s, data = %s, version = version + 1, "  # noqa: S608
             f"updated_at = {_NOW} WHERE namespace = %s AND key = %s AND version = %s{returning}"
         )
-        # The statements of put_many with libpq's marks, for _put_started.
+        # The statements of put_many with libpq's marks, and a name each, for _put_started.
         self._numbered = {
             sql: dollar_marks(sql)
             for sql in (
@@ -268,6 +301,7 @@ class PostgresStore(PutFromPutMany):
                 self._update_many,
             )
         }
+        self._names = {sql: f"mailtether_put_{n}".encode() for n, sql in enumerate(self._numbered)}
         self._records = SQLRecords(
             self._run,
             table=table,
@@ -452,7 +486,7 @@ class PostgresStore(PutFromPutMany):
             return lambda: done
         sql, params = self._many_statement(runs[0])
         call = self._call("put" if len(writes) == 1 else "put_many")
-        call.step(lambda connection: send_statement(connection, self._numbered[sql], params))
+        call.step(lambda connection: self._send(connection, sql, params))
 
         def answer() -> list[Record | None]:
             rows = call.step(lambda connection: read_rows(connection, self._psycopg))
@@ -462,6 +496,16 @@ class PostgresStore(PutFromPutMany):
             return written_records(runs, [found])
 
         return answer
+
+    def _send(self, connection: Any, sql: str, params: list[Any]) -> None:
+        """Send one of put_many's statements for :meth:`_put_started` (prepared if asked)."""
+        if self._prepared is None:
+            send_statement(connection, self._numbered[sql], params)
+            return
+        names = self._prepared.setdefault(connection, set())
+        send_prepared(
+            connection, names, self._names[sql], self._numbered[sql], params, self._psycopg
+        )
 
     def delete(self, namespace: str, key: str, *, expect: int | None = None) -> bool:
         """Delete a record (at version *expect*, if given)."""

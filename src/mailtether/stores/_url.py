@@ -27,8 +27,9 @@ def store_from_url(url: str, *, clock: Clock = SYSTEM_CLOCK, create: bool = True
       :class:`~mailtether.SQLiteStore`;
     - ``redis://[:password@]host[:port][/db][?prefix=name]`` (``rediss://`` for TLS) — a
       :class:`~mailtether.RedisStore` (needs ``mailtether[redis]``);
-    - ``postgresql://user:password@host[:port]/database[?table_prefix=name]`` — a
-      :class:`~mailtether.PostgresStore` (needs ``mailtether[postgres]``).
+    - ``postgresql://user:password@host[:port]/database[?table_prefix=name]`` (and
+      ``prepared_statements=true``) — a :class:`~mailtether.PostgresStore` (needs
+      ``mailtether[postgres]``).
 
     With ``create=False`` a SQLite file that does not exist is not created but refused (the
     read-only commands of ``mailtether`` open their store so); the other stores ignore it.
