@@ -49,7 +49,7 @@ def _redis(url: str) -> tuple[str | None, str | None, str | None]:
 def _postgres(url: str) -> tuple[str | None, str | None, str | None]:
     from mailtether.stores._postgres import _read_url
 
-    dsn, _prefix, _options, password = _read_url(url, "mailtether", psycopg)
+    dsn, _prefix, _options, password, _prepared = _read_url(url, "mailtether", False, psycopg)
     found = psycopg.conninfo.conninfo_to_dict(dsn)  # as libpq reads what PostgresStore gives it
     return found.get("host"), found.get("user"), password
 
