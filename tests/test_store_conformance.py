@@ -255,6 +255,28 @@ def test_put_rows_checks_every_row_before_applying_any(store):
 
 
 @pytest.mark.parametrize(
+    ("method", "batch", "said"),
+    [
+        (
+            "put_many",
+            Write("guard", "k", "done", {}),
+            "put_many takes an iterable of Write, not Write",
+        ),
+        ("put_many", "guard", "put_many takes an iterable of Write, not str"),
+        ("put_many", {"guard": "k"}, "put_many takes an iterable of Write, not dict"),
+        ("put_many", 5, "put_many takes an iterable of Write, not int"),
+        ("put_rows", "guard", "put_rows takes an iterable of tuples, not str"),
+        ("put_rows", {"guard": "k"}, "put_rows takes an iterable of tuples, not dict"),
+        ("put_rows", 5, "put_rows takes an iterable of tuples, not int"),
+    ],
+)
+def test_a_batch_that_is_not_an_iterable_of_items_is_refused_naming_it(store, method, batch, said):
+    with pytest.raises(TypeError, match=said):  # put_rows: the store's own, or the fallback
+        store.put_many(batch) if method == "put_many" else put_rows(store, batch)
+    assert store.count("guard") == {}
+
+
+@pytest.mark.parametrize(
     ("keys", "error"),
     [
         (["ok", ""], ValueError),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -17,6 +17,7 @@ from mailtether.stores._redis_line import Line
 from mailtether.stores._redis_scripts import SCRIPTS
 from mailtether.stores._shared import (
     PutFromPutMany,
+    check_batch,
     check_expect,
     check_key,
     check_keys,
@@ -339,8 +340,7 @@ class RedisStore(PutFromPutMany):
         See :class:`~mailtether.stores._protocol.RowWrites`: the duplicate guard's batches,
         without a :class:`~mailtether.Write` and a :class:`~mailtether.Record` per mail.
         """
-        if isinstance(rows, str | bytes | Mapping) or not isinstance(rows, Iterable):
-            raise TypeError(f"put_rows takes an iterable of tuples, not {type(rows).__name__}")
+        check_batch(rows, "put_rows")
         checked = list(rows)
         encoded: dict[int, str] = {}  # a document shared by several rows is encoded once
         texts = []

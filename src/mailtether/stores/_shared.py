@@ -215,15 +215,25 @@ def check_put(namespace: object, key: object, state: object, expect: object) -> 
     check_expect(expect)
 
 
+def check_batch(batch: object, method: str) -> Iterable[Any]:
+    """Return *batch* for ``put_many`` or ``put_rows``; refuse it if not an iterable of items.
+
+    A single :class:`Write`, a text or a mapping iterates too, but not over writes or rows:
+    each is refused, naming *method*.
+    """
+    if type(batch) is not list and (  # a list is the usual case, and an ABC check costs
+        isinstance(batch, Write | str | bytes | Mapping) or not isinstance(batch, Iterable)
+    ):
+        items = "Write" if method == "put_many" else "tuples"
+        raise TypeError(f"{method} takes an iterable of {items}, not {type(batch).__name__}")
+    return batch
+
+
 def check_writes(writes: object) -> list[Write]:
     """Return *writes* as a list after checking every one as ``put`` checks its arguments."""
-    if type(writes) is not list and (  # a list is the usual case, and an ABC check costs
-        isinstance(writes, Write | str | bytes | Mapping) or not isinstance(writes, Iterable)
-    ):
-        raise TypeError(f"put_many takes an iterable of Write, not {type(writes).__name__}")
     checked: list[Write] = []
     namespaces, states = _SEEN_NAMESPACES, _SEEN_STATES
-    for write in writes:
+    for write in check_batch(writes, "put_many"):
         if not isinstance(write, Write):
             raise TypeError(f"put_many takes Write objects, not {type(write).__name__}")
         key, expect = write.key, write.expect
@@ -242,9 +252,7 @@ def check_writes(writes: object) -> list[Write]:
 
 def check_rows(rows: object) -> list[Row]:
     """Return *rows* (``put_rows``' tuples) as a list after checking each as ``put`` would."""
-    if isinstance(rows, str | bytes | Mapping) or not isinstance(rows, Iterable):
-        raise TypeError(f"put_rows takes an iterable of tuples, not {type(rows).__name__}")
-    checked: list[Row] = list(rows)
+    checked: list[Row] = list(check_batch(rows, "put_rows"))
     for namespace, key, state, _, expect in checked:
         check_put(namespace, key, state, expect)
     return checked
@@ -307,10 +315,7 @@ def plan_writes(writes: Iterable[Write], most: int) -> list[WriteRun]:
     Every write is checked, and every document encoded, before this returns: a bad one
     raises before anything is applied.
     """
-    if type(writes) is not list and (  # a list is the usual case, and an ABC check costs
-        isinstance(writes, Write | str | bytes | Mapping) or not isinstance(writes, Iterable)
-    ):
-        raise TypeError(f"put_many takes an iterable of Write, not {type(writes).__name__}")
+    check_batch(writes, "put_many")
     runs: list[WriteRun] = []
     encoded: dict[int, str] = {}  # a document shared by several writes is encoded once
     keys: set[str] = set()
@@ -416,7 +421,7 @@ def put_rows(store: Store, rows: list[Row]) -> list[int | None]:
         return cast(RowWrites, store).put_rows(rows)
     return [
         None if record is None else record.version
-        for record in store.put_many([Write(*row) for row in rows])
+        for record in store.put_many([Write(*row) for row in check_batch(rows, "put_rows")])
     ]
 
 

@@ -22,6 +22,7 @@ from mailtether.stores._shared import (
     _SEEN_STATES,
     MAX_KEY_LENGTH,
     PutFromPutMany,
+    check_batch,
     check_key,
     check_keys,
     check_lease,
@@ -410,8 +411,7 @@ class SQLiteStore(PutFromPutMany):
         Runs of writes of one kind (unconditional, create-only, compare-and-set) to distinct
         keys of one namespace go in one multi-row statement each, up to 100 rows.
         """
-        if isinstance(writes, Write | str | bytes | Mapping) or not isinstance(writes, Iterable):
-            raise TypeError(f"put_many takes an iterable of Write, not {type(writes).__name__}")
+        check_batch(writes, "put_many")
         rows: list[Row] = []
         for write in writes:
             if type(write) is not Write and not isinstance(write, Write):
@@ -446,8 +446,7 @@ class SQLiteStore(PutFromPutMany):
         See :class:`~mailtether.stores._protocol.RowWrites`: the duplicate guard's batches,
         without a :class:`~mailtether.Write` and a :class:`~mailtether.Record` per mail.
         """
-        if isinstance(rows, str | bytes | Mapping) or not isinstance(rows, Iterable):
-            raise TypeError(f"put_rows takes an iterable of tuples, not {type(rows).__name__}")
+        check_batch(rows, "put_rows")
         return self._put(list(rows))[0]
 
     def _put(self, rows: list[Row]) -> tuple[list[int | None], float]:
