@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "_sasl": 0,
     "_redaction": 0,
     "_url_errors": 0,
+    "_yes_no": 0,
     # stores
     "stores": 1,
     # parts, each usable alone; and the test kit users get

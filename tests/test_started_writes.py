@@ -211,6 +211,17 @@ def test_prepared_statements_are_prepared_once_a_connection(postgres_server):
         plain.close()
 
 
+@pytest.mark.parametrize(("value", "prepared"), [("true", True), (" Yes", True), ("off", False)])
+def test_prepared_statements_takes_the_yes_or_no_words_of_the_settings(
+    postgres_server, value, prepared
+):
+    store = PostgresStore(f"{postgres_server.dsn}?prepared_statements={value}")
+    try:
+        assert (store._prepared is not None) is prepared  # type: ignore[attr-defined]
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("value", ["maybe", ""])
 def test_a_prepared_statements_value_that_is_not_true_or_false_is_refused(postgres_server, value):
     url = postgres_server.dsn.replace("mailtether@", "mailtether:pw-secret@", 1)

@@ -26,6 +26,7 @@ from mailtether._strategies import (
     ReconnectStrategy,
     Tiered,
 )
+from mailtether._yes_no import YES_NO
 
 __all__ = ["ENTRY_POINT_GROUP", "strategy_from_config"]
 
@@ -149,16 +150,6 @@ _BUILTINS: Final[dict[str, Callable[[dict[str, Any]], ReconnectStrategy]]] = {
 }
 _POSITIONAL: Final = {"fixed": "delay", "exponential": "initial", "tiered": "tiers"}
 _MISSING: Final = object()
-_BOOLEANS: Final = {
-    "true": True,
-    "yes": True,
-    "on": True,
-    "1": True,
-    "false": False,
-    "no": False,
-    "off": False,
-    "0": False,
-}
 _ARGS: Final = " args"  # positional words of the string form; a key no mapping can clash with
 
 
@@ -293,7 +284,7 @@ def _wrap(strategy: ReconnectStrategy, wrappers: dict[str, Any]) -> ReconnectStr
             raise ConfigError("seed is only meaningful with jitter")
         immediate = wrappers.get("immediate_first", False)
         if isinstance(immediate, str):
-            immediate = _BOOLEANS.get(immediate.strip().lower(), immediate)
+            immediate = YES_NO.get(immediate.strip().lower(), immediate)
         if immediate is True:
             strategy = ImmediateFirst(strategy)
         elif immediate is not False:

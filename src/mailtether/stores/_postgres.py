@@ -21,6 +21,7 @@ from mailtether._durations import check_seconds
 from mailtether._errors import ConfigError, SchemaError, StoreError
 from mailtether._redaction import remember_secret
 from mailtether._url_errors import split_url
+from mailtether._yes_no import YES_NO
 from mailtether.stores._pool import Pool
 from mailtether.stores._postgres_started import (
     dollar_marks,
@@ -61,7 +62,6 @@ _SEP: Final = "\x1f"
 """Between the texts of a column of put_many's rows: never in a document (JSON escapes
 control characters), in a key hardly ever (such a batch travels as JSON instead)."""
 _SPLIT: Final = "string_to_array(%s, E'\\x1f')"
-_YES_NO: Final = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def _joined(texts: list[str]) -> str | None:
@@ -129,12 +129,12 @@ def _read_url(
     options = query.pop("options", "")
     if "prepared_statements" in query:
         said = query.pop("prepared_statements").strip().lower()
-        if said not in _YES_NO:
+        if said not in YES_NO:
             raise ConfigError(
                 f"PostgreSQL URL {redact_url(url)!r}: prepared_statements must be true or "
-                f"false, not {said!r}"
+                f"false (yes/no, on/off, 1/0), not {said!r}"
             )
-        prepared = _YES_NO[said]
+        prepared = YES_NO[said]
     dsn = urlunsplit(parts._replace(query=urlencode(query)))
     problem = None
     try:
