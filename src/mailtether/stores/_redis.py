@@ -102,6 +102,15 @@ def _put_answer(answer: str, count: int) -> tuple[list[int | None], float]:
     return [None if version == "0" else int(version) for version in parts[1:]], float(parts[0])
 
 
+def _loaded_and_run(command: Callable[..., Any], found: Any, rest: list[Any]) -> Any:
+    """``NOSCRIPT``: load *found* (a registered script) and run it again with *rest*.
+
+    The server said it did not run the script, so running it now cannot run it twice.
+    """
+    found.sha = command("SCRIPT", "LOAD", found.script)
+    return command("EVALSHA", found.sha, *rest)
+
+
 def _pool_connection(pool: Any) -> Any:
     """A connection of redis-py's pool (``get_connection``'s argument went in redis-py 5.3)."""
     try:
@@ -200,8 +209,12 @@ class RedisStore(PutFromPutMany):
         try:
             return operation()
         except self._redis.RedisError as error:
-            failed = StoreError(f"RedisStore({self.url!r}): {what} failed: {error}")
+            failed = self._failure(what, error)
         raise failed  # not from redis-py's error, which may quote what the server was sent
+
+    def _failure(self, what: str, error: BaseException) -> StoreError:
+        """The StoreError for redis-py's *error* (raised outside its handler: not chained)."""
+        return StoreError(f"RedisStore({self.url!r}): {what} failed: {error}")
 
     def _eval(
         self,
@@ -230,10 +243,9 @@ class RedisStore(PutFromPutMany):
             try:
                 return command("EVALSHA", found.sha, len(keys), *keys, *args)
             except self._redis.exceptions.NoScriptError:
-                found.sha = command("SCRIPT", "LOAD", found.script)
-                return command("EVALSHA", found.sha, len(keys), *keys, *args)
+                return _loaded_and_run(command, found, [len(keys), *keys, *args])
         except self._redis.RedisError as error:
-            failed = StoreError(f"RedisStore({self.url!r}): {what} failed: {error}")
+            failed = self._failure(what, error)
         raise failed  # not from redis-py's error, which may quote what the server was sent
 
     def _initialise(self) -> None:
@@ -418,7 +430,7 @@ class RedisStore(PutFromPutMany):
             if connection is not None:
                 connection.disconnect()
                 pool.release(connection)
-            failed = StoreError(f"RedisStore({self.url!r}): {what} failed: {error}")
+            failed = self._failure(what, error)
         if failed is not None:
             raise failed  # not from redis-py's error, which may quote what was sent
 
@@ -428,17 +440,19 @@ class RedisStore(PutFromPutMany):
                 try:
                     return connection.read_response()
                 except redis.exceptions.NoScriptError:
-                    connection.send_command("SCRIPT", "LOAD", found.script)
-                    found.sha = connection.read_response()
-                    connection.send_command("EVALSHA", found.sha, 0, *args)
-                    return connection.read_response()
+
+                    def command(*words: Any) -> Any:
+                        connection.send_command(*words)
+                        return connection.read_response()
+
+                    return _loaded_and_run(command, found, [0, *args])
             except redis.ResponseError as error:  # the server answered: in step
-                problem = StoreError(f"RedisStore({self.url!r}): {what} failed: {error}")
+                problem = self._failure(what, error)
             except BaseException as error:
                 connection.disconnect()
                 if not isinstance(error, redis.RedisError):
                     raise
-                problem = StoreError(f"RedisStore({self.url!r}): {what} failed: {error}")
+                problem = self._failure(what, error)
             finally:
                 pool.release(connection)
             raise problem
