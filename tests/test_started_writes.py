@@ -153,6 +153,47 @@ def test_a_write_the_server_refuses_is_a_store_error_without_secrets(remote, sto
     assert store.now() > 0, "the store goes on"
 
 
+def test_a_trickled_answer_is_read_whole(remote):
+    """Both ways in pieces of 1-7 bytes: the writes and their answers are exactly put_many's."""
+    _, server, open_store = remote
+    with FaultProxy(server.address) as proxy:
+        store = open_store(proxy.host, proxy.port)
+        try:
+            store.put_many([Write("outgoing", f"m{n}", "queued", {"n": n}) for n in range(8)])
+            proxy.fragment(1, 7, gap=0, direction="both", seed=7)
+            claims = [Write("outgoing", f"m{n}", "sending", {"n": n}, expect=1) for n in range(8)]
+            claims[3] = Write("outgoing", "m3", "sending", {}, expect=5)  # refused
+            records = put_many_started(store, claims)()
+            assert [r is None for r in records] == [n == 3 for n in range(8)]
+            one = put_started(store, Write("outgoing", "m9", "sent", {"é": "ü" * 50}))()
+            proxy.pass_through()
+            assert one is not None
+            assert store.get("outgoing", "m9") == one
+            assert store.count("outgoing") == {"sending": 7, "queued": 1, "sent": 1}
+        finally:
+            proxy.pass_through()
+            store.close()
+
+
+def test_an_answer_cut_off_is_a_store_error_and_the_store_goes_on(remote):
+    """The connection reset three bytes into the answer: no half-read answer is taken."""
+    _, server, open_store = remote
+    with FaultProxy(server.address) as proxy:
+        store = open_store(proxy.host, proxy.port)
+        try:
+            assert store.get("outgoing", "m1") is None  # a connection in the pool
+            proxy.cut_after(3, direction="down")
+            with pytest.raises(StoreError, match="put failed"):  # (prepared: when sent)
+                put_started(store, Write("outgoing", "m1", "queued", {}))()
+            proxy.pass_through()
+            record = put_started(store, Write("outgoing", "m2", "queued", {}))()
+            assert record is not None, "the next call has a connection of its own"
+            assert store.get("outgoing", "m2") == record
+        finally:
+            proxy.pass_through()
+            store.close()
+
+
 def test_a_script_the_server_lost_is_loaded_again(redis_server):
     import redis
 
