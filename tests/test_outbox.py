@@ -736,6 +736,48 @@ def test_mailtether_queue_run_sends_the_outbox_through_a_relay_url(handler, tmp_
     assert "s3cret" not in text
 
 
+@pytest.mark.parametrize("kind", ["memory", "redis", "postgres"])
+def test_a_relay_that_breaks_while_the_mail_before_is_recorded_loses_nothing(
+    request, tmp_path, clock, kind
+):
+    """The connection cut at mail 2's MAIL FROM, as mail 1's record is written (started, on
+    Redis and PostgreSQL): mail 1 is recorded sent, the others go in the next pass, once."""
+    store = MemoryStore(clock=clock) if kind == "memory" else None
+    store = store or store_from_url(store_url(kind, request, tmp_path))
+    proxy = FaultProxy(("127.0.0.1", 1))
+
+    class CutAfterFirst(Scripted):
+        async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+            if not self.received:  # mail 1 is accepted; the next MAIL FROM is cut
+                proxy.cut_on(b"FROM:<", direction="up")  # smtplib: "mail FROM:<...>"
+            return await super().handle_DATA(server, session, envelope)
+
+    scripted = CutAfterFirst()
+    try:
+        with smtp_server(scripted) as port:
+            proxy = FaultProxy(("127.0.0.1", port)).start()
+            try:
+                outbox = Outbox(
+                    store, relay(proxy.port, timeout=2), clock=clock, retry=Fixed(60), skip_after=2
+                )
+                for n in range(3):
+                    outbox.send(mail(n))
+                assert outbox.deliver_due() == 1
+                first = outbox.get("<reply-0@example.com>")
+                assert first is not None
+                assert first.state == "sent", "recorded while the next mail's MAIL FROM was cut"
+                assert outbox.counts() == {"sent": 1, "queued": 2}, "none left claimed"
+                proxy.pass_through()
+                clock.advance(60)
+                assert outbox.deliver_due() == 2
+            finally:
+                proxy.stop()
+        subjects = Counter(subject_of(raw) for _, _, raw in scripted.received)
+        assert subjects == Counter(f"reply {n}".encode() for n in range(3)), "each mail once"
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("fault", ["blackhole", "fragment", "cut_mid_mail"])
 def test_a_relay_that_goes_silent_trickles_or_breaks_mid_mail_loses_nothing(handler, clock, fault):
     """Silent: the relay's timeout ends the try; split: read whole; cut: tried again."""
